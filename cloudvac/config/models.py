@@ -1,0 +1,191 @@
+"""Typed configuration: ``[settings]``, ``[space NAME]``, ``[machinetype SPACE NAME]``.
+
+Option names follow VCycle's where the meaning is the same.  The models are the truth
+about options, defaults and limits; the admin guide's option tables are generated from
+them (``Field(description=...)``).  Every model forbids unknown options, so a typo is an
+error naming the option rather than a silently ignored line.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SPACE_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
+MACHINETYPE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
+
+PositiveSeconds = Annotated[float, Field(gt=0)]
+Seconds = Annotated[int, Field(ge=0)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+class Settings(_Model):
+    """The ``[settings]`` section: one per installation."""
+
+    state_dir: Path = Field(Path("/var/lib/cloudvac"), description="Directory for the database, "
+                            "the server secret and uploaded VM files.")
+    database: str | None = Field(None, description="SQLAlchemy URL of the store; default "
+                                 "sqlite:///STATE_DIR/cloudvac.db. postgresql://... for HA.")
+    manager_id: str = Field("cloudvac", pattern=r"^[a-z0-9][a-z0-9.-]{0,62}$",
+                            description="Cluster id written to every VM's cloudvac:manager tag; "
+                            "only VMs carrying it are ever touched.")
+    cycle_seconds: PositiveSeconds = Field(60.0, description="Period of the cycle of each space.")
+    space_timeout_seconds: PositiveSeconds = Field(
+        300.0, description="Deadline of one space's cycle; a space that overruns is cancelled "
+        "and reported, others carry on.")
+    api_concurrency: int = Field(4, ge=1, le=64, description="Cloud calls in flight per space.")
+    web_url: str = Field("http://127.0.0.1:8080", description="URL VMs use to reach cloudvac.")
+
+    @property
+    def database_url(self) -> str:
+        return self.database or f"sqlite:///{self.state_dir / 'cloudvac.db'}"
+
+
+class SimSpace(_Model):
+    """``sim_*`` options of a space with ``api = sim``: the embedded simulated cloud."""
+
+    quota_processors: int | None = Field(None, ge=0, description="Cores the simulated project "
+                                         "may use (its Nova quota); unlimited if unset.")
+    quota_instances: int | None = Field(None, ge=0)
+    boot_seconds: float = Field(5.0, ge=0, description="Mean time from create to running.")
+    failure_rate: float = Field(0.0, ge=0, le=1, description="Fraction of creates that end in "
+                                "the failed state (cloud ERROR).")
+    api_latency_seconds: float = Field(0.0, ge=0, description="Delay added to every API call.")
+    fail_api: bool = Field(False, description="Every API call raises Retryable (outage test).")
+    seed: int | None = Field(None, description="Random seed, for reproducible runs.")
+    flavors: list[str] = Field(
+        default_factory=lambda: ["m1.small:1:2048", "m1.medium:2:4096", "m1.large:4:8192",
+                                 "m1.xlarge:8:16384"],
+        description="Simulated flavors as NAME:VCPUS:RAM_MB.")
+
+
+class SimMachinetype(_Model):
+    """``sim_*`` options of a machinetype in a simulated space: how its pilots behave."""
+
+    job_seconds: float = Field(60.0, gt=0, description="Mean time a pilot runs jobs.")
+    no_work_probability: float = Field(0.0, ge=0, le=1, description="Chance a pilot finds no "
+                                       "work and ends early with 300.")
+    error_probability: float = Field(0.0, ge=0, le=1, description="Chance a pilot ends with a "
+                                     "500/600 error code.")
+    heartbeat_seconds: float = Field(10.0, gt=0, description="How often pilots heartbeat.")
+
+
+class Machinetype(_Model):
+    """One ``[machinetype SPACE NAME]`` section: a VM profile, normally one per VO."""
+
+    name: str
+    space: str
+    vo: str | None = Field(None, description="Virtual organisation of the pilots.")
+    target_share: float = Field(0.0, ge=0, description="Relative share of the space's HS06; "
+                                "0 means never create. Shares need not sum to 1.")
+    processors_limit: int | None = Field(None, ge=0, description="Cap on this machinetype's "
+                                         "processors in any state.")
+    max_starting_processors: int | None = Field(None, ge=0, description="Cap on processors "
+                                                "of machines still starting.")
+    min_processors: int = Field(1, ge=1, description="Smallest acceptable flavor vCPU count.")
+    max_processors: int | None = Field(None, ge=1, description="Largest acceptable flavor "
+                                       "vCPU count.")
+    flavor_names: list[str] = Field(default_factory=list, description="Candidate flavors, "
+                                    "first fit wins; default: the space's flavor_names.")
+    root_image: str | None = Field(None, description="Image name or id to boot.")
+    user_data: str | None = Field(None, description="user_data template: builtin:NAME or a path.")
+    hs06_per_processor: float | None = Field(None, gt=0, description="Benchmark per processor; "
+                                             "weights shares, MJF and accounting.")
+    mb_per_processor: int = Field(2048, ge=1)
+    max_wallclock_seconds: Seconds = Field(86400, description="Delete running machines older "
+                                           "than this.")
+    max_starting_seconds: Seconds | None = Field(None, description="Delete machines starting "
+                                                 "longer than this; default: the space's.")
+    fizzle_seconds: Seconds = Field(600, description="A machine that stops sooner than this "
+                                    "(without a 100/200 code) sets the backoff.")
+    backoff_seconds: Seconds = Field(3600, description="No new machines this long after an "
+                                     "abort (codes 300-699 or a fizzle).")
+    heartbeat_file: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    heartbeat_seconds: Seconds | None = Field(None, description="Delete running machines whose "
+                                              "heartbeat_file is older; unset or 0 disables.")
+    shutdown_time: float | None = Field(None, description="Unix time: no creations after it, "
+                                        "running machines deleted once it passes.")
+    accounting_fqan: str | None = None
+    sim: SimMachinetype | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not MACHINETYPE_NAME.match(value):
+            raise ValueError("machinetype names use a-z, 0-9 and '-' (at most 32 characters)")
+        return value
+
+    @model_validator(mode="after")
+    def _ranges(self) -> Machinetype:
+        if self.max_processors is not None and self.max_processors < self.min_processors:
+            raise ValueError(f"max_processors ({self.max_processors}) is below min_processors "
+                             f"({self.min_processors})")
+        if bool(self.heartbeat_seconds) and not self.heartbeat_file:
+            raise ValueError("heartbeat_seconds needs heartbeat_file")
+        return self
+
+    @property
+    def heartbeat_check(self) -> bool:
+        return bool(self.heartbeat_file and self.heartbeat_seconds)
+
+
+class Space(_Model):
+    """One ``[space NAME]`` section with its machinetypes."""
+
+    name: str
+    api: Literal["sim", "openstack"] = Field(description="Cloud adapter.")
+    processors_limit: int | None = Field(None, ge=0, description="Cap on processors of all "
+                                         "machines in the space; the cloud's quota also applies.")
+    max_starting_processors: int | None = Field(None, ge=0, description="Cap on processors "
+                                                "of starting machines in the space.")
+    creation_burst_processors: int | None = Field(
+        None, ge=1, description="Processors created per cycle at most; default 10% of "
+        "processors_limit (at least one machine).")
+    flavor_names: list[str] = Field(default_factory=list)
+    max_starting_seconds: Seconds = Field(3600, description="Default for machinetypes.")
+    delete_retry_seconds: Seconds = Field(300, description="Wait before repeating a delete "
+                                          "that did not take effect.")
+    intent_seconds: Seconds = Field(600, description="How long an unanswered create still "
+                                    "counts against limits before it is forgotten.")
+    shutdown_time: float | None = Field(None, description="Drain the whole space at this time.")
+    site_name: str | None = Field(None, description="Site name (GOCDB), for accounting and "
+                                  "DIRAC site names.")
+    sim: SimSpace | None = None
+    machinetypes: dict[str, Machinetype] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not SPACE_NAME.match(value):
+            raise ValueError("space names are DNS-like: a-z, 0-9, '.' and '-'")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Space:
+        if not self.machinetypes:
+            raise ValueError("a space needs at least one [machinetype SPACE NAME] section")
+        if self.api == "sim" and self.sim is None:
+            object.__setattr__(self, "sim", SimSpace())
+        return self
+
+    def burst_processors(self, largest_machine: int) -> int:
+        """Processors the planner may start this cycle (VCycle: ceil(10 % of the limit))."""
+        if self.creation_burst_processors is not None:
+            return max(self.creation_burst_processors, largest_machine)
+        if self.processors_limit is None:
+            return max(largest_machine, 64)
+        return max(math.ceil(0.1 * self.processors_limit), largest_machine)
+
+    def starting_seconds(self, mt: Machinetype) -> int:
+        return mt.max_starting_seconds if mt.max_starting_seconds is not None \
+            else self.max_starting_seconds
+
+    def flavors_for(self, mt: Machinetype) -> list[str]:
+        return mt.flavor_names or self.flavor_names

@@ -1,0 +1,351 @@
+"""Table-driven tests of the pure planner (injected clock, no I/O)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cloudvac.clouds.base import Flavor, Limits, ObservedMachine
+from cloudvac.config.models import Machinetype, Space
+from cloudvac.engine.planner import Observation, Plan, plan
+from cloudvac.engine.records import Intent, MachineRecord, SpaceHistory
+from cloudvac.engine.states import MachineState, ShutdownMessage
+
+S = MachineState
+NOW = 1_000_000.0
+SMALL = Flavor("m1.small", 1, 2048)
+LARGE = Flavor("m1.large", 4, 8192)
+
+
+def make_space(mts: dict[str, dict[str, Any]] | None = None, **space: Any) -> Space:
+    mts = mts if mts is not None else {"belle": {"target_share": 1}}
+    machinetypes = {n: Machinetype(name=n, space="s.example", **o) for n, o in mts.items()}
+    return Space(name="s.example", api="sim", machinetypes=machinetypes, **space)
+
+
+def observed(name: str, state: S = S.RUNNING, mt: str = "belle", processors: int = 1,
+             created: float = NOW - 100, started: float | None = NOW - 90,
+             fault: str = "") -> ObservedMachine:
+    return ObservedMachine(cloud_id=f"id-{name}", name=name, machinetype=mt, state=state,
+                           processors=processors, created_at=created,
+                           started_at=started if state is not S.STARTING else None, fault=fault)
+
+
+def record(name: str, state: S = S.RUNNING, mt: str = "belle", **kw: Any) -> MachineRecord:
+    base: dict[str, Any] = {"processors": 1, "created_at": NOW - 100, "started_at": NOW - 90}
+    base.update(kw)
+    return MachineRecord(space="s.example", name=name, machinetype=mt, state=state, **base)
+
+
+def flavors(space: Space, flavor: Flavor = SMALL) -> dict[str, Flavor]:
+    return {n: flavor for n in space.machinetypes}
+
+
+def run(space: Space, machines: list[ObservedMachine] | None = None,
+        history: SpaceHistory | None = None, now: float = NOW, limits: Limits | None = None,
+        flavor: Flavor = SMALL) -> Plan:
+    obs = Observation(machines or [], limits or Limits(), flavors(space, flavor))
+    return plan(space, obs, history or SpaceHistory(), now)
+
+
+# --- deletion rules -----------------------------------------------------------------------
+
+MT_OPTS: dict[str, Any] = {"target_share": 1, "max_wallclock_seconds": 1000,
+                           "fizzle_seconds": 60, "heartbeat_file": "heartbeat",
+                           "heartbeat_seconds": 120, "max_starting_seconds": 300}
+
+DELETION_TABLE = [
+    # id, observed machine, record extras, drained, expected rule (None = kept)
+    ("running-fresh", observed("m", started=NOW - 50), {}, frozenset(), None),
+    ("stopped", observed("m", S.STOPPED), {}, frozenset(), "stopped"),
+    ("failed", observed("m", S.FAILED, fault="No valid host"), {}, frozenset(), "failed"),
+    ("starting-ok", observed("m", S.STARTING, created=NOW - 200), {}, frozenset(), None),
+    ("starting-too-long", observed("m", S.STARTING, created=NOW - 400), {}, frozenset(),
+     "starting_too_long"),
+    ("wallclock", observed("m", started=NOW - 1001), {"heartbeat_at": NOW - 1}, frozenset(),
+     "wallclock"),
+    ("heartbeat-lost", observed("m", started=NOW - 500), {"heartbeat_at": NOW - 121},
+     frozenset(), "heartbeat"),
+    ("heartbeat-never", observed("m", started=NOW - 500), {"heartbeat_at": None}, frozenset(),
+     "heartbeat"),
+    ("heartbeat-ok", observed("m", started=NOW - 500), {"heartbeat_at": NOW - 119},
+     frozenset(), None),
+    ("heartbeat-grace", observed("m", started=NOW - 100), {"heartbeat_at": None}, frozenset(),
+     None),
+    ("drained-mt", observed("m"), {"heartbeat_at": NOW}, frozenset({"belle"}), "drained"),
+    ("drained-space", observed("m", S.STARTING), {}, frozenset({"*"}), "drained"),
+    ("drained-other", observed("m"), {"heartbeat_at": NOW}, frozenset({"t2k"}), None),
+    ("unknown-state-old", observed("m", S.UNKNOWN, created=NOW - 5000), {}, frozenset(),
+     "unknown_state"),
+    ("unknown-state-new", observed("m", S.UNKNOWN, created=NOW - 10), {}, frozenset(), None),
+    ("cloud-deleting", observed("m", S.DELETING), {}, frozenset(), None),
+    ("delete-pending", observed("m", S.STOPPED), {"delete_requested_at": NOW - 10},
+     frozenset(), None),
+    ("delete-retry", observed("m", S.STOPPED), {"delete_requested_at": NOW - 400},
+     frozenset(), "stopped"),
+]
+
+
+@pytest.mark.parametrize(("seen", "extra", "drained", "expected"),
+                         [row[1:] for row in DELETION_TABLE],
+                         ids=[row[0] for row in DELETION_TABLE])
+def test_deletion_rules(seen: ObservedMachine, extra: dict[str, Any], drained: frozenset[str],
+                        expected: str | None) -> None:
+    space = make_space({"belle": MT_OPTS})
+    hist = SpaceHistory(machines={"m": record("m", seen.state, **extra)}, drained=drained)
+    result = run(space, [seen], hist)
+    reasons = [d.reason for d in result.deletes]
+    assert reasons == ([expected] if expected else [])
+
+
+def test_shutdown_time_of_machinetype_deletes_and_stops_creation() -> None:
+    space = make_space({"belle": {**MT_OPTS, "shutdown_time": NOW - 1}})
+    hist = SpaceHistory(machines={"m": record("m", heartbeat_at=NOW)})
+    result = run(space, [observed("m")], hist)
+    assert [d.reason for d in result.deletes] == ["shutdown_time"]
+    assert result.deletes[0].message == ShutdownMessage(100, "Passed shutdowntime")
+    assert result.creates == []
+
+
+def test_future_shutdown_time_does_not_break_creation() -> None:
+    """VCycle bug: a space shutdown_time in the future made every creation fail."""
+    space = make_space(shutdown_time=NOW + 3600)
+    assert len(run(space).creates) > 0
+
+
+def test_orphan_machinetype_only_reaped_by_wallclock_or_stop() -> None:
+    space = make_space()
+    young = observed("a", mt="gone-vo", started=NOW - 100)
+    old = observed("b", mt="gone-vo", started=NOW - 90000)
+    hist = SpaceHistory(machines={"a": record("a", mt="gone-vo"), "b": record("b", mt="gone-vo")})
+    result = run(space, [young, old], hist)
+    assert [(d.name, d.reason) for d in result.deletes] == [("b", "wallclock")]
+
+
+def test_delete_records_stop_and_own_message_for_accounting() -> None:
+    """VCycle never saw machines it killed as stopped (no accounting): we record the end."""
+    space = make_space({"belle": MT_OPTS})
+    hist = SpaceHistory(machines={"m": record("m", heartbeat_at=NOW)})
+    result = run(space, [observed("m", started=NOW - 2000)], hist)
+    update = next(u for u in result.reconciled.updates if u.name == "m")
+    assert update.stopped_at == NOW and update.delete_requested_at == NOW
+    assert update.default_shutdown == ShutdownMessage(700, "Exceeded max_wallclock_seconds")
+
+
+# --- shutdown codes, fizzle and backoff ---------------------------------------------------
+
+CODE_TABLE = [
+    # code (None = no message), seconds run before stopping, abort expected
+    (100, 10, False), (200, 10, False), (200, 5000, False),
+    (300, 5000, True), (400, 5000, True), (500, 5000, True), (600, 5000, True),
+    (700, 10, True), (700, 5000, False), (None, 10, True), (None, 5000, False),
+]
+
+
+@pytest.mark.parametrize(("code", "ran", "abort"), CODE_TABLE)
+def test_shutdown_codes_and_fizzle(code: int | None, ran: float, abort: bool) -> None:
+    space = make_space({"belle": {"target_share": 1, "fizzle_seconds": 600}})
+    message = ShutdownMessage(code, "text") if code else None
+    hist = SpaceHistory(machines={"m": record("m", started_at=NOW - ran, shutdown=message)})
+    result = run(space, [observed("m", S.STOPPED, started=NOW - ran)], hist)
+    assert ("belle" in result.reconciled.aborts) is abort
+    assert [d.reason for d in result.deletes] == ["stopped"]
+    if abort:
+        assert result.creates == [] and result.status["belle"].blocked.startswith("backoff")
+
+
+def test_machine_that_vanished_is_gone_and_evaluated_once() -> None:
+    space = make_space({"belle": {"target_share": 1, "fizzle_seconds": 600}})
+    hist = SpaceHistory(machines={"m": record("m", started_at=NOW - 10)})
+    result = run(space, [], hist)
+    update = next(u for u in result.reconciled.updates if u.name == "m")
+    assert update.state is S.GONE and update.stopped_at == NOW
+    assert "belle" in result.reconciled.aborts
+    hist2 = SpaceHistory(machines={"m": record("m", S.STOPPED, stopped_at=NOW - 5)})
+    assert run(space, [observed("m", S.STOPPED)], hist2).reconciled.aborts == {}
+
+
+BACKOFF = {"target_share": 1, "backoff_seconds": 1000, "fizzle_seconds": 100}
+BACKOFF_TABLE = [
+    # seconds since abort, machines running (with their age), creates expected
+    ("inside-backoff", 500, [], 0),
+    ("probe-window-empty", 1050, [], 1),
+    ("probe-window-unproven", 1050, [50], 0),
+    ("probe-window-proven", 1050, [150], 1),  # still one at a time inside the window
+    ("after-window", 1200, [], 10),
+]
+
+
+@pytest.mark.parametrize(("since", "ages", "expected"), [r[1:] for r in BACKOFF_TABLE],
+                         ids=[r[0] for r in BACKOFF_TABLE])
+def test_backoff_window(since: float, ages: list[float], expected: int) -> None:
+    space = make_space({"belle": BACKOFF}, creation_burst_processors=10)
+    machines = [observed(f"m{i}", started=NOW - age) for i, age in enumerate(ages)]
+    hist = SpaceHistory(machines={m.name: record(m.name, started_at=m.started_at)
+                                  for m in machines}, last_abort={"belle": NOW - since})
+    assert len(run(space, machines, hist).creates) == expected
+
+
+def test_quota_refusal_never_sets_backoff() -> None:
+    space = make_space()
+    result = run(space, limits=Limits(free_processors=0))
+    assert result.creates == [] and result.reconciled.aborts == {}
+    assert result.status["belle"].blocked == "cloud quota: no free cores"
+    assert result.status["belle"].backoff_until is None
+
+
+# --- limits -------------------------------------------------------------------------------
+
+def test_burst_defaults_to_ten_percent_of_limit() -> None:
+    assert len(run(make_space(processors_limit=200)).creates) == 20
+
+
+def test_starting_processors_counted_once() -> None:
+    """VCycle counted new machines' processors twice against max_starting_processors."""
+    space = make_space({"belle": {"target_share": 1, "max_starting_processors": 8}})
+    assert len(run(space, flavor=LARGE).creates) == 2
+
+
+LIMIT_TABLE = [
+    ("space-limit", {"processors_limit": 10}, Limits(), 9, "space processors_limit reached"),
+    ("foreign-usage", {"processors_limit": 10}, Limits(foreign_processors=5), 4,
+     "space processors_limit reached"),
+    ("cloud-cores", {}, Limits(free_processors=3), 3, "cloud quota: no free cores"),
+    ("cloud-instances", {}, Limits(free_instances=2), 2, "cloud quota: no free instances"),
+    ("cloud-ram", {}, Limits(free_ram_mb=4096), 2, "cloud quota: no free RAM"),
+    ("space-starting", {"max_starting_processors": 2}, Limits(), 2,
+     "space max_starting_processors reached"),
+]
+
+
+@pytest.mark.parametrize(("space_opts", "limits", "expected", "blocked"),
+                         [r[1:] for r in LIMIT_TABLE], ids=[r[0] for r in LIMIT_TABLE])
+def test_limits(space_opts: dict[str, Any], limits: Limits, expected: int, blocked: str) -> None:
+    space = make_space(creation_burst_processors=100, **space_opts)
+    hist = SpaceHistory(machines={"m": record("m", heartbeat_at=NOW)})
+    result = run(space, [observed("m")], hist, limits=limits)
+    assert len(result.creates) == expected
+    assert result.status["belle"].blocked == blocked
+
+
+def test_stale_listing_never_exceeds_limit() -> None:
+    """Creates not yet listed (intents) count; repeated cycles with a stale listing stay put."""
+    space = make_space(processors_limit=20, creation_burst_processors=100)
+    intents: dict[str, Intent] = {}
+    for cycle in range(5):
+        result = plan(space, Observation([], Limits(), flavors(space)),
+                      SpaceHistory(intents=intents), NOW + cycle)
+        for i, create in enumerate(result.creates):
+            name = f"c{cycle}-{i}"
+            intents[name] = Intent("s.example", name, create.machinetype,
+                                   create.flavor.processors, None, NOW + cycle)
+    assert sum(i.processors for i in intents.values()) == 20
+
+
+def test_expired_intent_is_forgotten() -> None:
+    space = make_space(intent_seconds=600)
+    intent = Intent("s.example", "x", "belle", 1, None, NOW - 601)
+    result = run(space, history=SpaceHistory(intents={"x": intent}))
+    assert result.reconciled.resolved_intents == ["x"]
+    assert any(e.kind == "intent-expired" for e in result.events)
+
+
+def test_listed_intent_resolves_and_unknown_listed_machine_is_adopted() -> None:
+    space = make_space()
+    intent = Intent("s.example", "a", "belle", 1, 10.0, NOW - 5)
+    result = run(space, [observed("a", S.STARTING), observed("b")],
+                 SpaceHistory(intents={"a": intent}))
+    assert result.reconciled.resolved_intents == ["a"]
+    messages = {e.machine: e.message for e in result.events if e.kind == "listed"}
+    assert "adopted" in messages["b"] and "created" in messages["a"]
+    assert {u.name for u in result.reconciled.updates} == {"a", "b"}
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    limit=st.integers(0, 60), burst=st.integers(1, 40), max_starting=st.none() | st.integers(0, 20),
+    foreign=st.integers(0, 20), free=st.none() | st.integers(0, 60),
+    running=st.lists(st.tuples(st.sampled_from(["belle", "t2k", "hyperk"]), st.integers(1, 4),
+                               st.sampled_from([S.RUNNING, S.STARTING, S.STOPPED])),
+                     max_size=15),
+    mt_limit=st.none() | st.integers(0, 30),
+)
+def test_property_creates_never_exceed_any_limit(
+        limit: int, burst: int, max_starting: int | None, foreign: int, free: int | None,
+        running: list[tuple[str, int, S]], mt_limit: int | None) -> None:
+    mts = {"belle": {"target_share": 2, "processors_limit": mt_limit},
+           "t2k": {"target_share": 1}, "hyperk": {"target_share": 1}}
+    space = make_space(mts, processors_limit=limit, creation_burst_processors=burst,
+                       max_starting_processors=max_starting)
+    machines = [observed(f"m{i}", state, mt, p, started=NOW - 5000)
+                for i, (mt, p, state) in enumerate(running)]
+    hist = SpaceHistory(machines={m.name: record(m.name, m.state, m.machinetype,
+                                                 processors=m.processors, heartbeat_at=NOW)
+                                  for m in machines})
+    result = run(space, machines, hist, limits=Limits(free_processors=free,
+                                                      foreign_processors=foreign))
+    new = sum(c.flavor.processors for c in result.creates)
+    existing = sum(m.processors for m in machines)
+    if new:
+        assert existing + foreign + new <= limit
+        assert new <= max(burst, 1)
+        assert free is None or new <= free
+        starting = sum(m.processors for m in machines if m.state is S.STARTING)
+        assert max_starting is None or starting + new <= max_starting
+        belle_new = sum(c.flavor.processors for c in result.creates if c.machinetype == "belle")
+        belle_old = sum(m.processors for m in machines if m.machinetype == "belle")
+        assert mt_limit is None or belle_new == 0 or belle_old + belle_new <= mt_limit
+
+
+# --- shares -------------------------------------------------------------------------------
+
+def simulate(space: Space, cycles: int, flavor_for: dict[str, Flavor], lifetime: float = 30.0,
+             step: float = 10.0) -> dict[str, float]:
+    """Run the planner against a tiny in-test cloud where machines live ``lifetime`` s."""
+    machines: dict[str, ObservedMachine] = {}
+    counter = 0
+    now = NOW
+    for _ in range(cycles):
+        for name, m in list(machines.items()):
+            if m.started_at is None:
+                machines[name] = replace(m, state=S.RUNNING, started_at=now)
+            elif now - m.started_at > lifetime:
+                machines[name] = replace(m, state=S.STOPPED)
+        hist = SpaceHistory(machines={
+            n: record(n, m.state, m.machinetype, processors=m.processors,
+                      started_at=m.started_at, shutdown=ShutdownMessage(200, "ok"))
+            for n, m in machines.items()})
+        result = plan(space, Observation(list(machines.values()), Limits(), flavor_for),
+                      hist, now)
+        for d in result.deletes:
+            machines.pop(d.name)
+        for c in result.creates:
+            counter += 1
+            name = f"v{counter}"
+            machines[name] = ObservedMachine(name, name, c.machinetype, S.STARTING,
+                                             c.flavor.processors, created_at=now)
+        now += step
+    return {n: s.actual_share for n, s in result.status.items()}
+
+
+def test_shares_converge_weighted_by_hs06() -> None:
+    """belle VMs are 4-core, 10 HS06/core; t2k 1-core, 20 HS06/core; targets 2:1:1."""
+    mts = {"belle": {"target_share": 2, "hs06_per_processor": 10},
+           "t2k": {"target_share": 1, "hs06_per_processor": 20},
+           "hyperk": {"target_share": 1, "hs06_per_processor": 10}}
+    space = make_space(mts, processors_limit=200, creation_burst_processors=40)
+    shares = simulate(space, 30, {"belle": LARGE, "t2k": SMALL, "hyperk": SMALL})
+    assert shares["belle"] == pytest.approx(0.5, abs=0.06)
+    assert shares["t2k"] == pytest.approx(0.25, abs=0.06)
+    assert shares["hyperk"] == pytest.approx(0.25, abs=0.06)
+
+
+def test_plan_is_deterministic() -> None:
+    space = make_space({"a": {"target_share": 1}, "b": {"target_share": 1}})
+    first = run(space)
+    assert [c.machinetype for c in first.creates] == [c.machinetype for c in run(space).creates]
+    assert {c.machinetype for c in first.creates} == {"a", "b"}
