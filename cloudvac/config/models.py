@@ -65,6 +65,16 @@ class SimSpace(_Model):
                                  "m1.xlarge:8:16384"],
         description="Simulated flavors as NAME:VCPUS:RAM_MB.")
 
+    @field_validator("flavors")
+    @classmethod
+    def _flavors(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            parts = entry.split(":")
+            if len(parts) != 3 or not parts[0] or not parts[1].isdigit() \
+                    or not parts[2].isdigit() or int(parts[1]) < 1:
+                raise ValueError(f"flavor {entry!r} is not NAME:VCPUS:RAM_MB")
+        return value
+
 
 class SimMachinetype(_Model):
     """``sim_*`` options of a machinetype in a simulated space: how its pilots behave."""
@@ -140,7 +150,8 @@ class Space(_Model):
     """One ``[space NAME]`` section with its machinetypes."""
 
     name: str
-    api: Literal["sim", "openstack"] = Field(description="Cloud adapter.")
+    api: Literal["sim"] = Field(description="Cloud adapter (openstack and ec2 arrive with their "
+                                "adapters).")
     processors_limit: int | None = Field(None, ge=0, description="Cap on processors of all "
                                          "machines in the space; the cloud's quota also applies.")
     max_starting_processors: int | None = Field(None, ge=0, description="Cap on processors "

@@ -124,7 +124,9 @@ def _replace_update(rec: Reconciled, record: MachineRecord) -> None:
     rec.updates.append(to_update(record))
 
 
-def _weight(mt: Machinetype, processors: int) -> float:
+def machine_weight(mt: Machinetype, processors: int) -> float:
+    """Share weight of one machine: its HS06 if the machinetype has a benchmark, else its
+    processors.  The same for new and old machines (VCycle mixed the two)."""
     return processors * mt.hs06_per_processor if mt.hs06_per_processor else float(processors)
 
 
@@ -159,7 +161,7 @@ def _plan_creates(space: Space, obs: Observation, history: SpaceHistory,
             space_starting += view.processors
         active = not view.state.finished and view.record.delete_requested_at is None
         if active:
-            tally.weight += _weight(mt, view.processors)
+            tally.weight += machine_weight(mt, view.processors)
         started = view.record.started_at
         if starting or (view.state is MachineState.RUNNING and started is not None
                         and now - started < mt.fizzle_seconds):
@@ -204,7 +206,7 @@ def _plan_creates(space: Space, obs: Observation, history: SpaceHistory,
         result.creates.append(Create(name, flavor, hs06))
         tally.total += p
         tally.starting += p
-        tally.weight += _weight(mt, p)
+        tally.weight += machine_weight(mt, p)
         tally.unproven += 1
         space_total += p
         space_starting += p

@@ -1,0 +1,53 @@
+"""Build and keep one cloud adapter per space across cycles and configuration reloads."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from cloudvac.clouds.base import Cloud
+from cloudvac.clouds.sim import PilotReporter, SimCloud, SimProject
+from cloudvac.config.models import Settings, SimMachinetype, SimSpace, Space
+
+
+class CloudFactory:
+    """Adapters are reused across cycles (connections, tokens and caches survive); a changed
+    configuration reconfigures the adapter rather than rebuilding it."""
+
+    def __init__(self, settings: Settings, reporter: PilotReporter,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.settings, self.reporter, self.clock = settings, reporter, clock
+        self._clouds: dict[str, Cloud] = {}
+        self._projects: dict[str, SimProject] = {}
+        self._configs: dict[str, Space] = {}
+
+    def get(self, space: Space) -> Cloud:
+        cloud = self._clouds.get(space.name)
+        if cloud is not None and self._configs.get(space.name) == space:
+            return cloud
+        self._configs[space.name] = space
+        if space.api == "sim":
+            options = space.sim or SimSpace()
+            behaviour = {n: mt.sim or SimMachinetype() for n, mt in space.machinetypes.items()}
+            if isinstance(cloud, SimCloud):
+                cloud.reconfigure(options, behaviour)
+                return cloud
+            project = self._projects.get(space.name)
+            if project is None:
+                project = SimProject(options=options, machinetypes=behaviour, clock=self.clock)
+                self._projects[space.name] = project
+            cloud = SimCloud(project, space.name, self.settings.manager_id, self.reporter,
+                             options=options)
+            cloud.reconfigure(options, behaviour)
+        self._clouds[space.name] = cloud
+        return cloud
+
+    def project(self, space: str) -> SimProject | None:
+        """The simulated project behind a sim space (for tests and the demo)."""
+        return self._projects.get(space)
+
+    async def forget(self, space: str) -> None:
+        cloud = self._clouds.pop(space, None)
+        self._configs.pop(space, None)
+        if cloud is not None:
+            await cloud.close()

@@ -1,0 +1,124 @@
+"""``cloudvac demo``: the daemon on the shipped example configuration, with a live table.
+
+The example configuration is copied into the state directory (``STATE/cloudvac.d``), so an
+operator can edit it while the demo runs and watch the daemon re-read it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import signal
+import tempfile
+import time
+from collections import Counter
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+
+from cloudvac.config import Space, load_config_dir
+from cloudvac.engine.daemon import Daemon
+from cloudvac.engine.planner import TypeStatus
+from cloudvac.engine.status import StatusRow, status_rows
+from cloudvac.store import Store
+
+
+def example_dir() -> Path:
+    return Path(str(resources.files("cloudvac") / "examples" / "demo"))
+
+
+def prepare(state_dir: Path) -> Path:
+    config_dir = state_dir / "cloudvac.d"
+    if not config_dir.is_dir():
+        config_dir.mkdir(parents=True)
+        for conf in sorted(example_dir().glob("*.conf")):
+            shutil.copy(conf, config_dir / conf.name)
+    return config_dir
+
+
+def run_demo(cycles: int | None, state_dir: Path | None, live: bool) -> dict[str, Any]:
+    state = state_dir or Path(tempfile.mkdtemp(prefix="cloudvac-demo-"))
+    config_dir = prepare(state)
+    loaded = load_config_dir(config_dir)
+    if loaded.settings is None or loaded.issues:
+        return {"ok": False, "errors": [str(i) for i in loaded.issues]}
+    overrides = {"state_dir": state, "database": None}
+    settings = loaded.settings.model_copy(update=overrides)
+    store = Store(settings.database_url)
+    daemon = Daemon(config_dir, settings, store, keep_reports=cycles or 100,
+                    settings_overrides=overrides)
+    try:
+        asyncio.run(_drive(daemon, store, cycles, live))
+        return summarize(daemon, store, state)
+    finally:
+        store.close()
+
+
+async def _drive(daemon: Daemon, store: Store, cycles: int | None, live: bool) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, daemon.stop)
+    runner = asyncio.create_task(daemon.run(cycles))
+    if not live:
+        await runner
+        return
+    from cloudvac.cli import status_table
+
+    console = Console()
+    with Live(console=console, refresh_per_second=2) as view:
+        while not runner.done():
+            spaces = {n: s.config for n, s in daemon.spaces.items()}
+            rows = await asyncio.to_thread(_rows, spaces, store)
+            view.update(status_table(rows, "cloudvac demo (Ctrl-C to stop)"))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(runner), 1.0)
+    await runner
+
+
+def _rows(spaces: dict[str, Space], store: Store) -> list[StatusRow]:
+    return status_rows(spaces, store.machines(), store.last_aborts(), store.events(limit=200),
+                       time.time())
+
+
+def _distance(status: dict[str, TypeStatus]) -> float:
+    """Total variation distance between actual and target shares (0 = on target)."""
+    return round(sum(abs(s.actual_share - s.target_share) for s in status.values()) / 2, 3)
+
+
+def summarize(daemon: Daemon, store: Store, state: Path) -> dict[str, Any]:
+    spaces: dict[str, Any] = {}
+    ok = True
+    for name, st in daemon.spaces.items():
+        space = st.config
+        quota = space.sim.quota_processors if space.sim else None
+        limit = min((x for x in (space.processors_limit, quota) if x is not None), default=None)
+        used = [sum(s.processors for s in r.status.values()) for r in st.reports if r.ok]
+        within = limit is None or all(u <= limit for u in used)
+        ok = ok and within
+        rows = [r for r in status_rows({name: space}, store.machines(name), store.last_aborts(),
+                                       store.events(name, 200), time.time())]
+        spaces[name] = {
+            "processors_limit": space.processors_limit, "quota_processors": quota,
+            "max_processors_used": max(used, default=0), "within_limits": within,
+            "share_distance_by_cycle": [_distance(r.status) for r in st.reports if r.status],
+            "machinetypes": {r.machinetype: {k: v for k, v in r.as_dict().items()
+                                             if k not in ("space", "machinetype")}
+                             for r in rows},
+            "cycles": [{"ok": r.ok, "created": r.created, "deleted": r.deleted,
+                        "error": r.error,
+                        "processors": sum(s.processors for s in r.status.values()),
+                        "running": {mt: s.machines.get("running", 0)
+                                    for mt, s in r.status.items()}} for r in st.reports],
+        }
+    records = store.machines(include_gone=True)
+    codes = Counter(str(m.shutdown.code) for m in records if m.shutdown is not None)
+    return {
+        "ok": ok, "state_dir": str(state), "spaces": spaces,
+        "machines_total": len(records),
+        "machines_with_heartbeat": sum(m.heartbeat_at is not None for m in records),
+        "shutdown_codes": dict(sorted(codes.items())),
+    }

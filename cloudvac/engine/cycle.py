@@ -1,0 +1,219 @@
+"""One cycle of one space: observe -> reconcile -> plan -> record -> act -> record.
+
+Crash safety: every decision is written to the store before the cloud is asked (intents
+before creates, delete requests before deletes), and every create carries a name and tags
+that the next listing recognises.  A manager killed at any instant therefore leaves no
+duplicate (the intent still counts) and no orphan (the listing adopts what it finds).
+
+The store is synchronous; its calls run in worker threads so a slow database never
+blocks other spaces' event-loop work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import secrets
+import string
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from cloudvac.clouds.base import (
+    TAG_CREATED,
+    TAG_MACHINETYPE,
+    TAG_MANAGER,
+    TAG_SPACE,
+    AuthFailed,
+    Cloud,
+    CloudError,
+    Flavor,
+    Gone,
+    MachineSpec,
+    Misconfigured,
+    QuotaExceeded,
+)
+from cloudvac.config.models import Machinetype, Settings, Space
+from cloudvac.engine.metrics import EngineMetrics
+from cloudvac.engine.planner import Create, Delete, Observation, TypeStatus, plan
+from cloudvac.engine.records import Event, Intent, MachineUpdate
+from cloudvac.engine.states import MachineState
+from cloudvac.store import Store
+
+log = logging.getLogger("cloudvac.engine.cycle")
+
+UserDataRenderer = Callable[[Space, Machinetype, str], str]
+FLAVOR_CACHE_SECONDS = 3600.0
+_ALPHABET = string.ascii_lowercase + string.digits
+
+
+def machine_name(space: str, machinetype: str) -> str:
+    """``cloudvac-<space hash>-<machinetype>-<random>``: unique, recognisable, DNS-safe."""
+    digest = hashlib.sha256(space.encode()).hexdigest()[:6]
+    suffix = "".join(secrets.choice(_ALPHABET) for _ in range(10))
+    return f"cloudvac-{digest}-{machinetype}-{suffix}"
+
+
+def generic_user_data(space: Space, mt: Machinetype, name: str) -> str:
+    """Placeholder until the contextualization layer renders per-VO templates."""
+    return f"#cloud-config\n# cloudvac machine {name} ({space.name}/{mt.name})\n"
+
+
+def log_event(event: Event, level: int = logging.INFO) -> None:
+    log.log(level, "space=%s machinetype=%s machine=%s %s: %s", event.space,
+            event.machinetype or "-", event.machine or "-", event.kind, event.message)
+
+
+@dataclass(slots=True)
+class CycleReport:
+    space: str
+    started: float
+    duration: float = 0.0
+    ok: bool = True
+    error: str = ""
+    created: int = 0
+    create_failures: int = 0
+    deleted: int = 0
+    status: dict[str, TypeStatus] = field(default_factory=dict)
+    config_ok: bool = True
+
+
+class SpaceCycle:
+    """Runs cycles for one space.  Holds only caches (flavors); all state is in the store."""
+
+    def __init__(self, cloud: Cloud, store: Store, settings: Settings, metrics: EngineMetrics,
+                 clock: Callable[[], float] = time.time,
+                 render: UserDataRenderer = generic_user_data,
+                 namer: Callable[[str, str], str] = machine_name) -> None:
+        self.cloud, self.store, self.settings, self.metrics = cloud, store, settings, metrics
+        self.clock, self.render, self.namer = clock, render, namer
+        self._flavors: dict[tuple[tuple[str, ...], int, int | None], tuple[float, Flavor]] = {}
+
+    async def run(self, space: Space) -> CycleReport:
+        now = self.clock()
+        report = CycleReport(space.name, now)
+        try:
+            machines = await self.cloud.list_machines()
+            limits = await self.cloud.limits()
+            flavors = await self._resolve_flavors(space, now)
+            history = await asyncio.to_thread(self.store.history, space.name)
+            result = plan(space, Observation(machines, limits, flavors), history, now)
+            rec = result.reconciled
+            await asyncio.to_thread(self.store.apply, space.name, rec.updates, rec.aborts)
+            await asyncio.to_thread(self.store.drop_intents, space.name, rec.resolved_intents)
+            events = list(result.events)
+            for mt in rec.aborts:
+                self.metrics.aborts.labels(space.name, mt).inc()
+            sem = asyncio.Semaphore(self.settings.api_concurrency)
+            deletes = [self._delete(space, d, sem, events) for d in result.deletes]
+            outcomes = await asyncio.gather(*deletes)
+            report.deleted = sum(outcomes)
+            created, failed = await self._create_all(space, result.creates, sem, events)
+            report.created, report.create_failures = created, failed
+            report.status = result.status
+            for event in events:
+                log_event(event)
+            await asyncio.to_thread(self.store.add_events, events)
+            self._gauges(space, result.status)
+        except CloudError as exc:
+            report.ok, report.error = False, f"{type(exc).__name__}: {exc}"
+            self.metrics.cloud_errors.labels(space.name, type(exc).__name__).inc()
+        report.duration = self.clock() - now
+        self.metrics.cycles.labels(space.name, "ok" if report.ok else "error").inc()
+        self.metrics.cycle_seconds.labels(space.name).observe(max(report.duration, 0.0))
+        return report
+
+    async def _resolve_flavors(self, space: Space, now: float) -> dict[str, Flavor]:
+        found: dict[str, Flavor] = {}
+        for mt in space.machinetypes.values():
+            if mt.target_share <= 0:
+                continue
+            key = (tuple(space.flavors_for(mt)), mt.min_processors, mt.max_processors)
+            cached = self._flavors.get(key)
+            if cached is not None and now - cached[0] < FLAVOR_CACHE_SECONDS:
+                found[mt.name] = cached[1]
+                continue
+            try:
+                flavor = await self.cloud.flavor(key[0], mt.min_processors, mt.max_processors)
+            except Misconfigured as exc:
+                log_event(Event(now, space.name, mt.name, "", "flavor", str(exc)),
+                          logging.ERROR)
+                continue
+            self._flavors[key] = (now, flavor)
+            found[mt.name] = flavor
+        return found
+
+    async def _delete(self, space: Space, d: Delete, sem: asyncio.Semaphore,
+                      events: list[Event]) -> bool:
+        async with sem:
+            try:
+                await self.cloud.delete_machine(d.cloud_id)
+            except Gone:
+                pass
+            except CloudError as exc:
+                self.metrics.deletes.labels(space.name, d.machinetype, d.reason, "error").inc()
+                events.append(Event(self.clock(), space.name, d.machinetype, d.name, "error",
+                                    f"delete failed, retried later: {exc}"))
+                return False
+        self.metrics.deletes.labels(space.name, d.machinetype, d.reason, "ok").inc()
+        return True
+
+    async def _create_all(self, space: Space, creates: Sequence[Create], sem: asyncio.Semaphore,
+                          events: list[Event]) -> tuple[int, int]:
+        refused: set[str] = set()  # machinetypes (or "*") refused this cycle: stop asking
+
+        async def one(create: Create) -> bool:
+            async with sem:
+                if "*" in refused or create.machinetype in refused:
+                    return False
+                return await self._create(space, create, refused, events)
+
+        results = await asyncio.gather(*(one(c) for c in creates))
+        return sum(results), len(results) - sum(results)
+
+    async def _create(self, space: Space, create: Create, refused: set[str],
+                      events: list[Event]) -> bool:
+        mt = space.machinetypes[create.machinetype]
+        now = self.clock()
+        name = self.namer(space.name, mt.name)
+        intent = Intent(space.name, name, mt.name, create.flavor.processors, create.hs06, now)
+        await asyncio.to_thread(self.store.add_intent, intent)
+        spec = MachineSpec(
+            name=name, space=space.name, machinetype=mt.name, flavor=create.flavor,
+            image=mt.root_image or "", user_data=self.render(space, mt, name),
+            metadata={TAG_SPACE: space.name, TAG_MACHINETYPE: mt.name,
+                      TAG_MANAGER: self.settings.manager_id, TAG_CREATED: f"{now:.0f}"})
+        label = self.metrics.creates.labels
+        try:
+            cloud_id = await self.cloud.create_machine(spec)
+        except (QuotaExceeded, Misconfigured, AuthFailed) as exc:
+            # A definite refusal: nothing was created, so the intent must not hold capacity.
+            await asyncio.to_thread(self.store.drop_intents, space.name, [name])
+            refused.add("*" if not isinstance(exc, Misconfigured) else mt.name)
+            label(space.name, mt.name, type(exc).__name__).inc()
+            events.append(Event(now, space.name, mt.name, name, "error",
+                                f"create refused ({type(exc).__name__}): {exc}"))
+            return False
+        except CloudError as exc:
+            # Outcome unknown (timeout, 5xx): keep the intent; the listing will tell.
+            label(space.name, mt.name, type(exc).__name__).inc()
+            events.append(Event(now, space.name, mt.name, name, "error",
+                                f"create outcome unknown ({type(exc).__name__}): {exc}"))
+            return False
+        update = MachineUpdate(name=name, machinetype=mt.name, state=MachineState.STARTING,
+                               cloud_id=cloud_id, processors=create.flavor.processors,
+                               hs06=create.hs06, created_at=now)
+        await asyncio.to_thread(self.store.apply, space.name, [update], {})
+        label(space.name, mt.name, "ok").inc()
+        events.append(Event(now, space.name, mt.name, name, "create",
+                            f"created with flavor {create.flavor.name} "
+                            f"({create.flavor.processors} processors)"))
+        return True
+
+    def _gauges(self, space: Space, status: dict[str, TypeStatus]) -> None:
+        for mt, st in status.items():
+            for state in MachineState:
+                self.metrics.machines.labels(space.name, mt, state.value).set(
+                    st.machines.get(state.value, 0))
+            self.metrics.processors.labels(space.name, mt).set(st.processors)

@@ -1,0 +1,33 @@
+"""Prometheus metrics of the engine, on a registry the caller owns (no global state)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class EngineMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.cycles = Counter("cloudvac_cycles", "Cycles run per space by outcome",
+                              ["space", "outcome"], registry=r)
+        self.cycle_seconds = Histogram("cloudvac_cycle_duration_seconds",
+                                       "Wall time of one space cycle", ["space"], registry=r,
+                                       buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 300))
+        self.creates = Counter("cloudvac_creates", "Create requests by outcome",
+                               ["space", "machinetype", "outcome"], registry=r)
+        self.deletes = Counter("cloudvac_deletes", "Delete requests by rule and outcome",
+                               ["space", "machinetype", "reason", "outcome"], registry=r)
+        self.cloud_errors = Counter("cloudvac_cloud_errors", "Cloud errors by kind",
+                                    ["space", "kind"], registry=r)
+        self.machines = Gauge("cloudvac_machines", "Machines by state at the last cycle",
+                              ["space", "machinetype", "state"], registry=r)
+        self.processors = Gauge("cloudvac_processors", "Processors held at the last cycle",
+                                ["space", "machinetype"], registry=r)
+        self.aborts = Counter("cloudvac_aborts", "Machine ends that set the backoff",
+                              ["space", "machinetype"], registry=r)
+        self.config_errors = Gauge("cloudvac_config_errors", "Configuration issues at the "
+                                   "last reload", registry=r)
+        self.space_config_ok = Gauge("cloudvac_space_config_ok", "1 if the space's current "
+                                     "configuration validated, 0 if its last good one is used",
+                                     ["space"], registry=r)

@@ -1,0 +1,145 @@
+"""The store's tables, as SQLAlchemy 2 typed declarative classes, and their records.
+
+These classes are the schema's single source of truth: migrations under ``migrations/``
+must reproduce exactly this metadata (a test compares them).  Everything here stays
+portable between SQLite and PostgreSQL: no dialect-specific types or defaults.
+
+Times are float unix seconds, stored as double precision: a 4-byte float (what a bare
+``FLOAT`` can mean on some databases) cannot even hold today's date to the second.
+Defaults live in the store's code, not in the schema, because every write goes through it.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Double, Index, Integer, MetaData, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from cloudvac.engine.records import Event, Intent, MachineRecord
+from cloudvac.engine.states import MachineState, ShutdownMessage
+
+# Named constraints keep future migrations deterministic: PostgreSQL otherwise invents
+# names that a later ALTER would have to guess.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    # Identifiers (space, machine and machinetype names, cloud ids) are bounded strings;
+    # free text uses ``Text`` explicitly.
+    type_annotation_map = {float: Double, str: String(255)}
+
+
+class MachineRow(Base):
+    """One machine.  Engine-owned fields are written by ``Store.apply``; ``heartbeat_at``
+    and ``shutdown_*`` belong to the VM-facing side and ``apply`` never overwrites them
+    (except a default shutdown message when the VM sent none)."""
+
+    __tablename__ = "machines"
+
+    space: Mapped[str] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(primary_key=True)
+    machinetype: Mapped[str]
+    state: Mapped[str] = mapped_column(String(16))
+    cloud_id: Mapped[str]
+    processors: Mapped[int] = mapped_column(Integer)
+    hs06: Mapped[float | None]
+    created_at: Mapped[float | None]
+    started_at: Mapped[float | None]
+    stopped_at: Mapped[float | None]
+    heartbeat_at: Mapped[float | None]
+    shutdown_code: Mapped[int | None] = mapped_column(Integer)
+    shutdown_text: Mapped[str | None] = mapped_column(Text)
+    shutdown_at: Mapped[float | None]
+    delete_requested_at: Mapped[float | None]
+    delete_reason: Mapped[str] = mapped_column(Text)
+    fault: Mapped[str] = mapped_column(Text)
+    address: Mapped[str] = mapped_column(Text)
+    # When ``apply`` last wrote this row (wall clock): not touched by heartbeats, so it
+    # tells how recently the engine saw the machine.
+    updated_at: Mapped[float]
+
+    def to_record(self) -> MachineRecord:
+        shutdown = None
+        if self.shutdown_code is not None:
+            shutdown = ShutdownMessage(self.shutdown_code, self.shutdown_text or "")
+        return MachineRecord(
+            space=self.space,
+            name=self.name,
+            machinetype=self.machinetype,
+            state=MachineState(self.state),
+            cloud_id=self.cloud_id,
+            processors=self.processors,
+            hs06=self.hs06,
+            created_at=self.created_at,
+            started_at=self.started_at,
+            stopped_at=self.stopped_at,
+            heartbeat_at=self.heartbeat_at,
+            shutdown=shutdown,
+            shutdown_at=self.shutdown_at,
+            delete_requested_at=self.delete_requested_at,
+            delete_reason=self.delete_reason,
+            fault=self.fault,
+            address=self.address,
+        )
+
+
+class IntentRow(Base):
+    """A create recorded before the cloud was asked; dropped once the listing shows it."""
+
+    __tablename__ = "intents"
+
+    space: Mapped[str] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(primary_key=True)
+    machinetype: Mapped[str]
+    processors: Mapped[int] = mapped_column(Integer)
+    hs06: Mapped[float | None]
+    created_at: Mapped[float]
+
+    def to_intent(self) -> Intent:
+        return Intent(
+            self.space, self.name, self.machinetype, self.processors, self.hs06, self.created_at
+        )
+
+
+class BackoffRow(Base):
+    """Latest abort (shutdown code 300-699) seen per machinetype; only ever increases."""
+
+    __tablename__ = "backoff"
+
+    space: Mapped[str] = mapped_column(primary_key=True)
+    machinetype: Mapped[str] = mapped_column(primary_key=True)
+    last_abort_at: Mapped[float]
+
+
+class DrainRow(Base):
+    """Presence of a row means drained; machinetype ``"*"`` drains the whole space."""
+
+    __tablename__ = "drains"
+
+    space: Mapped[str] = mapped_column(primary_key=True)
+    machinetype: Mapped[str] = mapped_column(primary_key=True)
+
+
+class EventRow(Base):
+    """One line of a space's event log.  Read newest first per space, hence the index."""
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_space_at", "space", "at"),)
+
+    # Plain Integer: on SQLite only ``INTEGER PRIMARY KEY`` is an autoincrementing rowid.
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[float]
+    space: Mapped[str]
+    machinetype: Mapped[str]
+    machine: Mapped[str]
+    kind: Mapped[str]
+    message: Mapped[str] = mapped_column(Text)
+
+    def to_event(self) -> Event:
+        return Event(self.at, self.space, self.machinetype, self.machine, self.kind, self.message)

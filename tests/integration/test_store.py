@@ -1,0 +1,377 @@
+"""The store against a real SQLite file: schema, semantics, concurrency and restarts."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+from cloudvac.engine.records import Event, Intent, MachineRecord, MachineUpdate
+from cloudvac.engine.states import MachineState, ShutdownMessage
+from cloudvac.store import Store
+from cloudvac.store.store import alembic_config
+from cloudvac.store.tables import Base
+
+TABLES = {"machines", "intents", "backoff", "drains", "events"}
+VM_MESSAGE = ShutdownMessage(300, "Nothing to do")
+DEFAULT = ShutdownMessage(700, "Heartbeat file not updated")
+
+
+def url_of(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "cloudvac.db"
+
+
+@pytest.fixture
+def store(db: Path) -> Iterator[Store]:
+    opened = Store(url_of(db))
+    yield opened
+    opened.close()
+
+
+def schema_diff(db: Path, metadata: sa.MetaData = Base.metadata) -> list[object]:
+    engine = sa.create_engine(url_of(db))
+    try:
+        with engine.connect() as connection:
+            return list(compare_metadata(MigrationContext.configure(connection), metadata))
+    finally:
+        engine.dispose()
+
+
+def table_names(db: Path) -> set[str]:
+    engine = sa.create_engine(url_of(db))
+    try:
+        return set(sa.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def running(name: str, **changes: Any) -> MachineUpdate:
+    base = MachineUpdate(
+        name=name,
+        machinetype="belle",
+        state=MachineState.RUNNING,
+        cloud_id=f"id-{name}",
+        processors=4,
+        hs06=10.5,
+        created_at=1000.0,
+        started_at=1010.0,
+    )
+    return replace(base, **changes)
+
+
+def only(store: Store, space: str, name: str) -> MachineRecord:
+    return store.history(space).machines[name]
+
+
+# --- schema and migrations -------------------------------------------------------------
+
+
+def test_migration_produces_exactly_the_declared_schema(store: Store, db: Path) -> None:
+    assert TABLES | {"alembic_version"} == table_names(db)
+    assert schema_diff(db) == []
+
+
+def test_schema_comparison_would_notice_a_difference(store: Store, db: Path) -> None:
+    # Guards the test above: an empty diff must not be the comparison's only possible answer.
+    drifted = sa.MetaData()
+    for table in Base.metadata.tables.values():
+        table.to_metadata(drifted)
+    drifted.tables["machines"].append_column(sa.Column("extra", sa.Integer()))
+    diff = schema_diff(db, drifted)
+    assert [entry[0] for entry in diff if isinstance(entry, tuple)] == ["add_column"]
+
+
+def test_migrations_downgrade_to_nothing_and_upgrade_back(store: Store, db: Path) -> None:
+    store.close()
+    engine = sa.create_engine(url_of(db))
+    try:
+        with engine.begin() as connection:
+            config = alembic_config(connection)
+            assert ScriptDirectory.from_config(config).get_heads() == ["0001"]
+            command.downgrade(config, "base")
+        assert table_names(db) == {"alembic_version"}
+        with engine.begin() as connection:
+            command.upgrade(alembic_config(connection), "head")
+        with engine.connect() as connection:
+            assert MigrationContext.configure(connection).get_current_revision() == "0001"
+    finally:
+        engine.dispose()
+    assert schema_diff(db) == []
+
+
+def test_sqlite_file_uses_wal_and_parent_directory_is_created(store: Store, db: Path) -> None:
+    assert db.parent.is_dir()
+    with sqlite3.connect(db) as raw:
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:", "mysql://h/db"])
+def test_unusable_urls_are_refused(url: str) -> None:
+    with pytest.raises(ValueError):
+        Store(url)
+
+
+# --- intents ---------------------------------------------------------------------------
+
+
+def test_intents_are_added_replaced_and_dropped_per_space(store: Store) -> None:
+    first = Intent("a", "vm-1", "belle", 4, 10.0, 100.0)
+    second = Intent("a", "vm-2", "t2k", 2, None, 101.0)
+    other = Intent("b", "vm-1", "belle", 4, 10.0, 102.0)
+    for intent in (first, second, other):
+        store.add_intent(intent)
+    assert store.history("a").intents == {"vm-1": first, "vm-2": second}
+
+    replaced = Intent("a", "vm-1", "belle", 8, 20.0, 103.0)
+    store.add_intent(replaced)
+    assert store.history("a").intents["vm-1"] == replaced
+
+    store.drop_intents("a", iter(["vm-1", "never-existed"]))
+    store.drop_intents("a", [])
+    assert store.history("a").intents == {"vm-2": second}
+    assert store.history("b").intents == {"vm-1": other}
+
+
+# --- apply -----------------------------------------------------------------------------
+
+
+def test_apply_inserts_every_engine_field(store: Store) -> None:
+    update = running(
+        "vm-1",
+        stopped_at=2000.0,
+        delete_requested_at=2001.0,
+        delete_reason="finished",
+        fault="none",
+        address="10.0.0.1",
+    )
+    store.apply("a", [update], {})
+    assert only(store, "a", "vm-1") == MachineRecord(
+        space="a",
+        name="vm-1",
+        machinetype="belle",
+        state=MachineState.RUNNING,
+        cloud_id="id-vm-1",
+        processors=4,
+        hs06=10.5,
+        created_at=1000.0,
+        started_at=1010.0,
+        stopped_at=2000.0,
+        delete_requested_at=2001.0,
+        delete_reason="finished",
+        fault="none",
+        address="10.0.0.1",
+    )
+
+
+def test_apply_updates_engine_fields_but_never_the_heartbeat(store: Store) -> None:
+    store.apply("a", [running("vm-1")], {})
+    assert store.record_heartbeat("a", "vm-1", 1500.0)
+    store.apply("a", [running("vm-1", state=MachineState.STOPPED, stopped_at=1600.0)], {})
+    record = only(store, "a", "vm-1")
+    assert (record.state, record.stopped_at) == (MachineState.STOPPED, 1600.0)
+    assert record.heartbeat_at == 1500.0
+    assert record.shutdown is None and record.shutdown_at is None
+
+
+def test_default_shutdown_is_stored_when_the_vm_sent_none(store: Store) -> None:
+    store.apply("a", [running("vm-1")], {})
+    store.apply("a", [running("vm-1", default_shutdown=DEFAULT)], {})
+    record = only(store, "a", "vm-1")
+    assert record.shutdown == DEFAULT
+    assert record.shutdown_at is not None
+    # A later update without a default keeps the stored message.
+    store.apply("a", [running("vm-1")], {})
+    assert only(store, "a", "vm-1").shutdown == DEFAULT
+
+
+def test_default_shutdown_never_overwrites_the_vm_message(store: Store) -> None:
+    store.apply("a", [running("vm-1")], {})
+    assert store.record_shutdown("a", "vm-1", VM_MESSAGE, 1700.0)
+    store.apply("a", [running("vm-1", state=MachineState.STOPPED, default_shutdown=DEFAULT)], {})
+    record = only(store, "a", "vm-1")
+    assert (record.shutdown, record.shutdown_at) == (VM_MESSAGE, 1700.0)
+    assert record.state is MachineState.STOPPED
+
+
+def test_vm_message_overwrites_default_and_earlier_vm_message(store: Store) -> None:
+    store.apply("a", [running("vm-1", default_shutdown=DEFAULT)], {})
+    assert store.record_shutdown("a", "vm-1", ShutdownMessage(200, "done"), 1800.0)
+    assert only(store, "a", "vm-1").shutdown == ShutdownMessage(200, "done")
+    assert store.record_shutdown("a", "vm-1", VM_MESSAGE, 1900.0)
+    record = only(store, "a", "vm-1")
+    assert (record.shutdown, record.shutdown_at) == (VM_MESSAGE, 1900.0)
+
+
+def test_shutdown_for_unknown_machine_is_refused(store: Store) -> None:
+    store.apply("a", [running("vm-1")], {})
+    assert not store.record_shutdown("a", "vm-2", VM_MESSAGE, 1.0)
+    assert not store.record_shutdown("b", "vm-1", VM_MESSAGE, 1.0)
+    assert store.machines() == [only(store, "a", "vm-1")]
+    assert only(store, "a", "vm-1").shutdown is None
+
+
+def test_apply_with_a_name_twice_keeps_the_last(store: Store) -> None:
+    store.apply("a", [running("vm-1", fault="first"), running("vm-1", fault="second")], {})
+    assert only(store, "a", "vm-1").fault == "second"
+
+
+def test_last_abort_only_increases(store: Store) -> None:
+    store.apply("a", [], {"belle": 100.0, "t2k": 50.0})
+    store.apply("a", [], {"belle": 80.0})
+    store.apply("b", [], {"belle": 10.0})
+    assert store.history("a").last_abort == {"belle": 100.0, "t2k": 50.0}
+    store.apply("a", [], {"belle": 150.0, "t2k": 20.0})
+    assert store.history("a").last_abort == {"belle": 150.0, "t2k": 50.0}
+    assert store.last_aborts() == {("a", "belle"): 150.0, ("a", "t2k"): 50.0, ("b", "belle"): 10.0}
+
+
+# --- heartbeats, drains, events --------------------------------------------------------
+
+
+def test_heartbeat_only_moves_forward(store: Store) -> None:
+    store.apply("a", [running("vm-1")], {})
+    assert store.record_heartbeat("a", "vm-1", 100.0)
+    assert store.record_heartbeat("a", "vm-1", 50.0)
+    assert only(store, "a", "vm-1").heartbeat_at == 100.0
+    assert store.record_heartbeat("a", "vm-1", 200.0)
+    assert only(store, "a", "vm-1").heartbeat_at == 200.0
+
+
+def test_heartbeat_for_unknown_or_gone_machine_is_refused(store: Store) -> None:
+    store.apply("a", [running("vm-1"), running("vm-2", state=MachineState.GONE)], {})
+    assert not store.record_heartbeat("a", "vm-3", 1.0)
+    assert not store.record_heartbeat("b", "vm-1", 1.0)
+    assert not store.record_heartbeat("a", "vm-2", 1.0)
+    gone = store.machines("a", include_gone=True)[1]
+    assert (gone.name, gone.heartbeat_at) == ("vm-2", None)
+
+
+def test_drains_per_machinetype_and_whole_space(store: Store) -> None:
+    store.set_drain("a", "*", True)
+    store.set_drain("a", "belle", True)
+    store.set_drain("a", "belle", True)
+    store.set_drain("b", "t2k", True)
+    assert store.history("a").drained == frozenset({"*", "belle"})
+    store.set_drain("a", "*", False)
+    store.set_drain("a", "never-drained", False)
+    assert store.history("a").drained == frozenset({"belle"})
+    assert store.history("b").drained == frozenset({"t2k"})
+    assert store.history("c").drained == frozenset()
+
+
+def test_events_newest_first_with_limit(store: Store) -> None:
+    def ev(at: float, space: str, message: str) -> Event:
+        return Event(at, space, "belle", "vm-1", "created", message)
+
+    store.add_events([ev(10.0, "a", "old"), ev(30.0, "a", "new"), ev(20.0, "b", "other")])
+    store.add_events([ev(30.0, "a", "same time, later")])
+    store.add_events([])
+    assert [e.message for e in store.events("a")] == ["same time, later", "new", "old"]
+    assert [e.message for e in store.events("a", limit=2)] == ["same time, later", "new"]
+    assert [e.at for e in store.events()] == [30.0, 30.0, 20.0, 10.0]
+    assert store.events(limit=0) == []
+    assert store.events("b") == [ev(20.0, "b", "other")]
+
+
+# --- machines, history, prune ----------------------------------------------------------
+
+
+def test_history_and_machines_exclude_gone_unless_asked(store: Store) -> None:
+    store.apply("a", [running("vm-1"), running("vm-2", state=MachineState.GONE)], {})
+    store.apply("b", [running("vm-3")], {})
+    assert set(store.history("a").machines) == {"vm-1"}
+    assert [m.name for m in store.machines("a")] == ["vm-1"]
+    assert [m.name for m in store.machines("a", include_gone=True)] == ["vm-1", "vm-2"]
+    assert [(m.space, m.name) for m in store.machines()] == [("a", "vm-1"), ("b", "vm-3")]
+
+
+def test_prune_removes_old_gone_machines_and_old_events(store: Store) -> None:
+    gone = MachineState.GONE
+    store.apply(
+        "a",
+        [
+            running("old-gone", state=gone, stopped_at=100.0),
+            running("new-gone", state=gone, stopped_at=300.0),
+            running("old-stopped", state=MachineState.STOPPED, stopped_at=100.0),
+            running("gone-no-stop-time", state=gone),
+        ],
+        {},
+    )
+    store.add_events([Event(100.0, "a", "belle", "x", "k", "old")])
+    store.add_events([Event(300.0, "a", "belle", "x", "k", "new")])
+
+    assert store.prune(200.0) == 2
+    names = {m.name for m in store.machines("a", include_gone=True)}
+    assert names == {"new-gone", "old-stopped", "gone-no-stop-time"}
+    assert [e.message for e in store.events("a")] == ["new"]
+    # Without a stop time the last update decides, which was a moment ago (wall clock).
+    assert store.prune(1e12) == 3
+    assert [m.name for m in store.machines("a", include_gone=True)] == ["old-stopped"]
+
+
+# --- concurrency and restarts ----------------------------------------------------------
+
+
+def test_concurrent_apply_on_four_spaces_loses_nothing(store: Store) -> None:
+    cycles, per_cycle = 40, 5
+    start = threading.Barrier(4)
+
+    def worker(space: str) -> None:
+        start.wait()
+        for cycle in range(cycles):
+            updates = [running(f"{space}-{cycle}-{i}") for i in range(per_cycle)]
+            store.apply(space, updates, {"belle": float(cycle)})
+            store.add_events([Event(float(cycle), space, "belle", "", "cycle", str(cycle))])
+            assert store.record_heartbeat(space, updates[0].name, float(cycle))
+            history = store.history(space)
+            assert len(history.machines) == (cycle + 1) * per_cycle
+
+    spaces = [f"space-{n}" for n in range(4)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for future in [pool.submit(worker, space) for space in spaces]:
+            future.result()
+
+    assert len(store.machines()) == 4 * cycles * per_cycle
+    assert store.last_aborts() == {(space, "belle"): float(cycles - 1) for space in spaces}
+    for space in spaces:
+        assert len(store.events(space, limit=1000)) == cycles
+        beats = [m for m in store.machines(space) if m.heartbeat_at is not None]
+        assert len(beats) == cycles
+
+
+def test_reopening_the_same_file_keeps_everything(db: Path) -> None:
+    first = Store(url_of(db))
+    first.add_intent(Intent("a", "vm-9", "belle", 4, 10.0, 100.0))
+    first.apply("a", [running("vm-1")], {"belle": 42.0})
+    first.record_heartbeat("a", "vm-1", 123.0)
+    first.record_shutdown("a", "vm-1", VM_MESSAGE, 124.0)
+    first.set_drain("a", "*", True)
+    first.add_events([Event(1.0, "a", "belle", "vm-1", "created", "hello")])
+    before = (first.history("a"), first.events(), first.last_aborts())
+    first.close()
+
+    second = Store(url_of(db))
+    try:
+        after = (second.history("a"), second.events(), second.last_aborts())
+        assert after == before
+        assert after[0].machines["vm-1"].heartbeat_at == 123.0
+        assert after[0].intents["vm-9"].machinetype == "belle"
+    finally:
+        second.close()
+    assert schema_diff(db) == []
