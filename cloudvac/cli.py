@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cloudvac import __version__
@@ -33,7 +34,7 @@ LogLevel = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING
 
 def _print_issues(loaded: LoadedConfig) -> None:
     for issue in loaded.issues:
-        err.print(f"[red]error[/red] {issue}", highlight=False, markup=True, soft_wrap=True)
+        err.print(f"[red]error[/red] {escape(str(issue))}", highlight=False, soft_wrap=True)
 
 
 @app.command()

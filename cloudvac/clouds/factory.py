@@ -42,6 +42,10 @@ class CloudFactory:
         self._clouds[space.name] = cloud
         return cloud
 
+    def use_project(self, space: str, project: SimProject) -> None:
+        """Run a sim space on an existing project (a restarted manager finding its VMs)."""
+        self._projects[space] = project
+
     def project(self, space: str) -> SimProject | None:
         """The simulated project behind a sim space (for tests and the demo)."""
         return self._projects.get(space)

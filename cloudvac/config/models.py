@@ -182,6 +182,10 @@ class Space(_Model):
     def _consistent(self) -> Space:
         if not self.machinetypes:
             raise ValueError("a space needs at least one [machinetype SPACE NAME] section")
+        bare = [n for n, mt in self.machinetypes.items() if not self.flavors_for(mt)]
+        if bare:
+            raise ValueError(f"no flavor_names for machinetype(s) {', '.join(bare)}: set "
+                             "flavor_names in the space or in each machinetype")
         if self.api == "sim" and self.sim is None:
             object.__setattr__(self, "sim", SimSpace())
         return self

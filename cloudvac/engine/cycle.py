@@ -96,13 +96,14 @@ class SpaceCycle:
         try:
             machines = await self.cloud.list_machines()
             limits = await self.cloud.limits()
-            flavors = await self._resolve_flavors(space, now)
+            events: list[Event] = []
+            flavors = await self._resolve_flavors(space, now, events)
             history = await asyncio.to_thread(self.store.history, space.name)
             result = plan(space, Observation(machines, limits, flavors), history, now)
             rec = result.reconciled
             await asyncio.to_thread(self.store.apply, space.name, rec.updates, rec.aborts)
             await asyncio.to_thread(self.store.drop_intents, space.name, rec.resolved_intents)
-            events = list(result.events)
+            events = [*events, *result.events]
             for mt in rec.aborts:
                 self.metrics.aborts.labels(space.name, mt).inc()
             sem = asyncio.Semaphore(self.settings.api_concurrency)
@@ -113,7 +114,7 @@ class SpaceCycle:
             report.created, report.create_failures = created, failed
             report.status = result.status
             for event in events:
-                log_event(event)
+                log_event(event, logging.ERROR if event.kind == "error" else logging.INFO)
             await asyncio.to_thread(self.store.add_events, events)
             self._gauges(space, result.status)
         except CloudError as exc:
@@ -124,7 +125,8 @@ class SpaceCycle:
         self.metrics.cycle_seconds.labels(space.name).observe(max(report.duration, 0.0))
         return report
 
-    async def _resolve_flavors(self, space: Space, now: float) -> dict[str, Flavor]:
+    async def _resolve_flavors(self, space: Space, now: float,
+                               events: list[Event]) -> dict[str, Flavor]:
         found: dict[str, Flavor] = {}
         for mt in space.machinetypes.values():
             if mt.target_share <= 0:
@@ -137,8 +139,7 @@ class SpaceCycle:
             try:
                 flavor = await self.cloud.flavor(key[0], mt.min_processors, mt.max_processors)
             except Misconfigured as exc:
-                log_event(Event(now, space.name, mt.name, "", "flavor", str(exc)),
-                          logging.ERROR)
+                events.append(Event(now, space.name, mt.name, "", "error", f"flavor: {exc}"))
                 continue
             self._flavors[key] = (now, flavor)
             found[mt.name] = flavor

@@ -120,6 +120,12 @@ class Daemon:
             if state.task is not None:
                 state.task.cancel()
         for name, state in self.spaces.items():
+            if state.task is not None and state.task.done() and self._cycles is None:
+                # A space task only ends on stop; anything else is a death to report and heal.
+                log.error("space=%s machinetype=- machine=- space task ended unexpectedly "
+                          "(%s); restarting it", name,
+                          "cancelled" if state.task.cancelled() else state.task.exception())
+                state.task = None
             if state.task is None:
                 state.task = asyncio.get_running_loop().create_task(self._space_loop(name),
                                                                     name=f"space:{name}")

@@ -24,6 +24,7 @@ LARGE = Flavor("m1.large", 4, 8192)
 def make_space(mts: dict[str, dict[str, Any]] | None = None, **space: Any) -> Space:
     mts = mts if mts is not None else {"belle": {"target_share": 1}}
     machinetypes = {n: Machinetype(name=n, space="s.example", **o) for n, o in mts.items()}
+    space.setdefault("flavor_names", ["m1.small"])
     return Space(name="s.example", api="sim", machinetypes=machinetypes, **space)
 
 

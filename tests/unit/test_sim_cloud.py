@@ -216,8 +216,10 @@ def test_flavor_selection_range() -> None:
 
 
 def test_bad_flavor_option() -> None:
-    with pytest.raises(Misconfigured, match=r"m1\.tiny:one"):
-        SimProject(SimSpace(flavors=["m1.tiny:one:512"]))
+    with pytest.raises(ValueError, match=r"m1\.tiny:one"):  # caught by the config model
+        SimSpace(flavors=["m1.tiny:one:512"])
+    with pytest.raises(Misconfigured, match=r"m1\.tiny:one"):  # and again by the sim itself
+        sim.parse_flavors(["m1.tiny:one:512"])
 
 
 def test_delete_is_async_idempotent_and_frees_quota_when_gone() -> None:

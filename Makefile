@@ -1,0 +1,18 @@
+# The two entry points of the README: `make demo` and `make test`.
+.PHONY: demo test lint unit venv
+
+venv:
+	@scripts/venv.sh
+
+demo: venv
+	.venv/bin/cloudvac demo
+
+lint: venv
+	.venv/bin/ruff check cloudvac tests benchmarks
+	.venv/bin/mypy
+
+test: venv lint
+	.venv/bin/python -m pytest -q -p no:cacheprovider
+
+unit: venv
+	.venv/bin/python -m pytest -q tests/unit

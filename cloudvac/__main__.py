@@ -1,0 +1,3 @@
+from cloudvac.cli import main
+
+main()

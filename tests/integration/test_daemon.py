@@ -1,0 +1,258 @@
+"""Cycle and daemon against the sim cloud and a real SQLite store (real time, short cycles)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from cloudvac.clouds.base import Cloud, Flavor, Limits, MachineSpec, ObservedMachine
+from cloudvac.config import load_config_dir
+from cloudvac.engine.daemon import Daemon
+from cloudvac.engine.states import MachineState
+from cloudvac.store import Store
+
+SPACE = """\
+[space {name}]
+api = sim
+processors_limit = {limit}
+creation_burst_processors = {limit}
+flavor_names = m1.small
+intent_seconds = {intent}
+sim_boot_seconds = 0.2
+sim_api_latency_seconds = {latency}
+sim_seed = 3
+{extra}
+[machinetype {name} belle]
+target_share = 1
+sim_job_seconds = 100
+"""
+SETTINGS = "[settings]\ncycle_seconds = 0.3\nspace_timeout_seconds = {timeout}\n"
+
+
+def config(tmp_path: Path, spaces: dict[str, dict[str, object]], timeout: float = 5) -> Path:
+    cdir = tmp_path / "conf"
+    cdir.mkdir(exist_ok=True)
+    (cdir / "00-settings.conf").write_text(SETTINGS.format(timeout=timeout))
+    for name, opts in spaces.items():
+        values = {"limit": 4, "latency": 0, "intent": 600, "extra": "", **opts}
+        (cdir / f"10-{name}.conf").write_text(SPACE.format(name=name, **values))
+    return cdir
+
+
+def make_daemon(cdir: Path, store: Store) -> Daemon:
+    loaded = load_config_dir(cdir)
+    assert loaded.settings is not None and not loaded.issues, loaded.issues
+    return Daemon(cdir, loaded.settings, store, keep_reports=50)
+
+
+@pytest.fixture
+def store(tmp_path: Path):  # type: ignore[no-untyped-def]
+    s = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    yield s
+    s.close()
+
+
+def live(store: Store, space: str) -> list[str]:
+    return [m.name for m in store.machines(space) if m.state is not MachineState.GONE]
+
+
+def test_cycles_fill_space_to_limit_and_record(tmp_path: Path, store: Store) -> None:
+    daemon = make_daemon(config(tmp_path, {"a.example": {}}), store)
+    asyncio.run(daemon.run(cycles=4))
+    project = daemon.factory.project("a.example")
+    assert project is not None and len(project.servers) == 4
+    machines = store.machines("a.example")
+    assert {m.state for m in machines} == {MachineState.RUNNING}
+    assert all(m.heartbeat_at is not None for m in machines)
+    reports = daemon.spaces["a.example"].reports
+    assert all(r.ok for r in reports) and sum(r.created for r in reports) == 4
+
+
+class ExplodingCloud:
+    """A cloud whose adapter has a bug: every call raises a non-CloudError."""
+
+    async def list_machines(self) -> Sequence[ObservedMachine]:
+        raise RuntimeError("adapter bug")
+
+    async def create_machine(self, spec: MachineSpec) -> str:
+        raise RuntimeError("adapter bug")
+
+    async def delete_machine(self, cloud_id: str) -> None:
+        raise RuntimeError("adapter bug")
+
+    async def limits(self) -> Limits:
+        raise RuntimeError("adapter bug")
+
+    async def flavor(self, names: Sequence[str], lo: int, hi: int | None) -> Flavor:
+        raise RuntimeError("adapter bug")
+
+    async def close(self) -> None:
+        return None
+
+
+def test_raising_and_hanging_spaces_do_not_stop_others(tmp_path: Path, store: Store) -> None:
+    cdir = config(tmp_path, {"good.example": {}, "bad.example": {},
+                             "slow.example": {"latency": 30}}, timeout=0.5)
+    daemon = make_daemon(cdir, store)
+    real_get = daemon.factory.get
+
+    def get(space):  # type: ignore[no-untyped-def]
+        return ExplodingCloud() if space.name == "bad.example" else real_get(space)
+
+    daemon.factory.get = get  # type: ignore[method-assign]
+    assert isinstance(ExplodingCloud(), Cloud)
+    asyncio.run(daemon.run(cycles=3))
+    good = daemon.spaces["good.example"].reports
+    bad = daemon.spaces["bad.example"].reports
+    slow = daemon.spaces["slow.example"].reports
+    assert all(r.ok for r in good) and len(live(store, "good.example")) == 4
+    assert len(bad) == 3 and all("RuntimeError: adapter bug" in r.error for r in bad)
+    assert len(slow) == 3 and all("space_timeout_seconds" in r.error for r in slow)
+    errors = [e for e in store.events("bad.example") if e.kind == "error"]
+    assert errors and "adapter bug" in errors[0].message
+
+
+def test_restart_adopts_existing_machines_even_with_a_lost_store(tmp_path: Path) -> None:
+    cdir = config(tmp_path, {"a.example": {}})
+    first = Store(f"sqlite:///{tmp_path / 'one.sqlite'}")
+    daemon = make_daemon(cdir, first)
+    asyncio.run(daemon.run(cycles=3))
+    project = daemon.factory.project("a.example")
+    assert project is not None and len(project.servers) == 4
+    first.close()
+
+    second = Store(f"sqlite:///{tmp_path / 'two.sqlite'}")  # the store is lost
+    restarted = make_daemon(cdir, second)
+    restarted.factory.use_project("a.example", project)
+    asyncio.run(restarted.run(cycles=2))
+    assert len(project.servers) == 4  # nothing created on top
+    adopted = [e for e in second.events("a.example") if e.kind == "listed"]
+    assert len(adopted) == 4 and all("adopted" in e.message for e in adopted)
+    assert sorted(live(second, "a.example")) == sorted(s.name for s in project.servers.values())
+    second.close()
+
+
+class DyingAfterCreate:
+    """Wraps a cloud; the create reaches the cloud, then the manager 'dies' before recording."""
+
+    def __init__(self, inner: Cloud) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    async def create_machine(self, spec: MachineSpec) -> str:
+        await self.inner.create_machine(spec)
+        raise asyncio.CancelledError  # killed between the cloud's answer and our record
+
+
+def test_kill_between_create_and_record_leaves_no_duplicate(tmp_path: Path,
+                                                           store: Store) -> None:
+    cdir = config(tmp_path, {"a.example": {}})
+    daemon = make_daemon(cdir, store)
+    real_get = daemon.factory.get
+    daemon.factory.get = lambda space: DyingAfterCreate(real_get(space))  # type: ignore
+    asyncio.run(daemon.run(cycles=1))  # the space task dies mid-cycle, the daemon survives
+    assert daemon.spaces["a.example"].task is not None
+    assert daemon.spaces["a.example"].task.cancelled()
+    project = daemon.factory.project("a.example")
+    assert project is not None and len(project.servers) >= 1
+    assert store.history("a.example").intents  # the intents survived the kill
+    created_before = len(project.servers)
+
+    restarted = make_daemon(cdir, store)
+    restarted.factory.use_project("a.example", project)
+    asyncio.run(restarted.run(cycles=3))
+    names = [s.name for s in project.servers.values()]
+    assert len(names) == len(set(names)) == 4
+    assert created_before <= 4
+    assert store.history("a.example").intents == {}
+
+
+class NeverCreates:
+    """The manager dies after recording the intent but before the create call."""
+
+    def __init__(self, inner: Cloud) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    async def create_machine(self, spec: MachineSpec) -> str:
+        raise asyncio.CancelledError
+
+
+def test_intent_without_create_holds_capacity_until_it_expires(tmp_path: Path,
+                                                               store: Store) -> None:
+    cdir = config(tmp_path, {"a.example": {"intent": 1}})
+    daemon = make_daemon(cdir, store)
+    real_get = daemon.factory.get
+    daemon.factory.get = lambda space: NeverCreates(real_get(space))  # type: ignore
+    asyncio.run(daemon.run(cycles=1))
+    assert store.history("a.example").intents
+    restarted = make_daemon(cdir, store)
+    asyncio.run(restarted.run(cycles=1))  # intents still young: nothing new
+    project = restarted.factory.project("a.example")
+    assert project is not None and len(project.servers) == 0
+    asyncio.run(asyncio.sleep(1.1))
+    again = make_daemon(cdir, store)
+    again.factory.use_project("a.example", project)
+    asyncio.run(again.run(cycles=2))
+    assert len(project.servers) == 4
+    expired = [e for e in store.events("a.example") if e.kind == "intent-expired"]
+    assert expired
+
+
+def test_bad_edit_keeps_last_good_config(tmp_path: Path, store: Store) -> None:
+    cdir = config(tmp_path, {"a.example": {}, "b.example": {}})
+
+    async def scenario() -> Daemon:
+        daemon = make_daemon(cdir, store)
+        runner = asyncio.create_task(daemon.run())
+        await asyncio.sleep(1.0)
+        (cdir / "10-a.example.conf").write_text("[space a.example]\napi = sim\n"
+                                                 "processors_limit = nope\n")
+        await asyncio.sleep(1.0)
+        state = daemon.spaces["a.example"]
+        assert not state.config_ok and state.config.processors_limit == 4
+        cycles_before = state.cycles
+        await asyncio.sleep(1.0)
+        assert daemon.spaces["a.example"].cycles > cycles_before  # still cycling
+        daemon.stop()
+        await asyncio.wait_for(runner, 10)
+        return daemon
+
+    daemon = asyncio.run(scenario())
+    assert daemon.last_load is not None
+    assert any(i.option == "processors_limit" for i in daemon.last_load.issues)
+    assert len(live(store, "b.example")) == 4
+
+
+def test_quota_refusal_is_an_error_event_not_a_backoff(tmp_path: Path, store: Store) -> None:
+    cdir = config(tmp_path, {"a.example": {"limit": 8, "extra": "sim_quota_processors = 2"}})
+    daemon = make_daemon(cdir, store)
+    # The planner sees free cores from limits(), so make limits() lie to force a refusal.
+    real_get = daemon.factory.get
+
+    class Lying:
+        def __init__(self, inner: Cloud) -> None:
+            self.inner = inner
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.inner, name)
+
+        async def limits(self) -> Limits:
+            return Limits()
+
+    daemon.factory.get = lambda space: Lying(real_get(space))  # type: ignore
+    asyncio.run(daemon.run(cycles=2))
+    project = daemon.factory.project("a.example")
+    assert project is not None
+    assert store.last_aborts() == {}
+    errors = [e.message for e in store.events("a.example") if e.kind == "error"]
+    assert errors and all("QuotaExceeded" in m for m in errors)
+    assert len(project.servers) <= 2
+    assert store.history("a.example").intents == {}

@@ -1,0 +1,142 @@
+"""Configuration loading: every kind of bad input gives its message with file:line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cloudvac.config import load_config_dir
+
+GOOD_SPACE = """\
+[space a.example]
+api = sim
+processors_limit = 100   ; inline comment
+flavor_names = m1.small,
+    m1.medium
+
+[machinetype a.example belle]
+target_share = 2
+hs06_per_processor = 10
+"""
+
+
+def write(tmp_path: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    return tmp_path
+
+
+def test_good_config_with_defaults_continuation_and_inline_comment(tmp_path: Path) -> None:
+    loaded = load_config_dir(write(tmp_path, {"10-a.conf": GOOD_SPACE}))
+    assert loaded.issues == []
+    space = loaded.spaces["a.example"]
+    assert space.processors_limit == 100
+    assert space.flavor_names == ["m1.small", "m1.medium"]
+    assert space.machinetypes["belle"].target_share == 2
+    assert space.machinetypes["belle"].fizzle_seconds == 600
+    assert space.burst_processors(1) == 10
+    assert loaded.settings is not None and loaded.settings.cycle_seconds == 60
+
+
+BAD_INPUTS = [
+    # id, file text, expected line, expected option, expected words in the message
+    ("syntax", "[space b.example]\napi = sim\nthis is not an option\n", 3, None,
+     "cannot parse line"),
+    ("outside-section", "api = sim\n[space b.example]\n", 1, "api", "outside any section"),
+    ("duplicate", "[space b.example]\napi = sim\napi = sim\n", 3, "api", "given twice"),
+    ("unknown-option", "[space b.example]\napi = sim\nprocesors_limit = 3\n"
+     "[machinetype b.example t2k]\n", 3, "procesors_limit", "did you mean 'processors_limit'"),
+    ("bad-int", "[space b.example]\napi = sim\nprocessors_limit = lots\n"
+     "[machinetype b.example t2k]\n", 3, "processors_limit", "valid integer"),
+    ("negative", "[space b.example]\napi = sim\n[machinetype b.example t2k]\n"
+     "target_share = -1\n", 4, "target_share", "greater than or equal to 0"),
+    ("missing-api", "[space b.example]\nprocessors_limit = 3\n[machinetype b.example t2k]\n",
+     1, "api", "required option is missing"),
+    ("bad-api", "[space b.example]\napi = azure\n[machinetype b.example t2k]\n", 2, "api",
+     "'sim'"),
+    ("unknown-section", "[vacuum_pipe b.example x]\nurl = y\n", 1, None, "unknown section"),
+    ("orphan-machinetype", "[machinetype nowhere.example t2k]\ntarget_share = 1\n", 1, None,
+     "no [space nowhere.example] section"),
+    ("no-machinetype", "[space b.example]\napi = sim\n", 1, None, "at least one [machinetype"),
+    ("bad-space-name", "[space B_x]\napi = sim\n[machinetype b_x t2k]\n", 1, None,
+     "DNS-like"),
+    ("min-max", "[space b.example]\napi = sim\n[machinetype b.example t2k]\n"
+     "min_processors = 4\nmax_processors = 2\n", 3, None, "below min_processors"),
+    ("heartbeat-no-file", "[space b.example]\napi = sim\n[machinetype b.example t2k]\n"
+     "heartbeat_seconds = 60\n", 3, None, "needs heartbeat_file"),
+    ("no-flavor", "[space b.example]\napi = sim\n[machinetype b.example t2k]\n", 1, None,
+     "no flavor_names for machinetype(s) t2k"),
+    ("sim-flavor", "[space b.example]\napi = sim\nsim_flavors = tiny\n"
+     "[machinetype b.example t2k]\n", 3, "sim_flavors", "NAME:VCPUS:RAM_MB"),
+    ("sim-unknown", "[space b.example]\napi = sim\n[machinetype b.example t2k]\n"
+     "sim_job_secs = 3\n", 4, "sim_job_secs", "did you mean 'sim_job_seconds'"),
+    ("settings", "[settings]\ncycle_seconds = 0\n", 2, "cycle_seconds", "greater than 0"),
+]
+
+
+@pytest.mark.parametrize(("text", "line", "option", "words"), [r[1:] for r in BAD_INPUTS],
+                         ids=[r[0] for r in BAD_INPUTS])
+def test_bad_input_is_located(tmp_path: Path, text: str, line: int, option: str | None,
+                              words: str) -> None:
+    loaded = load_config_dir(write(tmp_path, {"10-a.conf": GOOD_SPACE, "20-b.conf": text}))
+    matching = [i for i in loaded.issues if words in i.message]
+    assert matching, [str(i) for i in loaded.issues]
+    issue = matching[0]
+    assert issue.location.file == tmp_path / "20-b.conf"
+    assert issue.location.line == line
+    assert issue.option == option
+    assert str(issue).startswith(f"{tmp_path / '20-b.conf'}:{line}:")
+    # the good space in the other file is unaffected
+    assert "a.example" in loaded.spaces
+
+
+def test_broken_space_is_reported_not_loaded(tmp_path: Path) -> None:
+    bad = "[space b.example]\napi = sim\nprocessors_limit = -1\n[machinetype b.example t2k]\n"
+    loaded = load_config_dir(write(tmp_path, {"10-a.conf": GOOD_SPACE, "20-b.conf": bad}))
+    assert set(loaded.spaces) == {"a.example"}
+    assert loaded.broken == {"b.example"}
+    assert [i.option for i in loaded.issues_for("b.example")] == ["processors_limit"]
+
+
+def test_later_file_overrides_and_locations_follow(tmp_path: Path) -> None:
+    shares = "[machinetype a.example belle]\ntarget_share = 5\n"
+    loaded = load_config_dir(write(tmp_path, {"10-a.conf": GOOD_SPACE, "90-shares.conf": shares}))
+    assert loaded.spaces["a.example"].machinetypes["belle"].target_share == 5
+    bad = "[machinetype a.example belle]\n\ntarget_share = x\n"
+    loaded = load_config_dir(write(tmp_path, {"90-shares.conf": bad}))
+    (issue,) = loaded.issues
+    assert (issue.location.file.name, issue.location.line) == ("90-shares.conf", 3)
+
+
+def test_syntax_error_outside_sections_taints_that_file_only(tmp_path: Path) -> None:
+    other = "garbage\n[space c.example]\napi = sim\n[machinetype c.example t2k]\n"
+    loaded = load_config_dir(write(tmp_path, {"10-a.conf": GOOD_SPACE, "20-c.conf": other}))
+    assert set(loaded.spaces) == {"a.example"} and loaded.broken == {"c.example"}
+
+
+def test_values_are_never_echoed(tmp_path: Path) -> None:
+    secretish = "[space b.example]\napi = sim\nprocessors_limit = s3cr3t-value\n" \
+                "[machinetype b.example t2k]\n"
+    loaded = load_config_dir(write(tmp_path, {"20-b.conf": secretish}))
+    assert loaded.issues and all("s3cr3t" not in str(i) for i in loaded.issues)
+
+
+def test_unreadable_and_missing(tmp_path: Path) -> None:
+    (tmp_path / "10-bin.conf").write_bytes(b"\xff\xfe[space]")
+    loaded = load_config_dir(tmp_path)
+    assert "cannot read file" in loaded.issues[0].message
+    assert "not found" in load_config_dir(tmp_path / "nope").issues[0].message
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "no *.conf" in load_config_dir(empty).issues[0].message
+
+
+def test_shipped_demo_config_is_valid() -> None:
+    from cloudvac.demo import example_dir
+
+    loaded = load_config_dir(example_dir())
+    assert loaded.issues == []
+    assert set(loaded.spaces) == {"sim-a.example", "sim-b.example"}
+    for space in loaded.spaces.values():
+        assert set(space.machinetypes) == {"belle", "t2k", "hyperk"}
