@@ -1,5 +1,5 @@
 # The two entry points of the README: `make demo` and `make test`.
-.PHONY: demo test lint unit venv
+.PHONY: demo test lint unit venv oracle
 
 venv:
 	@scripts/venv.sh
@@ -11,7 +11,10 @@ lint: venv
 	.venv/bin/ruff check cloudvac tests benchmarks
 	.venv/bin/mypy
 
-test: venv lint
+oracle:
+	@bash tests/oracle/setup.sh
+
+test: venv lint oracle
 	.venv/bin/python -m pytest -q -p no:cacheprovider
 
 unit: venv
