@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import signal
 import sys
 import time
 from pathlib import Path
@@ -18,10 +17,12 @@ from rich.table import Table
 
 from cloudvac import __version__
 from cloudvac.config import DEFAULT_CONFIG_DIR, LoadedConfig, load_config_dir
-from cloudvac.engine.daemon import Daemon
 from cloudvac.engine.status import StatusRow, status_rows
 from cloudvac.logs import setup_logging
+from cloudvac.service import Service, run_service
 from cloudvac.store import Store
+from cloudvac.web.server import WebConfigError
+from cloudvac.web.tokens import SecretFileError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Keep IaaS clouds full of VMs running DIRAC pilots (vacuum model).")
@@ -70,18 +71,33 @@ def run(config_dir: ConfigDir = DEFAULT_CONFIG_DIR,
         err.print("[red]cannot start:[/red] no valid space in the configuration")
         raise typer.Exit(2)
     store = Store(loaded.settings.database_url)
-    daemon = Daemon(config_dir, loaded.settings, store)
+    service = Service(config_dir, loaded.settings, store)
     try:
-        asyncio.run(_run_until_signal(daemon, cycles))
+        asyncio.run(run_service(service, engine=True, cycles=cycles))
+    except (WebConfigError, SecretFileError) as exc:
+        err.print(f"[red]cannot start:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from None
     finally:
         store.close()
 
 
-async def _run_until_signal(daemon: Daemon, cycles: int | None) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, daemon.stop)
-    await daemon.run(cycles)
+@app.command()
+def web(config_dir: ConfigDir = DEFAULT_CONFIG_DIR, log_level: LogLevel = "INFO") -> None:
+    """Serve only the VM-facing web service (a separate web host sharing the store)."""
+    setup_logging(log_level)
+    loaded = load_config_dir(config_dir)
+    _print_issues(loaded)
+    if loaded.settings is None:
+        err.print("[red]cannot start:[/red] [settings] is invalid (see above)")
+        raise typer.Exit(2)
+    store = Store(loaded.settings.database_url)
+    try:
+        asyncio.run(run_service(Service(config_dir, loaded.settings, store), engine=False))
+    except (WebConfigError, SecretFileError) as exc:
+        err.print(f"[red]cannot start:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+    finally:
+        store.close()
 
 
 @app.command()

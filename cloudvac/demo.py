@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-import signal
 import tempfile
 import time
 from collections import Counter
@@ -21,9 +20,9 @@ from rich.console import Console
 from rich.live import Live
 
 from cloudvac.config import Space, load_config_dir
-from cloudvac.engine.daemon import Daemon
 from cloudvac.engine.planner import TypeStatus
 from cloudvac.engine.status import StatusRow, status_rows
+from cloudvac.service import Service, run_service
 from cloudvac.store import Store
 
 
@@ -46,23 +45,20 @@ def run_demo(cycles: int | None, state_dir: Path | None, live: bool) -> dict[str
     loaded = load_config_dir(config_dir)
     if loaded.settings is None or loaded.issues:
         return {"ok": False, "errors": [str(i) for i in loaded.issues]}
-    overrides = {"state_dir": state, "database": None}
+    overrides = {"state_dir": state, "database": None, "web_listen": "127.0.0.1:0",
+                 "web_url": None, "web_tls_cert": None, "web_tls_key": None}
     settings = loaded.settings.model_copy(update=overrides)
     store = Store(settings.database_url)
-    daemon = Daemon(config_dir, settings, store, keep_reports=cycles or 100,
-                    settings_overrides=overrides)
+    service = Service(config_dir, settings, store, overrides)
     try:
-        asyncio.run(_drive(daemon, store, cycles, live))
-        return summarize(daemon, store, state)
+        asyncio.run(_drive(service, store, cycles, live))
+        return summarize(service, store, state)
     finally:
         store.close()
 
 
-async def _drive(daemon: Daemon, store: Store, cycles: int | None, live: bool) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, daemon.stop)
-    runner = asyncio.create_task(daemon.run(cycles))
+async def _drive(service: Service, store: Store, cycles: int | None, live: bool) -> None:
+    runner = asyncio.create_task(run_service(service, cycles=cycles, keep_reports=cycles or 100))
     if not live:
         await runner
         return
@@ -71,9 +67,11 @@ async def _drive(daemon: Daemon, store: Store, cycles: int | None, live: bool) -
     console = Console()
     with Live(console=console, refresh_per_second=2) as view:
         while not runner.done():
-            spaces = {n: s.config for n, s in daemon.spaces.items()}
-            rows = await asyncio.to_thread(_rows, spaces, store)
-            view.update(status_table(rows, "cloudvac demo (Ctrl-C to stop)"))
+            daemon = service.daemon
+            if daemon is not None:
+                rows = await asyncio.to_thread(_rows, daemon.current_spaces(), store)
+                title = f"cloudvac demo on http://127.0.0.1:{service.port} (Ctrl-C to stop)"
+                view.update(status_table(rows, title))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(runner), 1.0)
     await runner
@@ -89,7 +87,22 @@ def _distance(status: dict[str, TypeStatus]) -> float:
     return round(sum(abs(s.actual_share - s.target_share) for s in status.values()) / 2, 3)
 
 
-def summarize(daemon: Daemon, store: Store, state: Path) -> dict[str, Any]:
+def _uploads(service: Service) -> dict[str, int]:
+    """Uploads the web service accepted, by kind (what arrived over HTTP)."""
+    counts: dict[str, int] = {}
+    for metric in service.registry.collect():
+        if metric.name != "cloudvac_uploads":
+            continue
+        for sample in metric.samples:
+            if sample.name.endswith("_total") and sample.labels.get("status") == "204":
+                kind = sample.labels["kind"]
+                counts[kind] = counts.get(kind, 0) + int(sample.value)
+    return counts
+
+
+def summarize(service: Service, store: Store, state: Path) -> dict[str, Any]:
+    daemon = service.daemon
+    assert daemon is not None
     spaces: dict[str, Any] = {}
     ok = True
     for name, st in daemon.spaces.items():
@@ -121,4 +134,6 @@ def summarize(daemon: Daemon, store: Store, state: Path) -> dict[str, Any]:
         "machines_total": len(records),
         "machines_with_heartbeat": sum(m.heartbeat_at is not None for m in records),
         "shutdown_codes": dict(sorted(codes.items())),
+        "uploads_over_http": _uploads(service),
+        "backoffs": sum(1 for e in store.events(limit=10000) if e.kind == "abort"),
     }

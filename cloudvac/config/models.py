@@ -41,7 +41,27 @@ class Settings(_Model):
         300.0, description="Deadline of one space's cycle; a space that overruns is cancelled "
         "and reported, others carry on.")
     api_concurrency: int = Field(4, ge=1, le=64, description="Cloud calls in flight per space.")
-    web_url: str = Field("http://127.0.0.1:8080", description="URL VMs use to reach cloudvac.")
+    web_listen: str = Field("127.0.0.1:8080", pattern=r"^[^:\s]+:\d{1,5}$",
+                            description="HOST:PORT the VM-facing web service binds. Plain HTTP "
+                            "is only allowed on loopback; elsewhere set web_tls_cert/_key.")
+    web_url: str | None = Field(None, pattern=r"^https?://[^/\s]+$", description="Base URL "
+                                "VMs use to reach cloudvac; default from web_listen.")
+    web_tls_cert: Path | None = Field(None, description="PEM certificate (chain) for HTTPS.")
+    web_tls_key: Path | None = Field(None, description="PEM private key for HTTPS.")
+    upload_max_file_bytes: int = Field(1 << 20, ge=1024, description="Largest upload per file.")
+    upload_max_machine_bytes: int = Field(16 << 20, ge=1024, description="Largest total of "
+                                          "one machine's uploads.")
+    log_retention_hours: float = Field(72.0, gt=0, description="Uploaded files of ended "
+                                       "machines are removed after this.")
+    token_grace_seconds: int = Field(86400, ge=0, description="VM tokens stay valid this long "
+                                     "after max_wallclock_seconds.")
+
+    @property
+    def web_base_url(self) -> str:
+        if self.web_url:
+            return self.web_url
+        scheme = "https" if self.web_tls_cert else "http"
+        return f"{scheme}://{self.web_listen}"
 
     @property
     def database_url(self) -> str:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudvac.clouds.factory import CloudFactory
+from cloudvac.clouds.sim import PilotReporter
 from cloudvac.config import LoadedConfig, Settings, Space, load_config_dir
 from cloudvac.engine.cycle import CycleReport, SpaceCycle, UserDataRenderer, generic_user_data
 from cloudvac.engine.metrics import EngineMetrics
@@ -49,10 +50,11 @@ class Daemon:
                  metrics: EngineMetrics | None = None,
                  render: UserDataRenderer = generic_user_data,
                  keep_reports: int = 0,
-                 settings_overrides: Mapping[str, Any] | None = None) -> None:
+                 settings_overrides: Mapping[str, Any] | None = None,
+                 reporter: PilotReporter | None = None) -> None:
         self.config_dir, self.settings, self.store, self.clock = config_dir, settings, store, clock
         self.metrics = metrics or EngineMetrics()
-        self.factory = CloudFactory(settings, StoreReporter(store), clock)
+        self.factory = CloudFactory(settings, reporter or StoreReporter(store), clock)
         self.render = render
         self.keep_reports = keep_reports
         self.overrides = dict(settings_overrides or {})
@@ -60,6 +62,15 @@ class Daemon:
         self.last_load: LoadedConfig | None = None
         self._stop = asyncio.Event()
         self._cycles: int | None = None
+
+    def current_spaces(self) -> dict[str, Space]:
+        """The configuration in force for every managed space (last good one if broken)."""
+        return {name: state.config for name, state in self.spaces.items()}
+
+    def heartbeat_file(self, space: str, machinetype: str) -> str:
+        state = self.spaces.get(space)
+        mt = state.config.machinetypes.get(machinetype) if state else None
+        return (mt.heartbeat_file if mt else None) or "heartbeat"
 
     def stop(self) -> None:
         self._stop.set()

@@ -286,13 +286,34 @@ class Store:
     def record_heartbeat(self, space: str, name: str, at: float) -> bool:
         """Note a heartbeat at ``at``.  The stored time only moves forward (an older
         heartbeat is accepted and ignored).  False if no non-GONE machine has this name."""
+        return self.record_heartbeats({(space, name): at}) > 0
+
+    def record_heartbeats(self, beats: Mapping[tuple[str, str], float]) -> int:
+        """Many heartbeats in one transaction (the web side batches them so that thousands
+        of VMs cost one commit per second, not one each).  Returns how many matched a
+        non-GONE machine; each stored time only moves forward."""
+        if not beats:
+            return 0
         stored = MachineRow.heartbeat_at
-        stmt = (
-            update(MachineRow)
-            .where(MachineRow.space == space, MachineRow.name == name, MachineRow.state != _GONE)
-            .values(heartbeat_at=case((or_(stored.is_(None), stored < at), at), else_=stored))
-        )
-        return self._update_one(stmt)
+        matched = 0
+        with self._write() as session:
+            for (space, name), at in beats.items():
+                stmt = (
+                    update(MachineRow)
+                    .where(MachineRow.space == space, MachineRow.name == name,
+                           MachineRow.state != _GONE)
+                    .values(heartbeat_at=case((or_(stored.is_(None), stored < at), at),
+                                              else_=stored))
+                )
+                result = session.execute(stmt, execution_options={"synchronize_session": False})
+                matched += cast(CursorResult[Any], result).rowcount
+        return matched
+
+    def machine(self, space: str, name: str) -> MachineRecord | None:
+        """One machine (GONE included), or None."""
+        with self._read() as session:
+            row = session.get(MachineRow, (space, name))
+            return None if row is None else row.to_record()
 
     def record_shutdown(self, space: str, name: str, message: ShutdownMessage, at: float) -> bool:
         """Store the VM's own shutdown message, received at ``at``.  It replaces any

@@ -1,0 +1,103 @@
+"""Assemble the running service: store, secret, renderer, engine, web server.
+
+``cloudvac run`` serves the engine and the web together in one event loop; ``cloudvac
+web`` serves only the web side (for a separate web host sharing the store); the demo is
+``run`` on the shipped configuration with the web bound to a free loopback port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from cloudvac.clouds.simhttp import HttpPilotReporter
+from cloudvac.config import Settings, Space, load_config_dir
+from cloudvac.context.userdata import ContextRenderer
+from cloudvac.engine.daemon import Daemon
+from cloudvac.engine.metrics import EngineMetrics
+from cloudvac.store import Store
+from cloudvac.web.app import WebContext, create_app
+from cloudvac.web.files import JoboutputsDir, UploadLimits
+from cloudvac.web.server import bound_port, make_server
+from cloudvac.web.tokens import TokenSigner, load_or_create_secret
+
+log = logging.getLogger("cloudvac.service")
+
+
+@dataclass
+class Service:
+    config_dir: Path
+    settings: Settings
+    store: Store
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    daemon: Daemon | None = None
+    web: WebContext | None = None
+    port: int | None = None
+    """The port the web service listens on, once started (web_listen may say 0)."""
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.daemon is not None:
+            self.daemon.stop()
+
+    def _spaces_from_files(self) -> Mapping[str, Space]:
+        return load_config_dir(self.config_dir).spaces
+
+    async def serve(self, engine: bool = True, cycles: int | None = None,
+                    keep_reports: int = 0) -> None:
+        """Run until ``stop()`` (or, with ``cycles``, until every space ran that many)."""
+        signer = TokenSigner(load_or_create_secret(self.settings.state_dir))
+        files = JoboutputsDir(self.settings.state_dir / "joboutputs",
+                              UploadLimits(self.settings.upload_max_file_bytes,
+                                           self.settings.upload_max_machine_bytes))
+        renderer = ContextRenderer(self.settings, signer)
+        if engine:
+            self.daemon = Daemon(self.config_dir, self.settings, self.store,
+                                 metrics=EngineMetrics(self.registry), render=renderer,
+                                 keep_reports=keep_reports, settings_overrides=self.overrides)
+        spaces = self.daemon.current_spaces if self.daemon else self._spaces_from_files
+        self.web = WebContext(self.settings, self.store, signer, files, spaces, self.registry,
+                              render=renderer)
+        server = make_server(create_app(self.web), self.settings)
+        web_task = asyncio.create_task(server.serve(), name="web")
+        while not server.started and not web_task.done():
+            await asyncio.sleep(0.05)
+        if web_task.done():
+            web_task.result()  # raises the start-up error (e.g. port in use)
+        self.port = bound_port(server)
+        base = self.settings.web_url or \
+            f"{self.settings.web_base_url.rsplit(':', 1)[0]}:{self.port}"
+        log.info("space=- machinetype=- machine=- web service on %s", base)
+        try:
+            if self.daemon is not None:
+                reporter = HttpPilotReporter(base, signer, self.daemon.heartbeat_file)
+                self.daemon.factory.reporter = reporter
+                renderer.settings = self.settings.model_copy(update={"web_url": base})
+                try:
+                    await self.daemon.run(cycles)
+                finally:
+                    await reporter.close()
+            else:
+                await self._stop.wait()
+        finally:
+            server.should_exit = True
+            with contextlib.suppress(Exception):
+                await web_task
+
+
+async def run_service(service: Service, engine: bool = True, cycles: int | None = None,
+                      keep_reports: int = 0) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, service.stop)
+    await service.serve(engine, cycles, keep_reports)

@@ -1,0 +1,98 @@
+"""Files VMs upload (``$JOBOUTPUTS``): one directory per machine, atomic writes, limits.
+
+Layout: ``STATE_DIR/joboutputs/<space>/<machine>/<file>``.  A write goes to a temporary
+file in the same directory and is renamed into place, so readers never see half a file
+and a failed upload leaves the previous version intact.  Names are checked against a
+strict pattern before any path is built, so no upload can leave its machine's directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+SPACE_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
+MACHINE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class UploadRejected(Exception):
+    """An upload refused before anything was written; ``status`` is the HTTP answer."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+@dataclass(frozen=True, slots=True)
+class UploadLimits:
+    max_file_bytes: int
+    max_machine_bytes: int
+
+
+class JoboutputsDir:
+    def __init__(self, root: Path, limits: UploadLimits) -> None:
+        self.root, self.limits = root, limits
+
+    def machine_dir(self, space: str, name: str) -> Path:
+        if not SPACE_RE.match(space) or not MACHINE_RE.match(name):
+            raise UploadRejected(404, "no such machine")
+        return self.root / space / name
+
+    def write(self, space: str, name: str, file: str, data: bytes, durable: bool) -> None:
+        """Write ``data`` as ``file`` atomically; ``durable`` also fsyncs (shutdown messages
+        and logs; heartbeats are rewritten every minute and need not survive a crash)."""
+        if not FILE_RE.match(file):
+            raise UploadRejected(400, "file name must match " + FILE_RE.pattern)
+        if len(data) > self.limits.max_file_bytes:
+            raise UploadRejected(413, f"file larger than {self.limits.max_file_bytes} bytes")
+        directory = self.machine_dir(space, name)
+        directory.mkdir(parents=True, exist_ok=True)
+        used = sum(e.stat().st_size for e in os.scandir(directory)
+                   if e.is_file() and e.name != file and not e.name.startswith("."))
+        if used + len(data) > self.limits.max_machine_bytes:
+            raise UploadRejected(413, f"machine's uploads would exceed "
+                                 f"{self.limits.max_machine_bytes} bytes")
+        tmp = directory / f".{file}.{os.getpid()}.{time.monotonic_ns()}"
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+                if durable:
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            os.replace(tmp, directory / file)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def read(self, space: str, name: str, file: str) -> bytes | None:
+        if not FILE_RE.match(file):
+            return None
+        path = self.machine_dir(space, name) / file
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def cleanup(self, older_than: float, keep: set[tuple[str, str]]) -> int:
+        """Remove machine directories not modified since ``older_than`` whose machine is not
+        in ``keep`` (machines still alive).  Returns how many were removed."""
+        removed = 0
+        if not self.root.is_dir():
+            return 0
+        for space_dir in self.root.iterdir():
+            if not space_dir.is_dir():
+                continue
+            for machine_dir in space_dir.iterdir():
+                if (space_dir.name, machine_dir.name) in keep:
+                    continue
+                try:
+                    if machine_dir.stat().st_mtime < older_than:
+                        shutil.rmtree(machine_dir)
+                        removed += 1
+                except FileNotFoundError:
+                    continue
+        return removed

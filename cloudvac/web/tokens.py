@@ -1,0 +1,105 @@
+"""Per-VM tokens: every VM authenticates as itself.
+
+A token is ``v1.<subject>.<expiry>.<signature>``: the subject is ``space/name`` (base64url)
+and the signature is HMAC-SHA256, under a server secret, of subject and expiry.  It is
+handed to the VM in its user_data and sent back as ``Authorization: Bearer <token>``.
+Knowing one VM's token gives nothing about another's; the server needs no table of
+tokens (nothing to leak, nothing to lose), and verification is constant-time.
+
+The secret is generated on first start into ``STATE_DIR/server.secret`` with mode 0600;
+a secret file readable by group or others is refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+SECRET_FILE = "server.secret"
+VERSION = "v1"
+
+
+class SecretFileError(RuntimeError):
+    """The server secret file cannot be used (unsafe mode, unreadable, malformed)."""
+
+
+class TokenError(ValueError):
+    """A token that does not authenticate this request; ``status`` is 401 (no valid token)
+    or 403 (a valid token of another machine).  ``str()`` is safe to show."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+
+
+def load_or_create_secret(state_dir: Path) -> bytes:
+    """Read the server secret, creating it (0600, atomically) on first start."""
+    path = state_dir / SECRET_FILE
+    state_dir.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        tmp = state_dir / f".{SECRET_FILE}.{os.getpid()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, path)  # never replaces a secret another process just created
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    try:
+        mode = path.stat().st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise SecretFileError(f"{path} is accessible by group or others "
+                                  f"(mode {stat.S_IMODE(mode):04o}); chmod 600 it")
+        text = path.read_text().strip()
+    except OSError as exc:
+        raise SecretFileError(f"cannot read {path}: {exc.strerror}") from exc
+    if len(text) < 32:
+        raise SecretFileError(f"{path} holds no usable secret (at least 32 characters)")
+    return text.encode()
+
+
+@dataclass(frozen=True, slots=True)
+class TokenSigner:
+    secret: bytes
+
+    def _signature(self, subject: str, expires: int) -> str:
+        message = f"{VERSION}|{subject}|{expires}".encode()
+        digest = hmac.new(self.secret, message, hashlib.sha256).digest()
+        return _b64(digest)
+
+    def token(self, space: str, name: str, expires: float) -> str:
+        """The token of machine ``name`` in ``space``, valid until ``expires`` (unix time)."""
+        subject, exp = f"{space}/{name}", int(expires)
+        return f"{VERSION}.{_b64(subject.encode())}.{exp}.{self._signature(subject, exp)}"
+
+    def verify(self, token: str, space: str, name: str, now: float) -> None:
+        """Raise TokenError unless ``token`` was issued for this machine and is unexpired:
+        401 for a forged, malformed or expired token, 403 for another machine's token."""
+        parts = token.split(".")
+        if len(parts) != 4 or parts[0] != VERSION or not parts[2].isdigit():
+            raise TokenError(401, "malformed token")
+        try:
+            subject = base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)).decode()
+        except (ValueError, UnicodeDecodeError):
+            raise TokenError(401, "malformed token") from None
+        expected = self._signature(subject, int(parts[2]))
+        if not hmac.compare_digest(expected.encode(), parts[3].encode()):
+            raise TokenError(401, "token signature invalid")
+        if int(parts[2]) < now:
+            raise TokenError(401, "token expired")
+        if subject != f"{space}/{name}":
+            raise TokenError(403, "token belongs to another machine")
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
