@@ -1,0 +1,93 @@
+"""A real cloudvac web server (uvicorn on 127.0.0.1, a free port) in a background thread."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from cloudvac.config import Machinetype, Settings, Space
+from cloudvac.context.userdata import ContextRenderer
+from cloudvac.engine.records import MachineUpdate
+from cloudvac.engine.states import MachineState
+from cloudvac.store import Store
+from cloudvac.web.app import WebContext, create_app
+from cloudvac.web.files import JoboutputsDir, UploadLimits
+from cloudvac.web.server import bound_port, make_server
+from cloudvac.web.tokens import TokenSigner, load_or_create_secret
+
+SPACE = "web.example"
+
+
+def test_space(**mt_options: object) -> Space:
+    options: dict[str, object] = {"target_share": 1, "hs06_per_processor": 10.0,
+                                  "max_wallclock_seconds": 7200, "heartbeat_file": "heartbeat",
+                                  "heartbeat_seconds": 600, "mb_per_processor": 2000,
+                                  **mt_options}
+    mt = Machinetype(name="belle", space=SPACE, **options)  # type: ignore[arg-type]
+    return Space(name=SPACE, api="sim", flavor_names=["m1.small"], machinetypes={"belle": mt})
+
+
+@dataclass
+class Running:
+    url: str
+    settings: Settings
+    store: Store
+    signer: TokenSigner
+    space: Space
+    context: WebContext
+
+    def token(self, name: str, expires: float | None = None) -> str:
+        return self.signer.token(SPACE, name, expires or time.time() + 3600)
+
+    def add_machine(self, name: str, processors: int = 4, state: MachineState =
+                    MachineState.RUNNING, started: float = 1_700_000_000.0) -> None:
+        self.store.apply(SPACE, [MachineUpdate(name=name, machinetype="belle", state=state,
+                                               cloud_id=f"id-{name}", processors=processors,
+                                               hs06=processors * 10.0, created_at=started - 60,
+                                               started_at=started)], {})
+
+    def joboutput(self, name: str, file: str) -> Path:
+        return self.settings.state_dir / "joboutputs" / SPACE / name / file
+
+
+@contextmanager
+def web_server(state_dir: Path, space: Space | None = None, **settings: object
+               ) -> Iterator[Running]:
+    values: dict[str, object] = {"state_dir": state_dir, "web_listen": "127.0.0.1:0",
+                                 "upload_max_file_bytes": 4096,
+                                 "upload_max_machine_bytes": 10240, **settings}
+    config = Settings(**values)  # type: ignore[arg-type]
+    store = Store(config.database_url)
+    signer = TokenSigner(load_or_create_secret(config.state_dir))
+    the_space = space or test_space()
+    files = JoboutputsDir(config.state_dir / "joboutputs",
+                          UploadLimits(config.upload_max_file_bytes,
+                                       config.upload_max_machine_bytes))
+    context = WebContext(config, store, signer, files, lambda: {SPACE: the_space},
+                         CollectorRegistry(), render=ContextRenderer(config, signer))
+    server = make_server(create_app(context), config)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_until_complete, args=(server.serve(),),
+                              daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("web server did not start")
+        time.sleep(0.02)
+    scheme = "https" if config.web_tls_cert else "http"
+    try:
+        yield Running(f"{scheme}://127.0.0.1:{bound_port(server)}", config, store, signer,
+                      the_space, context)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+        loop.close()
+        store.close()
