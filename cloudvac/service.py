@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,17 @@ from cloudvac.web.server import bound_port, make_server
 from cloudvac.web.tokens import TokenSigner, load_or_create_secret
 
 log = logging.getLogger("cloudvac.service")
+HOUSEKEEPING_SECONDS = 600.0
+HISTORY_SECONDS = 30 * 86400.0  # ended machines and events kept in the store this long
+
+
+def housekeeping(settings: Settings, store: Store, files: JoboutputsDir, now: float) -> int:
+    """Remove uploads of ended machines after log_retention_hours and store history after
+    HISTORY_SECONDS.  Uploads of machines still alive are never removed."""
+    alive = {(m.space, m.name) for m in store.machines()}
+    removed = files.cleanup(now - settings.log_retention_hours * 3600.0, alive)
+    removed += store.prune(now - max(HISTORY_SECONDS, settings.log_retention_hours * 3600.0))
+    return removed
 
 
 @dataclass
@@ -75,6 +87,7 @@ class Service:
         if web_task.done():
             web_task.result()  # raises the start-up error (e.g. port in use)
         self.port = bound_port(server)
+        keeper = asyncio.create_task(self._housekeeping(files), name="housekeeping")
         base = self.settings.web_url or \
             f"{self.settings.web_base_url.rsplit(':', 1)[0]}:{self.port}"
         log.info("space=- machinetype=- machine=- web service on %s", base)
@@ -90,9 +103,22 @@ class Service:
             else:
                 await self._stop.wait()
         finally:
+            keeper.cancel()
             server.should_exit = True
             with contextlib.suppress(Exception):
                 await web_task
+
+    async def _housekeeping(self, files: JoboutputsDir) -> None:
+        while True:
+            try:
+                removed = await asyncio.to_thread(housekeeping, self.settings, self.store, files,
+                                                  time.time())
+                if removed:
+                    log.info("space=- machinetype=- machine=- housekeeping removed %d old "
+                             "uploads/records", removed)
+            except Exception:
+                log.exception("space=- machinetype=- machine=- housekeeping failed")
+            await asyncio.sleep(HOUSEKEEPING_SECONDS)
 
 
 async def run_service(service: Service, engine: bool = True, cycles: int | None = None,

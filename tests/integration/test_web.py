@@ -297,3 +297,20 @@ def test_tls_startup_errors_are_clear(tmp_path: Path) -> None:
     if not Path("/proc/self").exists() or __import__("os").geteuid() != 0:
         with pytest.raises(WebConfigError, match="Permission denied"):
             check_tls(Settings(state_dir=tmp_path, web_tls_cert=cert, web_tls_key=key))
+
+
+def test_housekeeping_removes_only_old_uploads_of_ended_machines(web: Running) -> None:
+    import os
+
+    from cloudvac.service import housekeeping
+
+    for name in (A, B):
+        assert put(web, name, "job.log", b"log", web.token(name)).status_code == 204
+    web.add_machine(B, state=MachineState.GONE)
+    old = time.time() - 4 * 86400
+    for name in (A, B):
+        os.utime(web.joboutput(name, "job.log").parent, (old, old))
+    removed = housekeeping(web.settings, web.store, web.context.files, time.time())
+    assert removed >= 1
+    assert web.joboutput(A, "job.log").exists()  # alive: kept however old
+    assert not web.joboutput(B, "job.log").parent.exists()
