@@ -164,32 +164,38 @@ class Uploader:
         self.opener = urllib.request.build_opener(*handlers)
 
     def put(self, name: str, body: bytes, deadline: float,
-            stop: Optional[threading.Event] = None) -> Optional[int]:
-        """Upload until stored, permanently refused, past deadline or stopped; the last status."""
+            stop: Optional[threading.Event] = None) -> Tuple[Optional[int], str]:
+        """Upload until stored, refused for good, past deadline or stopped: (status, problem).
+
+        Only the heartbeat passes ``stop``; it logs state changes itself, so this stays quiet.
+        """
         attempt = 0
         status: Optional[int] = None
+        what = "not tried"
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0.05 or (stop is not None and stop.is_set()):
-                log(f"PUT {name}: gave up (last: {status or 'no answer'})")
-                return status
+                if stop is None:
+                    log(f"PUT {name}: gave up after {attempt} tries: {what}")
+                return status, what
             status, detail = self._once(name, body, min(self.config.request_timeout_seconds,
                                                         remaining))
+            what = f"HTTP {status} {detail}" if status else detail
             if status is not None and 200 <= status < 300:
-                return status
+                if stop is None:
+                    log(f"PUT {name}: stored ({len(body)} bytes)")
+                return status, ""
             if status is not None and status < 500 and status not in (408, 429):
-                log(f"PUT {name}: refused, not retried: HTTP {status} {detail}")
-                return status
+                if stop is None:
+                    log(f"PUT {name}: refused, not retried: {what}")
+                return status, what
             delay = min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2 ** attempt)
             delay = min(delay * random.uniform(0.5, 1.5), deadline - time.monotonic())
             attempt += 1
-            what = f"HTTP {status} {detail}" if status else detail
-            log(f"PUT {name}: {what}; retry {attempt} in {max(delay, 0):.1f}s")
+            if stop is None:
+                log(f"PUT {name}: {what}; retry {attempt} in {max(delay, 0):.1f}s")
             if delay > 0:
-                if stop is not None:
-                    stop.wait(delay)
-                else:
-                    time.sleep(delay)
+                (stop or threading.Event()).wait(delay)
 
     def _once(self, name: str, body: bytes, timeout: float) -> Tuple[Optional[int], str]:
         request = urllib.request.Request(
@@ -210,8 +216,9 @@ class Uploader:
                 exc.close()
             return exc.code, detail[:200]
         except (OSError, http.client.HTTPException) as exc:  # refused, timeout, TLS, reset...
-            reason = getattr(exc, "reason", None) or exc
-            return None, f"{type(exc).__name__}: {reason}"
+            reason = getattr(exc, "reason", None)  # URLError wraps the interesting one
+            cause = reason if isinstance(reason, BaseException) else exc
+            return None, f"{type(cause).__name__}: {cause}"
 
 
 class Heartbeat(threading.Thread):
@@ -224,7 +231,7 @@ class Heartbeat(threading.Thread):
     def run(self) -> None:
         period = self.config.heartbeat_seconds
         due = time.monotonic()
-        healthy = False
+        last = "not tried"
         while not self.stopped.is_set():
             try:
                 load = os.getloadavg()[0]
@@ -233,15 +240,14 @@ class Heartbeat(threading.Thread):
             body = f"{int(time.time())} {load:.2f}\n".encode("ascii")
             try:
                 # Never past the next heartbeat's slot: a stale retry is worth less than it.
-                status = self.uploader.put(self.config.heartbeat_file, body, due + period,
-                                           self.stopped)
+                _, what = self.uploader.put(self.config.heartbeat_file, body, due + period,
+                                            self.stopped)
             except Exception as exc:  # a bug here must not end the heartbeats
-                log(f"heartbeat error: {exc!r}")
-                status = None
-            ok = status is not None and 200 <= status < 300
-            if ok and not healthy:
-                log("heartbeat accepted")
-            healthy = ok
+                what = f"internal error {exc!r}"
+            # Once per change, not per try: an outage of hours must not flood the journal.
+            if what != last and not self.stopped.is_set():
+                log(f"heartbeat failing: {what}" if what else "heartbeat accepted")
+            last = what
             due = max(due + period, time.monotonic())
             self.stopped.wait(due - time.monotonic())
 
@@ -278,10 +284,10 @@ class Agent:
     def run(self) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
-        heartbeat = Heartbeat(self.config, self.uploader)
-        heartbeat.start()
         log(f"started; joboutputs {self.config.joboutputs_url}, "
             f"heartbeat every {self.config.heartbeat_seconds}s")
+        heartbeat = Heartbeat(self.config, self.uploader)
+        heartbeat.start()
         try:
             fallback = self._run_pilot() if self.command else self._idle()
             self._final_uploads(fallback)
@@ -332,7 +338,8 @@ class Agent:
                     _kill_group(proc.pid, signal.SIGKILL)
                     killed = True
         how = f"killed by signal {-code}" if code < 0 else f"exit {code}"
-        log("pilot ended: " + how)
+        log("pilot ended: " + how + (f" (agent got {self.signal_name})"
+                                     if self.signal_name else ""))
         if self.signal_name is not None:
             return "100 Shutdown as requested"
         return "200 Success" if code == 0 else f"700 {FAILED_TEXT} ({how})"
@@ -361,7 +368,7 @@ class Agent:
             messages.insert(0, own)
         for message in messages:
             log("shutdown_message: " + message)
-            status = self.uploader.put(SHUTDOWN_FILE, message.encode("utf-8"), deadline)
+            status, _ = self.uploader.put(SHUTDOWN_FILE, message.encode("utf-8"), deadline)
             if status != 400:
                 break
         seen = {SHUTDOWN_FILE, self.config.heartbeat_file}
@@ -379,10 +386,10 @@ class Agent:
                 log(f"skipping log {path}: {exc}")
                 continue
             seen.add(name)
-            data = data.replace(self.config.token.encode("ascii"), b"***")
-            status = self.uploader.put(name, data, deadline)
-            if status is not None and 200 <= status < 300:
-                log(f"uploaded {name} ({len(data)} of {size} bytes)")
+            if size > len(data):
+                log(f"log {path}: {size} bytes, only the last {len(data)} go")
+            self.uploader.put(name, data.replace(self.config.token.encode("ascii"), b"***"),
+                              deadline)
 
     def _poweroff(self) -> None:
         command = self.config.poweroff_command
@@ -411,11 +418,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--config", required=True, help="JSON config file")
     options = parser.parse_args(args)
     try:
-        config = load_config(options.config)
+        agent = Agent(load_config(options.config), command)
     except ConfigError as exc:
         log(f"bad config: {exc}")
         return 2
-    return Agent(config, command).run()
+    except OSError as exc:  # from ssl: ca_file missing or not PEM
+        log(f"bad config: ca_file: {exc}")
+        return 2
+    return agent.run()
 
 
 if __name__ == "__main__":
