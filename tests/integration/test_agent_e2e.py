@@ -1,0 +1,72 @@
+"""The in-VM agent as a real subprocess against the real web service."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from cloudvac.context.userdata import ContextRenderer
+from cloudvac.engine.states import ShutdownMessage
+from tests.integration.webserver import SPACE, web_server
+
+AGENT = Path(__file__).parents[2] / "cloudvac" / "context" / "agent.py"
+A = "cloudvac-aaaaaa-belle-aaaaaaaaaa"
+B = "cloudvac-aaaaaa-belle-bbbbbbbbbb"
+
+
+def run_agent(tmp_path: Path, config: dict[str, object], pilot: str) -> tuple[int, str]:
+    path = tmp_path / "agent.json"
+    path.write_text(json.dumps(config))
+    path.chmod(0o600)
+    result = subprocess.run([sys.executable, str(AGENT), "--config", str(path), "--",
+                             sys.executable, "-c", pilot],
+                            capture_output=True, text=True, timeout=60)
+    return result.returncode, result.stderr
+
+
+def test_agent_reports_through_real_endpoints(tmp_path: Path) -> None:
+    with web_server(tmp_path / "state") as web:
+        web.add_machine(A)
+        renderer = ContextRenderer(web.settings.model_copy(update={"web_url": web.url}),
+                                   web.signer)
+        config = renderer.agent_config(web.space, web.space.machinetypes["belle"], A)
+        log = tmp_path / "pilot.log"
+        marker = tmp_path / "powered-off"
+        config.update(heartbeat_seconds=0.2, logs=[str(log)],
+                      poweroff_command=["touch", str(marker)])
+        pilot = (f"import time; open({str(log)!r}, 'w').write('JobAgent done\\n'); "
+                 "time.sleep(1.0)")
+        code, stderr = run_agent(tmp_path, config, pilot)
+        assert code == 0, stderr
+        assert marker.exists()
+        assert config["token"] not in stderr
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            record = web.store.machine(SPACE, A)
+            if record is not None and record.heartbeat_at is not None:
+                break
+            time.sleep(0.1)
+        record = web.store.machine(SPACE, A)
+        assert record is not None and record.heartbeat_at is not None
+        assert record.shutdown == ShutdownMessage(200, "Success")
+        assert web.joboutput(A, "pilot.log").read_text() == "JobAgent done\n"
+
+
+def test_agent_with_another_machines_url_writes_nothing_and_still_powers_off(
+        tmp_path: Path) -> None:
+    with web_server(tmp_path / "state") as web:
+        web.add_machine(A)
+        web.add_machine(B)
+        marker = tmp_path / "powered-off"
+        config = {"joboutputs_url": f"{web.url}/machines/{SPACE}/{B}/joboutputs",
+                  "token": web.token(A), "heartbeat_seconds": 0.2,
+                  "poweroff_command": ["touch", str(marker)], "final_upload_seconds": 5}
+        code, stderr = run_agent(tmp_path, config, "import sys; sys.exit(3)")
+        assert code == 0 and marker.exists()
+        assert "403" in stderr
+        assert not (web.settings.state_dir / "joboutputs" / SPACE / B).exists()
+        record = web.store.machine(SPACE, B)
+        assert record is not None and record.shutdown is None and record.heartbeat_at is None
