@@ -346,7 +346,8 @@ class SimProject:
         r = self.rng.random
         boot, fail, outcome, length, pick = r(), r(), r(), r(), r()
         srv.boot_at = now + self.options.boot_seconds * (0.5 + boot)
-        srv.fails = fail < self.options.failure_rate
+        srv.fails = fail < self.options.failure_rate or \
+            srv.flavor.name in self.options.unschedulable_flavors
         early = min(0.05 * mt.job_seconds, EARLY_END_CAP_SECONDS) * (0.5 + length)
         if outcome < mt.no_work_probability:
             srv.message, run = NO_WORK, early

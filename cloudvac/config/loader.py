@@ -19,10 +19,12 @@ from pydantic import BaseModel, ValidationError
 
 from cloudvac.config.ini import IniDocument, Issue, Location, Section, read_files
 from cloudvac.config.models import Machinetype, Settings, SimMachinetype, SimSpace, Space
+from cloudvac.config.openstack import OpenStackSpace
 
 DEFAULT_CONFIG_DIR = Path("/etc/cloudvac.d")
 M = TypeVar("M", bound=BaseModel)
-LIST_OPTIONS = frozenset({"flavor_names", "sim_flavors"})
+LIST_OPTIONS = frozenset({"flavor_names", "sim_flavors", "sim_unschedulable_flavors",
+                          "networks", "security_groups"})
 SECTION_KINDS = "[settings], [space NAME] and [machinetype SPACE NAME]"
 
 
@@ -121,6 +123,11 @@ def _space(name: str, section: Section, mt_sections: list[Section], doc: IniDocu
         else:
             machinetypes[mt.name] = mt
     values, sim = _split_sim(section)
+    if values.get("api") == "openstack":
+        cloud = {k: values.pop(k) for k in list(values) if k in OpenStackSpace.model_fields}
+        values["openstack"] = _validate(OpenStackSpace, cloud, section, None, issues)
+        if values["openstack"] is None:
+            return None
     data = {"name": name, **values, "machinetypes": machinetypes}
     if sim:
         if values.get("api") != "sim":

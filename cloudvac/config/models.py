@@ -15,6 +15,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from cloudvac.config.openstack import OpenStackSpace
+
 SPACE_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
 MACHINETYPE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
 
@@ -77,6 +79,8 @@ class SimSpace(_Model):
     boot_seconds: float = Field(5.0, ge=0, description="Mean time from create to running.")
     failure_rate: float = Field(0.0, ge=0, le=1, description="Fraction of creates that end in "
                                 "the failed state (cloud ERROR).")
+    unschedulable_flavors: list[str] = Field(default_factory=list, description="Flavors whose "
+                                             "servers always end in ERROR (no valid host).")
     api_latency_seconds: float = Field(0.0, ge=0, description="Delay added to every API call.")
     fail_api: bool = Field(False, description="Every API call raises Retryable (outage test).")
     seed: int | None = Field(None, description="Random seed, for reproducible runs.")
@@ -170,8 +174,7 @@ class Space(_Model):
     """One ``[space NAME]`` section with its machinetypes."""
 
     name: str
-    api: Literal["sim"] = Field(description="Cloud adapter (openstack and ec2 arrive with their "
-                                "adapters).")
+    api: Literal["sim", "openstack"] = Field(description="Cloud adapter.")
     processors_limit: int | None = Field(None, ge=0, description="Cap on processors of all "
                                          "machines in the space; the cloud's quota also applies.")
     max_starting_processors: int | None = Field(None, ge=0, description="Cap on processors "
@@ -189,6 +192,7 @@ class Space(_Model):
     site_name: str | None = Field(None, description="Site name (GOCDB), for accounting and "
                                   "DIRAC site names.")
     sim: SimSpace | None = None
+    openstack: OpenStackSpace | None = None
     machinetypes: dict[str, Machinetype] = Field(default_factory=dict)
 
     @field_validator("name")
@@ -206,6 +210,8 @@ class Space(_Model):
         if bare:
             raise ValueError(f"no flavor_names for machinetype(s) {', '.join(bare)}: set "
                              "flavor_names in the space or in each machinetype")
+        if self.api == "openstack" and self.openstack is None:
+            raise ValueError("api = openstack needs auth_url and credentials")
         if self.api == "sim" and self.sim is None:
             object.__setattr__(self, "sim", SimSpace())
         return self

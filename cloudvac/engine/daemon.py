@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cloudvac.clouds.base import CloudError
 from cloudvac.clouds.factory import CloudFactory
 from cloudvac.clouds.sim import PilotReporter
 from cloudvac.config import LoadedConfig, Settings, Space, load_config_dir
@@ -54,7 +55,8 @@ class Daemon:
                  reporter: PilotReporter | None = None) -> None:
         self.config_dir, self.settings, self.store, self.clock = config_dir, settings, store, clock
         self.metrics = metrics or EngineMetrics()
-        self.factory = CloudFactory(settings, reporter or StoreReporter(store), clock)
+        self.factory = CloudFactory(settings, reporter or StoreReporter(store), clock,
+                                    self.metrics)
         self.render = render
         self.keep_reports = keep_reports
         self.overrides = dict(settings_overrides or {})
@@ -177,6 +179,9 @@ class Daemon:
                 f"cycle exceeded space_timeout_seconds={self.settings.space_timeout_seconds:g}"
                 " and was cancelled"))
             self.metrics.cycles.labels(name, "timeout").inc()
+        except CloudError as exc:  # e.g. the adapter cannot be built (secret file)
+            report = CycleReport(name, started, ok=False, error=f"{type(exc).__name__}: {exc}")
+            self.metrics.cycles.labels(name, "error").inc()
         except Exception as exc:  # a bug or an unexpected library error: report, carry on
             log.exception("space=%s machinetype=- machine=- cycle failed", name)
             report = CycleReport(name, started, ok=False,

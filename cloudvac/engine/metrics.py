@@ -26,6 +26,10 @@ class EngineMetrics:
                                 ["space", "machinetype"], registry=r)
         self.aborts = Counter("cloudvac_aborts", "Machine ends that set the backoff",
                               ["space", "machinetype"], registry=r)
+        self.cloud_requests = Counter("cloudvac_cloud_requests", "Cloud API requests by kind "
+                                      "and outcome", ["space", "kind", "outcome"], registry=r)
+        self.auth_calls = Counter("cloudvac_auth_calls", "Tokens fetched from the identity "
+                                  "service", ["space"], registry=r)
         self.config_errors = Gauge("cloudvac_config_errors", "Configuration issues at the "
                                    "last reload", registry=r)
         self.space_config_ok = Gauge("cloudvac_space_config_ok", "1 if the space's current "

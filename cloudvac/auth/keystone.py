@@ -1,0 +1,67 @@
+"""keystoneauth1 sessions per space: Keystone v3 password or application credential.
+
+One ``Session`` per space lives as long as the space's adapter, so the token is fetched
+once and renewed by keystoneauth shortly before it expires; a 401 from a service makes
+keystoneauth re-authenticate once and retry (``allow_reauth``).  Every token fetch is
+counted, so the "auth calls per space per hour" figure is observable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from keystoneauth1 import session as ks_session
+from keystoneauth1.identity import v3
+
+from cloudvac import __version__
+from cloudvac.auth.secrets import read_secret
+from cloudvac.config.openstack import OpenStackSpace
+
+
+class _Counting:
+    """Mixin: call ``on_auth`` each time the plugin fetches a new token from Keystone."""
+
+    on_auth: Callable[[], None] = staticmethod(lambda: None)
+
+    def get_auth_ref(self, session: ks_session.Session, **kwargs: Any) -> Any:
+        self.on_auth()
+        return super().get_auth_ref(session, **kwargs)  # type: ignore[misc]
+
+
+class CountingPassword(_Counting, v3.Password):
+    pass
+
+
+class CountingApplicationCredential(_Counting, v3.ApplicationCredential):
+    pass
+
+
+def make_plugin(options: OpenStackSpace, on_auth: Callable[[], None]) -> v3.Auth:
+    """The auth plugin for ``options``; reads the secret now (raises SecretError)."""
+    plugin: v3.Auth
+    if options.auth == "password":
+        plugin = CountingPassword(
+            auth_url=options.auth_url, username=options.username,
+            user_domain_name=options.user_domain_name,
+            password=read_secret(options.password_file, options.password_env, "password"),
+            project_name=options.project_name, project_id=options.project_id,
+            project_domain_name=options.project_domain_name if options.project_name else None)
+    else:
+        plugin = CountingApplicationCredential(
+            auth_url=options.auth_url,
+            application_credential_id=options.application_credential_id,
+            application_credential_name=options.application_credential_name,
+            username=options.username, user_domain_name=options.user_domain_name,
+            application_credential_secret=read_secret(
+                options.application_credential_secret_file,
+                options.application_credential_secret_env, "application credential secret"))
+    plugin.on_auth = on_auth
+    return plugin
+
+
+def make_session(options: OpenStackSpace, on_auth: Callable[[], None]) -> ks_session.Session:
+    return ks_session.Session(
+        auth=make_plugin(options, on_auth),
+        verify=str(options.ca_file) if options.ca_file else True,
+        timeout=options.api_timeout_seconds, app_name="cloudvac", app_version=__version__)

@@ -1,0 +1,250 @@
+"""The OpenStack adapter: openstacksdk over a keystoneauth1 session, one per space.
+
+What each call costs per cycle: the listing is one filtered ``GET /servers/detail`` per
+page of up to the cloud's ``max_limit`` (1,000 by default), decoded with msgspec; limits
+are one ``GET /limits``; flavors are listed once and cached; creates and deletes are one
+call each.  Authentication happens when the token nears expiry, not per cycle.
+
+Blocking SDK calls run in worker threads, at most ``api_concurrency`` at a time per space,
+each bounded by ``api_timeout_seconds``; so one slow cloud never stalls another space.
+Creates are never retried automatically (the engine's intents handle unknown outcomes);
+listing, limits and deletes are retried on connection errors and 5xx by keystoneauth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlparse
+
+import openstack.connection
+import openstack.exceptions as sdk_exc
+from keystoneauth1 import exceptions as ks_exc
+
+from cloudvac.auth.keystone import make_session
+from cloudvac.auth.secrets import SecretError
+from cloudvac.clouds import nova
+from cloudvac.clouds.base import (
+    TAG_MANAGER,
+    TAG_SPACE,
+    AuthFailed,
+    CloudError,
+    Flavor,
+    Limits,
+    MachineSpec,
+    Misconfigured,
+    ObservedMachine,
+    Retryable,
+)
+from cloudvac.config.models import Settings, Space
+from cloudvac.config.openstack import UUID_RE, OpenStackSpace
+from cloudvac.engine.metrics import EngineMetrics
+
+log = logging.getLogger("cloudvac.clouds.openstack")
+T = TypeVar("T")
+FLAVOR_CACHE_SECONDS = 3600.0
+RETRIABLE = [500, 502, 503, 504]
+
+
+def name_prefix(space: str) -> str:
+    """Every machine of ``space`` starts with this (see engine.cycle.machine_name)."""
+    return f"cloudvac-{hashlib.sha256(space.encode()).hexdigest()[:6]}-"
+
+
+class OpenStackCloud:
+    def __init__(self, space: Space, settings: Settings, metrics: EngineMetrics) -> None:
+        if space.openstack is None:
+            raise Misconfigured(f"space {space.name} has no OpenStack options")
+        self.space, self.options, self.settings = space.name, space.openstack, settings
+        self.metrics = metrics
+        self._sem = asyncio.Semaphore(settings.api_concurrency)
+        self._flavors: dict[str, Flavor] = {}
+        self._flavors_at = 0.0
+        self._images: dict[str, str] = {}
+        self._our_processors = 0
+        try:
+            self.session = make_session(self.options, self._counted_auth)
+        except SecretError as exc:
+            raise Misconfigured(str(exc)) from None
+        self.conn = openstack.connection.Connection(
+            session=self.session, region_name=self.options.region_name,
+            interface=self.options.interface, compute_api_version="2")
+
+    def _counted_auth(self) -> None:
+        self.metrics.auth_calls.labels(self.space).inc()
+        log.info("space=%s machinetype=- machine=- authenticating to Keystone", self.space)
+
+    def reconfigure(self, options: OpenStackSpace) -> bool:
+        """True if the new options can be used by this adapter (else rebuild it)."""
+        return options == self.options
+
+    async def _call(self, kind: str, fn: Callable[[], T]) -> T:
+        async with self._sem:
+            try:
+                result = await asyncio.wait_for(asyncio.to_thread(fn),
+                                                self.options.api_timeout_seconds * 2)
+            except TimeoutError:
+                self.metrics.cloud_requests.labels(self.space, kind, "timeout").inc()
+                raise Retryable(f"{kind}: no answer within "
+                                f"{self.options.api_timeout_seconds * 2:g}s") from None
+            except CloudError as exc:
+                self.metrics.cloud_requests.labels(self.space, kind, type(exc).__name__).inc()
+                raise
+            except Exception as exc:
+                error = _translate(exc, kind)
+                log.debug("space=%s machinetype=- machine=- %s failed: %s", self.space, kind,
+                          type(exc).__name__)
+                self.metrics.cloud_requests.labels(self.space, kind,
+                                                   type(error).__name__).inc()
+                raise error from None
+        self.metrics.cloud_requests.labels(self.space, kind, "ok").inc()
+        return result
+
+    def _get(self, path: str, params: dict[str, Any]) -> bytes:
+        response = self.conn.compute.get(
+            path, params=params, microversion=nova.MICROVERSION,
+            connect_retries=self.options.api_retries,
+            status_code_retries=self.options.api_retries, retriable_status_codes=RETRIABLE)
+        if response.status_code >= 400:
+            raise nova.translate(response.status_code, nova.error_message(response.content),
+                                 f"GET {path}")
+        return bytes(response.content)
+
+    async def list_machines(self) -> Sequence[ObservedMachine]:
+        prefix = name_prefix(self.space)
+        params: dict[str, Any] = {"name": f"^{prefix}"}
+        seen: dict[str, ObservedMachine] = {}
+        for _ in range(10_000):  # bounded: 10 million servers
+            body = await self._call("list", partial(self._get, "/servers/detail", dict(params)))
+            page = nova.PAGE.decode(body)
+            for server in page.servers:
+                # Nova may repeat a server across pages while states change: keep one.
+                if server.metadata.get(TAG_SPACE) == self.space and \
+                        server.metadata.get(TAG_MANAGER) == self.settings.manager_id:
+                    seen[server.id] = _observe(server)
+            marker = _next_marker(page)
+            if marker is None:
+                break
+            params["marker"] = marker
+        # Servers being deleted still hold cores in Nova's usage, so they are ours too.
+        self._our_processors = sum(m.processors for m in seen.values())
+        return list(seen.values())
+
+    async def limits(self) -> Limits:
+        doc = nova.LIMITS.decode(await self._call("limits", lambda: self._get("/limits", {})))
+        a = doc.limits.absolute
+        return Limits(
+            free_processors=None if a.maxTotalCores < 0 else a.maxTotalCores - a.totalCoresUsed,
+            free_instances=None if a.maxTotalInstances < 0
+            else a.maxTotalInstances - a.totalInstancesUsed,
+            free_ram_mb=None if a.maxTotalRAMSize < 0 else a.maxTotalRAMSize - a.totalRAMUsed,
+            foreign_processors=max(0, a.totalCoresUsed - self._our_processors))
+
+    async def flavor(self, names: Sequence[str], min_processors: int,
+                     max_processors: int | None) -> Flavor:
+        if not self._flavors or time.time() - self._flavors_at > FLAVOR_CACHE_SECONDS or \
+                not any(n in self._flavors for n in names):
+            found = await self._call("flavors", lambda: [
+                Flavor(f.name, int(f.vcpus), int(f.ram), str(f.id))
+                for f in self.conn.compute.flavors(details=True)])
+            self._flavors = {f.name: f for f in found}
+            self._flavors_at = time.time()
+        for name in names:
+            flavor = self._flavors.get(name)
+            if flavor is not None and flavor.processors >= min_processors and (
+                    max_processors is None or flavor.processors <= max_processors):
+                return flavor
+        raise Misconfigured(f"no flavor among {list(names)} has {min_processors}-"
+                            f"{max_processors or 'any'} vCPUs; the project offers "
+                            f"{sorted(self._flavors)}")
+
+    async def _image_id(self, image: str) -> str:
+        if not image:
+            raise Misconfigured("machinetype has no root_image")
+        if UUID_RE.match(image):
+            return image
+        if image not in self._images:
+            found = await self._call("images", lambda: self.conn.image.find_image(
+                image, ignore_missing=False))
+            self._images[image] = str(found.id)
+        return self._images[image]
+
+    async def create_machine(self, spec: MachineSpec) -> str:
+        options = self.options
+        image_id = await self._image_id(spec.image)
+        networks: Any = options.networks[0] if options.networks[0] in ("auto", "none") \
+            else [{"uuid": n} for n in options.networks]
+        attrs: dict[str, Any] = {
+            "name": spec.name, "flavor_id": spec.flavor.cloud_id or spec.flavor.name,
+            "networks": networks, "metadata": dict(spec.metadata),
+            "user_data": base64.b64encode(spec.user_data.encode()).decode()}
+        if options.boot_volume_gb:
+            attrs["block_device_mapping_v2"] = [{
+                "boot_index": 0, "uuid": image_id, "source_type": "image",
+                "destination_type": "volume", "volume_size": options.boot_volume_gb,
+                "delete_on_termination": True}]
+        else:
+            attrs["image_id"] = image_id
+        if options.security_groups:
+            attrs["security_groups"] = [{"name": g} for g in options.security_groups]
+        if options.key_name:
+            attrs["key_name"] = options.key_name
+        if options.availability_zone:
+            attrs["availability_zone"] = options.availability_zone
+        server = await self._call("create", lambda: self.conn.compute.create_server(**attrs))
+        return str(server.id)
+
+    async def delete_machine(self, cloud_id: str) -> None:
+        await self._call("delete", lambda: self.conn.compute.delete_server(
+            cloud_id, ignore_missing=True))
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.conn.close)
+
+
+def _observe(server: nova.Server) -> ObservedMachine:
+    state = nova.state_of(server)
+    return ObservedMachine(
+        cloud_id=server.id, name=server.name,
+        machinetype=server.metadata.get("cloudvac:machinetype", ""), state=state,
+        processors=server.flavor.vcpus, created_at=nova.timestamp(server.created),
+        started_at=nova.timestamp(server.launched_at) if state is nova.S.RUNNING else None,
+        cloud_status=f"{server.status}/{server.task_state or '-'}",
+        fault=server.fault.message.strip() if server.fault else "",
+        address=nova.first_address(server))
+
+
+def _next_marker(page: nova.ServerPage) -> str | None:
+    for link in page.servers_links:
+        if link.rel == "next":
+            markers = parse_qs(urlparse(link.href).query).get("marker")
+            if markers:
+                return markers[0]
+    return None
+
+
+def _translate(exc: Exception, kind: str) -> CloudError:
+    """openstacksdk / keystoneauth exceptions to the taxonomy; the message is the cloud's."""
+    if isinstance(exc, ks_exc.Unauthorized):
+        return AuthFailed(f"{kind}: Keystone refused the credentials (HTTP 401): check the "
+                          "user, project and secret")
+    if isinstance(exc, ks_exc.ConnectionError | ks_exc.RetriableConnectionFailure):
+        return Retryable(f"{kind}: cannot reach the cloud ({type(exc).__name__})")
+    if isinstance(exc, ks_exc.EndpointNotFound | ks_exc.EmptyCatalog):
+        return Misconfigured(f"{kind}: no compute endpoint in the catalog "
+                             f"(region/interface?): {exc}")
+    if isinstance(exc, ks_exc.HttpError):
+        return nova.translate(exc.http_status or 500, exc.message or "", kind)
+    if isinstance(exc, sdk_exc.HttpException):
+        body = exc.response.content if exc.response is not None else None
+        message = nova.error_message(body) or str(exc.details or exc.message or "")
+        return nova.translate(exc.status_code or 500, message, kind)
+    if isinstance(exc, sdk_exc.SDKException):
+        return Retryable(f"{kind}: {type(exc).__name__}: {str(exc)[:200]}")
+    return Retryable(f"{kind}: unexpected {type(exc).__name__}: {str(exc)[:200]}")

@@ -1,0 +1,229 @@
+"""One scenario, two clouds: cloudvac's OpenStack adapter on REAL Nova, and the sim adapter.
+
+Both must give the same observable results; that keeps the simulated cloud (used by the
+demo, unit tests and benchmarks) honest about how Nova behaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cloudvac.clouds.base import (
+    TAG_MACHINETYPE,
+    TAG_MANAGER,
+    TAG_SPACE,
+    AuthFailed,
+    Cloud,
+    MachineSpec,
+    Misconfigured,
+    QuotaExceeded,
+)
+from cloudvac.clouds.openstack import OpenStackCloud
+from cloudvac.clouds.sim import SimCloud, SimProject
+from cloudvac.config import Machinetype, Settings, SimSpace, Space
+from cloudvac.config.openstack import OpenStackSpace
+from cloudvac.engine.metrics import EngineMetrics
+from cloudvac.engine.states import MachineState
+from tests.contract.conftest import launch
+
+pytestmark = pytest.mark.contract
+SPACE = "contract.example"
+PREFIX = f"cloudvac-{hashlib.sha256(SPACE.encode()).hexdigest()[:6]}-"
+S = MachineState
+
+
+@pytest.fixture(scope="module")
+def nova(oracle_ready: None) -> Iterator[Any]:
+    with launch.nova_oracle(quota_cores=6, quota_instances=10, max_limit=2) as server:
+        yield server
+
+
+def openstack_space(nova: Any, tmp_path: Path, **overrides: Any) -> Space:
+    secret = tmp_path / "password"
+    secret.write_text(overrides.pop("password", nova.password) + "\n")
+    secret.chmod(0o600)
+    options = OpenStackSpace(auth_url=nova.auth_url, username=nova.username,
+                             password_file=secret, project_name=nova.project_name,
+                             region_name="RegionOne", networks=["none"], **overrides)
+    mt = Machinetype(name="belle", space=SPACE, target_share=1, root_image=nova["image_id"])
+    return Space(name=SPACE, api="openstack", openstack=options, flavor_names=["m1.small"],
+                 machinetypes={"belle": mt})
+
+
+def spec(name: str, flavor: Any, image: str) -> MachineSpec:
+    return MachineSpec(name=PREFIX + name, space=SPACE, machinetype="belle", flavor=flavor,
+                       image=image, user_data="#cloud-config\n",
+                       metadata={TAG_SPACE: SPACE, TAG_MACHINETYPE: "belle",
+                                 TAG_MANAGER: "cloudvac"})
+
+
+async def until(check: Callable[[], Awaitable[bool]], seconds: float = 60) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if await check():
+            return True
+        await asyncio.sleep(0.5)
+    return False
+
+
+async def scenario(cloud: Cloud, image: str, add_foreign: Callable[[], Awaitable[None]]
+                   ) -> dict[str, Any]:
+    """Drive ``cloud`` through create/list/quota/error/delete; return what was observed."""
+    seen: dict[str, Any] = {}
+    small = await cloud.flavor(["m1.small"], 1, None)
+    seen["small"] = small.processors
+    with pytest.raises(Misconfigured):
+        await cloud.flavor(["no-such-flavor"], 1, None)
+    ids = [await cloud.create_machine(spec(f"vm{i}", small, image)) for i in range(3)]
+    listed = await cloud.list_machines()
+    seen["first_states"] = sorted({m.state.value for m in listed} - {"running"})
+
+    async def all_running() -> bool:
+        machines = await cloud.list_machines()
+        return len(machines) == 3 and all(m.state is S.RUNNING for m in machines)
+
+    seen["running"] = await until(all_running)
+    machines = await cloud.list_machines()
+    seen["listed"] = sorted(m.name[len(PREFIX):] for m in machines)
+    seen["tags"] = {m.machinetype for m in machines}
+    seen["times"] = all(m.created_at and m.started_at for m in machines)
+    await add_foreign()
+    limits = await cloud.limits()
+    seen["free_processors"] = limits.free_processors
+    seen["foreign_processors"] = limits.foreign_processors
+    seen["listed_after_foreign"] = len(await cloud.list_machines())
+
+    xlarge = await cloud.flavor(["m1.xlarge"], 1, None)
+    with pytest.raises(QuotaExceeded, match=r"(?i)quota"):
+        await cloud.create_machine(spec("big", xlarge, image))
+
+    bad = await cloud.flavor(["cv.unschedulable"], 1, None)
+    await cloud.create_machine(spec("bad", bad, image))
+
+    async def failed() -> bool:
+        return any(m.state is S.FAILED for m in await cloud.list_machines())
+
+    seen["failed"] = await until(failed)
+    faults = [m.fault for m in await cloud.list_machines() if m.state is S.FAILED]
+    seen["fault"] = faults[0].startswith("No valid host was found") if faults else None
+
+    await cloud.delete_machine(ids[0])
+    await cloud.delete_machine(ids[0])  # idempotent while Nova is still deleting
+
+    async def gone() -> bool:
+        return all(m.cloud_id != ids[0] for m in await cloud.list_machines())
+
+    seen["deleted"] = await until(gone)
+    await cloud.delete_machine(ids[0])  # and once it is gone
+    for m in await cloud.list_machines():
+        await cloud.delete_machine(m.cloud_id)
+    await cloud.close()
+    return seen
+
+
+EXPECTED = {
+    "small": 1, "first_states": ["starting"], "running": True,
+    "listed": ["vm0", "vm1", "vm2"], "tags": {"belle"}, "times": True,
+    "free_processors": 2, "foreign_processors": 1, "listed_after_foreign": 3,
+    "failed": True, "fault": True, "deleted": True,
+}
+
+
+def test_scenario_on_real_nova(nova: Any, tmp_path: Path) -> None:
+    import openstack
+
+    metrics = EngineMetrics()
+    cloud = OpenStackCloud(openstack_space(nova, tmp_path), Settings(), metrics)
+    sdk = openstack.connect(load_yaml_config=False, load_envvars=False,
+                            **nova.connect_kwargs())
+
+    async def foreign() -> None:
+        await asyncio.to_thread(lambda: sdk.compute.wait_for_server(sdk.compute.create_server(
+            name="someone-else", flavor_id="1", image_id=nova["image_id"], networks="none")))
+
+    try:
+        seen = asyncio.run(scenario(cloud, nova["image_id"], foreign))
+    finally:
+        for server in sdk.compute.servers():
+            sdk.compute.delete_server(server, ignore_missing=True)
+        sdk.close()
+    assert seen == EXPECTED
+    samples = {s.labels.get("kind"): s.value for m in metrics.registry.collect()
+               for s in m.samples if s.name == "cloudvac_auth_calls_total"}
+    assert samples == {None: 1.0}, "one Keystone authentication for the whole scenario"
+
+
+def test_same_scenario_on_the_sim() -> None:
+    options = SimSpace(quota_processors=6, quota_instances=10, boot_seconds=1,
+                       unschedulable_flavors=["cv.unschedulable"],
+                       flavors=["m1.tiny:1:512", "m1.small:1:2048", "m1.xlarge:8:16384",
+                                "cv.unschedulable:1:512"])
+    project = SimProject(options=options)
+    cloud = SimCloud(project, SPACE, "cloudvac", options=options)
+
+    async def foreign() -> None:
+        project.add_foreign("someone-else", 1)
+
+    assert asyncio.run(scenario(cloud, "image", foreign)) == EXPECTED
+
+
+def test_wrong_password_is_a_clear_auth_failure(nova: Any, tmp_path: Path,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    space = openstack_space(nova, tmp_path, password="wrong-password-123")
+    cloud = OpenStackCloud(space, Settings(), EngineMetrics())
+    with pytest.raises(AuthFailed, match="Keystone refused the credentials"):
+        asyncio.run(cloud.list_machines())
+    asyncio.run(cloud.close())
+    assert "wrong-password-123" not in caplog.text
+
+
+def test_inline_or_loose_secrets_are_refused(nova: Any, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="inline secrets are refused; use password_file"):
+        OpenStackSpace(auth_url=nova.auth_url, username="u", project_name="p",
+                       password="inline", password_file=tmp_path / "x")
+    space = openstack_space(nova, tmp_path)
+    assert space.openstack is not None and space.openstack.password_file is not None
+    space.openstack.password_file.chmod(0o644)
+    with pytest.raises(Misconfigured, match="chmod 600"):
+        OpenStackCloud(space, Settings(), EngineMetrics())
+
+
+def test_application_credential_through_real_keystone(oracle_ready: None, tmp_path: Path,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    with launch.keystone_oracle() as keystone, launch.nova_oracle(keystone=keystone) as nova:
+        secret = tmp_path / "appcred"
+        secret.write_text(keystone["app_credential_secret"])
+        secret.chmod(0o600)
+        options = OpenStackSpace(auth="application_credential", auth_url=keystone.auth_url,
+                                 application_credential_id=keystone["app_credential_id"],
+                                 application_credential_secret_file=secret,
+                                 region_name="RegionOne", networks=["none"])
+        mt = Machinetype(name="belle", space=SPACE, target_share=1,
+                         root_image=nova["image_id"])
+        space = Space(name=SPACE, api="openstack", openstack=options,
+                      flavor_names=["m1.small"], machinetypes={"belle": mt})
+        cloud = OpenStackCloud(space, Settings(), EngineMetrics())
+
+        async def flow() -> tuple[int, str]:
+            small = await cloud.flavor(["m1.small"], 1, None)
+            cloud_id = await cloud.create_machine(spec("ac", small, nova["image_id"]))
+            listed = [m.cloud_id for m in await cloud.list_machines()]
+            await cloud.delete_machine(cloud_id)
+            token = await asyncio.to_thread(cloud.session.get_token)
+            await cloud.close()
+            return listed.count(cloud_id), token or ""
+
+        count, token = asyncio.run(flow())
+    assert count == 1
+    assert keystone["app_credential_secret"] not in caplog.text
+    assert token and token not in caplog.text
