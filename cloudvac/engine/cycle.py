@@ -77,6 +77,9 @@ class CycleReport:
     deleted: int = 0
     status: dict[str, TypeStatus] = field(default_factory=dict)
     config_ok: bool = True
+    listed: int = 0
+    api_requests: dict[str, int] = field(default_factory=dict)
+    """HTTP requests the adapter made this cycle by kind (adapters that count: openstack)."""
 
 
 class SpaceCycle:
@@ -93,8 +96,10 @@ class SpaceCycle:
     async def run(self, space: Space) -> CycleReport:
         now = self.clock()
         report = CycleReport(space.name, now)
+        requests_before = self.metrics.requests_of(space.name)
         try:
             machines = await self.cloud.list_machines()
+            report.listed = len(machines)
             limits = await self.cloud.limits()
             events: list[Event] = []
             flavors = await self._resolve_flavors(space, now, events)
@@ -121,6 +126,9 @@ class SpaceCycle:
             report.ok, report.error = False, f"{type(exc).__name__}: {exc}"
             self.metrics.cloud_errors.labels(space.name, type(exc).__name__).inc()
         report.duration = self.clock() - now
+        after = self.metrics.requests_of(space.name)
+        report.api_requests = {k: n - requests_before.get(k, 0) for k, n in after.items()
+                               if n != requests_before.get(k, 0)}
         self.metrics.cycles.labels(space.name, "ok" if report.ok else "error").inc()
         self.metrics.cycle_seconds.labels(space.name).observe(max(report.duration, 0.0))
         return report

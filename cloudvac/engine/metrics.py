@@ -35,3 +35,13 @@ class EngineMetrics:
         self.space_config_ok = Gauge("cloudvac_space_config_ok", "1 if the space's current "
                                      "configuration validated, 0 if its last good one is used",
                                      ["space"], registry=r)
+
+    def requests_of(self, space: str) -> dict[str, int]:
+        """Cloud API requests made so far for ``space``, by kind (list, limits, create...)."""
+        counts: dict[str, int] = {}
+        for metric in self.cloud_requests.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total") and sample.labels["space"] == space:
+                    kind = sample.labels["kind"]
+                    counts[kind] = counts.get(kind, 0) + int(sample.value)
+        return counts
