@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from cloudvac.auth.secrets import SecretError, check_secret_file
 from cloudvac.config.ini import IniDocument, Issue, Location, Section, read_files
 from cloudvac.config.models import Machinetype, Settings, SimMachinetype, SimSpace, Space
 from cloudvac.config.openstack import OpenStackSpace
@@ -141,7 +142,24 @@ def _space(name: str, section: Section, mt_sections: list[Section], doc: IniDocu
         data.pop("machinetypes")  # avoid a misleading "needs a machinetype" message
         return None
     space = _validate(Space, data, section, None, issues)
+    if space is not None and space.openstack is not None:
+        ok = _check_secret_files(space.openstack, section, issues) and ok
     return space if ok else None
+
+
+def _check_secret_files(options: OpenStackSpace, section: Section, issues: list[Issue]) -> bool:
+    """Secret files must exist and be private now, not at the first cloud call."""
+    good = True
+    for option in ("password_file", "application_credential_secret_file"):
+        path = getattr(options, option)
+        if path is None:
+            continue
+        try:
+            check_secret_file(path, option)
+        except SecretError as exc:
+            issues.append(Issue(section.where(option), section.title, option, str(exc)))
+            good = False
+    return good
 
 
 def _plain(section: Section) -> dict[str, Any]:

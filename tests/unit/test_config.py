@@ -140,3 +140,54 @@ def test_shipped_demo_config_is_valid() -> None:
     assert set(loaded.spaces) == {"sim-a.example", "sim-b.example"}
     for space in loaded.spaces.values():
         assert set(space.machinetypes) == {"belle", "t2k", "hyperk"}
+
+
+OPENSTACK = """\
+[space os.example]
+api = openstack
+auth_url = https://keystone.example:5000/v3
+username = cloudvac
+project_name = demo
+flavor_names = m1.small
+{extra}
+[machinetype os.example belle]
+target_share = 1
+"""
+
+
+def test_openstack_options_and_private_secret_file(tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("s3cr3t\n")
+    secret.chmod(0o600)
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "10.conf").write_text(OPENSTACK.format(
+        extra=f"password_file = {secret}\nnetworks = net-a, net-b\nsecurity_groups = a b"))
+    loaded = load_config_dir(conf)
+    assert loaded.issues == []
+    options = loaded.spaces["os.example"].openstack
+    assert options is not None and options.networks == ["net-a", "net-b"]
+    assert options.security_groups == ["a", "b"]
+    secret.chmod(0o640)
+    (issue,) = load_config_dir(conf).issues
+    assert (issue.location.line, issue.option) == (7, "password_file")
+    assert "chmod 600" in issue.message and "s3cr3t" not in str(issue)
+
+
+@pytest.mark.parametrize(("extra", "line", "option", "words"), [
+    ("password = hunter2", 7, "password", "inline secrets are refused; use password_file"),
+    ("", 1, None, "needs password_file or password_env"),
+    ("auth = application_credential\npassword_env = X", 1, None,
+     "needs application_credential_id"),
+    ("password_env = X\nnetworks = auto net-a", 8, "networks", "cannot be combined"),
+    ("password_env = X\napi_timeout_seconds = 0", 8, "api_timeout_seconds", "greater than 0"),
+])
+def test_openstack_bad_options(tmp_path: Path, extra: str, line: int, option: str | None,
+                               words: str) -> None:
+    (tmp_path / "10.conf").write_text(OPENSTACK.format(extra=extra))
+    loaded = load_config_dir(tmp_path)
+    matching = [i for i in loaded.issues if words in i.message]
+    assert matching, [str(i) for i in loaded.issues]
+    assert (matching[0].location.line, matching[0].option) == (line, option)
+    assert "hunter2" not in " ".join(str(i) for i in loaded.issues)
+    assert loaded.broken == {"os.example"}
