@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from cloudvac.clouds.simhttp import HttpPilotReporter
 from cloudvac.config import Settings, Space, load_config_dir
+from cloudvac.config.loader import config_files
 from cloudvac.context.userdata import ContextRenderer
 from cloudvac.engine.daemon import Daemon
 from cloudvac.engine.metrics import EngineMetrics
@@ -32,6 +33,7 @@ from cloudvac.web.tokens import TokenSigner, load_or_create_secret
 
 log = logging.getLogger("cloudvac.service")
 HOUSEKEEPING_SECONDS = 600.0
+SPACES_RECHECK_SECONDS = 5.0
 HISTORY_SECONDS = 30 * 86400.0  # ended machines and events kept in the store this long
 
 
@@ -56,6 +58,9 @@ class Service:
     port: int | None = None
     """The port the web service listens on, once started (web_listen may say 0)."""
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _spaces: dict[str, Space] = field(default_factory=dict)
+    _spaces_stamp: tuple[tuple[str, int], ...] = ()
+    _spaces_checked: float = -1e9
 
     def stop(self) -> None:
         self._stop.set()
@@ -63,7 +68,18 @@ class Service:
             self.daemon.stop()
 
     def _spaces_from_files(self) -> Mapping[str, Space]:
-        return load_config_dir(self.config_dir).spaces
+        """For ``cloudvac web`` alone: the spaces of the config files, re-read when a file
+        changes (checked at most every few seconds); a broken space keeps its last good
+        configuration, as in the daemon."""
+        now = time.monotonic()
+        if now - self._spaces_checked < SPACES_RECHECK_SECONDS:
+            return self._spaces
+        self._spaces_checked = now
+        stamp = tuple((p.name, p.stat().st_mtime_ns) for p in config_files(self.config_dir))
+        if stamp != self._spaces_stamp:
+            self._spaces_stamp = stamp
+            self._spaces = {**self._spaces, **load_config_dir(self.config_dir).spaces}
+        return self._spaces
 
     async def serve(self, engine: bool = True, cycles: int | None = None,
                     keep_reports: int = 0) -> None:

@@ -40,6 +40,8 @@ SpaceName = Annotated[str, Path(pattern=SPACE_RE.pattern, max_length=63)]
 MachineName = Annotated[str, Path(pattern=MACHINE_RE.pattern, max_length=63)]
 FileName = Annotated[str, Path(pattern=FILE_RE.pattern, max_length=64)]
 SHUTDOWN_FILE = "shutdown_message"
+MACHINE_CACHE_SECONDS = 5.0
+MACHINE_CACHE_SIZE = 200_000
 
 
 class WebMetrics:
@@ -63,9 +65,25 @@ class WebContext:
     heartbeats: HeartbeatBuffer = field(init=False)
     metrics: WebMetrics = field(init=False)
 
+    machines: dict[tuple[str, str], tuple[float, MachineRecord | None]] = field(
+        default_factory=dict)
+    """Short-lived cache of machine lookups: uploads must not cost a database read each."""
+
     def __post_init__(self) -> None:
-        self.heartbeats = HeartbeatBuffer(self.store)
+        self.heartbeats = HeartbeatBuffer(self.store, self.files)
         self.metrics = WebMetrics(self.registry)
+
+    async def machine(self, space: str, name: str) -> MachineRecord | None:
+        """The machine's record, at most MACHINE_CACHE_SECONDS old."""
+        now = time.monotonic()
+        hit = self.machines.get((space, name))
+        if hit is not None and now - hit[0] < MACHINE_CACHE_SECONDS:
+            return hit[1]
+        record = await asyncio.to_thread(self.store.machine, space, name)
+        if len(self.machines) > MACHINE_CACHE_SIZE:
+            self.machines.clear()
+        self.machines[(space, name)] = (now, record)
+        return record
 
 
 def create_app(ctx: WebContext) -> FastAPI:
@@ -91,8 +109,8 @@ def create_app(ctx: WebContext) -> FastAPI:
     async def _rejected(_: Request, exc: UploadRejected) -> JSONResponse:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status)
 
-    def authorize(space: SpaceName, name: MachineName,
-                  authorization: Annotated[str | None, Header()] = None) -> None:
+    async def authorize(space: SpaceName, name: MachineName,
+                        authorization: Annotated[str | None, Header()] = None) -> None:
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise HTTPException(401, "missing bearer token",
@@ -106,7 +124,7 @@ def create_app(ctx: WebContext) -> FastAPI:
     vm = [Depends(authorize)]
 
     async def known_machine(space: str, name: str) -> tuple[MachineRecord, Space]:
-        record = await asyncio.to_thread(ctx.store.machine, space, name)
+        record = await ctx.machine(space, name)
         config = ctx.spaces().get(space)
         if record is None or config is None:
             raise HTTPException(404, "no such machine")
@@ -134,8 +152,8 @@ def create_app(ctx: WebContext) -> FastAPI:
                 kind = "heartbeat"
                 if record.state is MachineState.GONE:
                     raise UploadRejected(404, "machine has ended")
-                await asyncio.to_thread(ctx.files.write, space, name, file, data, False)
-                ctx.heartbeats.note(space, name, now)
+                # Time and body are kept; the flusher writes both within a second.
+                ctx.heartbeats.note(space, name, now, file, data)
             else:
                 await asyncio.to_thread(ctx.files.write, space, name, file, data, True)
         except (UploadRejected, HTTPException) as exc:

@@ -53,9 +53,11 @@ def wait_for(check: object, seconds: float = 5.0) -> bool:
 
 def test_heartbeat_lands_in_store_and_file(web: Running) -> None:
     assert put(web, A, "heartbeat", b"123 0.5\n", web.token(A)).status_code == 204
-    assert web.joboutput(A, "heartbeat").read_bytes() == b"123 0.5\n"
     record = lambda: web.store.machine(SPACE, A)  # noqa: E731
+    # batched: both the store and the file are written by the flusher within a second
     assert wait_for(lambda: record() is not None and record().heartbeat_at is not None)
+    assert wait_for(lambda: web.joboutput(A, "heartbeat").exists())
+    assert web.joboutput(A, "heartbeat").read_bytes() == b"123 0.5\n"
 
 
 def test_other_machines_token_is_forbidden_and_writes_nothing(web: Running) -> None:

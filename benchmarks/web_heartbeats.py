@@ -1,0 +1,573 @@
+"""Benchmark: heartbeat PUTs per second against the real ``cloudvac web`` service.
+
+    .venv/bin/python -m benchmarks.web_heartbeats [--machines N] [--seconds S]
+        [--concurrency C] [--clients P] [--warmup W] [--out FILE]
+
+What it does, all on 127.0.0.1 and bounded in time:
+
+1. makes a temporary state dir with a SQLite store holding N running machines of one
+   machinetype in one space, and a config dir (``[settings]`` with ``state_dir`` and
+   ``web_listen`` on a free port, one ``[space]``, one ``[machinetype]``);
+2. starts ``python -m cloudvac web --config-dir DIR`` in its own process, exactly as
+   production does, and waits for ``/healthz``;
+3. starts P load-generator processes, each an asyncio loop with C keep-alive HTTP/1.1
+   connections written directly on asyncio streams (a few microseconds of client CPU per
+   request, so the generator is not the bottleneck; its CPU use is reported to prove it);
+   each connection PUTs ``joboutputs/heartbeat`` for random machines with that machine's
+   own token, signed with the server's secret from the state dir;
+4. after a warm-up, counts for S seconds: completions, statuses, latency percentiles,
+   server CPU seconds and RSS (from ``/proc``), client CPU, whole-machine CPU;
+5. stops the server (SIGTERM, which flushes the heartbeat buffer), then checks that every
+   machine that got a 204 has ``heartbeat_at`` in the store and a heartbeat file on disk.
+
+Exit status 1 (and ``"ok": false`` in the JSON) if any response was not 204, if any
+heartbeat did not land, or if the server failed; the JSON is written either way.
+
+``--server-module`` runs ``python -m MODULE web ...`` instead of ``cloudvac``: a way to
+measure a patched build (e.g. a scratch package on PYTHONPATH that monkeypatches
+cloudvac and calls ``cloudvac.cli.main``) with the very same harness.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import multiprocessing as mp
+import os
+import platform
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+HOST = "127.0.0.1"
+SPACE = "bench.example"
+MACHINETYPE = "beat"
+HEARTBEAT_FILE = "heartbeat"
+RESULTS = Path(__file__).resolve().parent / "results" / "web_heartbeats.json"
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 15.0
+CLIENT_SLACK = 30.0  # beyond warm-up + measurement, before client processes are killed
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+class BenchmarkError(RuntimeError):
+    pass
+
+
+# ---------------------------------------------------------------- set-up -----------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def machine_names(count: int) -> list[str]:
+    return [f"vm-{i:06d}" for i in range(count)]
+
+
+def write_config(config_dir: Path, state_dir: Path, port: int) -> None:
+    config_dir.mkdir(parents=True, exist_ok=True)
+    (config_dir / "00-bench.conf").write_text(f"""\
+[settings]
+state_dir = {state_dir}
+web_listen = {HOST}:{port}
+
+[space {SPACE}]
+api = sim
+flavor_names = m1.small
+
+[machinetype {SPACE} {MACHINETYPE}]
+target_share = 1
+heartbeat_file = {HEARTBEAT_FILE}
+""")
+
+
+def populate_store(database_url: str, names: list[str]) -> float:
+    """Create the store and N running machines; returns the seconds it took."""
+    from cloudvac.engine.records import MachineUpdate
+    from cloudvac.engine.states import MachineState
+    from cloudvac.store import Store
+
+    started = time.perf_counter()
+    now = time.time()
+    store = Store(database_url)
+    try:
+        store.apply(SPACE, [
+            MachineUpdate(name=name, machinetype=MACHINETYPE, state=MachineState.RUNNING,
+                          cloud_id=f"cloud-{name}", processors=1, created_at=now - 600,
+                          started_at=now - 500, address=f"10.0.{i // 250}.{i % 250 + 1}")
+            for i, name in enumerate(names)
+        ], {})
+    finally:
+        store.close()
+    return time.perf_counter() - started
+
+
+def wait_healthy(port: int, server: subprocess.Popen[bytes], timeout: float) -> float:
+    started = time.monotonic()
+    url = f"http://{HOST}:{port}/healthz"
+    while time.monotonic() - started < timeout:
+        if server.poll() is not None:
+            raise BenchmarkError(f"server exited with status {server.returncode} on start-up")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return time.monotonic() - started
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.1)
+    raise BenchmarkError(f"server not healthy after {timeout:.0f}s")
+
+
+def fetch_text(port: int, path: str) -> str:
+    with urllib.request.urlopen(f"http://{HOST}:{port}{path}", timeout=10) as response:
+        return str(response.read().decode())
+
+
+def uploads_counted(metrics_text: str) -> dict[str, float]:
+    """``cloudvac_uploads_total`` by "kind/status" from the /metrics text."""
+    found: dict[str, float] = {}
+    for line in metrics_text.splitlines():
+        if line.startswith("cloudvac_uploads_total{"):
+            labels, _, value = line.partition("} ")
+            parts = dict(p.split("=", 1) for p in labels.split("{", 1)[1].split(","))
+            key = f"{parts['kind'].strip(chr(34))}/{parts['status'].strip(chr(34))}"
+            found[key] = float(value)
+    return found
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float) -> tuple[int | None, bool]:
+    """SIGTERM, wait, SIGKILL on timeout.  Returns (exit status, killed)."""
+    if proc.poll() is not None:
+        return proc.returncode, False
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout), False
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5)
+        return proc.returncode, True
+
+
+# ------------------------------------------------------------- /proc ---------------------
+
+
+def proc_cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process, all its threads included."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    values: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(rest.split()[0]) * 1024
+        elif key == "Threads":
+            values[key] = int(rest.split()[0])
+    return values
+
+
+def system_cpu() -> tuple[float, float]:
+    """(busy, total) jiffies of the whole machine."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    total = sum(fields[:8])
+    return float(total - idle), float(total)
+
+
+# ------------------------------------------------------------- load generator ------------
+
+
+def client_main(spec: dict[str, Any], pipe: Connection) -> None:
+    """One load-generator process (multiprocessing target)."""
+    try:
+        result = asyncio.run(_client(spec))
+    except BaseException as exc:  # report, never hang the parent
+        result = {"fatal": f"{type(exc).__name__}: {exc}"}
+    pipe.send(result)
+    pipe.close()
+
+
+async def _client(spec: dict[str, Any]) -> dict[str, Any]:
+    from cloudvac.web.tokens import TokenSigner
+
+    signer = TokenSigner(bytes.fromhex(spec["secret_hex"]))
+    names: list[str] = spec["names"]
+    expires = time.time() + 6 * 3600
+    port: int = spec["port"]
+    prefixes = [
+        (f"PUT /machines/{SPACE}/{name}/joboutputs/{HEARTBEAT_FILE} HTTP/1.1\r\n"
+         f"Host: {HOST}:{port}\r\n"
+         f"Authorization: Bearer {signer.token(SPACE, name, expires)}\r\n"
+         f"Content-Type: text/plain\r\n").encode()
+        for name in names
+    ]
+    start_at, t0, t1 = spec["start_at"], spec["t0"], spec["t1"]
+    rng = random.Random(spec["seed"])
+    ready_at = time.time()
+    statuses: Counter[str] = Counter()     # inside the measurement window
+    all_statuses: Counter[str] = Counter()  # warm-up included
+    latencies: list[float] = []
+    hit: set[int] = set()                   # machines that got a 204 (any phase)
+    problems: list[str] = []
+    cpu: dict[str, float] = {}
+
+    async def sample_cpu() -> None:
+        await asyncio.sleep(max(0.0, t0 - time.time()))
+        cpu["t0"] = time.process_time()
+        await asyncio.sleep(max(0.0, t1 - time.time()))
+        cpu["t1"] = time.process_time()
+
+    async def connection(index: int) -> None:
+        reader: asyncio.StreamReader | None = None
+        writer: asyncio.StreamWriter | None = None
+        try:
+            while time.time() < t1:
+                if writer is None or reader is None:
+                    reader, writer = await asyncio.open_connection(HOST, port)
+                i = rng.randrange(len(names))
+                body = f"{int(time.time())} 0.42\n".encode()  # what the VM agent sends
+                request = prefixes[i] + b"Content-Length: %d\r\n\r\n" % len(body) + body
+                sent = time.time()
+                began = time.perf_counter()
+                try:
+                    writer.write(request)
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    status = head[9:12].decode()
+                    length, close = 0, False
+                    for line in head.split(b"\r\n")[1:]:
+                        key, _, value = line.partition(b":")
+                        key = key.strip().lower()
+                        if key == b"content-length":
+                            length = int(value)
+                        elif key == b"transfer-encoding":
+                            raise BenchmarkError("chunked response not expected")
+                        elif key == b"connection" and value.strip().lower() == b"close":
+                            close = True
+                    if length:
+                        detail = await reader.readexactly(length)
+                        if status != "204" and len(problems) < 5:
+                            problems.append(f"{status} {detail[:200].decode(errors='replace')}")
+                except (OSError, asyncio.IncompleteReadError, BenchmarkError) as exc:
+                    status, close = f"conn:{type(exc).__name__}", True
+                    if len(problems) < 5:
+                        problems.append(f"connection {index}: {exc!r}")
+                elapsed = time.perf_counter() - began
+                all_statuses[status] += 1
+                if status == "204":
+                    hit.add(i)
+                if t0 <= sent and time.time() <= t1:
+                    statuses[status] += 1
+                    latencies.append(elapsed)
+                if close:
+                    writer.close()
+                    reader = writer = None
+        finally:
+            if writer is not None:
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+
+    await asyncio.sleep(max(0.0, start_at - time.time()))
+    sampler = asyncio.create_task(sample_cpu())
+    await asyncio.gather(*(connection(i) for i in range(spec["concurrency"])))
+    await sampler
+    return {
+        "ready_late": ready_at > start_at,
+        "statuses": dict(statuses),
+        "all_statuses": dict(all_statuses),
+        "latencies": latencies,
+        "hit": sorted(hit),
+        "problems": problems,
+        "cpu_seconds": cpu.get("t1", 0.0) - cpu.get("t0", 0.0),
+    }
+
+
+def run_clients(args: argparse.Namespace, port: int, secret: bytes, names: list[str],
+                server_pid: int) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    slack = 2.0 + 0.5 * args.clients  # spawning and signing N tokens per client
+    start_at = time.time() + slack
+    t0 = start_at + args.warmup
+    t1 = t0 + args.seconds
+    procs: list[tuple[Any, Connection]] = []
+    for k in range(args.clients):
+        parent, child = ctx.Pipe(duplex=False)
+        spec = {"secret_hex": secret.hex(), "names": names, "port": port,
+                "concurrency": args.concurrency, "seed": args.seed + k,
+                "start_at": start_at, "t0": t0, "t1": t1}
+        proc = ctx.Process(target=client_main, args=(spec, child), name=f"load-{k}")
+        proc.start()
+        child.close()
+        procs.append((proc, parent))
+
+    time.sleep(max(0.0, t0 - time.time()))
+    cpu0, mem0, sys0 = proc_cpu_seconds(server_pid), proc_status(server_pid), system_cpu()
+    time.sleep(max(0.0, t1 - time.time()))
+    cpu1, mem1, sys1 = proc_cpu_seconds(server_pid), proc_status(server_pid), system_cpu()
+
+    results: list[dict[str, Any]] = []
+    deadline = t1 + CLIENT_SLACK
+    for proc, pipe in procs:
+        if pipe.poll(max(0.1, deadline - time.time())):
+            results.append(pipe.recv())
+        else:
+            results.append({"fatal": "no result before the deadline"})
+        proc.join(max(0.1, deadline - time.time()))
+        if proc.is_alive():
+            proc.kill()
+            proc.join(5)
+    return {"results": results, "window": args.seconds,
+            "server_cpu_seconds": cpu1[0] + cpu1[1] - cpu0[0] - cpu0[1],
+            "server_cpu_system_seconds": cpu1[1] - cpu0[1], "server_rss_start": mem0.get("VmRSS"),
+            "server_rss_end": mem1.get("VmRSS"), "server_rss_peak": mem1.get("VmHWM"),
+            "server_threads": mem1.get("Threads"),
+            "system_busy_cores": (sys1[0] - sys0[0]) / max(1.0, sys1[1] - sys0[1])
+            * (os.cpu_count() or 1)}
+
+
+def percentile(sorted_values: list[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    index = min(len(sorted_values) - 1, max(0, round(q / 100 * len(sorted_values)) - 1))
+    return sorted_values[index]
+
+
+# ------------------------------------------------------------- main ----------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.web_heartbeats",
+                                     description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--machines", type=int, default=5000)
+    parser.add_argument("--seconds", type=float, default=10.0, help="measurement window")
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--concurrency", type=int, default=16,
+                        help="keep-alive connections per load-generator process")
+    parser.add_argument("--clients", type=int, default=1, help="load-generator processes")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--target", type=float, default=1000.0,
+                        help="req/s the issue asks for (reported, not enforced)")
+    parser.add_argument("--server-module", default="cloudvac",
+                        help="run `python -m MODULE web` (default cloudvac)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    if args.machines < 1 or args.concurrency < 1 or args.clients < 1 or args.seconds <= 0 \
+            or args.warmup < 0:
+        parser.error("machines, concurrency and clients must be >= 1, seconds > 0, warmup >= 0")
+    if args.seconds + args.warmup > 600:
+        parser.error("keep warm-up + seconds under 600")
+    return args
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from cloudvac.store import Store
+    from cloudvac.web.tokens import load_or_create_secret
+
+    failures: list[str] = []
+    report: dict[str, Any] = {
+        "benchmark": "web_heartbeats",
+        "params": {"machines": args.machines, "seconds": args.seconds, "warmup": args.warmup,
+                   "concurrency": args.concurrency, "clients": args.clients,
+                   "seed": args.seed, "server_module": args.server_module},
+        "host": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                 "platform": platform.platform()},
+        "target_rps": args.target,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    names = machine_names(args.machines)
+    busy0 = system_cpu()
+    time.sleep(1.0)
+    busy1 = system_cpu()
+    # Other work on the machine skews the numbers: say how busy it was before we started.
+    report["host"]["background_busy_cores"] = round(
+        (busy1[0] - busy0[0]) / max(1.0, busy1[1] - busy0[1]) * (os.cpu_count() or 1), 2)
+    with tempfile.TemporaryDirectory(prefix="cloudvac-bench-") as tmp:
+        root = Path(tmp)
+        state_dir, config_dir = root / "state", root / "cloudvac.d"
+        port = free_port()
+        write_config(config_dir, state_dir, port)
+        database_url = f"sqlite:///{state_dir / 'cloudvac.db'}"
+        report["setup_seconds"] = round(populate_store(database_url, names), 3)
+
+        log_path = root / "server.log"
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        with open(log_path, "wb") as log:
+            server = subprocess.Popen(
+                [sys.executable, "-m", args.server_module, "web", "--config-dir",
+                 str(config_dir), "--log-level", "WARNING"],
+                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        server_exit: int | None = None
+        killed = False
+        try:
+            report["server_start_seconds"] = round(
+                wait_healthy(port, server, START_TIMEOUT), 3)
+            secret = load_or_create_secret(state_dir)
+            load = run_clients(args, port, secret, names, server.pid)
+            with contextlib.suppress(Exception):
+                report["server_metrics"] = uploads_counted(fetch_text(port, "/metrics"))
+        finally:
+            server_exit, killed = stop_process(server, STOP_TIMEOUT)
+            server_log = log_path.read_text(errors="replace")
+        report["server_exit"] = server_exit
+        if killed:
+            failures.append(f"server did not stop within {STOP_TIMEOUT:.0f}s; killed")
+        elif server_exit != 0:
+            failures.append(f"server exited with status {server_exit}")
+        if server_log.strip():
+            report["server_log_tail"] = server_log[-2000:]
+
+        results = load.pop("results")
+        fatal = [r["fatal"] for r in results if "fatal" in r]
+        failures += [f"load generator failed: {f}" for f in fatal]
+        good = [r for r in results if "fatal" not in r]
+        statuses: Counter[str] = Counter()
+        all_statuses: Counter[str] = Counter()
+        latencies: list[float] = []
+        hit: set[int] = set()
+        problems: list[str] = []
+        client_cpu = 0.0
+        for r in good:
+            statuses.update(r["statuses"])
+            all_statuses.update(r["all_statuses"])
+            latencies += r["latencies"]
+            hit.update(r["hit"])
+            problems += r["problems"]
+            client_cpu += r["cpu_seconds"]
+        if any(r.get("ready_late") for r in good):
+            report["warning"] = "a load generator started after the warm-up began"
+        latencies.sort()
+        window = load.pop("window")
+        completed = sum(statuses.values())
+        ok = statuses.get("204", 0)
+        errors = {s: n for s, n in all_statuses.items() if s != "204"}
+        report["requests"] = {
+            "completed_in_window": completed,
+            "success_204_in_window": ok,
+            "total_including_warmup": sum(all_statuses.values()),
+            "errors_by_status": errors,
+            "error_samples": problems[:5],
+        }
+        report["throughput_rps"] = round(ok / window, 1)
+        report["meets_target"] = ok / window >= args.target
+        report["latency_ms"] = {
+            f"p{q}": None if (v := percentile(latencies, q)) is None else round(v * 1000, 2)
+            for q in (50, 95, 99)
+        } | {"max": round(latencies[-1] * 1000, 2) if latencies else None}
+        report["server"] = {
+            "cpu_seconds": round(load["server_cpu_seconds"], 2),
+            "cpu_system_seconds": round(load["server_cpu_system_seconds"], 2),
+            "cpu_percent_of_one_core": round(100 * load["server_cpu_seconds"] / window, 1),
+            "cpu_ms_per_request": round(1000 * load["server_cpu_seconds"] / max(1, completed),
+                                        3),
+            "rss_mb_start": round(load["server_rss_start"] / 2**20, 1),
+            "rss_mb_end": round(load["server_rss_end"] / 2**20, 1),
+            "rss_mb_peak": round(load["server_rss_peak"] / 2**20, 1),
+            "threads": load["server_threads"],
+        }
+        report["load_generator"] = {
+            "cpu_seconds": round(client_cpu, 2),
+            "cpu_percent_of_one_core_per_process": round(100 * client_cpu / window
+                                                         / max(1, len(good)), 1),
+            "system_busy_cores": round(load["system_busy_cores"], 2),
+        }
+        if errors:
+            failures.append(f"non-204 responses: {errors}")
+        if not ok:
+            failures.append("no successful heartbeat in the measurement window")
+        metrics = report.get("server_metrics", {})
+        if metrics and metrics.get("heartbeat/204", 0) < all_statuses.get("204", 0):
+            failures.append("server counted fewer 204 heartbeats than the clients received")
+
+        # Did the heartbeats land?  (The server flushed its buffer on SIGTERM.)
+        store = Store(database_url)
+        try:
+            records = store.machines(SPACE)
+        finally:
+            store.close()
+        with_beat = {r.name for r in records if r.heartbeat_at is not None}
+        expected = {names[i] for i in hit}
+        files = {p.parent.name for p in (state_dir / "joboutputs" / SPACE).glob(
+            f"*/{HEARTBEAT_FILE}")}
+        report["landed"] = {
+            "machines_sent_204": len(expected),
+            "machines_with_heartbeat_at": len(with_beat),
+            "machines_with_heartbeat_file": len(files),
+        }
+        if missing := expected - with_beat:
+            failures.append(f"{len(missing)} machines got a 204 but have no heartbeat_at "
+                            f"(e.g. {sorted(missing)[:3]})")
+        if missing_files := expected - files:
+            failures.append(f"{len(missing_files)} machines got a 204 but have no heartbeat "
+                            "file")
+        if unexpected := with_beat - expected:
+            failures.append(f"{len(unexpected)} machines have heartbeat_at without a 204")
+    report["failures"] = failures
+    report["ok"] = not failures
+    return report
+
+
+def summary(report: dict[str, Any]) -> str:
+    p, r, lat = report["params"], report["requests"], report["latency_ms"]
+    s, g, landed = report["server"], report["load_generator"], report["landed"]
+    lines = [
+        f"cloudvac web heartbeats: {p['machines']} machines, {p['clients']} client process(es) "
+        f"x {p['concurrency']} connections, {p['seconds']:.0f}s after {p['warmup']:.0f}s warm-up"
+        + (f", server -m {p['server_module']}" if p["server_module"] != "cloudvac" else ""),
+        f"  throughput   {report['throughput_rps']:8.1f} req/s (204)   target "
+        f"{report['target_rps']:.0f}: {'MET' if report['meets_target'] else 'NOT MET'}",
+        f"  requests     {r['completed_in_window']} in window, "
+        f"{r['total_including_warmup']} total, errors {r['errors_by_status'] or 'none'}",
+        f"  latency ms   p50 {lat['p50']}  p95 {lat['p95']}  p99 {lat['p99']}  max {lat['max']}",
+        f"  server       {s['cpu_seconds']}s CPU ({s['cpu_system_seconds']}s system) = "
+        f"{s['cpu_percent_of_one_core']}% of a core, "
+        f"{s['cpu_ms_per_request']} ms CPU/req, RSS {s['rss_mb_end']} MB "
+        f"(peak {s['rss_mb_peak']}), {s['threads']} threads",
+        f"  load gen     {g['cpu_percent_of_one_core_per_process']}% of a core per process; "
+        f"machine busy {g['system_busy_cores']} of {report['host']['cpus']} cores "
+        f"(before the run: {report['host']['background_busy_cores']})",
+        f"  landed       {landed['machines_sent_204']} machines got 204, "
+        f"{landed['machines_with_heartbeat_at']} have heartbeat_at, "
+        f"{landed['machines_with_heartbeat_file']} have the file",
+        f"  result       {'OK' if report['ok'] else 'FAILED: ' + '; '.join(report['failures'])}",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        report = run(args)
+    except BenchmarkError as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        return 1
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(summary(report))
+    print(f"  written to   {args.out}")
+    if not report["ok"] and "server_log_tail" in report:
+        print("server log (tail):\n" + report["server_log_tail"], file=sys.stderr)
+    return 0 if report["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
