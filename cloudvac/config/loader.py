@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from cloudvac.auth.secrets import SecretError, check_secret_file
+from cloudvac.config.dirac import DiracInstance, dirac_site
 from cloudvac.config.ini import IniDocument, Issue, Location, Section, read_files
 from cloudvac.config.models import Machinetype, Settings, SimMachinetype, SimSpace, Space
 from cloudvac.config.openstack import OpenStackSpace
@@ -25,8 +26,12 @@ from cloudvac.config.openstack import OpenStackSpace
 DEFAULT_CONFIG_DIR = Path("/etc/cloudvac.d")
 M = TypeVar("M", bound=BaseModel)
 LIST_OPTIONS = frozenset({"flavor_names", "sim_flavors", "sim_unschedulable_flavors",
-                          "networks", "security_groups"})
-SECTION_KINDS = "[settings], [space NAME] and [machinetype SPACE NAME]"
+                          "networks", "security_groups", "squid_proxies", "cvmfs_repositories",
+                          "pilot_options", "configuration_servers", "command_extensions",
+                          "cvmfs_locations"})
+PLACEHOLDER_KEYS = (("user_data_option_", "user_data_options"),
+                    ("user_data_file_", "user_data_files"))
+SECTION_KINDS = "[settings], [dirac NAME], [space NAME] and [machinetype SPACE NAME]"
 
 
 @dataclass(slots=True)
@@ -37,6 +42,7 @@ class LoadedConfig:
     """Spaces named in the files that failed validation."""
     issues: list[Issue] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
+    dirac: dict[str, DiracInstance] = field(default_factory=dict)
 
     def issues_for(self, space: str) -> list[Issue]:
         return [i for i in self.issues if _space_of(i.section) == space]
@@ -63,10 +69,13 @@ def build(doc: IniDocument) -> LoadedConfig:
     space_sections: dict[str, Section] = {}
     mt_sections: dict[str, list[Section]] = {}
     settings_section: Section | None = None
+    dirac_sections: dict[str, Section] = {}
     for key, section in doc.sections.items():
         kind = key[0]
         if kind == "settings" and len(key) == 1:
             settings_section = section
+        elif kind == "dirac" and len(key) == 2:
+            dirac_sections[key[1]] = section
         elif kind == "space" and len(key) == 2:
             space_sections[key[1]] = section
         elif kind == "machinetype" and len(key) == 3:
@@ -76,6 +85,14 @@ def build(doc: IniDocument) -> LoadedConfig:
                                        f"unknown section; expected {SECTION_KINDS}"))
 
     result.settings = _settings(settings_section, doc, result.issues)
+    broken_dirac: set[str] = set()
+    for name, section in dirac_sections.items():
+        instance = None if _tainted([section], doc) else _validate(
+            DiracInstance, {"name": name, **_plain(section)}, section, None, result.issues)
+        if instance is None:
+            broken_dirac.add(name)
+        else:
+            result.dirac[name] = instance
 
     for space_name, sections in mt_sections.items():
         if space_name not in space_sections:
@@ -84,11 +101,46 @@ def build(doc: IniDocument) -> LoadedConfig:
                                            f"no [space {space_name}] section defines this space"))
     for name, section in space_sections.items():
         space = _space(name, section, mt_sections.get(name, []), doc, result.issues)
+        if space is not None:
+            space = _attach_dirac(space, section, mt_sections.get(name, []), result.dirac,
+                                  broken_dirac, result.issues)
         if space is None:
             result.broken.add(name)
         else:
             result.spaces[name] = space
     return result
+
+
+def _attach_dirac(space: Space, section: Section, mt_sections: list[Section],
+                  instances: Mapping[str, DiracInstance], broken: set[str],
+                  issues: list[Issue]) -> Space | None:
+    """Resolve each machinetype's ``dirac`` instance and check the DIRAC site name."""
+    used: dict[str, DiracInstance] = {}
+    ok = True
+    by_name = {s.key[2]: s for s in mt_sections}
+    for mt in space.machinetypes.values():
+        if mt.dirac is None:
+            continue
+        mt_section = by_name[mt.name]
+        instance = instances.get(mt.dirac)
+        if instance is None:
+            why = "is invalid (see its errors)" if mt.dirac in broken else "is not defined"
+            issues.append(Issue(mt_section.where("dirac"), mt_section.title, "dirac",
+                                f"[dirac {mt.dirac}] {why}"))
+            ok = False
+            continue
+        if space.site_name is None:
+            issues.append(Issue(section.header, section.title, "site_name",
+                                "required when machinetypes report to DIRAC (<Site>.<cc>)"))
+            return None
+        try:
+            dirac_site(instance.site_prefix, space.site_name)
+        except ValueError as exc:
+            issues.append(Issue(section.where("site_name"), section.title, "site_name",
+                                str(exc)))
+            return None
+        used[instance.name] = instance
+    return space.model_copy(update={"dirac_instances": used}) if ok else None
 
 
 def _tainted(sections: Iterable[Section], doc: IniDocument) -> list[Issue]:
@@ -114,6 +166,10 @@ def _space(name: str, section: Section, mt_sections: list[Section], doc: IniDocu
     machinetypes: dict[str, Machinetype] = {}
     for mt_section in mt_sections:
         values, sim = _split_sim(mt_section)
+        for prefix, target in PLACEHOLDER_KEYS:
+            keys = [k for k in values if k.startswith(prefix)]
+            if keys:
+                values[target] = {k[len(prefix):]: values.pop(k) for k in keys}
         data: dict[str, Any] = {"name": mt_section.key[2], "space": name, **values}
         if sim:
             data["sim"] = _validate(SimMachinetype, sim, mt_section, "sim_", issues)
@@ -192,6 +248,9 @@ def _validate(model: type[M], data: Mapping[str, Any], section: Section,
 def _issue(model: type[BaseModel], error: Any, section: Section, prefix: str) -> Issue:
     loc = [str(part) for part in error["loc"]]
     option = prefix + loc[0] if loc and loc[0] in model.model_fields else None
+    placeholder = {target: key for key, target in PLACEHOLDER_KEYS}
+    if loc and loc[0] in placeholder:
+        option = placeholder[loc[0]] + loc[1] if len(loc) > 1 else None
     message = str(error["msg"])
     if error["type"] == "extra_forbidden" and loc:
         option = prefix + loc[0]

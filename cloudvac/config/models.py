@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from cloudvac.config.dirac import DiracInstance
 from cloudvac.config.openstack import OpenStackSpace
 
 SPACE_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
@@ -147,7 +148,42 @@ class Machinetype(_Model):
     shutdown_time: float | None = Field(None, description="Unix time: no creations after it, "
                                         "running machines deleted once it passes.")
     accounting_fqan: str | None = None
+    dirac: str | None = Field(None, description="The [dirac NAME] instance its pilots "
+                              "report to.")
+    host_cert_file: Path | None = Field(None, description="Host certificate (PEM) for the "
+                                        "pilot, registered as GenericPilot in the VO's CS.")
+    host_key_file: Path | None = Field(None, description="Its private key (mode 0600).")
+    pilot_proxy_file: Path | None = Field(None, description="A pilot proxy instead of a host "
+                                          "certificate (VM lifetime <= proxy lifetime).")
+    block_metadata: bool = Field(True, description="Block 169.254.169.254 once the VM has "
+                                 "read its user_data, so payloads cannot read the secrets.")
+    cvmfs_repositories: list[str] | None = Field(None, description="CVMFS repositories; "
+                                                 "default: the VO's and the common ones.")
+    pilot_options: list[str] = Field(default_factory=list, description="Extra '-o /Path=value'"
+                                     " options for dirac-pilot.py.")
+    user_data_options: dict[str, str] = Field(default_factory=dict, description="From "
+                                              "user_data_option_X: replaces "
+                                              "##user_data_option_X## in templates.")
+    user_data_files: dict[str, Path] = Field(default_factory=dict, description="From "
+                                             "user_data_file_X: file contents for "
+                                             "##user_data_option_X## / ##user_data_file_X##.")
     sim: SimMachinetype | None = None
+
+    @field_validator("pilot_options")
+    @classmethod
+    def _pilot_options(cls, value: list[str]) -> list[str]:
+        bad = [v for v in value if not re.match(r"^/[A-Za-z0-9_/]+=\S+$", v)]
+        if bad:
+            raise ValueError(f"pilot options are /Path=value, got {bad[0]!r}")
+        return value
+
+    @field_validator("user_data_options", "user_data_files")
+    @classmethod
+    def _placeholder_names(cls, value: dict[str, object]) -> dict[str, object]:
+        bad = [k for k in value if not re.match(r"^[a-z0-9_]+$", k)]
+        if bad:
+            raise ValueError(f"user_data option names use a-z, 0-9 and '_', got {bad[0]!r}")
+        return value
 
     @field_validator("name")
     @classmethod
@@ -189,8 +225,17 @@ class Space(_Model):
     intent_seconds: Seconds = Field(600, description="How long an unanswered create still "
                                     "counts against limits before it is forgotten.")
     shutdown_time: float | None = Field(None, description="Drain the whole space at this time.")
-    site_name: str | None = Field(None, description="Site name (GOCDB), for accounting and "
-                                  "DIRAC site names.")
+    site_name: str | None = Field(None, description="<Site>.<cc> (GOCDB name and country), "
+                                  "e.g. RECAS-NAPOLI.it: DIRAC sites are <prefix>.<site_name>.")
+    squid_proxies: list[str] = Field(default_factory=list, description="CVMFS proxies of this "
+                                     "cloud (http://host:port); '|' balances within a group, "
+                                     "';' fails over between groups.")
+    squid_machinetype: str | None = Field(None, pattern=r"^[a-z0-9-]+(:\d{1,5})?$",
+                                          description="NAME[:PORT] of a machinetype whose "
+                                          "heartbeating VMs are used as squids (port 3128).")
+    dirac_instances: dict[str, DiracInstance] = Field(default_factory=dict, description=""
+                                                      "Filled by the loader from [dirac] "
+                                                      "sections the machinetypes name.")
     sim: SimSpace | None = None
     openstack: OpenStackSpace | None = None
     machinetypes: dict[str, Machinetype] = Field(default_factory=dict)
