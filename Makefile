@@ -1,5 +1,5 @@
 # The two entry points of the README: `make demo` and `make test`.
-.PHONY: demo test lint unit venv oracle
+.PHONY: demo test lint unit venv oracle system-deps
 
 venv:
 	@scripts/venv.sh
@@ -14,7 +14,10 @@ lint: venv
 oracle:
 	@bash tests/oracle/setup.sh
 
-test: venv lint oracle
+system-deps:
+	@scripts/system-deps.sh
+
+test: venv lint oracle system-deps
 	.venv/bin/python -m pytest -q -p no:cacheprovider
 
 unit: venv

@@ -16,13 +16,17 @@ from rich.markup import escape
 from rich.table import Table
 
 from cloudvac import __version__
-from cloudvac.config import DEFAULT_CONFIG_DIR, LoadedConfig, load_config_dir
+from cloudvac.config import DEFAULT_CONFIG_DIR, LoadedConfig, Settings, Space, load_config_dir
+from cloudvac.context.dirac import cs_snippet
+from cloudvac.context.userdata import ContextRenderer, RenderError, check_space
+from cloudvac.context.validate import UserDataInvalid, schema_found, validate_user_data
+from cloudvac.engine.cycle import machine_name
 from cloudvac.engine.status import StatusRow, status_rows
 from cloudvac.logs import setup_logging
 from cloudvac.service import Service, run_service
 from cloudvac.store import Store
 from cloudvac.web.server import WebConfigError
-from cloudvac.web.tokens import SecretFileError
+from cloudvac.web.tokens import SecretFileError, TokenSigner, load_or_create_secret
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Keep IaaS clouds full of VMs running DIRAC pilots (vacuum model).")
@@ -49,11 +53,18 @@ def validate(config_dir: ConfigDir = DEFAULT_CONFIG_DIR) -> None:
     """Check the configuration; print every problem with file:line; exit 1 if any."""
     loaded = load_config_dir(config_dir)
     _print_issues(loaded)
+    rendering = [p for s in loaded.spaces.values() if loaded.settings is not None
+                 for p in check_space(s, loaded.settings)]
+    for problem in rendering:
+        err.print(f"[red]error[/red] user_data {escape(problem)}", highlight=False)
+    if not schema_found():
+        err.print("[yellow]warning:[/yellow] cloud-init's schema is not installed (Debian "
+                  "package cloud-init): user_data got structural checks only")
     mts = sum(len(s.machinetypes) for s in loaded.spaces.values())
     typer.echo(f"{len(loaded.spaces)} valid spaces ({mts} machinetypes), "
                f"{len(loaded.broken)} invalid, {len(loaded.issues)} problems in "
                f"{len(loaded.files)} files")
-    raise typer.Exit(1 if loaded.issues else 0)
+    raise typer.Exit(1 if loaded.issues or rendering else 0)
 
 
 @app.command()
@@ -61,38 +72,29 @@ def run(config_dir: ConfigDir = DEFAULT_CONFIG_DIR,
         cycles: Annotated[int | None, typer.Option(help="Stop after N cycles per space.")] = None,
         log_level: LogLevel = "INFO") -> None:
     """Run the daemon: every valid space cycles; broken spaces are reported and skipped."""
-    setup_logging(log_level)
-    loaded = load_config_dir(config_dir)
-    _print_issues(loaded)
-    if loaded.settings is None:
-        err.print("[red]cannot start:[/red] [settings] is invalid (see above)")
-        raise typer.Exit(2)
-    if not loaded.spaces:
-        err.print("[red]cannot start:[/red] no valid space in the configuration")
-        raise typer.Exit(2)
-    store = Store(loaded.settings.database_url)
-    service = Service(config_dir, loaded.settings, store)
-    try:
-        asyncio.run(run_service(service, engine=True, cycles=cycles))
-    except (WebConfigError, SecretFileError) as exc:
-        err.print(f"[red]cannot start:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from None
-    finally:
-        store.close()
+    _serve(config_dir, log_level, engine=True, cycles=cycles)
 
 
 @app.command()
 def web(config_dir: ConfigDir = DEFAULT_CONFIG_DIR, log_level: LogLevel = "INFO") -> None:
     """Serve only the VM-facing web service (a separate web host sharing the store)."""
+    _serve(config_dir, log_level, engine=False, cycles=None)
+
+
+def _serve(config_dir: Path, log_level: str, engine: bool, cycles: int | None) -> None:
     setup_logging(log_level)
     loaded = load_config_dir(config_dir)
     _print_issues(loaded)
     if loaded.settings is None:
         err.print("[red]cannot start:[/red] [settings] is invalid (see above)")
         raise typer.Exit(2)
+    if engine and not loaded.spaces:
+        err.print("[red]cannot start:[/red] no valid space in the configuration")
+        raise typer.Exit(2)
     store = Store(loaded.settings.database_url)
     try:
-        asyncio.run(run_service(Service(config_dir, loaded.settings, store), engine=False))
+        asyncio.run(run_service(Service(config_dir, loaded.settings, store), engine=engine,
+                                cycles=cycles))
     except (WebConfigError, SecretFileError) as exc:
         err.print(f"[red]cannot start:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
@@ -153,6 +155,73 @@ def demo(cycles: Annotated[int | None, typer.Option(help="Stop after N cycles.")
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
     sys.exit(0 if summary["ok"] else 1)
+
+
+def _space_or_exit(config_dir: Path, space: str) -> tuple[LoadedConfig, Space]:
+    loaded = load_config_dir(config_dir)
+    found = loaded.spaces.get(space)
+    if found is None:
+        _print_issues(loaded)
+        known = ", ".join(sorted(loaded.spaces)) or "none"
+        err.print(f"[red]no valid space {escape(space)}[/red] (valid spaces: {known})")
+        raise typer.Exit(2)
+    return loaded, found
+
+
+@app.command()
+def render(space: str, machinetype: str, config_dir: ConfigDir = DEFAULT_CONFIG_DIR,
+           show_secrets: Annotated[bool, typer.Option(help="Print the VM token, host key "
+                                                      "and proxy instead of masking them.")]
+           = False,
+           name: Annotated[str | None, typer.Option(help="Machine name to render for.")]
+           = None) -> None:
+    """Print the user_data a new machine of SPACE/MACHINETYPE would get, validated."""
+    loaded, found = _space_or_exit(config_dir, space)
+    mt = found.machinetypes.get(machinetype)
+    if mt is None or loaded.settings is None:
+        err.print(f"[red]no machinetype {escape(machinetype)} in {escape(space)}[/red]")
+        raise typer.Exit(2)
+    renderer = ContextRenderer(loaded.settings, TokenSigner(b"x" * 32 if not show_secrets
+                                                            else _secret(loaded.settings)))
+    machine = name or machine_name(space, machinetype)
+    try:
+        text = renderer.render(found, mt, machine, mask=not show_secrets)
+        validate_user_data(renderer.render(found, mt, machine), f"{space}/{machinetype}")
+    except (RenderError, UserDataInvalid) as exc:
+        err.print(f"[red]invalid user_data:[/red] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    if not schema_found():
+        err.print("[yellow]warning:[/yellow] cloud-init's schema is not installed "
+                  "(Debian package cloud-init); only structural checks ran")
+    typer.echo(text, nl=False)
+
+
+def _secret(settings: Settings) -> bytes:
+    try:
+        return load_or_create_secret(settings.state_dir)
+    except SecretFileError as exc:
+        err.print(f"[red]cannot read the server secret:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+
+
+@app.command(name="dirac-cs")
+def dirac_cs(space: str, config_dir: ConfigDir = DEFAULT_CONFIG_DIR) -> None:
+    """Print the DIRAC Configuration Service snippet (sites, CEs, queues) for SPACE."""
+    loaded, found = _space_or_exit(config_dir, space)
+    if not found.dirac_instances:
+        err.print(f"[red]space {escape(space)} has no machinetype with dirac = ...[/red]")
+        raise typer.Exit(2)
+    processors: dict[str, int] = {}
+    if loaded.settings is not None and Path(loaded.settings.state_dir).is_dir():
+        # queues advertise the processors the machines really got, when cloudvac has run
+        store = Store(loaded.settings.database_url)
+        try:
+            for machine in store.machines(space, include_gone=True):
+                processors[machine.machinetype] = max(processors.get(machine.machinetype, 0),
+                                                      machine.processors)
+        finally:
+            store.close()
+    typer.echo(cs_snippet(found, processors), nl=False)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -1,7 +1,15 @@
-"""Render a machine's user_data: the in-VM agent and its configuration with the VM's token.
+"""Render a machine's user_data and check it before it is sent.
 
-The VO-specific templates (Belle II, T2K, Hyper-K pilots, CVMFS, pilot.json) build on this;
-the generic template installs only the agent, which heartbeats until the VM is deleted.
+``user_data`` of a machinetype selects the template:
+
+* unset or ``builtin:generic``: only the in-VM agent (heartbeats until deleted);
+* ``builtin:belle``, ``builtin:t2k``, ``builtin:hyperk``: a CernVM/EL VM that mounts CVMFS
+  through the space's squids and runs one DIRAC pilot for that VO (the machinetype needs
+  ``dirac`` and ``vo``), then reports its shutdown code and powers off;
+* an absolute path: an operator's template with VCycle's ``##user_data_*##`` placeholders.
+
+Every render is validated (``validate.py``); secrets (the VM token, host key, proxy) appear
+only in the returned text, and ``mask_secrets`` replaces them for display.
 """
 
 from __future__ import annotations
@@ -9,38 +17,71 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import shlex
+import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import jinja2
 
+from cloudvac import __version__
+from cloudvac.auth.secrets import check_secret_file
 from cloudvac.config.models import Machinetype, Settings, Space
+from cloudvac.context import dirac
+from cloudvac.context.validate import validate_user_data
+from cloudvac.context.vcycle import substitute
 from cloudvac.web.tokens import TokenSigner
 
-NOVA_USER_DATA_LIMIT = 65535  # bytes of base64, Nova's limit
+MASK = "***MASKED***"
+COMMON_REPOSITORIES = ("grid.cern.ch", "dirac.egi.eu")
+PILOT_LOG = "/var/lib/cloudvac/pilot/pilot.log"
+SHUTDOWN_MESSAGE_PATH = "/var/run/cloudvac/shutdown_message"
+SQUID_PORT = 3128
 
 
-class UserDataTooLarge(ValueError):
-    pass
+@dataclass(frozen=True, slots=True)
+class VoProfile:
+    template: str
+    repositories: tuple[str, ...]
+
+
+VO_PROFILES = {
+    "belle": VoProfile("belle.yaml.j2", ("belle.cern.ch", "belle.kek.jp")),
+    "t2k": VoProfile("t2k.yaml.j2", ("t2k.egi.eu",)),
+    "hyperk": VoProfile("hyperk.yaml.j2", ("hyperk.egi.eu",)),
+}
+
+SquidSource = Callable[[str, str], list[str]]
+"""(space, machinetype) -> addresses of that machinetype's heartbeating VMs."""
+
+
+class RenderError(ValueError):
+    """The machinetype's user_data cannot be rendered; ``str()`` names space/machinetype."""
 
 
 @cache
 def _environment() -> jinja2.Environment:
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.PackageLoader("cloudvac.context", "templates"),
-        undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+        undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True,
+        trim_blocks=True)
+    env.filters["shell_quote"] = shlex.quote
+    return env
 
 
 @cache
-def agent_source() -> bytes:
-    return (resources.files("cloudvac.context") / "agent.py").read_bytes()
+def _packed(module: str) -> str:
+    source = (resources.files("cloudvac.context") / module).read_bytes()
+    return base64.b64encode(gzip.compress(source, mtime=0)).decode()
 
 
-def joboutputs_url(settings: Settings, space: str, name: str) -> str:
-    return f"{settings.web_base_url}/machines/{space}/{name}/joboutputs"
+def _b64(data: bytes | str) -> str:
+    return base64.b64encode(data.encode() if isinstance(data, str) else data).decode()
 
 
 class ContextRenderer:
@@ -48,28 +89,138 @@ class ContextRenderer:
     ``max_wallclock_seconds + token_grace_seconds`` after rendering."""
 
     def __init__(self, settings: Settings, signer: TokenSigner,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 squids: SquidSource | None = None) -> None:
         self.settings, self.signer, self.clock = settings, signer, clock
+        self.squids = squids
 
     def token(self, space: Space, mt: Machinetype, name: str) -> str:
         expires = self.clock() + mt.max_wallclock_seconds + self.settings.token_grace_seconds
         return self.signer.token(space.name, name, expires)
 
-    def agent_config(self, space: Space, mt: Machinetype, name: str) -> dict[str, Any]:
+    def urls(self, space: Space, mt: Machinetype, name: str) -> dict[str, str]:
+        base = f"{self.settings.web_base_url}/machines/{space.name}/{name}"
+        return {"machinefeatures_url": f"{base}/machinefeatures",
+                "jobfeatures_url": f"{base}/jobfeatures", "joboutputs_url": f"{base}/joboutputs",
+                "heartbeat_machines_url":
+                    f"{self.settings.web_base_url}/heartbeatlists/{space.name}/{mt.name}"}
+
+    def agent_config(self, space: Space, mt: Machinetype, name: str,
+                     mask: bool = False) -> dict[str, Any]:
         beat = max(10, min(300, (mt.heartbeat_seconds or 180) // 3))
-        return {"joboutputs_url": joboutputs_url(self.settings, space.name, name),
-                "token": self.token(space, mt, name), "heartbeat_seconds": beat,
-                "heartbeat_file": mt.heartbeat_file or "heartbeat"}
+        config: dict[str, Any] = {
+            "joboutputs_url": self.urls(space, mt, name)["joboutputs_url"],
+            "token": MASK if mask else self.token(space, mt, name), "heartbeat_seconds": beat,
+            "heartbeat_file": mt.heartbeat_file or "heartbeat"}
+        if mt.dirac is not None:
+            config.update(logs=[PILOT_LOG], shutdown_message_path=SHUTDOWN_MESSAGE_PATH)
+        return config
+
+    def cvmfs_http_proxy(self, space: Space) -> str:
+        """VMs of the squid machinetype first (load-balanced), then the configured list."""
+        groups = []
+        if space.squid_machinetype and self.squids is not None:
+            mt_name, _, port = space.squid_machinetype.partition(":")
+            found = self.squids(space.name, mt_name)
+            if found:
+                groups.append("|".join(f"http://{a}:{port or SQUID_PORT}" for a in found))
+        if space.squid_proxies:
+            groups.append("|".join(space.squid_proxies))
+        return ";".join(groups) or "DIRECT"
 
     def __call__(self, space: Space, mt: Machinetype, name: str) -> str:
-        config = json.dumps(self.agent_config(space, mt, name), sort_keys=True).encode()
-        text = _environment().get_template("generic.yaml.j2").render(
-            name=name, space=space.name, machinetype=mt.name, pilot_command="",
-            rendered=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.clock())),
-            agent_config_b64=base64.b64encode(config).decode(),
-            agent_gz_b64=base64.b64encode(gzip.compress(agent_source(), mtime=0)).decode())
-        encoded = len(base64.b64encode(text.encode()))
-        if encoded > NOVA_USER_DATA_LIMIT:
-            raise UserDataTooLarge(f"user_data for {space.name}/{mt.name} is {encoded} bytes "
-                                   f"in base64, over Nova's {NOVA_USER_DATA_LIMIT}")
+        text = self.render(space, mt, name)
+        validate_user_data(text, f"{space.name}/{mt.name}")
         return text
+
+    def render(self, space: Space, mt: Machinetype, name: str, mask: bool = False) -> str:
+        """The user_data text, unvalidated; ``mask`` hides every secret (for display)."""
+        where = f"{space.name}/{mt.name}"
+        choice = mt.user_data or "builtin:generic"
+        try:
+            if choice == "builtin:generic":
+                return self._generic(space, mt, name, mask)
+            if choice.startswith("builtin:"):
+                return self._pilot(space, mt, name, choice[len("builtin:"):], mask)
+            return self._operator(space, mt, name, Path(choice), mask)
+        except (OSError, ValueError, jinja2.TemplateError) as exc:
+            raise RenderError(f"{where}: {exc}") from None
+
+    def _common(self, space: Space, mt: Machinetype, name: str, mask: bool) -> dict[str, Any]:
+        config = json.dumps(self.agent_config(space, mt, name, mask), sort_keys=True)
+        return {"name": name, "space": space.name, "machinetype": mt.name, "version": __version__,
+                "rendered": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.clock())),
+                "agent_config_b64": _b64(config), "agent_gz_b64": _packed("agent.py")}
+
+    def _generic(self, space: Space, mt: Machinetype, name: str, mask: bool) -> str:
+        return _environment().get_template("generic.yaml.j2").render(
+            pilot_command="", **self._common(space, mt, name, mask))
+
+    def _pilot(self, space: Space, mt: Machinetype, name: str, builtin: str,
+               mask: bool) -> str:
+        profile = VO_PROFILES.get(builtin)
+        if profile is None:
+            raise ValueError(f"user_data builtin:{builtin} does not exist; choose one of "
+                             f"builtin:generic, {', '.join('builtin:' + v for v in VO_PROFILES)}")
+        if mt.dirac is None or mt.vo is None:
+            raise ValueError(f"builtin:{builtin} runs a DIRAC pilot: set dirac and vo")
+        instance = space.dirac_instances[mt.dirac]
+        stamp = dirac.pilot_stamp(name)
+        cert_dir = "/etc/cloudvac/pilot/grid-security" if mt.host_cert_file else None
+        repositories = mt.cvmfs_repositories or [*profile.repositories, *COMMON_REPOSITORIES]
+        values = {
+            **self._common(space, mt, name, mask), "vo": mt.vo,
+            "site": dirac.site_of(instance, space),
+            "cvmfs_repositories": [r.removeprefix("/cvmfs/") for r in repositories],
+            "cvmfs_http_proxy": self.cvmfs_http_proxy(space), "cvmfs_quota_mb": 20000,
+            "pilot_json_b64": _b64(json.dumps(dirac.pilot_json(instance, space), indent=1)),
+            "pilot_files_url": instance.pilot_files_url,
+            "pilot_args": dirac.pilot_command(instance, space, mt, stamp, cert_dir),
+            "pilot_environment": dirac.pilot_environment(space, name),
+            "host_cert_b64": "", "host_key_b64": "", "proxy_b64": "",
+            "block_metadata": mt.block_metadata, "jobagent_gz_b64": _packed("jobagent.py")}
+        if mt.host_cert_file:
+            if mt.host_key_file is None:
+                raise ValueError("host_cert_file needs host_key_file")
+            check_secret_file(mt.host_key_file, "host_key_file")
+            values["host_cert_b64"] = _b64(mt.host_cert_file.read_bytes())
+            values["host_key_b64"] = _b64(MASK if mask else mt.host_key_file.read_bytes())
+        if mt.pilot_proxy_file:
+            check_secret_file(mt.pilot_proxy_file, "pilot_proxy_file")
+            values["proxy_b64"] = _b64(MASK if mask else mt.pilot_proxy_file.read_bytes())
+        return _environment().get_template(profile.template).render(**values)
+
+    def _operator(self, space: Space, mt: Machinetype, name: str, path: Path,
+                  mask: bool) -> str:
+        if not path.is_absolute():
+            raise ValueError(f"user_data {path} must be builtin:NAME or an absolute path")
+        values = {"space": space.name, "machinetype": mt.name, "machine_hostname": name,
+                  "manager_version": f"cloudvac {__version__}",
+                  "manager_hostname": socket.gethostname(), "uuid": name,
+                  "joboutputs_token": MASK if mask else self.token(space, mt, name),
+                  **self.urls(space, mt, name)}
+        if space.site_name:
+            values["site"] = space.site_name
+        if mt.root_image and mt.root_image.startswith(("http://", "https://")):
+            values["root_image_url"] = mt.root_image
+        for key, value in mt.user_data_options.items():
+            values[f"option_{key}"] = value
+        for key, file in mt.user_data_files.items():
+            values[f"option_{key}"] = values[f"file_{key}"] = file.read_text()
+        if space.squid_proxies or space.squid_machinetype:
+            values.setdefault("option_cvmfs_proxy", self.cvmfs_http_proxy(space))
+        return substitute(path.read_text(), values)
+
+
+def check_space(space: Space, settings: Settings) -> list[str]:
+    """Trial-render every machinetype of ``space`` (masked, throwaway signer) and validate;
+    one message per machinetype that would fail at its first create."""
+    renderer = ContextRenderer(settings, TokenSigner(b"0" * 32))
+    problems = []
+    for mt in space.machinetypes.values():
+        name = f"cloudvac-000000-{mt.name}-0000000000"
+        try:
+            validate_user_data(renderer.render(space, mt, name), f"{space.name}/{mt.name}")
+        except (RenderError, ValueError) as exc:
+            problems.append(str(exc))
+    return problems

@@ -186,11 +186,19 @@ class SpaceCycle:
         mt = space.machinetypes[create.machinetype]
         now = self.clock()
         name = self.namer(space.name, mt.name)
+        try:
+            user_data = self.render(space, mt, name)
+        except ValueError as exc:  # RenderError, UserDataInvalid: fix the config, no create
+            refused.add(mt.name)
+            self.metrics.creates.labels(space.name, mt.name, "RenderError").inc()
+            events.append(Event(now, space.name, mt.name, name, "error",
+                                f"user_data not rendered: {exc}"))
+            return False
         intent = Intent(space.name, name, mt.name, create.flavor.processors, create.hs06, now)
         await asyncio.to_thread(self.store.add_intent, intent)
         spec = MachineSpec(
             name=name, space=space.name, machinetype=mt.name, flavor=create.flavor,
-            image=mt.root_image or "", user_data=self.render(space, mt, name),
+            image=mt.root_image or "", user_data=user_data,
             metadata={TAG_SPACE: space.name, TAG_MACHINETYPE: mt.name,
                       TAG_MANAGER: self.settings.manager_id, TAG_CREATED: f"{now:.0f}"})
         label = self.metrics.creates.labels

@@ -27,6 +27,7 @@ from cloudvac.clouds.base import CloudError
 from cloudvac.clouds.factory import CloudFactory
 from cloudvac.clouds.sim import PilotReporter
 from cloudvac.config import LoadedConfig, Settings, Space, load_config_dir
+from cloudvac.context.userdata import check_space
 from cloudvac.engine.cycle import CycleReport, SpaceCycle, UserDataRenderer, generic_user_data
 from cloudvac.engine.metrics import EngineMetrics
 from cloudvac.engine.records import Event
@@ -107,7 +108,14 @@ class Daemon:
         if new is not None and new != self.settings:
             log.info("space=- machinetype=- machine=- settings reloaded")
             self.settings = new
-        for name, space in loaded.spaces.items():
+        for name, space in list(loaded.spaces.items()):
+            problems = self._render_check(space)
+            if problems:
+                for problem in problems:
+                    log.error("space=%s machinetype=- machine=- user_data %s", name, problem)
+                del loaded.spaces[name]
+                loaded.broken.add(name)
+                continue
             state = self.spaces.get(name)
             if state is None:
                 state = self.spaces[name] = SpaceState(space)
@@ -143,6 +151,13 @@ class Daemon:
                 state.task = asyncio.get_running_loop().create_task(self._space_loop(name),
                                                                     name=f"space:{name}")
         return loaded
+
+    def _render_check(self, space: Space) -> list[str]:
+        """Trial-render a space's machinetypes when its configuration changed."""
+        state = self.spaces.get(space.name)
+        if state is not None and state.config == space and state.config_ok:
+            return []
+        return check_space(space, self.settings)
 
     async def _space_loop(self, name: str) -> None:
         cycle: SpaceCycle | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 CLOUDVAC = [sys.executable, "-m", "cloudvac"]
 
@@ -119,3 +121,38 @@ def test_demo_json_reports_all_vos_in_both_spaces_within_limits(tmp_path: Path) 
         assert len(space["cycles"]) == 10
     assert summary["machines_with_heartbeat"] > 0
     assert summary["shutdown_codes"], "pilots reported shutdown codes"
+
+
+DEMO = Path(__file__).parents[2] / "cloudvac" / "examples" / "demo"
+
+
+def test_render_each_vo_masked_and_valid() -> None:
+    for space, mt in (("sim-a.example", "belle"), ("sim-a.example", "t2k"),
+                      ("sim-b.example", "hyperk")):
+        result = cli("render", space, mt, "--config-dir", str(DEMO))
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("#cloud-config")
+        files = {f["path"]: f for f in yaml.safe_load(result.stdout)["write_files"]}
+        agent = json.loads(base64.b64decode(files["/etc/cloudvac/agent.json"]["content"]))
+        assert agent["token"] == "***MASKED***"  # no --show-secrets
+        assert "cloudvac-pilot.sh" in result.stdout and "--wnVO=" in result.stdout
+    missing = cli("render", "sim-a.example", "atlas", "--config-dir", str(DEMO))
+    assert missing.returncode == 2 and "no machinetype atlas" in missing.stderr
+
+
+def test_dirac_cs_parses_with_diraccfg() -> None:
+    from diraccfg import CFG
+
+    result = cli("dirac-cs", "sim-a.example", "--config-dir", str(DEMO))
+    assert result.returncode == 0, result.stderr
+    blocks = [b for b in result.stdout.split("\n# DIRAC instance ") if b.strip()]
+    assert len(blocks) == 2
+    sites = {}
+    for block in blocks:
+        cfg = CFG().loadFromBuffer("\n".join(block.splitlines()[1:]))
+        for domain in cfg["Resources"]["Sites"].listSections():
+            for site in cfg["Resources"]["Sites"][domain].listSections():
+                queues = cfg["Resources"]["Sites"][domain][site]["CEs"]["sim-a.example"][
+                    "Queues"]
+                sites[site] = sorted(queues.listSections())
+    assert sites == {"VCYCLE.SIM-A.eu": ["belle"], "CLOUD.SIM-A.eu": ["hyperk", "t2k"]}

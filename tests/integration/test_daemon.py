@@ -135,14 +135,18 @@ def test_restart_adopts_existing_machines_even_with_a_lost_store(tmp_path: Path)
     second.close()
 
 
-class DyingAfterCreate:
-    """Wraps a cloud; the create reaches the cloud, then the manager 'dies' before recording."""
+class Wrapping:
+    """Forwards everything to the wrapped cloud; subclasses replace one call."""
 
     def __init__(self, inner: Cloud) -> None:
         self.inner = inner
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.inner, name)
+
+
+class DyingAfterCreate(Wrapping):
+    """The create reaches the cloud, then the manager 'dies' before recording."""
 
     async def create_machine(self, spec: MachineSpec) -> str:
         await self.inner.create_machine(spec)
@@ -172,14 +176,8 @@ def test_kill_between_create_and_record_leaves_no_duplicate(tmp_path: Path,
     assert store.history("a.example").intents == {}
 
 
-class NeverCreates:
+class NeverCreates(Wrapping):
     """The manager dies after recording the intent but before the create call."""
-
-    def __init__(self, inner: Cloud) -> None:
-        self.inner = inner
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.inner, name)
 
     async def create_machine(self, spec: MachineSpec) -> str:
         raise asyncio.CancelledError
@@ -237,13 +235,7 @@ def test_quota_refusal_is_an_error_event_not_a_backoff(tmp_path: Path, store: St
     # The planner sees free cores from limits(), so make limits() lie to force a refusal.
     real_get = daemon.factory.get
 
-    class Lying:
-        def __init__(self, inner: Cloud) -> None:
-            self.inner = inner
-
-        def __getattr__(self, name: str) -> object:
-            return getattr(self.inner, name)
-
+    class Lying(Wrapping):
         async def limits(self) -> Limits:
             return Limits()
 
