@@ -25,6 +25,7 @@ from cloudvac.config.loader import config_files
 from cloudvac.context.userdata import ContextRenderer
 from cloudvac.engine.daemon import Daemon
 from cloudvac.engine.metrics import EngineMetrics
+from cloudvac.engine.states import MachineState
 from cloudvac.store import Store
 from cloudvac.web.app import WebContext, create_app
 from cloudvac.web.files import JoboutputsDir, UploadLimits
@@ -67,6 +68,17 @@ class Service:
         if self.daemon is not None:
             self.daemon.stop()
 
+    def _squids(self, space: str, machinetype: str) -> list[str]:
+        """Addresses of the squid machinetype's running VMs that heartbeat (the VCycle
+        heartbeat-list rule), newest beat first."""
+        config = (self.daemon.current_spaces() if self.daemon else self._spaces).get(space)
+        mt = config.machinetypes.get(machinetype) if config else None
+        horizon = time.time() - ((mt.heartbeat_seconds if mt else None) or 3600)
+        alive = [m for m in self.store.machines(space)
+                 if m.machinetype == machinetype and m.state is MachineState.RUNNING
+                 and m.address and m.heartbeat_at is not None and m.heartbeat_at >= horizon]
+        return [m.address for m in sorted(alive, key=lambda m: -(m.heartbeat_at or 0))]
+
     def _spaces_from_files(self) -> Mapping[str, Space]:
         """For ``cloudvac web`` alone: the spaces of the config files, re-read when a file
         changes (checked at most every few seconds); a broken space keeps its last good
@@ -88,7 +100,7 @@ class Service:
         files = JoboutputsDir(self.settings.state_dir / "joboutputs",
                               UploadLimits(self.settings.upload_max_file_bytes,
                                            self.settings.upload_max_machine_bytes))
-        renderer = ContextRenderer(self.settings, signer)
+        renderer = ContextRenderer(self.settings, signer, squids=self._squids)
         if engine:
             self.daemon = Daemon(self.config_dir, self.settings, self.store,
                                  metrics=EngineMetrics(self.registry), render=renderer,

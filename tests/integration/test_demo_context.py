@@ -60,3 +60,76 @@ def test_demo_machines_fetch_their_user_data(tmp_path: Path) -> None:
     assert set(texts) == {"belle", "t2k", "hyperk"}
     for mt, text in texts.items():
         assert text.startswith("#cloud-config") and MARKERS[mt] in text
+
+
+SQUID_CONFIG = """\
+[settings]
+cycle_seconds = 0.5
+
+[dirac gridpp]
+format = operations
+site_prefix = CLOUD
+setup = GridPP
+configuration_servers = dips://dirac01.grid.hep.ph.ic.ac.uk:9135/Configuration/Server
+
+[space squids.example]
+api = sim
+site_name = SQUIDS.uk
+flavor_names = m1.small
+creation_burst_processors = 4
+squid_machinetype = squid
+squid_proxies = http://fallback.example:3128
+sim_boot_seconds = 0.2
+
+[machinetype squids.example squid]
+target_share = 1
+processors_limit = 2
+heartbeat_file = heartbeat
+heartbeat_seconds = 60
+sim_job_seconds = 600
+sim_heartbeat_seconds = 0.3
+
+[machinetype squids.example t2k]
+target_share = 1
+dirac = gridpp
+vo = t2k.org
+user_data = builtin:t2k
+sim_job_seconds = 600
+"""
+
+
+def test_squid_machinetype_vms_become_the_cvmfs_proxies(tmp_path: Path) -> None:
+    config_dir = tmp_path / "conf"
+    config_dir.mkdir()
+    (config_dir / "10.conf").write_text(SQUID_CONFIG)
+    loaded = load_config_dir(config_dir)
+    assert loaded.settings is not None and not loaded.issues, loaded.issues
+    overrides = {"state_dir": tmp_path, "web_listen": "127.0.0.1:0"}
+    settings = loaded.settings.model_copy(update=overrides)
+    store = Store(settings.database_url)
+    service = Service(config_dir, settings, store, overrides)
+
+    async def scenario() -> tuple[list[str], str]:
+        runner = asyncio.create_task(run_service(service))
+        try:
+            deadline = time.monotonic() + 30
+            squids: list[str] = []
+            while len(squids) < 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.5)
+                squids = await asyncio.to_thread(service._squids, "squids.example", "squid")
+            assert service.web is not None and service.web.render is not None
+            space = service.daemon.current_spaces()["squids.example"]  # type: ignore[union-attr]
+            text = service.web.render(space, space.machinetypes["t2k"],
+                                      "cloudvac-000000-t2k-0000000000")
+            return squids, text
+        finally:
+            service.stop()
+            await asyncio.wait_for(runner, 30)
+
+    try:
+        squids, text = asyncio.run(scenario())
+    finally:
+        store.close()
+    assert len(squids) == 2
+    group = "|".join(f"http://{address}:3128" for address in squids)
+    assert f'CVMFS_HTTP_PROXY="{group};http://fallback.example:3128"' in text
