@@ -15,7 +15,10 @@ from keystoneauth1 import session as ks_session
 from keystoneauth1.identity import v3
 
 from cloudvac import __version__
-from cloudvac.auth.secrets import read_secret
+from cloudvac.auth.checkin import CheckinTokenSource
+from cloudvac.auth.discovery import SiteEndpoint
+from cloudvac.auth.federation import CheckinAuth
+from cloudvac.auth.secrets import SecretError, read_secret
 from cloudvac.config.openstack import OpenStackSpace
 
 
@@ -37,9 +40,23 @@ class CountingApplicationCredential(_Counting, v3.ApplicationCredential):
     pass
 
 
-def make_plugin(options: OpenStackSpace, on_auth: Callable[[], None]) -> v3.Auth:
-    """The auth plugin for ``options``; reads the secret now (raises SecretError)."""
+def make_plugin(options: OpenStackSpace, on_auth: Callable[[], None],
+                checkin: CheckinTokenSource | None = None,
+                site: SiteEndpoint | None = None) -> v3.Auth | CheckinAuth:
+    """The auth plugin for ``options``; reads the secret now (raises SecretError).  For
+    ``egi_checkin``, ``checkin`` is the token source and ``site`` the discovered endpoint
+    (used for whatever the configuration leaves unset)."""
     plugin: v3.Auth
+    if options.auth == "egi_checkin":
+        assert checkin is not None
+        auth_url = options.auth_url or (site.auth_url if site else None)
+        project_id = options.egi_project_id or (site.project_id if site else None)
+        if auth_url is None or project_id is None:
+            raise SecretError("egi_checkin: no Keystone URL or project id (configure auth_url "
+                              "and egi_project_id, or egi_site and egi_vo for discovery)")
+        return CheckinAuth(auth_url, checkin, project_id, options.egi_identity_provider,
+                           options.egi_protocol, options.egi_vo, on_auth)
+    assert options.auth_url is not None  # the model requires it for these methods
     if options.auth == "password":
         plugin = CountingPassword(
             auth_url=options.auth_url, username=options.username,
@@ -60,8 +77,25 @@ def make_plugin(options: OpenStackSpace, on_auth: Callable[[], None]) -> v3.Auth
     return plugin
 
 
-def make_session(options: OpenStackSpace, on_auth: Callable[[], None]) -> ks_session.Session:
+def checkin_source(options: OpenStackSpace,
+                   on_call: Callable[[str], None] | None = None) -> CheckinTokenSource:
+    assert options.egi_checkin_client_id is not None
+    file, env = options.egi_checkin_client_secret_file, options.egi_checkin_client_secret_env
+
+    def secret() -> str | None:
+        return read_secret(file, env, "egi_checkin_client_secret") if file or env else None
+
+    return CheckinTokenSource(
+        options.egi_checkin_url, options.egi_checkin_client_id, options.checkin_grant,
+        options.egi_checkin_scope, secret, options.egi_checkin_refresh_token_file,
+        options.egi_checkin_refresh_token_env, timeout=options.api_timeout_seconds,
+        on_call=on_call)
+
+
+def make_session(options: OpenStackSpace, on_auth: Callable[[], None],
+                 checkin: CheckinTokenSource | None = None,
+                 site: SiteEndpoint | None = None) -> ks_session.Session:
     return ks_session.Session(
-        auth=make_plugin(options, on_auth),
+        auth=make_plugin(options, on_auth, checkin, site),
         verify=str(options.ca_file) if options.ca_file else True,
         timeout=options.api_timeout_seconds, app_name="cloudvac", app_version=__version__)

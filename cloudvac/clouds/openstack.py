@@ -17,6 +17,7 @@ import asyncio
 import base64
 import hashlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -26,8 +27,11 @@ from urllib.parse import parse_qs, urlparse
 import openstack.connection
 import openstack.exceptions as sdk_exc
 from keystoneauth1 import exceptions as ks_exc
+from keystoneauth1 import session as ks_session
 
-from cloudvac.auth.keystone import make_session
+from cloudvac.auth.checkin import CheckinTokenSource
+from cloudvac.auth.discovery import SiteDiscovery
+from cloudvac.auth.keystone import checkin_source, make_plugin, make_session
 from cloudvac.auth.secrets import SecretError
 from cloudvac.clouds import nova
 from cloudvac.clouds.base import (
@@ -68,13 +72,56 @@ class OpenStackCloud:
         self._flavors_at = 0.0
         self._images: dict[str, str] = {}
         self._our_processors = 0
-        try:
-            self.session = make_session(self.options, self._counted_auth)
-        except SecretError as exc:
-            raise Misconfigured(str(exc)) from None
-        self.conn = openstack.connection.Connection(
-            session=self.session, region_name=self.options.region_name,
-            interface=self.options.interface, compute_api_version="2")
+        self._connect_lock = threading.Lock()
+        self._conn: openstack.connection.Connection | None = None
+        self.session: ks_session.Session | None = None
+        self.checkin: CheckinTokenSource | None = None
+        self.discovery: SiteDiscovery | None = None
+        if self.options.auth == "egi_checkin":
+            self.checkin = checkin_source(self.options, self._checkin_call)
+            if self.options.auth_url is None or self.options.egi_project_id is None:
+                self.discovery = SiteDiscovery(self.options.egi_is_url,
+                                               self.options.egi_gocdb_url,
+                                               timeout=self.options.api_timeout_seconds)
+        else:
+            try:  # read the secret now: a bad secret file is a clear error at once
+                make_plugin(self.options, lambda: None)
+            except SecretError as exc:
+                raise Misconfigured(str(exc)) from None
+
+    @property
+    def conn(self) -> openstack.connection.Connection:
+        """The SDK connection, built on first use inside a worker thread (discovery and
+        secrets may need I/O; the event loop must never wait for it)."""
+        with self._connect_lock:
+            if self._conn is None:
+                site = None
+                if self.discovery is not None:
+                    assert self.options.egi_site and self.options.egi_vo
+                    site = self.discovery.find(self.options.egi_site, self.options.egi_vo)
+                try:
+                    self.session = make_session(self.options, self._counted_auth,
+                                                self.checkin, site)
+                except SecretError as exc:
+                    raise Misconfigured(str(exc)) from None
+                self._conn = openstack.connection.Connection(
+                    session=self.session, region_name=self.options.region_name,
+                    interface=self.options.interface, compute_api_version="2")
+            return self._conn
+
+    def _checkin_call(self, outcome: str) -> None:
+        self.metrics.checkin_calls.labels(self.space, outcome).inc()
+
+    def token_expiry(self) -> dict[str, float]:
+        """Unix times at which the current tokens expire (keystone; Check-in access)."""
+        found: dict[str, float] = {}
+        auth = self.session.auth if self.session is not None else None
+        ref = getattr(auth, "auth_ref", None)
+        if ref is not None and ref.expires is not None:
+            found["keystone"] = ref.expires.timestamp()
+        if self.checkin is not None and self.checkin.expires_at is not None:
+            found["checkin_access"] = self.checkin.expires_at
+        return found
 
     def _counted_auth(self) -> None:
         self.metrics.auth_calls.labels(self.space).inc()
@@ -104,6 +151,9 @@ class OpenStackCloud:
                                                    type(error).__name__).inc()
                 raise error from None
         self.metrics.cloud_requests.labels(self.space, kind, "ok").inc()
+        now = time.time()
+        for which, expires in self.token_expiry().items():
+            self.metrics.token_expiry.labels(self.space, which).set(expires - now)
         return result
 
     def _get(self, path: str, params: dict[str, Any]) -> bytes:
@@ -205,7 +255,11 @@ class OpenStackCloud:
             cloud_id, ignore_missing=True))
 
     async def close(self) -> None:
-        await asyncio.to_thread(self.conn.close)
+        if self._conn is not None:
+            await asyncio.to_thread(self._conn.close)
+        for closable in (self.checkin, self.discovery):
+            if closable is not None:
+                closable.close()
 
 
 def _observe(server: nova.Server) -> ObservedMachine:

@@ -206,7 +206,8 @@ def _space(name: str, section: Section, mt_sections: list[Section], doc: IniDocu
 def _check_secret_files(options: OpenStackSpace, section: Section, issues: list[Issue]) -> bool:
     """Secret files must exist and be private now, not at the first cloud call."""
     good = True
-    for option in ("password_file", "application_credential_secret_file"):
+    for option in ("password_file", "application_credential_secret_file",
+                   "egi_checkin_client_secret_file", "egi_checkin_refresh_token_file"):
         path = getattr(options, option)
         if path is None:
             continue

@@ -24,16 +24,46 @@ UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$")
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
 INLINE_SECRETS = {"password": "password_file or password_env",
                   "application_credential_secret": "application_credential_secret_file or "
-                                                   "application_credential_secret_env"}
+                                                   "application_credential_secret_env",
+                  "egi_checkin_client_secret": "egi_checkin_client_secret_file or "
+                                               "egi_checkin_client_secret_env",
+                  "egi_checkin_refresh_token": "egi_checkin_refresh_token_file or "
+                                               "egi_checkin_refresh_token_env"}
 
 
 class OpenStackSpace(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
-    auth: Literal["password", "application_credential"] = Field(
-        "password", description="Keystone v3 method.")
-    auth_url: str = Field(pattern=r"^https?://\S+$", description="Keystone v3 URL, e.g. "
-                          "https://keystone.example:5000/v3.")
+    auth: Literal["password", "application_credential", "egi_checkin"] = Field(
+        "password", description="Keystone v3 method; egi_checkin: EGI Check-in tokens through "
+        "Keystone OS-FEDERATION (EGI Federated Cloud).")
+    auth_url: str | None = Field(None, pattern=r"^https?://\S+$", description="Keystone v3 "
+                                 "URL, e.g. https://keystone.example:5000/v3 (egi_checkin: "
+                                 "discovered from egi_site if unset).")
+    egi_checkin_url: str = Field("https://aai.egi.eu/auth/realms/egi", pattern=r"^https?://\S+$",
+                                 description="Check-in issuer (OIDC discovery is read from it).")
+    egi_checkin_client_id: str | None = None
+    egi_checkin_client_secret_file: Path | None = None
+    egi_checkin_client_secret_env: str | None = Field(None, pattern=ENV_NAME)
+    egi_checkin_refresh_token_file: Path | None = Field(None, description="Refresh token file "
+                                                        "(0600); rewritten when the provider "
+                                                        "rotates the token.")
+    egi_checkin_refresh_token_env: str | None = Field(None, pattern=ENV_NAME)
+    egi_checkin_grant: Literal["refresh_token", "client_credentials"] | None = Field(
+        None, description="Default: refresh_token if a refresh token is configured, else "
+        "client_credentials (a Check-in service account, recommended for daemons).")
+    egi_checkin_scope: str = "openid profile eduperson_entitlement"
+    egi_project_id: str | None = Field(None, description="Keystone project of the VO at the "
+                                       "site (discovered from the EGI IS if unset).")
+    egi_site: str | None = Field(None, description="GOCDB site name, for discovery.")
+    egi_vo: str | None = None
+    egi_identity_provider: str = "egi.eu"
+    egi_protocol: str = Field("openid", description="Keystone federation protocol ('oidc' at "
+                              "some sites).")
+    egi_is_url: str = Field("https://is.cloud.egi.eu", description="EGI information system.")
+    egi_gocdb_url: str = Field("https://goc.egi.eu/gocdbpi/public/", description="GOCDB PI.")
+    egi_checkin_client_secret: str | None = Field(None, exclude=True, repr=False)
+    egi_checkin_refresh_token: str | None = Field(None, exclude=True, repr=False)
     region_name: str | None = None
     interface: Literal["public", "internal", "admin"] = "public"
     username: str | None = None
@@ -63,7 +93,8 @@ class OpenStackSpace(BaseModel):
     password: str | None = Field(None, exclude=True, repr=False)
     application_credential_secret: str | None = Field(None, exclude=True, repr=False)
 
-    @field_validator("password", "application_credential_secret")
+    @field_validator("password", "application_credential_secret", "egi_checkin_client_secret",
+                     "egi_checkin_refresh_token")
     @classmethod
     def _no_inline(cls, value: str | None, info: ValidationInfo) -> None:
         name = info.field_name or "password"
@@ -78,8 +109,32 @@ class OpenStackSpace(BaseModel):
             raise ValueError("'auto' and 'none' cannot be combined with network ids")
         return value
 
+    @property
+    def checkin_grant(self) -> str:
+        if self.egi_checkin_grant is not None:
+            return self.egi_checkin_grant
+        has_refresh = self.egi_checkin_refresh_token_file or self.egi_checkin_refresh_token_env
+        return "refresh_token" if has_refresh else "client_credentials"
+
     @model_validator(mode="after")
     def _credentials(self) -> OpenStackSpace:
+        if self.auth == "egi_checkin":
+            missing = [] if self.egi_checkin_client_id else ["egi_checkin_client_id"]
+            if self.checkin_grant == "refresh_token" and not (
+                    self.egi_checkin_refresh_token_file or self.egi_checkin_refresh_token_env):
+                missing.append("egi_checkin_refresh_token_file or _env")
+            if self.checkin_grant == "client_credentials" and not (
+                    self.egi_checkin_client_secret_file or self.egi_checkin_client_secret_env):
+                missing.append("egi_checkin_client_secret_file or _env")
+            if self.auth_url is None and not (self.egi_site and self.egi_vo):
+                missing.append("auth_url, or egi_site and egi_vo for discovery")
+            if self.egi_project_id is None and not (self.egi_site and self.egi_vo):
+                missing.append("egi_project_id, or egi_site and egi_vo for discovery")
+            if missing:
+                raise ValueError(f"auth = egi_checkin needs {', '.join(missing)}")
+            return self
+        if self.auth_url is None:
+            raise ValueError(f"auth = {self.auth} needs auth_url")
         if self.auth == "password":
             missing = [n for n in ("username",) if getattr(self, n) is None]
             if self.project_name is None and self.project_id is None:

@@ -30,6 +30,12 @@ class EngineMetrics:
                                       "and outcome", ["space", "kind", "outcome"], registry=r)
         self.auth_calls = Counter("cloudvac_auth_calls", "Tokens fetched from the identity "
                                   "service", ["space"], registry=r)
+        self.checkin_calls = Counter("cloudvac_checkin_token_calls", "Requests to the Check-in "
+                                     "token endpoint by outcome", ["space", "outcome"],
+                                     registry=r)
+        self.token_expiry = Gauge("cloudvac_token_expiry_seconds", "Seconds until the space's "
+                                  "token expires (keystone, or the Check-in access token)",
+                                  ["space", "kind"], registry=r)
         self.config_errors = Gauge("cloudvac_config_errors", "Configuration issues at the "
                                    "last reload", registry=r)
         self.space_config_ok = Gauge("cloudvac_space_config_ok", "1 if the space's current "

@@ -101,3 +101,38 @@ def shim_conn(nova_shim: Any) -> Iterator[Any]:
     conn = connect(nova_shim)
     yield conn
     conn.close()
+
+
+# -- EGI Check-in style federation (test_federation_oracle.py) ------------------------------
+
+
+@pytest.fixture(scope="session")
+def oidc_provider(oracle_ready: None) -> Iterator[Any]:
+    """Local OIDC provider (``launch.OidcOracle``): refresh tokens + revocation, and the
+    client-credentials service account ``cloudvac-sa`` entitled to ``vo.example.eu``.
+    A test that stops/pauses/reconfigures it must restore it (``op.start()``/``resume()``/
+    ``configure(access_token_lifetime=3600)``) before it returns."""
+    t0 = time.monotonic()
+    with launch.oidc_oracle() as op:
+        op.info.data["fixture_start_s"] = round(time.monotonic() - t0, 2)
+        yield op
+
+
+@pytest.fixture(scope="session")
+def keystone_federation(oidc_provider: Any) -> Iterator[Any]:
+    """Real Keystone with OIDC federation (IdP ``egi.eu`` trusting ``oidc_provider``,
+    protocols ``openid`` and ``oidc``, VO project ``vo.example.eu``) and a compute endpoint
+    reserved for ``nova_federation``."""
+    t0 = time.monotonic()
+    with launch.keystone_oracle(oidc=oidc_provider) as ks:
+        ks.data["fixture_start_s"] = round(time.monotonic() - t0, 2)
+        yield ks
+
+
+@pytest.fixture(scope="session")
+def nova_federation(keystone_federation: Any) -> Iterator[Any]:
+    """Real Nova validating tokens against ``keystone_federation``."""
+    t0 = time.monotonic()
+    with launch.nova_oracle(keystone=keystone_federation) as nova:
+        nova.data["fixture_start_s"] = round(time.monotonic() - t0, 2)
+        yield nova

@@ -7,6 +7,18 @@ real API: a project, a user with the member role on it, optionally an applicatio
 of that user, and optionally a compute service + endpoints (``--compute-url``) so clients
 find Nova in the catalog.
 
+``--federation`` adds OIDC federation as at an EGI FedCloud site (see
+launch.py ``keystone_oracle(federation=...)``): auth methods
+``password,token,openid,oidc,application_credential`` with ``remote_id_attribute =
+HTTP_OIDC_ISS``, ``[federation] default_authorization_ttl``, and a WSGI shim in front of
+Keystone (same process) standing in for Apache mod_auth_openidc ``AuthType oauth20`` on
+``/v3/OS-FEDERATION/identity_providers/<idp>/protocols/<proto>/auth``: it requires a Bearer
+token, validates it at the OP (``--oidc-issuer``: userinfo, or RFC 7662 introspection),
+scrubs client-sent ``OIDC*``/``REMOTE_USER`` headers and exports the claims (lists joined
+with ``;``). Through the admin API it creates the VO project, a group with ``member`` on it,
+IdP ``egi.eu`` (remote_ids = the issuers), a mapping on the VO's ``role=vm_operator``
+entitlement and protocols ``openid`` and ``oidc``.
+
 Prints one line ``CLOUDVAC_ORACLE_READY {json}`` on stdout, then serves until SIGTERM/SIGINT
 and exits 0. Logs go to stderr.
 """
@@ -17,6 +29,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import resource
 import shutil
 import signal
@@ -27,6 +40,7 @@ import tempfile
 import threading
 import time
 from socketserver import ThreadingMixIn
+from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 T0 = time.monotonic()
@@ -47,7 +61,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--project-name", default="cloudvac")
     p.add_argument("--no-app-credential", action="store_true")
     p.add_argument("--workdir", default=None, help="default: a fresh temporary directory")
-    return p.parse_args(argv)
+    p.add_argument("--token-expiration", type=int, default=3600, help="[token] expiration, s")
+    f = p.add_argument_group("federation")
+    f.add_argument("--federation", action="store_true", help="enable OIDC federation + shim")
+    f.add_argument("--oidc-issuer", action="append", default=[], help="OP issuer (repeatable)")
+    f.add_argument("--vo", default="vo.example.eu")
+    f.add_argument("--idp", default="egi.eu")
+    f.add_argument("--protocol", action="append", default=[], help="default: openid, oidc")
+    f.add_argument(
+        "--authorization-ttl",
+        type=int,
+        default=60,
+        help="[federation] default_authorization_ttl (minutes)",
+    )
+    f.add_argument("--oidc-validation", choices=("userinfo", "introspection"), default="userinfo")
+    f.add_argument("--introspection-client", default=None, help="CLIENT_ID:SECRET")
+    args = p.parse_args(argv)
+    if args.federation and not args.oidc_issuer:
+        p.error("--federation needs at least one --oidc-issuer")
+    args.protocol = args.protocol or ["openid", "oidc"]
+    return args
 
 
 class ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
@@ -60,8 +93,17 @@ class QuietHandler(WSGIRequestHandler):
         logging.getLogger("oracle.keystone.http").debug(format, *args)
 
 
-def write_config(workdir: str) -> str:
-    conf = os.path.join(workdir, "keystone.conf")
+def write_config(workdir: str, args: argparse.Namespace, manage: bool = False) -> str:
+    """keystone.conf for the server; with ``manage`` a copy without the federation auth
+    methods for keystone-manage (it cannot load our in-process ``oidc`` method alias)."""
+    conf = os.path.join(workdir, "keystone-manage.conf" if manage else "keystone.conf")
+    fed = ""
+    if args.federation and not manage:
+        methods = ",".join(["password", "token", *args.protocol, "application_credential"])
+        fed = f"[auth]\nmethods = {methods}\n"
+        for proto in args.protocol:
+            fed += f"[{proto}]\nremote_id_attribute = HTTP_OIDC_ISS\n"
+        fed += f"[federation]\ndefault_authorization_ttl = {args.authorization_ttl}\n"
     with open(conf, "w") as f:
         f.write(f"""[DEFAULT]
 use_stderr = true
@@ -70,7 +112,7 @@ debug = false
 connection = sqlite:///{workdir}/keystone.db
 [token]
 provider = fernet
-expiration = 3600
+expiration = {args.token_expiration}
 [fernet_tokens]
 key_repository = {workdir}/fernet-keys
 [fernet_receipts]
@@ -82,7 +124,7 @@ password_hash_rounds = 4
 [oslo_policy]
 enforce_scope = true
 enforce_new_defaults = true
-""")
+{fed}""")
     return conf
 
 
@@ -206,6 +248,262 @@ def provision(base: str, args: argparse.Namespace) -> dict:
     return out
 
 
+FEDERATION_AUTH = re.compile(
+    r"^/v3/OS-FEDERATION/identity_providers/([^/]+)/protocols/([^/]+)/auth/?$"
+)
+
+
+class OidcShim:
+    """WSGI middleware standing in for Apache mod_auth_openidc (``AuthType oauth20``).
+
+    Every request: drop client-sent ``OIDC*`` / ``REMOTE_USER`` variables (Keystone builds
+    the federation assertion from the whole WSGI environ). Federation auth requests: require
+    ``Authorization: Bearer``, validate it at the configured OPs (userinfo or introspection;
+    the first OP that accepts it wins), then export ``REMOTE_USER`` (= sub), ``OIDC-<claim>``
+    and ``HTTP_OIDC_<CLAIM>`` for every claim (lists joined with ``;`` as with
+    ``OIDCClaimDelimiter ;``) and the issuer as ``HTTP_OIDC_ISS``. Failures answer 401 with
+    ``WWW-Authenticate: Bearer error="invalid_token"`` before Keystone is reached.
+    """
+
+    def __init__(self, app: Any, args: argparse.Namespace) -> None:
+        self.app = app
+        self.issuers = [i.rstrip("/") for i in args.oidc_issuer]
+        self.mode = args.oidc_validation
+        self.client = (
+            tuple(args.introspection_client.split(":", 1)) if (args.introspection_client) else None
+        )
+        self.discovery: dict[str, dict] = {}
+        self.stats = {"validated": 0, "rejected": 0}
+        self.log = logging.getLogger("oracle.keystone.shim")
+
+    @staticmethod
+    def _scrub(environ: dict) -> None:
+        for key in list(environ):
+            up = key.upper().replace("-", "_")
+            if up.startswith(("OIDC", "HTTP_OIDC")) or up in ("REMOTE_USER", "HTTP_REMOTE_USER"):
+                del environ[key]
+
+    def _metadata(self, issuer: str) -> dict:
+        import requests
+
+        if issuer not in self.discovery:
+            r = requests.get(issuer + "/.well-known/openid-configuration", timeout=10)
+            r.raise_for_status()
+            self.discovery[issuer] = r.json()
+        return self.discovery[issuer]
+
+    def _validate(self, token: str) -> tuple[str, dict] | str:
+        """(issuer, claims) of the first OP accepting the token, else a reason string."""
+        import requests
+
+        reasons = []
+        for issuer in self.issuers:
+            try:
+                meta = self._metadata(issuer)
+                if self.mode == "introspection":
+                    r = requests.post(
+                        meta["introspection_endpoint"],
+                        data={"token": token, "token_type_hint": "access_token"},
+                        auth=self.client,
+                        timeout=10,
+                    )
+                    claims = r.json() if r.status_code == 200 else {}
+                    if claims.get("active") is True and claims.get("sub"):
+                        return issuer, claims
+                else:
+                    r = requests.get(
+                        meta["userinfo_endpoint"],
+                        headers={"Authorization": "Bearer " + token},
+                        timeout=10,
+                    )
+                    if r.status_code == 200 and r.json().get("sub"):
+                        return issuer, r.json()
+                reasons.append(f"{issuer}: {self.mode} HTTP {r.status_code}")
+            except (requests.RequestException, ValueError, KeyError) as exc:
+                self.discovery.pop(issuer, None)
+                reasons.append(f"{issuer}: provider unreachable ({type(exc).__name__})")
+        return "; ".join(reasons) or "no issuer configured"
+
+    def _reject(self, start_response: Any, error: str, reason: str) -> list[bytes]:
+        self.stats["rejected"] += 1
+        self.log.warning("federation auth rejected: %s", reason)
+        body = json.dumps(
+            {"error": {"code": 401, "title": "Unauthorized", "message": f"oidc shim: {reason}"}}
+        ).encode()
+        start_response(
+            "401 Unauthorized",
+            [
+                ("Content-Type", "application/json"),
+                ("Content-Length", str(len(body))),
+                ("WWW-Authenticate", f'Bearer error="{error}"'),
+            ],
+        )
+        return [body]
+
+    def __call__(self, environ: dict, start_response: Any) -> Any:
+        self._scrub(environ)
+        if not FEDERATION_AUTH.match(environ.get("PATH_INFO", "")):
+            return self.app(environ, start_response)
+        auth = environ.get("HTTP_AUTHORIZATION", "")
+        if auth[:7].lower() != "bearer " or not auth[7:].strip():
+            return self._reject(start_response, "invalid_token", "no bearer token")
+        result = self._validate(auth[7:].strip())
+        if isinstance(result, str):
+            return self._reject(start_response, "invalid_token", result)
+        issuer, claims = result
+        self.stats["validated"] += 1
+        claims = {**claims, "iss": issuer}
+        for name, value in claims.items():
+            if isinstance(value, list):
+                text = ";".join(str(v) for v in value)
+            elif isinstance(value, dict):
+                text = json.dumps(value)
+            else:
+                text = str(value)
+            environ["OIDC-" + name] = text
+            environ["HTTP_OIDC_" + name.upper().replace("-", "_")] = text
+        environ["REMOTE_USER"] = str(claims["sub"])
+        return self.app(environ, start_response)
+
+
+def enable_oidc_method_alias(protocols: list[str]) -> None:
+    """Let auth methods named like a protocol (e.g. ``oidc``) load the mapped plugin.
+
+    Keystone loads auth method ``X`` from the entry-point namespace ``keystone.auth.X``;
+    the package only registers ``openid``/``saml2``/``mapped``. Sites using a protocol named
+    ``oidc`` register such an entry point; we alias it in-process instead.
+    """
+    from keystone.auth import core
+
+    original = core._get_auth_driver_manager
+    known = {
+        "password",
+        "token",
+        "openid",
+        "saml2",
+        "mapped",
+        "application_credential",
+        "external",
+        "oauth1",
+        "totp",
+        "kerberos",
+        "x509",
+    }
+
+    def driver_manager(namespace: str, plugin_name: str) -> Any:
+        method = namespace.rsplit(".", 1)[-1]
+        if method in protocols and method not in known:
+            namespace = "keystone.auth.mapped"
+        return original(namespace, plugin_name)
+
+    core._get_auth_driver_manager = driver_manager
+
+
+def provision_federation(base: str, args: argparse.Namespace) -> dict:
+    """VO project + group (member), IdP, mapping, protocols, as in EGI's provider guide."""
+    admin_tok, _ = password_token(base, "admin", args.admin_password, system=True)
+    vo = args.vo
+    project = api(
+        base,
+        "POST",
+        "/v3/projects",
+        admin_tok,
+        {
+            "project": {
+                "name": vo,
+                "domain_id": "default",
+                "enabled": True,
+                "description": f"EGI VO {vo}",
+            }
+        },
+    ).json()["project"]
+    group = api(
+        base,
+        "POST",
+        "/v3/groups",
+        admin_tok,
+        {"group": {"name": f"{vo}-vm_operator", "domain_id": "default"}},
+    ).json()["group"]
+    member = api(base, "GET", "/v3/roles?name=member", admin_tok).json()["roles"][0]
+    api(
+        base,
+        "PUT",
+        "/v3/projects/{}/groups/{}/roles/{}".format(project["id"], group["id"], member["id"]),
+        admin_tok,
+    )
+    idp = api(
+        base,
+        "PUT",
+        f"/v3/OS-FEDERATION/identity_providers/{args.idp}",
+        admin_tok,
+        {
+            "identity_provider": {
+                "remote_ids": [i.rstrip("/") for i in args.oidc_issuer],
+                "enabled": True,
+                "description": "EGI Check-in (oracle)",
+            }
+        },
+        expect=(201,),
+    ).json()["identity_provider"]
+    # as in EGI's provider guide: the VO name is not escaped (dots match any character)
+    entitlement_re = f"^urn:mace:egi.eu:group:{vo}:role=vm_operator#aai.egi.eu$"
+    issuers = {"type": "HTTP_OIDC_ISS", "any_one_of": [i.rstrip("/") for i in args.oidc_issuer]}
+    ent = {"type": "OIDC-eduperson_entitlement", "regex": True, "any_one_of": [entitlement_re]}
+    rules = [
+        {  # accounts without an e-mail claim (e.g. client-credentials service accounts)
+            "local": [{"user": {"name": "{0}"}, "group": {"id": group["id"]}}],
+            "remote": [{"type": "HTTP_OIDC_SUB"}, issuers, ent],
+        },
+        {  # EGI provider guide: name = sub, email = email
+            "local": [{"user": {"name": "{0}", "email": "{1}"}, "group": {"id": group["id"]}}],
+            "remote": [{"type": "HTTP_OIDC_SUB"}, {"type": "HTTP_OIDC_EMAIL"}, issuers, ent],
+        },
+    ]
+    mapping_id = "egi-mapping"
+    api(
+        base,
+        "PUT",
+        f"/v3/OS-FEDERATION/mappings/{mapping_id}",
+        admin_tok,
+        {"mapping": {"rules": rules}},
+        expect=(201,),
+    )
+    for proto in args.protocol:
+        api(
+            base,
+            "PUT",
+            f"/v3/OS-FEDERATION/identity_providers/{args.idp}/protocols/{proto}",
+            admin_tok,
+            {"protocol": {"mapping_id": mapping_id}},
+            expect=(201,),
+        )
+    return {
+        "vo": vo,
+        "vo_project_id": project["id"],
+        "vo_project_name": project["name"],
+        "federation": {
+            "idp": args.idp,
+            "idp_domain_id": idp.get("domain_id"),
+            "issuers": [i.rstrip("/") for i in args.oidc_issuer],
+            "protocols": list(args.protocol),
+            "mapping_id": mapping_id,
+            "mapping_rules": rules,
+            "entitlement_regex": entitlement_re,
+            "entitlement": f"urn:mace:egi.eu:group:{vo}:role=vm_operator#aai.egi.eu",
+            "group_id": group["id"],
+            "project_id": project["id"],
+            "project_name": project["name"],
+            "validation": args.oidc_validation,
+            "auth_urls": {
+                proto: f"{base}/v3/OS-FEDERATION/identity_providers/{args.idp}"
+                f"/protocols/{proto}/auth"
+                for proto in args.protocol
+            },
+            "default_authorization_ttl": args.authorization_ttl,
+        },
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
@@ -229,12 +527,15 @@ def main(argv: list[str] | None = None) -> int:
             s.bind(("127.0.0.1", args.port))
             port = s.getsockname()[1]
         base = f"http://127.0.0.1:{port}"
-        conf = write_config(workdir)
-        keystone_manage(conf, "db_sync")
+        conf = write_config(workdir, args)
+        manage_conf = write_config(workdir, args, manage=True)
+        keystone_manage(manage_conf, "db_sync")
         for what in ("fernet_setup", "credential_setup"):
-            keystone_manage(conf, what, "--keystone-user", "root", "--keystone-group", "root")
+            keystone_manage(
+                manage_conf, what, "--keystone-user", "root", "--keystone-group", "root"
+            )
         keystone_manage(
-            conf,
+            manage_conf,
             "bootstrap",
             "--bootstrap-password",
             args.admin_password,
@@ -253,7 +554,11 @@ def main(argv: list[str] | None = None) -> int:
         sys.argv = sys.argv[:1]  # keystone's oslo.config parses sys.argv; hide ours
         from keystone.server import wsgi as ks_wsgi
 
+        if args.federation:
+            enable_oidc_method_alias(args.protocol)
         app = ks_wsgi.initialize_public_application()
+        if args.federation:
+            app = OidcShim(app, args)
         logging.getLogger().setLevel(logging.WARNING)
         server = make_server(
             "127.0.0.1", port, app, server_class=ThreadingWSGIServer, handler_class=QuietHandler
@@ -262,6 +567,8 @@ def main(argv: list[str] | None = None) -> int:
             target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True
         ).start()
         extra = provision(base, args)
+        if args.federation:
+            extra.update(provision_federation(base, args))
         ready = {
             "ready": True,
             "kind": "keystone",
@@ -278,6 +585,7 @@ def main(argv: list[str] | None = None) -> int:
             "admin_username": "admin",
             "admin_password": args.admin_password,
             "compute_url": args.compute_url,
+            "token_expiration": args.token_expiration,
             **extra,
             "bootstrap_s": round(t_boot, 2),
             "startup_s": round(time.monotonic() - T0, 2),

@@ -9,15 +9,21 @@ as subprocesses with ``.venv-oracle/bin/python`` (built by ``tests/oracle/setup.
     with keystone_oracle() as ks, nova_oracle(keystone=ks) as nova:
         ...   # Nova validates tokens against the real Keystone; its catalog lists Nova
 
+    with oidc_oracle() as op, keystone_oracle(oidc=op) as ks, nova_oracle(keystone=ks):
+        tokens = op.mint_tokens("alice", {"eduperson_entitlement": [op["entitlement"]]})
+        ...   # refresh at op.info["token_endpoint"], POST ks["federation"]["auth_urls"]
+
 Every context manager waits for the server's ready line (bounded), and on exit - also when
 the body raised - sends SIGTERM, waits a bounded time, SIGKILLs if needed and reaps.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -25,8 +31,12 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -269,12 +279,28 @@ def keystone_oracle(
     *,
     with_compute: bool = True,
     app_credential: bool = True,
+    federation: bool = False,
+    oidc: OidcOracle | None = None,
+    oidc_issuers: Sequence[str] = (),
+    vo: str | None = None,
+    protocols: Sequence[str] = (),
+    token_expiration: int | None = None,
+    authorization_ttl: int | None = None,
+    oidc_validation: str | None = None,
+    introspection_client: tuple[str, str] | None = None,
     timeout: float = 120.0,
     stop_timeout: float = 20.0,
 ) -> Iterator[OracleInfo]:
     """Real Keystone on 127.0.0.1. With ``with_compute`` a free port is reserved for a Nova
     started later with ``nova_oracle(keystone=ks)`` and registered in the catalog as
-    ``http://127.0.0.1:<compute_port>/compute/v2.1``."""
+    ``http://127.0.0.1:<compute_port>/compute/v2.1``.
+
+    Federation (``federation=True``, implied by ``oidc=`` or ``oidc_issuers=``): IdP
+    ``egi.eu`` trusting the issuer(s) (``oidc.issuer`` plus ``oidc_issuers``), VO project
+    ``vo`` (default ``vo.example.eu``), protocols ``openid`` and ``oidc``, and the bearer
+    shim on the federation auth URLs (validation by userinfo, or ``oidc_validation=
+    "introspection"`` with ``introspection_client=(id, secret)``). ``token_expiration``
+    sets ``[token] expiration`` (seconds) for expiry tests."""
     args: list[str] = []
     compute_port = None
     if with_compute:
@@ -282,7 +308,348 @@ def keystone_oracle(
         args += ["--compute-url", f"http://127.0.0.1:{compute_port}/compute/v2.1"]
     if not app_credential:
         args.append("--no-app-credential")
+    if token_expiration is not None:
+        args += ["--token-expiration", str(int(token_expiration))]
+    issuers = ([oidc.issuer] if oidc is not None else []) + list(oidc_issuers)
+    if federation or issuers:
+        if not issuers:
+            raise ValueError("federation needs oidc= or oidc_issuers=")
+        args.append("--federation")
+        for issuer in issuers:
+            args += ["--oidc-issuer", issuer]
+        for proto in protocols:
+            args += ["--protocol", proto]
+        if vo is not None:
+            args += ["--vo", vo]
+        if authorization_ttl is not None:
+            args += ["--authorization-ttl", str(int(authorization_ttl))]
+        if oidc_validation is not None:
+            args += ["--oidc-validation", oidc_validation]
+        if introspection_client is not None:
+            args += ["--introspection-client", ":".join(introspection_client)]
     with _run_oracle("keystone_server.py", args, timeout, stop_timeout) as info:
         if compute_port is not None:
             info.data["compute_port"] = compute_port
         yield info
+
+
+# -- local OpenID Connect provider (tests/oracle/oidc_server.py) ----------------------------
+
+
+DEFAULT_USER_SCOPE = "openid email profile eduperson_entitlement offline_access"
+DEFAULT_REFRESH_SCOPE = "openid email profile eduperson_entitlement"
+
+
+class OidcHTTPError(OracleError):
+    """A non-2xx answer from the OIDC oracle (``status`` and parsed ``body``)."""
+
+    def __init__(self, status: int, body: Any) -> None:
+        super().__init__(f"HTTP {status}: {body!r}")
+        self.status = status
+        self.body = body
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+class OidcOracle:
+    """Handle on the local OIDC provider started by :func:`oidc_oracle`.
+
+    The provider keeps its port across :meth:`stop`/:meth:`start`/:meth:`restart`, and its
+    state (users, refresh tokens, service accounts, signing key) survives a restart.
+    :meth:`pause`/:meth:`resume` freeze the process (SIGSTOP) so requests hang instead of
+    being refused. Helper methods use only the standard library (and never follow
+    redirects).
+    """
+
+    def __init__(
+        self, args: list[str], port: int, state_file: str, timeout: float, stop_timeout: float
+    ) -> None:
+        self._args = args
+        self.port = port
+        self.state_file = state_file
+        self._timeout = timeout
+        self._stop_timeout = stop_timeout
+        self._stack: contextlib.ExitStack | None = None
+        self._info: OracleInfo | None = None
+        self._paused = False
+        self.issuer = f"http://127.0.0.1:{port}"
+
+    # -- lifecycle -------------------------------------------------------------------------
+    @property
+    def info(self) -> OracleInfo:
+        """Ready line of the current (or last) run."""
+        if self._info is None:
+            raise OracleError("OIDC oracle was never started")
+        return self._info
+
+    def __getitem__(self, key: str) -> Any:
+        return self.info[key]
+
+    @property
+    def running(self) -> bool:
+        return self._stack is not None
+
+    def start(self) -> OracleInfo:
+        if self._stack is not None:
+            return self.info
+        stack = contextlib.ExitStack()
+        t0 = time.monotonic()
+        for attempt in range(20):  # the port may linger briefly after a stop
+            try:
+                self._info = stack.enter_context(
+                    _run_oracle("oidc_server.py", self._args, self._timeout, self._stop_timeout)
+                )
+                break
+            except OracleError as exc:
+                if "Address already in use" not in str(exc) or attempt == 19:
+                    raise
+                time.sleep(0.25)
+        self._info.data["launch_s"] = round(time.monotonic() - t0, 2)
+        self._stack = stack
+        self._paused = False
+        return self._info
+
+    def stop(self) -> None:
+        """Stop the provider (SIGTERM, bounded wait, SIGKILL); connections are then refused."""
+        if self._stack is None:
+            return
+        if self._paused:
+            self.resume()
+        stack, self._stack = self._stack, None
+        stack.close()
+
+    def restart(self) -> OracleInfo:
+        self.stop()
+        return self.start()
+
+    def pause(self) -> None:
+        """SIGSTOP the provider: it accepts TCP connections but never answers."""
+        os.kill(self.info.pid, signal.SIGSTOP)
+        self._paused = True
+
+    def resume(self) -> None:
+        os.kill(self.info.pid, signal.SIGCONT)
+        self._paused = False
+
+    # -- HTTP helpers ----------------------------------------------------------------------
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        form: dict[str, str] | None = None,
+        basic: tuple[str, str] | None = None,
+        bearer: str | None = None,
+        timeout: float = 10.0,
+    ) -> tuple[int, dict[str, str], Any]:
+        """(status, headers, parsed JSON or text); never raises on HTTP errors."""
+        headers: dict[str, str] = {}
+        data = None
+        if json_body is not None:
+            data = json.dumps(json_body).encode()
+            headers["Content-Type"] = "application/json"
+        elif form is not None:
+            data = urllib.parse.urlencode(form).encode()
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        elif method in ("POST", "PUT"):
+            data = b""
+        if basic is not None:
+            raw = ":".join(urllib.parse.quote(x, safe="") for x in basic).encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
+        if bearer is not None:
+            headers["Authorization"] = "Bearer " + bearer
+        url = path if path.startswith("http") else self.issuer + path
+        req = urllib.request.Request(url, data=data, headers=headers, method=method)
+        opener = urllib.request.build_opener(_NoRedirect)
+        try:
+            with opener.open(req, timeout=timeout) as resp:
+                status, hdrs, raw_body = resp.status, dict(resp.headers), resp.read()
+        except urllib.error.HTTPError as exc:
+            status, hdrs, raw_body = exc.code, dict(exc.headers), exc.read()
+        text = raw_body.decode(errors="replace")
+        try:
+            body: Any = json.loads(text) if text.strip() else None
+        except ValueError:
+            body = text
+        return status, hdrs, body
+
+    def _ok(self, method: str, path: str, **kw: Any) -> Any:
+        status, _, body = self.request(method, path, **kw)
+        if not 200 <= status < 300:
+            raise OidcHTTPError(status, body)
+        return body
+
+    def set_user(self, sub: str, claims: dict[str, Any]) -> None:
+        """Create or replace a user (``PUT /users/{sub}``); claims appear in userinfo."""
+        self._ok("PUT", "/users/" + urllib.parse.quote(sub, safe=""), json_body=claims)
+
+    def revoke_user_tokens(self, sub: str) -> None:
+        """Revoke all access and refresh tokens of ``sub`` (refresh then gives 400
+        ``invalid_grant``; userinfo with an old access token gives 401)."""
+        self._ok("POST", "/users/" + urllib.parse.quote(sub, safe="") + "/revoke-tokens")
+
+    def mint_tokens(
+        self,
+        sub: str,
+        claims: dict[str, Any] | None = None,
+        *,
+        client_id: str = "cloudvac-rp",
+        client_secret: str = "cloudvac-rp-secret",
+        scope: str = DEFAULT_USER_SCOPE,
+        redirect_uri: str = "http://127.0.0.1/cb",
+    ) -> dict[str, Any]:
+        """Headless authorization-code flow (what a user does once in a browser): sets the
+        user's claims if given, posts the consent form as ``sub``, exchanges the code with
+        HTTP Basic client auth. Returns the token response (``access_token``,
+        ``refresh_token``, ``id_token``, ``expires_in``, ``scope``, ``token_type``). Any
+        client id/secret is accepted (the provider does not require registration), but the
+        refresh token is bound to ``client_id``."""
+        if claims is not None:
+            self.set_user(sub, claims)
+        query = urllib.parse.urlencode(
+            {
+                "response_type": "code",
+                "client_id": client_id,
+                "redirect_uri": redirect_uri,
+                "scope": scope,
+                "state": uuid.uuid4().hex,
+            }
+        )
+        status, headers, body = self.request(
+            "POST", "/oauth2/authorize?" + query, form={"sub": sub}
+        )
+        location = headers.get("Location", "")
+        code = urllib.parse.parse_qs(urllib.parse.urlparse(location).query).get("code")
+        if status != 302 or not code:
+            raise OidcHTTPError(status, body)
+        return self._ok(
+            "POST",
+            "/oauth2/token",
+            form={
+                "grant_type": "authorization_code",
+                "code": code[0],
+                "redirect_uri": redirect_uri,
+            },
+            basic=(client_id, client_secret),
+        )
+
+    def refresh(
+        self,
+        refresh_token: str,
+        *,
+        client_id: str = "cloudvac-rp",
+        client_secret: str = "cloudvac-rp-secret",
+        scope: str | None = DEFAULT_REFRESH_SCOPE,
+    ) -> tuple[int, Any]:
+        """One refresh-token grant as Check-in documents it: (status, JSON body)."""
+        form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+        if scope:
+            form["scope"] = scope
+        status, _, body = self.request(
+            "POST", "/oauth2/token", form=form, basic=(client_id, client_secret)
+        )
+        return status, body
+
+    def client_credentials(
+        self,
+        client_id: str | None = None,
+        client_secret: str | None = None,
+        scope: str = DEFAULT_REFRESH_SCOPE,
+    ) -> tuple[int, Any]:
+        """One client-credentials grant (default: the built-in service account)."""
+        cid = client_id or self.info["client_id"]
+        secret = client_secret if client_secret is not None else self.info["client_secret"]
+        status, _, body = self.request(
+            "POST",
+            "/oauth2/token",
+            form={"grant_type": "client_credentials", "scope": scope},
+            basic=(cid, secret),
+        )
+        return status, body
+
+    def set_client(self, client_id: str, secret: str, claims: dict[str, Any]) -> dict[str, Any]:
+        """Register/replace a service account; ``claims`` (e.g. ``eduperson_entitlement``)
+        are served by userinfo/introspection; ``sub`` is derived (``<hex>@egi.eu``)."""
+        return self._ok(
+            "PUT",
+            "/_oracle/clients/" + urllib.parse.quote(client_id, safe=""),
+            json_body={"secret": secret, "claims": claims},
+        )
+
+    def delete_client(self, client_id: str) -> None:
+        self._ok("DELETE", "/_oracle/clients/" + urllib.parse.quote(client_id, safe=""))
+
+    def revoke_client_tokens(self, client_id: str) -> None:
+        """Access tokens already issued to this service account stop validating."""
+        self._ok(
+            "POST", "/_oracle/clients/" + urllib.parse.quote(client_id, safe="") + "/revoke-tokens"
+        )
+
+    def userinfo(self, access_token: str) -> tuple[int, Any]:
+        status, _, body = self.request("GET", "/userinfo", bearer=access_token)
+        return status, body
+
+    def configure(
+        self, *, access_token_lifetime: int | None = None, rotate_refresh_tokens: bool | None = None
+    ) -> dict[str, Any]:
+        """Change settings at run time (applies to tokens issued afterwards)."""
+        body: dict[str, Any] = {}
+        if access_token_lifetime is not None:
+            body["access_token_lifetime"] = int(access_token_lifetime)
+        if rotate_refresh_tokens is not None:
+            body["rotate_refresh_tokens"] = bool(rotate_refresh_tokens)
+        return self._ok("POST", "/_oracle/config", json_body=body)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: ``token_requests``, ``token_requests_by_grant`` ({grant: n}),
+        ``token_responses`` ({"<grant>:<status>": n}), ``userinfo_requests``,
+        ``introspection_requests`` (kept across restarts)."""
+        return self._ok("GET", "/_oracle/stats")
+
+    def reset_stats(self) -> dict[str, Any]:
+        return self._ok("POST", "/_oracle/stats/reset")
+
+
+@contextlib.contextmanager
+def oidc_oracle(
+    *,
+    port: int | None = None,
+    access_token_lifetime: int | None = None,
+    rotate_refresh_tokens: bool = False,
+    vo: str | None = None,
+    client_id: str | None = None,
+    client_secret: str | None = None,
+    timeout: float = 60.0,
+    stop_timeout: float = 10.0,
+) -> Iterator[OidcOracle]:
+    """Local OpenID Connect provider (issuer ``http://127.0.0.1:<port>``) with refresh-token
+    grants and revocation (oidc-provider-mock) plus a client-credentials service account
+    (``client_id``/``client_secret``, default ``cloudvac-sa``/``cloudvac-sa-secret``,
+    entitled ``urn:mace:egi.eu:group:<vo>:role=vm_operator#aai.egi.eu``). Yields a started
+    :class:`OidcOracle`; always stopped on exit (state file removed)."""
+    port = port or free_port()
+    state_dir = tempfile.mkdtemp(prefix="cloudvac-oidc-")
+    state_file = os.path.join(state_dir, "state.json")
+    args = ["--port", str(port), "--state-file", state_file]
+    if access_token_lifetime is not None:
+        args += ["--access-token-lifetime", str(int(access_token_lifetime))]
+    if rotate_refresh_tokens:
+        args.append("--rotate-refresh-tokens")
+    for flag, value in (
+        ("--vo", vo),
+        ("--client-id", client_id),
+        ("--client-secret", client_secret),
+    ):
+        if value is not None:
+            args += [flag, value]
+    op = OidcOracle(args, port, state_file, timeout, stop_timeout)
+    try:
+        op.start()
+        yield op
+    finally:
+        op.stop()
+        shutil.rmtree(state_dir, ignore_errors=True)

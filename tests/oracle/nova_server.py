@@ -27,6 +27,7 @@ import eventlet
 eventlet.monkey_patch()
 
 import argparse  # noqa: E402
+import datetime  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import resource  # noqa: E402
@@ -256,7 +257,14 @@ class Front:
         if "project" not in t:
             return None  # unscoped / domain-scoped tokens cannot use Nova
         ident = (t["user"]["id"], t["project"]["id"], ",".join(x["name"] for x in t["roles"]))
-        self.ks_cache[token] = (now + 60.0, ident)
+        ttl = 60.0
+        try:  # like keystonemiddleware: never trust a cached token past its expires_at
+            expires = datetime.datetime.fromisoformat(t["expires_at"].replace("Z", "+00:00"))
+            left = (expires - datetime.datetime.now(datetime.UTC)).total_seconds()
+            ttl = max(0.0, min(ttl, left))
+        except (KeyError, ValueError):
+            pass
+        self.ks_cache[token] = (now + ttl, ident)
         return ident
 
     # -- WSGI ------------------------------------------------------------------------------

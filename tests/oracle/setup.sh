@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create or reuse .venv-oracle (repo root): real Nova + Placement + Keystone used by the
+# Create or reuse .venv-oracle (repo root): real Nova + Placement + Keystone (+ a local OIDC
+# provider, oidc-provider-mock, for the federation oracle) used by the
 # contract tests in tests/contract/. Kept apart from cloudvac's own venv because Nova's pins
 # conflict with ours. Idempotent: a stamp file records the hash of requirements.txt and the
 # interpreter; when it matches and the packages import, nothing is done.
@@ -41,7 +42,8 @@ check_imports() {  # cheap: find modules and versions without importing nova
     "$venv/bin/python" - <<'EOF'
 import importlib.metadata as md, importlib.util as iu
 for mod in ("nova.tests.functional.integrated_helpers", "placement", "keystone",
-            "eventlet", "wsgi_intercept", "oslotest", "requests_mock"):
+            "eventlet", "wsgi_intercept", "oslotest", "requests_mock",
+            "oidc_provider_mock", "authlib", "joserfc"):
     assert iu.find_spec(mod) is not None, "missing module " + mod
 assert md.version("nova") == "34.0.0", md.version("nova")
 EOF
@@ -62,7 +64,7 @@ if [[ ! -x "$venv/bin/python" ]] || ! "$venv/bin/python" -c 'import sys' 2>/dev/
 fi
 rm -f "$stamp"
 
-log "installing pinned requirements (nova, placement, keystone, fixtures' test libraries)"
+log "installing pinned requirements (nova, placement, keystone, oidc-provider-mock, test libraries)"
 # (the filter only hides pip's noise about local find-links/index dirs that do not exist)
 "$venv/bin/python" -m pip install --disable-pip-version-check -q -r "$req" 2>&1 \
     | { grep -v 'is ignored: it is neither a file nor a directory' || true; }

@@ -1,0 +1,238 @@
+"""EGI Check-in access tokens for a daemon: refresh-token or client-credentials grant.
+
+Contract of a token source: ``access_token()`` returns a token valid for at least
+MIN_LIFETIME seconds, calling the provider only when the cached one is too old (one
+provider call per access-token lifetime at most); ``force=True`` asks anew (after Keystone
+refused the token).  Failures are classified:
+
+* ``CredentialDead`` (an ``AuthFailed``): the provider said ``invalid_grant`` or
+  ``invalid_client``.  Not retried: every later call fails at once with the same message
+  until the operator replaces the credential file (its modification time changes).
+* ``ProviderUnavailable`` (a ``Retryable``): connection errors, timeouts, 5xx.  Later calls
+  fail at once during an exponential, jittered back-off, so a provider outage costs one
+  request per back-off period, not one per cycle.
+
+Rotated refresh tokens are written (atomically, mode 0600) before the new access token is
+handed out.  Tokens are never logged: log lines carry the issuer, client, grant, HTTP status,
+``expires_in`` and a short SHA-256 prefix at most.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from cloudvac.auth.secrets import read_secret
+from cloudvac.clouds.base import AuthFailed, Retryable
+
+log = logging.getLogger("cloudvac.auth.checkin")
+MIN_LIFETIME = 60.0
+BACKOFF_START, BACKOFF_MAX = 5.0, 300.0
+
+
+class CredentialDead(AuthFailed):
+    """The Check-in credential was refused; an operator must replace it."""
+
+
+class ProviderUnavailable(Retryable):
+    """Check-in cannot be reached now."""
+
+
+@dataclass(frozen=True, slots=True)
+class AccessToken:
+    value: str
+    expires_at: float
+
+    def __repr__(self) -> str:  # never show the token itself
+        return f"AccessToken(sha256:{fingerprint(self.value)}, expires_at={self.expires_at:.0f})"
+
+
+def fingerprint(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()[:10]
+
+
+class CheckinTokenSource:
+    """One OIDC client at one issuer using one grant (``refresh_token`` or
+    ``client_credentials``).  Thread-safe: keystoneauth calls it from worker threads."""
+
+    def __init__(self, issuer: str, client_id: str, grant: str, scope: str,
+                 client_secret: Callable[[], str | None],
+                 refresh_token_file: Path | None = None, refresh_token_env: str | None = None,
+                 timeout: float = 20.0, clock: Callable[[], float] = time.time,
+                 on_call: Callable[[str], None] | None = None) -> None:
+        self.issuer, self.client_id, self.grant, self.scope = issuer.rstrip("/"), client_id, \
+            grant, scope
+        self._secret, self._rt_file, self._rt_env = client_secret, refresh_token_file, \
+            refresh_token_env
+        self._rt_memory: str | None = None
+        self.clock, self.on_call = clock, on_call or (lambda outcome: None)
+        self._http = httpx.Client(timeout=httpx.Timeout(timeout, connect=5.0),
+                                  follow_redirects=False, trust_env=False)
+        self._lock = threading.Lock()
+        self._token: AccessToken | None = None
+        self._endpoints: dict[str, str] = {}
+        self._dead: tuple[str, float | None] | None = None  # (message, file mtime then)
+        self._down_until = 0.0
+        self._backoff = BACKOFF_START
+
+    # -- public ------------------------------------------------------------------------
+    @property
+    def expires_at(self) -> float | None:
+        return self._token.expires_at if self._token else None
+
+    def access_token(self, force: bool = False) -> AccessToken:
+        with self._lock:
+            now = self.clock()
+            if not force and self._token and self._token.expires_at - now > MIN_LIFETIME:
+                return self._token
+            self._check_dead()
+            if now < self._down_until:
+                raise ProviderUnavailable(f"Check-in {self.issuer} unreachable; next try in "
+                                          f"{self._down_until - now:.0f}s")
+            self._token = self._request_token(now)
+            return self._token
+
+    def userinfo(self, token: AccessToken) -> dict[str, Any]:
+        """Claims of ``token`` (for diagnosing a refusal); empty if unavailable."""
+        try:
+            url = self._discover().get("userinfo_endpoint")
+            if not url:
+                return {}
+            response = self._http.get(url, headers={"Authorization": f"Bearer {token.value}"})
+            return dict(response.json()) if response.status_code == 200 else {}
+        except (httpx.HTTPError, ValueError, ProviderUnavailable):
+            return {}
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- internals ---------------------------------------------------------------------
+    def _check_dead(self) -> None:
+        if self._dead is None:
+            return
+        message, mtime = self._dead
+        if self._rt_file is not None and _mtime(self._rt_file) != mtime:
+            log.info("space=- machinetype=- machine=- %s changed: trying the new refresh "
+                     "token", self._rt_file)
+            self._dead = None
+            return
+        raise CredentialDead(message)
+
+    def _discover(self) -> dict[str, str]:
+        if not self._endpoints:
+            url = f"{self.issuer}/.well-known/openid-configuration"
+            try:
+                response = self._http.get(url)
+            except httpx.HTTPError as exc:
+                raise ProviderUnavailable(f"Check-in discovery {url}: "
+                                          f"{type(exc).__name__}") from None
+            if response.status_code != 200:
+                raise ProviderUnavailable(f"Check-in discovery {url}: HTTP "
+                                          f"{response.status_code}")
+            doc = response.json()
+            self._endpoints = {k: str(doc[k]) for k in ("token_endpoint", "userinfo_endpoint")
+                               if k in doc}
+        return self._endpoints
+
+    def _refresh_token(self) -> str:
+        if self._rt_memory is not None:
+            return self._rt_memory
+        return read_secret(self._rt_file, self._rt_env, "egi_checkin_refresh_token")
+
+    def _request_token(self, now: float) -> AccessToken:
+        try:
+            endpoint = self._discover()["token_endpoint"]
+        except (KeyError, ProviderUnavailable) as exc:
+            self._fail_later()
+            raise ProviderUnavailable(str(exc)) from None
+        form = {"grant_type": self.grant, "scope": self.scope}
+        if self.grant == "refresh_token":
+            form["refresh_token"] = self._refresh_token()
+        secret = self._secret()
+        if not secret:
+            form["client_id"] = self.client_id  # a public client: no secret to send
+        try:
+            if secret:
+                response = self._http.post(endpoint, data=form,
+                                           auth=httpx.BasicAuth(self.client_id, secret))
+            else:
+                response = self._http.post(endpoint, data=form)
+        except httpx.HTTPError as exc:
+            self.on_call("unreachable")
+            self._fail_later()
+            raise ProviderUnavailable(f"Check-in token endpoint: {type(exc).__name__}") from None
+        self.on_call(str(response.status_code))
+        if response.status_code >= 500:
+            self._fail_later()
+            raise ProviderUnavailable(f"Check-in token endpoint: HTTP {response.status_code}")
+        body: dict[str, Any] = {}
+        with contextlib.suppress(ValueError):
+            body = dict(response.json())
+        if response.status_code != 200 or "access_token" not in body:
+            return self._refused(response.status_code, body)
+        self._down_until, self._backoff = 0.0, BACKOFF_START
+        if self.grant == "refresh_token" and body.get("refresh_token") not in (
+                None, form.get("refresh_token")):
+            self._store_rotated(str(body["refresh_token"]))
+        lifetime = float(body.get("expires_in") or 300)
+        token = AccessToken(str(body["access_token"]), now + lifetime)
+        log.info("space=- machinetype=- machine=- Check-in %s grant for client %s: access "
+                 "token sha256:%s, expires_in %.0fs", self.grant, self.client_id,
+                 fingerprint(token.value), lifetime)
+        return token
+
+    def _refused(self, status: int, body: dict[str, Any]) -> AccessToken:
+        error = str(body.get("error") or f"HTTP {status}")
+        description = str(body.get("error_description") or "")[:200]
+        if error in ("invalid_grant", "invalid_client", "unauthorized_client"):
+            what = ("refresh token expired or revoked: obtain a new one (Check-in token "
+                    "portal or oidc-agent) and replace egi_checkin_refresh_token_file"
+                    if error == "invalid_grant" and self.grant == "refresh_token"
+                    else "client id/secret refused: check egi_checkin_client_id and the secret")
+            message = f"Check-in {self.issuer} refused the {self.grant} grant ({error}" + \
+                (f": {description}" if description else "") + f"); {what}"
+            mtime = _mtime(self._rt_file) if self._rt_file else None
+            self._dead = (message, mtime)
+            log.error("space=- machinetype=- machine=- %s", message)
+            raise CredentialDead(message)
+        raise AuthFailed(f"Check-in {self.issuer} refused the {self.grant} grant ({error}"
+                         + (f": {description}" if description else "") + ")")
+
+    def _store_rotated(self, new: str) -> None:
+        """Persist a rotated refresh token before using anything it bought."""
+        if self._rt_file is None:
+            self._rt_memory = new  # from the environment: can only live in memory
+            log.warning("space=- machinetype=- machine=- Check-in rotated the refresh token, "
+                        "which came from %s: it is kept in memory only", self._rt_env)
+            return
+        tmp = self._rt_file.with_name(f".{self._rt_file.name}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(new + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self._rt_file)
+        log.info("space=- machinetype=- machine=- Check-in rotated the refresh token; "
+                 "new one saved to %s", self._rt_file)
+
+    def _fail_later(self) -> None:
+        self._down_until = self.clock() + self._backoff * (0.5 + random.random())
+        self._backoff = min(BACKOFF_MAX, self._backoff * 2)
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
