@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 import time
+from importlib import resources
 from pathlib import Path
 from typing import Annotated
 
@@ -114,7 +115,7 @@ def status(config_dir: ConfigDir = DEFAULT_CONFIG_DIR,
     store = Store(loaded.settings.database_url)
     try:
         rows = status_rows(loaded.spaces, store.machines(), store.last_aborts(),
-                           store.events(limit=500), time.time())
+                           store.events(limit=500), time.time(), store.credentials())
     finally:
         store.close()
     if as_json:
@@ -128,13 +129,15 @@ def status(config_dir: ConfigDir = DEFAULT_CONFIG_DIR,
 def status_table(rows: list[StatusRow], title: str = "cloudvac status") -> Table:
     table = Table(title=title)
     for heading in ("space", "machinetype", "starting", "running", "stopping", "processors",
-                    "share (actual/target)", "backoff", "last error"):
+                    "share (actual/target)", "backoff", "token expires", "last error"):
         table.add_column(heading, overflow="fold")
     for r in rows:
         backoff = f"{r.backoff_seconds_left:.0f}s" if r.backoff_seconds_left else "-"
+        expires = "-" if r.credential_expires_in is None else \
+            f"{r.credential_expires_in / 60:.0f} min"
         table.add_row(r.space, r.machinetype, str(r.starting), str(r.running), str(r.stopping),
                       str(r.processors), f"{r.actual_share:.0%} / {r.target_share:.0%}",
-                      backoff, r.last_error[:60] or "-")
+                      backoff, expires, r.last_error[:60] or "-")
     return table
 
 
@@ -222,6 +225,49 @@ def dirac_cs(space: str, config_dir: ConfigDir = DEFAULT_CONFIG_DIR) -> None:
         finally:
             store.close()
     typer.echo(cs_snippet(found, processors), nl=False)
+
+
+@app.command()
+def simulate(scenario: Annotated[str, typer.Argument(help="A scenario file, or the name of a "
+                                                     "shipped one: " + ", ".join(
+                                                         shipped_scenarios()))],
+             out: Annotated[Path, typer.Option(help="Directory for NAME.csv, NAME.json and "
+                                               "NAME.png.")] = Path("simulation")) -> None:
+    """Run the real planner and cycle on the sim cloud on a virtual clock (hours in
+    seconds); write per-cycle CSV/JSON and a plot of processors per machinetype."""
+    from cloudvac.simulate.output import plot, summarize, write_csv, write_json
+    from cloudvac.simulate.runner import run as run_simulation
+    from cloudvac.simulate.scenario import ScenarioError, load_scenario
+
+    path = Path(scenario)
+    if not path.is_file():
+        path = scenario_dir() / f"{scenario}.conf"
+    if not path.is_file():
+        err.print(f"[red]no scenario {escape(scenario)}[/red]; shipped: "
+                  f"{', '.join(shipped_scenarios())}")
+        raise typer.Exit(2)
+    try:
+        loaded = load_scenario(path)
+    except ScenarioError as exc:
+        err.print(f"[red]invalid scenario:[/red]\n{escape(str(exc))}")
+        raise typer.Exit(1) from None
+    rows = run_simulation(loaded)
+    out.mkdir(parents=True, exist_ok=True)
+    name = path.stem
+    summary = summarize(rows)
+    write_csv(rows, out / f"{name}.csv")
+    write_json(rows, out / f"{name}.json", summary)
+    plot(rows, out / f"{name}.png", f"cloudvac simulate {name} ({loaded.hours:g} h)")
+    typer.echo(json.dumps(summary, indent=2))
+    typer.echo(f"wrote {out / name}.csv, .json, .png", err=True)
+
+
+def scenario_dir() -> Path:
+    return Path(str(resources.files("cloudvac") / "examples" / "scenarios"))
+
+
+def shipped_scenarios() -> list[str]:
+    return sorted(p.stem for p in scenario_dir().glob("*.conf"))
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -19,8 +19,10 @@ handed out.  Tokens are never logged: log lines carry the issuer, client, grant,
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import random
@@ -102,6 +104,19 @@ class CheckinTokenSource:
                                           f"{self._down_until - now:.0f}s")
             self._token = self._request_token(now)
             return self._token
+
+    def refresh_token_expires_at(self) -> float | None:
+        """The refresh token's own expiry when it is a JWT (Keycloak's are), else None."""
+        if self.grant != "refresh_token":
+            return None
+        try:
+            parts = self._refresh_token().split(".")
+            if len(parts) != 3:
+                return None
+            payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+            return float(payload["exp"]) if "exp" in payload else None
+        except (ValueError, KeyError, TypeError, AuthFailed):
+            return None
 
     def userinfo(self, token: AccessToken) -> dict[str, Any]:
         """Claims of ``token`` (for diagnosing a refusal); empty if unavailable."""

@@ -121,6 +121,9 @@ class OpenStackCloud:
             found["keystone"] = ref.expires.timestamp()
         if self.checkin is not None and self.checkin.expires_at is not None:
             found["checkin_access"] = self.checkin.expires_at
+            refresh = self.checkin.refresh_token_expires_at()
+            if refresh is not None:
+                found["checkin_refresh"] = refresh
         return found
 
     def _counted_auth(self) -> None:

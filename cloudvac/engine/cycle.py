@@ -45,6 +45,9 @@ log = logging.getLogger("cloudvac.engine.cycle")
 
 UserDataRenderer = Callable[[Space, Machinetype, str], str]
 FLAVOR_CACHE_SECONDS = 3600.0
+LONG_LIVED = {"checkin_refresh": "Check-in refresh token"}
+EXPIRY_WARNING_SECONDS = 14 * 86400.0
+EXPIRY_WARNING_EVERY = 6 * 3600.0
 _ALPHABET = string.ascii_lowercase + string.digits
 
 
@@ -92,6 +95,7 @@ class SpaceCycle:
         self.cloud, self.store, self.settings, self.metrics = cloud, store, settings, metrics
         self.clock, self.render, self.namer = clock, render, namer
         self._flavors: dict[tuple[tuple[str, ...], int, int | None], tuple[float, Flavor]] = {}
+        self._warned_at = -EXPIRY_WARNING_EVERY
 
     async def run(self, space: Space) -> CycleReport:
         now = self.clock()
@@ -120,6 +124,7 @@ class SpaceCycle:
             report.status = result.status
             for event in events:
                 log_event(event, logging.ERROR if event.kind == "error" else logging.INFO)
+            events += await self._credentials(space, now)
             await asyncio.to_thread(self.store.add_events, events)
             self._gauges(space, result.status)
         except CloudError as exc:
@@ -227,6 +232,22 @@ class SpaceCycle:
                             f"created with flavor {create.flavor.name} "
                             f"({create.flavor.processors} processors)"))
         return True
+
+    async def _credentials(self, space: Space, now: float) -> list[Event]:
+        """Record token expiry for status; warn ahead of long-lived credentials expiring."""
+        expiry = getattr(self.cloud, "token_expiry", None)
+        if expiry is None:
+            return []
+        found: dict[str, float] = expiry()
+        await asyncio.to_thread(self.store.set_credentials, space.name, found)
+        warnings = []
+        for kind, label in LONG_LIVED.items():
+            left = found.get(kind, now + EXPIRY_WARNING_SECONDS) - now
+            if left < EXPIRY_WARNING_SECONDS and now - self._warned_at >= EXPIRY_WARNING_EVERY:
+                self._warned_at = now
+                warnings.append(Event(now, space.name, "", "", "error", f"{label} expires in "
+                                      f"{left / 86400:.1f} days: renew it before then"))
+        return warnings
 
     def _gauges(self, space: Space, status: dict[str, TypeStatus]) -> None:
         for mt, st in status.items():

@@ -31,6 +31,8 @@ class StatusRow:
     target_share: float
     backoff_seconds_left: float
     last_error: str
+    credential_expires_in: float | None = None
+    """Seconds until the space's earliest-expiring token (None: no token, e.g. sim)."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -38,7 +40,8 @@ class StatusRow:
 
 def status_rows(spaces: Mapping[str, Space], machines: Sequence[MachineRecord],
                 last_aborts: Mapping[tuple[str, str], float], events: Sequence[Event],
-                now: float) -> list[StatusRow]:
+                now: float, credentials: Mapping[str, Mapping[str, float]] | None = None
+                ) -> list[StatusRow]:
     """One row per configured machinetype.  ``events`` newest first; the newest ``error``
     event of a space (or machinetype) is shown as its last error."""
     rows: list[StatusRow] = []
@@ -52,6 +55,8 @@ def status_rows(spaces: Mapping[str, Space], machines: Sequence[MachineRecord],
         total_weight = sum(weights.values())
         total_share = sum(mt.target_share for mt in space.machinetypes.values())
         space_error = _last_error(events, space.name, None)
+        expiries = (credentials or {}).get(space.name, {})
+        expires_in = min(expiries.values()) - now if expiries else None
         for name, mt in space.machinetypes.items():
             mine = [m for m in own if m.machinetype == name]
             abort = last_aborts.get((space.name, name))
@@ -68,6 +73,7 @@ def status_rows(spaces: Mapping[str, Space], machines: Sequence[MachineRecord],
                 target_share=mt.target_share / total_share if total_share else 0.0,
                 backoff_seconds_left=left,
                 last_error=_last_error(events, space.name, name) or space_error,
+                credential_expires_in=expires_in,
             ))
     return rows
 

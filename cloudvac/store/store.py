@@ -43,7 +43,15 @@ from sqlalchemy.orm import Session
 
 from cloudvac.engine.records import Event, Intent, MachineRecord, MachineUpdate, SpaceHistory
 from cloudvac.engine.states import MachineState, ShutdownMessage
-from cloudvac.store.tables import BackoffRow, Base, DrainRow, EventRow, IntentRow, MachineRow
+from cloudvac.store.tables import (
+    BackoffRow,
+    Base,
+    CredentialRow,
+    DrainRow,
+    EventRow,
+    IntentRow,
+    MachineRow,
+)
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 BUSY_TIMEOUT_MS = 30_000
@@ -388,6 +396,29 @@ class Store:
             query = query.where(MachineRow.state != _GONE)
         with self._read() as session:
             return [row.to_record() for row in session.scalars(query)]
+
+    def set_credentials(self, space: str, expiries: Mapping[str, float]) -> None:
+        """Record when ``space``'s credentials expire (kind -> unix time)."""
+        if not expiries:
+            return
+        now = time.time()
+        rows = [{"space": space, "kind": kind, "expires_at": at, "updated_at": now}
+                for kind, at in expiries.items()]
+        stmt = self._insert(CredentialRow).values(rows)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["space", "kind"],
+            set_={"expires_at": stmt.excluded.expires_at, "updated_at": stmt.excluded.updated_at})
+        with self._write() as session:
+            session.execute(stmt)
+
+    def credentials(self) -> dict[str, dict[str, float]]:
+        """space -> {kind: expires_at} for every space that reported any."""
+        found: dict[str, dict[str, float]] = {}
+        query = select(CredentialRow.space, CredentialRow.kind, CredentialRow.expires_at)
+        with self._read() as session:
+            for space, kind, at in session.execute(query):
+                found.setdefault(space, {})[kind] = at
+        return found
 
     def last_aborts(self) -> dict[tuple[str, str], float]:
         """Last abort time for every (space, machinetype) that ever had one."""

@@ -126,6 +126,17 @@ class DrainRow(Base):
     machinetype: Mapped[str] = mapped_column(primary_key=True)
 
 
+class CredentialRow(Base):
+    """When a space's credentials expire (Keystone token, Check-in tokens), for status."""
+
+    __tablename__ = "credentials"
+
+    space: Mapped[str] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(primary_key=True)
+    expires_at: Mapped[float]
+    updated_at: Mapped[float]
+
+
 class EventRow(Base):
     """One line of a space's event log.  Read newest first per space, hence the index."""
 

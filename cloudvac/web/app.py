@@ -224,7 +224,8 @@ def create_app(ctx: WebContext) -> FastAPI:
             store = ctx.store
             return [r.as_dict() for r in status_rows(ctx.spaces(), store.machines(),
                                                      store.last_aborts(),
-                                                     store.events(limit=200), ctx.clock())]
+                                                     store.events(limit=200), ctx.clock(),
+                                                     store.credentials())]
         return await asyncio.to_thread(rows)
 
     return app

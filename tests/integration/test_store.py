@@ -23,7 +23,7 @@ from cloudvac.store import Store
 from cloudvac.store.store import alembic_config
 from cloudvac.store.tables import Base
 
-TABLES = {"machines", "intents", "backoff", "drains", "events"}
+TABLES = {"machines", "intents", "backoff", "drains", "events", "credentials"}
 VM_MESSAGE = ShutdownMessage(300, "Nothing to do")
 DEFAULT = ShutdownMessage(700, "Heartbeat file not updated")
 
@@ -103,13 +103,13 @@ def test_migrations_downgrade_to_nothing_and_upgrade_back(store: Store, db: Path
     try:
         with engine.begin() as connection:
             config = alembic_config(connection)
-            assert ScriptDirectory.from_config(config).get_heads() == ["0001"]
+            assert ScriptDirectory.from_config(config).get_heads() == ["0002"]
             command.downgrade(config, "base")
         assert table_names(db) == {"alembic_version"}
         with engine.begin() as connection:
             command.upgrade(alembic_config(connection), "head")
         with engine.connect() as connection:
-            assert MigrationContext.configure(connection).get_current_revision() == "0001"
+            assert MigrationContext.configure(connection).get_current_revision() == "0002"
     finally:
         engine.dispose()
     assert schema_diff(db) == []
@@ -375,3 +375,12 @@ def test_reopening_the_same_file_keeps_everything(db: Path) -> None:
     finally:
         second.close()
     assert schema_diff(db) == []
+
+
+def test_credentials_upsert(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'c.db'}")
+    store.set_credentials("a.example", {"keystone": 100.0, "checkin_access": 50.0})
+    store.set_credentials("a.example", {"keystone": 200.0})
+    store.set_credentials("b.example", {})
+    assert store.credentials() == {"a.example": {"keystone": 200.0, "checkin_access": 50.0}}
+    store.close()
