@@ -20,6 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlparse
@@ -68,6 +69,10 @@ class OpenStackCloud:
         self.space, self.options, self.settings = space.name, space.openstack, settings
         self.metrics = metrics
         self._sem = asyncio.Semaphore(settings.api_concurrency)
+        # Its own threads: a hanging cloud must not starve the shared default pool that
+        # every other space's store calls use (benchmarks/isolation.py, thread mode).
+        self._pool = ThreadPoolExecutor(max_workers=settings.api_concurrency,
+                                        thread_name_prefix=f"os-{space.name}")
         self._flavors: dict[str, Flavor] = {}
         self._flavors_at = 0.0
         self._images: dict[str, str] = {}
@@ -137,7 +142,8 @@ class OpenStackCloud:
     async def _call(self, kind: str, fn: Callable[[], T]) -> T:
         async with self._sem:
             try:
-                result = await asyncio.wait_for(asyncio.to_thread(fn),
+                loop = asyncio.get_running_loop()
+                result = await asyncio.wait_for(loop.run_in_executor(self._pool, fn),
                                                 self.options.api_timeout_seconds * 2)
             except TimeoutError:
                 self.metrics.cloud_requests.labels(self.space, kind, "timeout").inc()
@@ -259,7 +265,8 @@ class OpenStackCloud:
 
     async def close(self) -> None:
         if self._conn is not None:
-            await asyncio.to_thread(self._conn.close)
+            await asyncio.get_running_loop().run_in_executor(self._pool, self._conn.close)
+        self._pool.shutdown(wait=False, cancel_futures=True)
         for closable in (self.checkin, self.discovery):
             if closable is not None:
                 closable.close()

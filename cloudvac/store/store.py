@@ -51,6 +51,7 @@ from cloudvac.store.tables import (
     EventRow,
     IntentRow,
     MachineRow,
+    machine_record,
 )
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -193,8 +194,9 @@ class Store:
         non-GONE machines and its intents keyed by name, last abort time per machinetype,
         and the drained machinetypes (``"*"`` for the whole space)."""
         with self._read() as session:
-            machines = session.scalars(
-                select(MachineRow).where(MachineRow.space == space, MachineRow.state != _GONE)
+            table = cast(Table, MachineRow.__table__)
+            machines = session.execute(
+                select(table).where(table.c.space == space, table.c.state != _GONE)
             ).all()
             intents = session.scalars(select(IntentRow).where(IntentRow.space == space)).all()
             aborts = session.execute(
@@ -206,7 +208,7 @@ class Store:
                 select(DrainRow.machinetype).where(DrainRow.space == space)
             ).all()
             return SpaceHistory(
-                machines={row.name: row.to_record() for row in machines},
+                machines={row.name: machine_record(row) for row in machines},
                 intents={row.name: row.to_intent() for row in intents},
                 last_abort={machinetype: at for machinetype, at in aborts},
                 drained=frozenset(drained),

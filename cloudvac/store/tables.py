@@ -11,6 +11,8 @@ Defaults live in the store's code, not in the schema, because every write goes t
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import Double, Index, Integer, MetaData, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -65,28 +67,22 @@ class MachineRow(Base):
     updated_at: Mapped[float]
 
     def to_record(self) -> MachineRecord:
-        shutdown = None
-        if self.shutdown_code is not None:
-            shutdown = ShutdownMessage(self.shutdown_code, self.shutdown_text or "")
-        return MachineRecord(
-            space=self.space,
-            name=self.name,
-            machinetype=self.machinetype,
-            state=MachineState(self.state),
-            cloud_id=self.cloud_id,
-            processors=self.processors,
-            hs06=self.hs06,
-            created_at=self.created_at,
-            started_at=self.started_at,
-            stopped_at=self.stopped_at,
-            heartbeat_at=self.heartbeat_at,
-            shutdown=shutdown,
-            shutdown_at=self.shutdown_at,
-            delete_requested_at=self.delete_requested_at,
-            delete_reason=self.delete_reason,
-            fault=self.fault,
-            address=self.address,
-        )
+        return machine_record(self)
+
+
+def machine_record(row: Any) -> MachineRecord:
+    """A MachineRecord from anything with the machines columns as attributes: an ORM
+    object, or a Core row (the per-cycle read uses Core rows: no ORM objects to build)."""
+    shutdown = None
+    if row.shutdown_code is not None:
+        shutdown = ShutdownMessage(row.shutdown_code, row.shutdown_text or "")
+    return MachineRecord(
+        space=row.space, name=row.name, machinetype=row.machinetype,
+        state=MachineState(row.state), cloud_id=row.cloud_id, processors=row.processors,
+        hs06=row.hs06, created_at=row.created_at, started_at=row.started_at,
+        stopped_at=row.stopped_at, heartbeat_at=row.heartbeat_at, shutdown=shutdown,
+        shutdown_at=row.shutdown_at, delete_requested_at=row.delete_requested_at,
+        delete_reason=row.delete_reason, fault=row.fault, address=row.address)
 
 
 class IntentRow(Base):

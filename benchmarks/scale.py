@@ -1,0 +1,343 @@
+"""Benchmark: manager CPU and memory per full cycle at 100 spaces x 1,000 machines (sim cloud).
+
+    .venv/bin/python -m benchmarks.scale [--spaces 100] [--machines 1000] [--cycles 5]
+        [--period 20] [--job-hours 12] [--out FILE]
+
+What it does, in one process, bounded in time:
+
+1. writes a config directory with one ``[space]`` file per space (``api = sim``, zero API
+   latency, ``processors_limit`` = sim quota = machines, flavor m1.small = 1 vCPU, one
+   machinetype with long pilots) and ``cycle_seconds = --period``;
+2. fills every space *before* the daemon starts, straight into its ``SimProject``: servers
+   tagged for the space and manager, created at staggered past times (age uniform in
+   [0, job_seconds)) so that pilots end - and are replaced - at a steady-state rate during
+   the measurement; servers whose drawn timeline has already ended are deleted again before
+   the manager sees them.  The first cycle then *adopts* all of them from their tags (one
+   store transaction per space) instead of creating 100,000 machines through the normal
+   create path (two fsync'ed store writes and one API call each);
+3. runs the real ``Daemon`` (``daemon.run()``, the same object ``cloudvac run`` uses, with
+   the default ``generic_user_data`` renderer; the pilots' heartbeats and shutdown messages
+   go to a ``NullReporter``, since in production they arrive at the web side, not the
+   engine), and records, each time *every* space has finished its k-th cycle, the process
+   CPU (``getrusage``: all threads), wall time and RSS;
+4. reports the adoption cycle, then ``--warmup`` steady cycles, then ``--cycles`` measured
+   steady cycles: CPU seconds per full cycle (all spaces), wall time from the first space's
+   start to the last space's end, creates/deletes (the churn), and RSS.
+
+The RSS includes the simulated cloud (100,000 ``SimServer`` objects live in this process);
+the sim's own share is measured (RSS after filling minus before) and subtracted for the
+"manager" figure.  Goals (from the issue): <= 2 CPU seconds per full cycle, <= 300 MB RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks._common import (
+    RESULTS_DIR,
+    host_info,
+    process_cpu,
+    quiet_logging,
+    rss_mb,
+    write_report,
+)
+
+RESULTS = RESULTS_DIR / "scale.json"
+MACHINETYPE = "pilot"
+DEADLINE_SECONDS = 540.0  # the whole run, fill included; partial results after that
+
+
+def space_name(i: int) -> str:
+    return f"s{i:03d}.bench"
+
+
+def write_config(cdir: Path, state: Path, args: argparse.Namespace) -> None:
+    cdir.mkdir(parents=True)
+    (cdir / "00-settings.conf").write_text(
+        f"[settings]\nstate_dir = {state}\ncycle_seconds = {args.period}\n"
+        f"space_timeout_seconds = 600\n")
+    for i in range(args.spaces):
+        name = space_name(i)
+        (cdir / f"10-{name}.conf").write_text(f"""\
+[space {name}]
+api = sim
+processors_limit = {args.machines}
+flavor_names = m1.small
+sim_quota_processors = {args.machines}
+sim_boot_seconds = {args.boot_seconds}
+sim_seed = {i + 1}
+
+[machinetype {name} {MACHINETYPE}]
+target_share = 1
+max_wallclock_seconds = {int(args.job_hours * 3600 * 2)}
+sim_job_seconds = {args.job_hours * 3600}
+sim_heartbeat_seconds = 3600
+""")
+
+
+def fill(projects: dict[str, Any], spaces: dict[str, Any], machines: int,
+         manager_id: str, job_seconds: float, seed: int) -> dict[str, int]:
+    """Put ``machines`` live tagged servers into every project, with staggered ages."""
+    from cloudvac.clouds.base import (
+        TAG_CREATED,
+        TAG_MACHINETYPE,
+        TAG_MANAGER,
+        TAG_SPACE,
+        MachineSpec,
+    )
+    from cloudvac.clouds.sim import SimProject
+    from cloudvac.config.models import SimMachinetype
+    from cloudvac.engine.cycle import generic_user_data, machine_name
+
+    rng = random.Random(seed)
+    now = time.time()
+    when = [now]
+    discarded = 0
+    for name, space in spaces.items():
+        mt = space.machinetypes[MACHINETYPE]
+        project = SimProject(options=space.sim, machinetypes={MACHINETYPE: mt.sim or
+                                                              SimMachinetype()},
+                             clock=lambda: when[0], delete_seconds=0.0)
+        flavor = project.flavors["m1.small"]
+        live = 0
+        while live < machines:
+            when[0] = now - rng.random() * job_seconds
+            server_name = machine_name(name, MACHINETYPE)
+            cloud_id = project.create(MachineSpec(
+                name=server_name, space=name, machinetype=MACHINETYPE, flavor=flavor,
+                image="", user_data=generic_user_data(space, mt, server_name),
+                metadata={TAG_SPACE: name, TAG_MACHINETYPE: MACHINETYPE,
+                          TAG_MANAGER: manager_id, TAG_CREATED: f"{when[0]:.0f}"}))
+            if project.servers[cloud_id].end_at <= now:
+                when[0] = now
+                project.delete(cloud_id)  # ended already: never shown to the manager
+                project.advance(now)  # delete_seconds is 0 here: gone, quota freed
+                discarded += 1
+            else:
+                live += 1
+        project.advance(now)  # boots, removes the discarded ones
+        project.clock = time.time
+        project.delete_seconds = 1.0
+        project.calls.clear()
+        projects[name] = project
+    return {"discarded_already_ended": discarded}
+
+
+async def drive(daemon: Any, rounds: int, deadline: float) -> list[dict[str, Any]]:
+    """Run the daemon; sample CPU/wall/RSS each time every space finished one more cycle."""
+    names = list(daemon.spaces) or None
+    runner = asyncio.create_task(daemon.run(), name="daemon")
+    samples: list[dict[str, Any]] = [{"cpu": process_cpu(), "wall": time.monotonic(),
+                                      "rss": rss_mb()}]
+    try:
+        done = 0
+        while done < rounds and time.monotonic() < deadline and not runner.done():
+            await asyncio.sleep(0.01)
+            states = list(daemon.spaces.values())
+            if names is None and states:
+                names = list(daemon.spaces)
+            if states and min(s.cycles for s in states) > done:
+                done += 1
+                samples.append({"cpu": process_cpu(), "wall": time.monotonic(),
+                                "rss": rss_mb()})
+    finally:
+        daemon.stop()
+        await asyncio.wait_for(runner, 120)
+    return samples
+
+
+def round_stats(daemon: Any, k: int) -> dict[str, Any]:
+    """Figures of every space's k-th cycle (0-based) from the kept CycleReports."""
+    reports = [s.reports[k] for s in daemon.spaces.values() if len(s.reports) > k]
+    starts = [r.started for r in reports]
+    ends = [r.started + r.duration for r in reports]
+    return {
+        "spaces": len(reports),
+        "wall_first_start_to_last_end_s": round(max(ends) - min(starts), 3),
+        "space_cycle_seconds_max": round(max(r.duration for r in reports), 3),
+        "space_cycle_seconds_mean": round(sum(r.duration for r in reports) / len(reports), 3),
+        "listed": sum(r.listed for r in reports),
+        "created": sum(r.created for r in reports),
+        "deleted": sum(r.deleted for r in reports),
+        "create_failures": sum(r.create_failures for r in reports),
+        "errors": sorted({r.error for r in reports if not r.ok})[:3],
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from cloudvac.clouds.sim import NullReporter
+    from cloudvac.config import load_config_dir
+    from cloudvac.engine.daemon import Daemon
+    from cloudvac.store import Store
+
+    started = time.monotonic()
+    deadline = started + DEADLINE_SECONDS
+    report: dict[str, Any] = {
+        "benchmark": "scale",
+        "params": {k: v for k, v in vars(args).items() if k != "out"},
+        "host": host_info(),
+        "goals": {"cpu_seconds_per_full_cycle": 2.0, "rss_mb": 300},
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    with tempfile.TemporaryDirectory(prefix="cloudvac-scale-") as tmp:
+        root = Path(tmp)
+        cdir = root / "cloudvac.d"
+        write_config(cdir, root / "state", args)
+        loaded = load_config_dir(cdir)
+        assert loaded.settings is not None and not loaded.issues, loaded.issues[:3]
+        store = Store(loaded.settings.database_url)
+        gc.collect()
+        rss_before_fill = rss_mb()["current"]
+        t0 = time.monotonic()
+        projects: dict[str, Any] = {}
+        filled = fill(projects, loaded.spaces, args.machines, loaded.settings.manager_id,
+                      args.job_hours * 3600, args.seed)
+        gc.collect()
+        rss_after_fill = rss_mb()["current"]
+        report["fill"] = {
+            "how": "servers put straight into each SimProject (tagged, staggered ages), "
+                   "adopted from their tags by the first cycle",
+            "seconds": round(time.monotonic() - t0, 2),
+            "servers": sum(len(p.servers) for p in projects.values()),
+            **filled,
+            "rss_mb_before": rss_before_fill, "rss_mb_after": rss_after_fill,
+            "sim_rss_mb": round(rss_after_fill - rss_before_fill, 1),
+        }
+        daemon = Daemon(cdir, loaded.settings, store, keep_reports=args.warmup +
+                        args.cycles + 3, reporter=NullReporter())
+        for name, project in projects.items():
+            daemon.factory.use_project(name, project)
+        rounds = 1 + args.warmup + args.cycles
+        try:
+            samples = asyncio.run(drive(daemon, rounds, deadline))
+        finally:
+            store.close()
+        api_calls: dict[str, int] = {}
+        for project in projects.values():
+            for kind, n in project.calls.items():
+                api_calls[kind] = api_calls.get(kind, 0) + n
+
+    completed = len(samples) - 1
+    report["rounds_completed"] = completed
+    per_round = []
+    for k in range(completed):
+        a, b = samples[k], samples[k + 1]
+        per_round.append({
+            "cycle": k + 1,
+            "kind": "adopt" if k == 0 else "warmup" if k <= args.warmup else "measured",
+            "cpu_seconds": round(b["cpu"] - a["cpu"], 3),
+            "wall_since_previous_s": round(b["wall"] - a["wall"], 3),
+            **round_stats(daemon, k),
+            "rss_mb": b["rss"]["current"],
+        })
+    report["cycles"] = per_round
+    measured = [r for r in per_round if r["kind"] == "measured"]
+    peak = max([s["rss"]["peak_vmhwm"] for s in samples])
+    sim_share = report["fill"]["sim_rss_mb"]
+    report["rss_mb"] = {"peak_process": peak, "final_process": samples[-1]["rss"]["current"],
+                        "sim_share": sim_share,
+                        "peak_manager_estimate": round(peak - sim_share, 1)}
+    report["api_calls_total"] = api_calls
+    failures: list[str] = []
+    if measured:
+        cpu = [r["cpu_seconds"] for r in measured]
+        wall = [r["wall_first_start_to_last_end_s"] for r in measured]
+        report["steady"] = {
+            "cycles": len(measured),
+            "cpu_seconds_mean": round(sum(cpu) / len(cpu), 3),
+            "cpu_seconds_max": round(max(cpu), 3),
+            "wall_seconds_mean": round(sum(wall) / len(wall), 3),
+            "wall_seconds_max": round(max(wall), 3),
+            "machines_listed_per_cycle": measured[-1]["listed"],
+            "created_total": sum(r["created"] for r in measured),
+            "deleted_total": sum(r["deleted"] for r in measured),
+        }
+        report["meets_cpu_goal"] = report["steady"]["cpu_seconds_mean"] <= 2.0
+    else:
+        failures.append("no steady cycle measured before the deadline")
+        report["meets_cpu_goal"] = False
+    report["meets_rss_goal"] = peak <= 300
+    report["meets_rss_goal_manager_only"] = peak - sim_share <= 300
+    if completed < rounds:
+        failures.append(f"only {completed} of {rounds} full cycles before the deadline")
+    errors = sorted({e for r in per_round for e in r["errors"]})
+    if errors:
+        failures.append(f"cycle errors: {errors[:3]}")
+    report["failures"] = failures
+    report["ok"] = not failures
+    report["total_seconds"] = round(time.monotonic() - started, 1)
+    return report
+
+
+def summary(report: dict[str, Any]) -> str:
+    p, fill_ = report["params"], report["fill"]
+    lines = [
+        f"cloudvac scale: {p['spaces']} spaces x {p['machines']} machines (sim, zero latency), "
+        f"cycle_seconds {p['period']:g}, pilots ~{p['job_hours']:g} h",
+        f"  fill         {fill_['servers']} servers put into the sim in {fill_['seconds']} s "
+        f"(sim holds ~{fill_['sim_rss_mb']} MB), adopted by cycle 1",
+        "  cycle  kind      CPU s   wall s  slowest space s  listed  created deleted  RSS MB",
+    ]
+    for r in report["cycles"]:
+        lines.append(f"  {r['cycle']:>5}  {r['kind']:<8} {r['cpu_seconds']:>6.2f} "
+                     f"{r['wall_first_start_to_last_end_s']:>8.2f} "
+                     f"{r['space_cycle_seconds_max']:>16.2f} {r['listed']:>7} "
+                     f"{r['created']:>8} {r['deleted']:>7} {r['rss_mb']:>7.0f}")
+    steady, rss = report.get("steady"), report["rss_mb"]
+    if steady:
+        lines.append(f"  steady       {steady['cpu_seconds_mean']} CPU s per full cycle (max "
+                     f"{steady['cpu_seconds_max']}), wall {steady['wall_seconds_mean']} s; "
+                     f"goal <= 2 s: {'MET' if report['meets_cpu_goal'] else 'NOT MET'}")
+    lines.append(f"  memory       peak RSS {rss['peak_process']} MB (sim's share ~"
+                 f"{rss['sim_share']} MB, manager ~{rss['peak_manager_estimate']} MB); goal "
+                 f"<= 300 MB: {'MET' if report['meets_rss_goal'] else 'NOT MET'} for the "
+                 f"process, {'MET' if report['meets_rss_goal_manager_only'] else 'NOT MET'} "
+                 "for the manager alone")
+    lines.append(f"  machine      {report['host']['cpus']} CPUs, busy "
+                 f"{report['host']['background_busy_cores']} cores before the run; total "
+                 f"{report['total_seconds']} s")
+    verdict = "OK" if report["ok"] else "FAILED: " + "; ".join(report["failures"])
+    lines.append(f"  result       {verdict}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.scale",
+                                     description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--spaces", type=int, default=100)
+    parser.add_argument("--machines", type=int, default=1000, help="per space")
+    parser.add_argument("--cycles", type=int, default=5, help="measured steady cycles")
+    parser.add_argument("--warmup", type=int, default=1, help="steady cycles not measured")
+    parser.add_argument("--period", type=float, default=20.0, help="cycle_seconds")
+    parser.add_argument("--job-hours", type=float, default=12.0,
+                        help="mean pilot length (sim_job_seconds / 3600)")
+    parser.add_argument("--boot-seconds", type=float, default=5.0)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--log-level", default="WARNING")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    if min(args.spaces, args.machines, args.cycles) < 1 or args.warmup < 0 or args.period <= 0:
+        parser.error("spaces, machines, cycles >= 1; warmup >= 0; period > 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    quiet_logging(args.log_level)
+    report = run(args)
+    write_report(report, args.out)
+    print(summary(report))
+    print(f"  written to   {args.out}")
+    return 0 if report["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
