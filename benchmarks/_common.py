@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 import resource
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,3 +65,18 @@ def quiet_logging(level: str = "WARNING") -> None:
     logging.basicConfig(level=level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger().setLevel(level.upper())
+
+
+def run_benchmark(parse_args: Callable[[list[str] | None], argparse.Namespace],
+                  run: Callable[[argparse.Namespace], dict[str, Any]],
+                  summary: Callable[[dict[str, Any]], str],
+                  argv: list[str] | None = None) -> int:
+    """The common ``main``: parse, run, write the JSON report, print the summary; exit
+    status 1 when the report is not ``ok``."""
+    args = parse_args(argv)
+    quiet_logging(args.log_level)
+    report = run(args)
+    write_report(report, args.out)
+    print(summary(report))
+    print(f"  written to   {args.out}")
+    return 0 if report["ok"] else 1

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import RESULTS_DIR, host_info, quiet_logging, write_report
+from benchmarks._common import RESULTS_DIR, host_info, run_benchmark
 
 RESULTS = RESULTS_DIR / "ramp.json"
 SPACE = "ramp.bench"
@@ -191,13 +191,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    quiet_logging(args.log_level)
-    report = run(args)
-    write_report(report, args.out)
-    print(summary(report))
-    print(f"  written to   {args.out}")
-    return 0 if report["ok"] else 1
+    return run_benchmark(parse_args, run, summary, argv)
 
 
 if __name__ == "__main__":

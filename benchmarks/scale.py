@@ -45,9 +45,8 @@ from benchmarks._common import (
     RESULTS_DIR,
     host_info,
     process_cpu,
-    quiet_logging,
     rss_mb,
-    write_report,
+    run_benchmark,
 )
 
 RESULTS = RESULTS_DIR / "scale.json"
@@ -330,13 +329,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    quiet_logging(args.log_level)
-    report = run(args)
-    write_report(report, args.out)
-    print(summary(report))
-    print(f"  written to   {args.out}")
-    return 0 if report["ok"] else 1
+    return run_benchmark(parse_args, run, summary, argv)
 
 
 if __name__ == "__main__":

@@ -29,10 +29,8 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from cloudvac.clouds.base import (
-    TAG_MACHINETYPE,
     TAG_MANAGER,
     TAG_SPACE,
     Flavor,
@@ -43,116 +41,43 @@ from cloudvac.clouds.base import (
     QuotaExceeded,
     Retryable,
 )
+from cloudvac.clouds.simserver import (  # re-exported: part of this module's API
+    APP_ERROR,
+    DELETE_SECONDS,
+    EARLY_END_CAP_SECONDS,
+    ENV_ERROR,
+    NO_VALID_HOST,
+    NO_WORK,
+    SUCCESS,
+    USER_DATA_MAX,
+    NullReporter,
+    Owner,
+    PilotReporter,
+    SimServer,
+    _Report,
+    parse_flavors,
+)
 from cloudvac.config.models import SimMachinetype, SimSpace
-from cloudvac.engine.states import MachineState, ShutdownMessage
+from cloudvac.engine.states import MachineState
 
 log = logging.getLogger("cloudvac.clouds.sim")
-
-NO_VALID_HOST = "No valid host was found. There are not enough hosts available."
-SUCCESS = ShutdownMessage(200, "Success")
-NO_WORK = ShutdownMessage(300, "Nothing to do")
-ENV_ERROR = ShutdownMessage(500, "Certificate/proxy not acceptable")
-APP_ERROR = ShutdownMessage(600, "Payload execution failed with error")
-DELETE_SECONDS = 1.0
-#: A pilot without work (or with a broken environment) gives up after 5 % of job_seconds but
-#: never later than this (x0.5-1.5), so it always stays well under a typical fizzle_seconds.
-EARLY_END_CAP_SECONDS = 120.0
-USER_DATA_MAX = 65535  # Nova's limit on base64-encoded user_data
-
-Owner = tuple[str, str]  # (space, manager) from the server's cloudvac tags
-
-_NOVA_STATUS = {MachineState.STARTING: "BUILD", MachineState.RUNNING: "ACTIVE",
-                MachineState.STOPPED: "SHUTOFF", MachineState.FAILED: "ERROR"}
-
-
-class PilotReporter(Protocol):
-    """Where simulated pilots send what a real VM would upload over HTTP.  Calls arrive in
-    timeline order; a reporter may be slow or raise (errors are logged and dropped)."""
-
-    async def heartbeat(self, space: str, name: str, at: float) -> None: ...
-
-    async def shutdown(self, space: str, name: str, message: ShutdownMessage, at: float) -> None:
-        ...
-
-
-class NullReporter:
-    """A reporter that drops everything."""
-
-    async def heartbeat(self, space: str, name: str, at: float) -> None:
-        """Drop it."""
-
-    async def shutdown(self, space: str, name: str, message: ShutdownMessage, at: float) -> None:
-        """Drop it."""
-
-
-@dataclass(slots=True, eq=False)
-class SimServer:
-    """One server of the project: identity, drawn timeline and progress along it."""
-
-    id: str
-    name: str
-    metadata: dict[str, str]
-    flavor: Flavor
-    owner: Owner | None  # None: untagged, never listed and its pilot reports to nobody
-    created_at: float
-    state: MachineState = MachineState.STARTING
-    status: str = "BUILD"
-    # Timeline, drawn at create.
-    boot_at: float = 0.0
-    fails: bool = False
-    end_at: float = math.inf
-    message: ShutdownMessage = SUCCESS
-    heartbeat_seconds: float = math.inf
-    # Progress.
-    started_at: float | None = None
-    stopped_at: float | None = None
-    next_heartbeat: float = math.inf
-    delete_at: float | None = None
-    fault: str = ""
-    address: str = ""
-    seq: int = -1  # sequence number of this server's one valid heap entry; -1: none
-    observed: ObservedMachine | None = None  # cache, reset on every change
-
-    @property
-    def machinetype(self) -> str:
-        return self.metadata.get(TAG_MACHINETYPE, "")
-
-    def move(self, state: MachineState, status: str = "") -> None:
-        self.state, self.status = state, status or _NOVA_STATUS[state]
-        self.observed = None
-
-    def observe(self) -> ObservedMachine:
-        if self.observed is None:
-            self.observed = ObservedMachine(
-                cloud_id=self.id, name=self.name, machinetype=self.machinetype,
-                state=self.state, processors=self.flavor.processors,
-                created_at=self.created_at, started_at=self.started_at,
-                cloud_status=self.status, fault=self.fault, address=self.address)
-        return self.observed
-
-
-@dataclass(frozen=True, slots=True)
-class _Report:
-    owner: Owner
-    name: str
-    machinetype: str
-    at: float
-    message: ShutdownMessage | None  # None: heartbeat
-
-
-def parse_flavors(entries: Iterable[str]) -> dict[str, Flavor]:
-    """Parse ``NAME:VCPUS:RAM_MB`` entries; raises Misconfigured naming a bad entry."""
-    flavors: dict[str, Flavor] = {}
-    for index, entry in enumerate(entries, 1):
-        try:
-            name, vcpus, ram = entry.rsplit(":", 2)
-            flavor = Flavor(name.strip(), int(vcpus), int(ram), str(index))
-        except ValueError:
-            raise Misconfigured(f"sim flavor {entry!r} is not NAME:VCPUS:RAM_MB") from None
-        if not flavor.name or flavor.processors < 1 or flavor.ram_mb < 0:
-            raise Misconfigured(f"sim flavor {entry!r} is not NAME:VCPUS:RAM_MB")
-        flavors[flavor.name] = flavor
-    return flavors
+__all__ = [
+    "APP_ERROR",
+    "DELETE_SECONDS",
+    "EARLY_END_CAP_SECONDS",
+    "ENV_ERROR",
+    "NO_VALID_HOST",
+    "NO_WORK",
+    "SUCCESS",
+    "USER_DATA_MAX",
+    "NullReporter",
+    "Owner",
+    "PilotReporter",
+    "SimCloud",
+    "SimProject",
+    "SimServer",
+    "parse_flavors",
+]
 
 
 @dataclass(eq=False)

@@ -334,7 +334,8 @@ def test_bad_config_exits_2_without_running_anything(tmp_path: Path) -> None:
 
 
 def test_agent_source_is_python36_grammar() -> None:
-    ast.parse(AGENT.read_text(), feature_version=(3, 6))
+    tree = ast.parse(AGENT.read_text(), feature_version=(3, 6))  # raises on newer syntax
+    assert any(isinstance(node, ast.FunctionDef) and node.name == "main" for node in tree.body)
 
 
 def _python36() -> str | None:
