@@ -46,6 +46,7 @@ class Server(msgspec.Struct):
     status: str = "UNKNOWN"
     metadata: dict[str, str] = {}
     created: str | None = None
+    updated: str | None = None
     flavor: Flavor = msgspec.field(default_factory=Flavor)
     fault: Fault | None = None
     addresses: dict[str, list[Address]] = {}

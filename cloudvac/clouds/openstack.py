@@ -1,9 +1,11 @@
 """The OpenStack adapter: openstacksdk over a keystoneauth1 session, one per space.
 
 What each call costs per cycle: the listing is one filtered ``GET /servers/detail`` per
-page of up to the cloud's ``max_limit`` (1,000 by default), decoded with msgspec; limits
-are one ``GET /limits``; flavors are listed once and cached; creates and deletes are one
-call each.  Authentication happens when the token nears expiry, not per cycle.
+page of up to the cloud's ``max_limit`` (1,000 by default), decoded with msgspec, in full
+every ``full_listing_seconds`` and as a ``changes-since`` listing in between (usually one
+short page, see ``novalist``); limits are one ``GET /limits``, skipped by the cycle when
+the space is already full; flavors are listed once and cached; creates and deletes are
+one call each.  Authentication happens when the token nears expiry, not per cycle.
 
 Blocking SDK calls run in worker threads, at most ``api_concurrency`` at a time per space,
 each bounded by ``api_timeout_seconds``; so one slow cloud never stalls another space.
@@ -36,8 +38,6 @@ from cloudvac.auth.keystone import checkin_source, make_plugin, make_session
 from cloudvac.auth.secrets import SecretError
 from cloudvac.clouds import nova
 from cloudvac.clouds.base import (
-    TAG_MANAGER,
-    TAG_SPACE,
     AuthFailed,
     CloudError,
     Flavor,
@@ -47,9 +47,11 @@ from cloudvac.clouds.base import (
     ObservedMachine,
     Retryable,
 )
+from cloudvac.clouds.novalist import ServerListing
 from cloudvac.config.models import Settings, Space
 from cloudvac.config.openstack import UUID_RE, OpenStackSpace
 from cloudvac.engine.metrics import EngineMetrics
+from cloudvac.engine.states import MachineState
 
 log = logging.getLogger("cloudvac.clouds.openstack")
 T = TypeVar("T")
@@ -77,6 +79,8 @@ class OpenStackCloud:
         self._flavors_at = 0.0
         self._images: dict[str, str] = {}
         self._our_processors = 0
+        self.listing = ServerListing(space.name, settings.manager_id,
+                                      full_every=space.openstack.full_listing_seconds)
         self._connect_lock = threading.Lock()
         self._conn: openstack.connection.Connection | None = None
         self.session: ks_session.Session | None = None
@@ -176,24 +180,27 @@ class OpenStackCloud:
         return bytes(response.content)
 
     async def list_machines(self) -> Sequence[ObservedMachine]:
-        prefix = name_prefix(self.space)
-        params: dict[str, Any] = {"name": f"^{prefix}"}
-        seen: dict[str, ObservedMachine] = {}
+        listing = self.listing
+        query = listing.query()
+        kind = "changes" if query else "list"
+        params: dict[str, Any] = {"name": f"^{name_prefix(self.space)}", **query}
+        servers: list[nova.Server] = []
         for _ in range(10_000):  # bounded: 10 million servers
-            body = await self._call("list", partial(self._get, "/servers/detail", dict(params)))
+            body = await self._call(kind, partial(self._get, "/servers/detail", dict(params)))
             page = nova.PAGE.decode(body)
-            for server in page.servers:
-                # Nova may repeat a server across pages while states change: keep one.
-                if server.metadata.get(TAG_SPACE) == self.space and \
-                        server.metadata.get(TAG_MANAGER) == self.settings.manager_id:
-                    seen[server.id] = _observe(server)
+            servers += page.servers
             marker = _next_marker(page)
             if marker is None:
                 break
             params["marker"] = marker
+        listing.apply(query, servers)  # only a complete listing is merged
+        log.debug("space=%s machinetype=- machine=- %s listing: %d servers returned, %d ours",
+                  self.space, "change" if query else "full", listing.returned,
+                  len(listing.machines))
+        machines = listing.current()
         # Servers being deleted still hold cores in Nova's usage, so they are ours too.
-        self._our_processors = sum(m.processors for m in seen.values())
-        return list(seen.values())
+        self._our_processors = sum(m.processors for m in machines)
+        return machines
 
     async def limits(self) -> Limits:
         doc = nova.LIMITS.decode(await self._call("limits", lambda: self._get("/limits", {})))
@@ -257,6 +264,10 @@ class OpenStackCloud:
         if options.availability_zone:
             attrs["availability_zone"] = options.availability_zone
         server = await self._call("create", lambda: self.conn.compute.create_server(**attrs))
+        self.listing.created(ObservedMachine(
+            cloud_id=str(server.id), name=spec.name, machinetype=spec.machinetype,
+            state=MachineState.STARTING, processors=spec.flavor.processors,
+            created_at=time.time(), cloud_status="BUILD/accepted"))
         return str(server.id)
 
     async def delete_machine(self, cloud_id: str) -> None:
@@ -270,18 +281,6 @@ class OpenStackCloud:
         for closable in (self.checkin, self.discovery):
             if closable is not None:
                 closable.close()
-
-
-def _observe(server: nova.Server) -> ObservedMachine:
-    state = nova.state_of(server)
-    return ObservedMachine(
-        cloud_id=server.id, name=server.name,
-        machinetype=server.metadata.get("cloudvac:machinetype", ""), state=state,
-        processors=server.flavor.vcpus, created_at=nova.timestamp(server.created),
-        started_at=nova.timestamp(server.launched_at) if state is nova.S.RUNNING else None,
-        cloud_status=f"{server.status}/{server.task_state or '-'}",
-        fault=server.fault.message.strip() if server.fault else "",
-        address=nova.first_address(server))
 
 
 def _next_marker(page: nova.ServerPage) -> str | None:

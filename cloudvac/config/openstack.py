@@ -90,6 +90,10 @@ class OpenStackSpace(BaseModel):
     api_timeout_seconds: float = Field(60.0, gt=0, description="Timeout of one API call.")
     api_retries: int = Field(3, ge=0, le=10, description="Retries of idempotent calls on "
                              "connection errors and 5xx (creates are never retried).")
+    full_listing_seconds: float = Field(600.0, ge=0, description="List every server at "
+                                        "least this often; in between, list only the "
+                                        "servers Nova shows changed (changes-since). 0 "
+                                        "lists everything every cycle, as VCycle did.")
     password: str | None = Field(None, exclude=True, repr=False)
     application_credential_secret: str | None = Field(None, exclude=True, repr=False)
 

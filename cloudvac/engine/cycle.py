@@ -30,8 +30,10 @@ from cloudvac.clouds.base import (
     CloudError,
     Flavor,
     Gone,
+    Limits,
     MachineSpec,
     Misconfigured,
+    ObservedMachine,
     QuotaExceeded,
 )
 from cloudvac.config.models import Machinetype, Settings, Space
@@ -104,14 +106,17 @@ class SpaceCycle:
         try:
             machines = await self.cloud.list_machines()
             report.listed = len(machines)
-            limits = await self.cloud.limits()
+            limits = await self._limits(space, machines)
             events: list[Event] = []
             flavors = await self._resolve_flavors(space, now, events)
             history = await asyncio.to_thread(self.store.history, space.name)
             result = plan(space, Observation(machines, limits, flavors), history, now)
             rec = result.reconciled
-            await asyncio.to_thread(self.store.apply, space.name, rec.updates, rec.aborts)
-            await asyncio.to_thread(self.store.drop_intents, space.name, rec.resolved_intents)
+            if rec.updates or rec.aborts:  # a steady cycle changes nothing: no thread hop
+                await asyncio.to_thread(self.store.apply, space.name, rec.updates, rec.aborts)
+            if rec.resolved_intents:
+                await asyncio.to_thread(self.store.drop_intents, space.name,
+                                        rec.resolved_intents)
             events = [*events, *result.events]
             for mt in rec.aborts:
                 self.metrics.aborts.labels(space.name, mt).inc()
@@ -125,7 +130,8 @@ class SpaceCycle:
             for event in events:
                 log_event(event, logging.ERROR if event.kind == "error" else logging.INFO)
             events += await self._credentials(space, now)
-            await asyncio.to_thread(self.store.add_events, events)
+            if events:
+                await asyncio.to_thread(self.store.add_events, events)
             self._gauges(space, result.status)
         except CloudError as exc:
             report.ok, report.error = False, f"{type(exc).__name__}: {exc}"
@@ -137,6 +143,17 @@ class SpaceCycle:
         self.metrics.cycles.labels(space.name, "ok" if report.ok else "error").inc()
         self.metrics.cycle_seconds.labels(space.name).observe(max(report.duration, 0.0))
         return report
+
+    async def _limits(self, space: Space, machines: Sequence[ObservedMachine]) -> Limits:
+        """The cloud's free capacity, or no call at all when the machines just listed
+        already hold ``processors_limit``: limits only ever restrict creates, and foreign
+        usage only restricts them further, so such a cycle creates nothing whatever the
+        quota says (one request per cycle saved; the planner then reports the space
+        limit as the reason)."""
+        limit = space.processors_limit
+        if limit is not None and sum(m.processors for m in machines) >= limit:
+            return Limits()
+        return await self.cloud.limits()
 
     async def _resolve_flavors(self, space: Space, now: float,
                                events: list[Event]) -> dict[str, Flavor]:

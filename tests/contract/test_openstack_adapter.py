@@ -227,3 +227,79 @@ def test_application_credential_through_real_keystone(oracle_ready: None, tmp_pa
     assert count == 1
     assert keystone["app_credential_secret"] not in caplog.text
     assert token and token not in caplog.text
+
+
+def test_change_listings_match_a_full_listing(nova: Any, tmp_path: Path) -> None:
+    """Between full listings the adapter lists only what Nova shows changed: a stop, an
+    outside delete and an outside (crashed-create) server must still give exactly what a
+    full listing of the same moment gives."""
+    import openstack
+
+    metrics = EngineMetrics()
+    cloud = OpenStackCloud(openstack_space(nova, tmp_path, full_listing_seconds=3600),
+                           Settings(), metrics)
+    cloud.listing.overlap = 1.0  # Nova stamps whole seconds; the test waits out the rest
+    full = OpenStackCloud(openstack_space(nova, tmp_path, full_listing_seconds=0),
+                          Settings(), EngineMetrics())
+    sdk = openstack.connect(load_yaml_config=False, load_envvars=False,
+                            **nova.connect_kwargs())
+
+    def view(machines: Any) -> set[tuple[str, str, str, str, int]]:
+        return {(m.cloud_id, m.name, m.machinetype, m.state.value, m.processors)
+                for m in machines}
+
+    async def flow() -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        small = await cloud.flavor(["m1.small"], 1, None)
+        ids = [await cloud.create_machine(spec(f"ch{i}", small, nova["image_id"]))
+               for i in range(3)]
+
+        async def running() -> bool:
+            machines = await cloud.list_machines()
+            return len(machines) == 3 and all(m.state is S.RUNNING for m in machines)
+
+        seen["running"] = await until(running)
+        await asyncio.sleep(2.5)  # past the overlap: the next change listing is short
+        seen["first_full_at"] = cloud.listing.full_at
+
+        def stop() -> None:
+            sdk.compute.stop_server(ids[0])
+            sdk.compute.wait_for_server(sdk.compute.get_server(ids[0]), status="SHUTOFF",
+                                        wait=60)
+
+        await asyncio.to_thread(stop)
+        await asyncio.sleep(2.5)
+        await cloud.list_machines()  # sees the stop; the mark moves to it
+        await cloud.list_machines()
+        seen["returned_when_one_changed"] = cloud.listing.returned
+        await asyncio.to_thread(sdk.compute.delete_server, ids[1])
+        outside = await asyncio.to_thread(lambda: sdk.compute.create_server(
+            name=PREFIX + "outside", flavor_id=small.cloud_id, image_id=nova["image_id"],
+            networks="none", metadata={TAG_SPACE: SPACE, TAG_MACHINETYPE: "belle",
+                                       TAG_MANAGER: "cloudvac"}))
+
+        async def settled() -> bool:
+            states = {m.cloud_id: m.state for m in await full.list_machines()}
+            return ids[1] not in states and states.get(outside.id) is S.RUNNING
+
+        seen["settled"] = await until(settled)
+        seen["same"] = view(await cloud.list_machines()) == view(await full.list_machines())
+        seen["states"] = sorted(m.state.value for m in await cloud.list_machines())
+        seen["kinds"] = metrics.requests_of(SPACE)
+        seen["last_full_at"] = cloud.listing.full_at
+        await cloud.close()
+        await full.close()
+        return seen
+
+    try:
+        seen = asyncio.run(flow())
+    finally:
+        for server in sdk.compute.servers():
+            sdk.compute.delete_server(server, ignore_missing=True)
+        sdk.close()
+    assert seen["running"] and seen["settled"]
+    assert seen["returned_when_one_changed"] == 1, "only the stopped server came back"
+    assert seen["same"], "change listings gave the same machines as a full listing"
+    assert seen["states"] == ["running", "running", "stopped"]
+    assert seen["first_full_at"] == seen["last_full_at"], "one full listing, the first"
+    assert seen["kinds"]["changes"] >= 4 and seen["kinds"]["list"] >= 1, seen["kinds"]

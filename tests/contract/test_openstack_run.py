@@ -33,6 +33,7 @@ project_name = {project}
 region_name = RegionOne
 networks = none
 flavor_names = m1.small
+full_listing_seconds = {full_listing}
 creation_burst_processors = 6
 max_starting_seconds = 300
 
@@ -50,8 +51,9 @@ root_image = {image}
 """
 
 
-def test_run_fills_quota_replaces_stopped_and_counts_calls(oracle_ready: None,
-                                                           tmp_path: Path) -> None:
+@pytest.mark.parametrize("full_listing", [0, 600])
+def test_run_fills_quota_replaces_stopped_and_counts_calls(oracle_ready: None, tmp_path: Path,
+                                                           full_listing: int) -> None:
     import openstack
 
     with launch.nova_oracle(quota_cores=6, quota_instances=20, max_limit=MAX_LIMIT) as nova:
@@ -62,7 +64,8 @@ def test_run_fills_quota_replaces_stopped_and_counts_calls(oracle_ready: None,
         cdir.mkdir()
         (cdir / "10-nova.conf").write_text(CONFIG.format(
             state=tmp_path / "state", auth_url=nova.auth_url, username=nova.username,
-            password_file=secret, project=nova.project_name, image=nova["image_id"]))
+            password_file=secret, project=nova.project_name, image=nova["image_id"],
+            full_listing=full_listing))
         loaded = load_config_dir(cdir)
         assert loaded.settings is not None and not loaded.issues, loaded.issues
         store = Store(loaded.settings.database_url)
@@ -90,13 +93,22 @@ def test_run_fills_quota_replaces_stopped_and_counts_calls(oracle_ready: None,
         assert calls.get("limits") == 1, calls
         assert calls.get("create", 0) == r.created + r.create_failures, (calls, r)
         assert calls.get("delete", 0) == r.deleted, (calls, r)
-        assert set(calls) <= {"list", "limits", "create", "delete"}, calls
+        assert set(calls) <= {"list", "changes", "limits", "create", "delete"}, calls
     steady = reports[settled:]
     assert len(steady) >= 2, "some idle cycles once everything was ACTIVE"
-    for r in steady:  # one page per max_limit servers; Nova answers a full last page with a
-        # next link, so an exact multiple costs one (empty) page more
+    for r in steady:
         assert r.created == r.deleted == 0
-        assert r.api_requests == {"list": r.listed // MAX_LIMIT + 1, "limits": 1}, r
+        if full_listing == 0:  # one page per max_limit servers; Nova answers a full last
+            # page with a next link, so an exact multiple costs one (empty) page more
+            assert r.api_requests == {"list": r.listed // MAX_LIMIT + 1, "limits": 1}, r
+        else:  # changes-since listings only (how many pages depends on what changed)
+            assert set(r.api_requests) == {"changes", "limits"}, r
+            assert r.api_requests["limits"] == 1, r
+    full_cycles = [r for r in reports if "list" in r.api_requests]
+    if full_listing == 0:
+        assert full_cycles == reports
+    else:  # in full until a listing showed servers (no change mark before), then never
+        assert full_cycles == reports[:len(full_cycles)] and 1 <= len(full_cycles) <= 3
     auth = daemon.metrics.auth_calls.labels("nova.example")._value.get()
     assert auth == 1, "one Keystone token for the whole run (<= 2 per space per hour)"
 

@@ -71,6 +71,20 @@ def test_cycles_fill_space_to_limit_and_record(tmp_path: Path, store: Store) -> 
     assert all(r.ok for r in reports) and sum(r.created for r in reports) == 4
 
 
+def test_full_space_skips_the_limits_call(tmp_path: Path, store: Store) -> None:
+    """Once the listed machines hold processors_limit, nothing can be created whatever
+    the quota says: the cycle does not ask for limits, and says which limit blocks."""
+    daemon = make_daemon(config(tmp_path, {"a.example": {}}), store)
+    asyncio.run(daemon.run(cycles=6))
+    project = daemon.factory.project("a.example")
+    assert project is not None
+    reports = daemon.spaces["a.example"].reports
+    full = [r for r in reports if r.listed == 4]
+    assert full, "the space filled"
+    assert project.calls["limits"] == len(reports) - len(full) >= 1
+    assert {r.status["belle"].blocked for r in full} == {"space processors_limit reached"}
+
+
 class ExplodingCloud:
     """A cloud whose adapter has a bug: every call raises a non-CloudError."""
 
