@@ -61,6 +61,10 @@ class CloudFactory:
         """Run a sim space on an existing project (a restarted manager finding its VMs)."""
         self._projects[space] = project
 
+    def cloud(self, space: str) -> Cloud | None:
+        """The adapter serving ``space`` now, if a cycle has built one (tests, benchmarks)."""
+        return self._clouds.get(space)
+
     def project(self, space: str) -> SimProject | None:
         """The simulated project behind a sim space (for tests and the demo)."""
         return self._projects.get(space)

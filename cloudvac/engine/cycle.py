@@ -47,6 +47,7 @@ log = logging.getLogger("cloudvac.engine.cycle")
 
 UserDataRenderer = Callable[[Space, Machinetype, str], str]
 FLAVOR_CACHE_SECONDS = 3600.0
+LIMITS_REUSE_SECONDS = 600.0
 LONG_LIVED = {"checkin_refresh": "Check-in refresh token"}
 EXPIRY_WARNING_SECONDS = 14 * 86400.0
 EXPIRY_WARNING_EVERY = 6 * 3600.0
@@ -63,6 +64,13 @@ def machine_name(space: str, machinetype: str) -> str:
 def generic_user_data(space: Space, mt: Machinetype, name: str) -> str:
     """Placeholder until the contextualization layer renders per-VO templates."""
     return f"#cloud-config\n# cloudvac machine {name} ({space.name}/{mt.name})\n"
+
+
+def _fits(limits: Limits, flavor: Flavor) -> bool:
+    """Whether the cloud's free capacity could take one more machine of ``flavor``."""
+    return (limits.free_processors is None or limits.free_processors >= flavor.processors) \
+        and (limits.free_instances is None or limits.free_instances >= 1) \
+        and (limits.free_ram_mb is None or limits.free_ram_mb >= flavor.ram_mb)
 
 
 def log_event(event: Event, level: int = logging.INFO) -> None:
@@ -98,6 +106,7 @@ class SpaceCycle:
         self.clock, self.render, self.namer = clock, render, namer
         self._flavors: dict[tuple[tuple[str, ...], int, int | None], tuple[float, Flavor]] = {}
         self._warned_at = -EXPIRY_WARNING_EVERY
+        self._quota_full: tuple[float, tuple[int, int], Limits] | None = None
 
     async def run(self, space: Space) -> CycleReport:
         now = self.clock()
@@ -106,9 +115,9 @@ class SpaceCycle:
         try:
             machines = await self.cloud.list_machines()
             report.listed = len(machines)
-            limits = await self._limits(space, machines)
             events: list[Event] = []
             flavors = await self._resolve_flavors(space, now, events)
+            limits = await self._limits(space, machines, flavors, now)
             history = await asyncio.to_thread(self.store.history, space.name)
             result = plan(space, Observation(machines, limits, flavors), history, now)
             rec = result.reconciled
@@ -144,16 +153,30 @@ class SpaceCycle:
         self.metrics.cycle_seconds.labels(space.name).observe(max(report.duration, 0.0))
         return report
 
-    async def _limits(self, space: Space, machines: Sequence[ObservedMachine]) -> Limits:
-        """The cloud's free capacity, or no call at all when the machines just listed
-        already hold ``processors_limit``: limits only ever restrict creates, and foreign
-        usage only restricts them further, so such a cycle creates nothing whatever the
-        quota says (one request per cycle saved; the planner then reports the space
-        limit as the reason)."""
+    async def _limits(self, space: Space, machines: Sequence[ObservedMachine],
+                      flavors: dict[str, Flavor], now: float) -> Limits:
+        """The cloud's free capacity, read only when it can matter (each read is one
+        request per cycle, the largest share of a full space's API traffic):
+
+        * not at all when the machines just listed hold ``processors_limit``: limits
+          only ever restrict creates, and foreign usage only restricts them further, so
+          such a cycle creates nothing whatever the quota says (the planner then names
+          the space limit as the reason);
+        * the last answer again when it left no room for any flavor and our own usage
+          (listed processors and servers) is unchanged: only foreign usage could free
+          room then, and that is re-read at least every ``LIMITS_REUSE_SECONDS``.
+        """
         limit = space.processors_limit
-        if limit is not None and sum(m.processors for m in machines) >= limit:
+        ours = (sum(m.processors for m in machines), len(machines))
+        if limit is not None and ours[0] >= limit:
             return Limits()
-        return await self.cloud.limits()
+        full = self._quota_full
+        if full is not None and full[1] == ours and now - full[0] < LIMITS_REUSE_SECONDS:
+            return full[2]
+        limits = await self.cloud.limits()
+        room = any(_fits(limits, f) for f in flavors.values())
+        self._quota_full = None if room else (now, ours, limits)
+        return limits
 
     async def _resolve_flavors(self, space: Space, now: float,
                                events: list[Event]) -> dict[str, Flavor]:

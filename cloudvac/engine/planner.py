@@ -93,19 +93,20 @@ def _apply_deletions(space: Space, result: Plan, history: SpaceHistory,
     """Choose deletions; return the machines that still count as capacity-holding."""
     rec = result.reconciled
     kept: list[MachineView] = []
+    retry, machinetypes, drained = space.delete_retry_seconds, space.machinetypes, history.drained
     for view in rec.machines:
         record = view.record
-        pending = record.delete_requested_at is not None and \
-            now - record.delete_requested_at < space.delete_retry_seconds
-        if not view.listed or record.state is MachineState.DELETING or pending:
+        requested = record.delete_requested_at
+        if not view.listed or record.state is MachineState.DELETING or (
+                requested is not None and now - requested < retry):
             kept.append(view)
             continue
-        mt = space.machinetypes.get(record.machinetype)
-        rule = deletion_rule(RuleContext(space, mt, record, now, history.drained))
+        ctx = RuleContext(space, machinetypes.get(record.machinetype), record, now, drained)
+        rule = deletion_rule(ctx)
         if rule is None:
             kept.append(view)
             continue
-        message = rule.message(RuleContext(space, mt, record, now, history.drained))
+        message = rule.message(ctx)
         record = replace(record, delete_requested_at=now, delete_reason=rule.name)
         if record.stopped_at is None:
             record = end_machine(space, record, now, message, rec)
@@ -136,34 +137,44 @@ class _Tally:
     starting: int = 0
     weight: float = 0.0
     unproven: int = 0  # starting, or running for less than fizzle_seconds
+    states: dict[str, int] = field(default_factory=dict)  # machines by state value
+
+
+_STARTING = frozenset({MachineState.STARTING, MachineState.INTENT})
+_FINISHED = frozenset(state for state in MachineState if state.finished)
 
 
 def _plan_creates(space: Space, obs: Observation, history: SpaceHistory,
                   live: list[MachineView], result: Plan, now: float) -> None:
     tallies = {name: _Tally() for name in space.machinetypes}
+    machinetypes = space.machinetypes
     space_total = obs.limits.foreign_processors
     space_starting = 0
     unlisted = 0
+    # One pass over every machine of the space, for limits, shares and status alike.
     for view in live:
-        if view.state is MachineState.GONE:
+        record = view.record
+        state = record.state
+        if state is MachineState.GONE:
             continue
-        space_total += view.processors
+        processors = record.processors
+        space_total += processors
         if not view.listed:
-            unlisted += view.processors
-        mt = space.machinetypes.get(view.machinetype)
+            unlisted += processors
+        mt = machinetypes.get(record.machinetype)
         if mt is None:
             continue
         tally = tallies[mt.name]
-        tally.total += view.processors
-        starting = view.state in (MachineState.STARTING, MachineState.INTENT)
+        tally.total += processors
+        tally.states[state.value] = tally.states.get(state.value, 0) + 1
+        starting = state in _STARTING
         if starting:
-            tally.starting += view.processors
-            space_starting += view.processors
-        active = not view.state.finished and view.record.delete_requested_at is None
-        if active:
-            tally.weight += machine_weight(mt, view.processors)
-        started = view.record.started_at
-        if starting or (view.state is MachineState.RUNNING and started is not None
+            tally.starting += processors
+            space_starting += processors
+        if state not in _FINISHED and record.delete_requested_at is None:
+            tally.weight += machine_weight(mt, processors)
+        started = record.started_at
+        if starting or (state is MachineState.RUNNING and started is not None
                         and now - started < mt.fizzle_seconds):
             tally.unproven += 1
 
@@ -218,7 +229,7 @@ def _plan_creates(space: Space, obs: Observation, history: SpaceHistory,
         if abort is not None and now < abort + mt.backoff_seconds + mt.fizzle_seconds:
             blocked[name] = "probing after backoff: one machine until it passes fizzle_seconds"
 
-    _fill_status(space, live, tallies, blocked, result)
+    _fill_status(space, tallies, blocked, result)
 
 
 def _minus(value: int | None, amount: int) -> int | None:
@@ -273,16 +284,13 @@ def _capacity_refusal(space: Space, mt: Machinetype, tally: _Tally, p: int, ram:
     return next((why for failed, why in checks if failed), "")
 
 
-def _fill_status(space: Space, live: list[MachineView], tallies: Mapping[str, _Tally],
-                 blocked: Mapping[str, str], result: Plan) -> None:
+def _fill_status(space: Space, tallies: Mapping[str, _Tally], blocked: Mapping[str, str],
+                 result: Plan) -> None:
     total_weight = sum(t.weight for t in tallies.values())
     total_share = sum(mt.target_share for mt in space.machinetypes.values())
-    for view in live:
-        status = result.status.get(view.machinetype)
-        if status is not None and view.state is not MachineState.GONE:
-            status.machines[view.state.value] = status.machines.get(view.state.value, 0) + 1
     for name, mt in space.machinetypes.items():
         status, tally = result.status[name], tallies[name]
+        status.machines = dict(tally.states)
         status.processors = tally.total
         status.starting_processors = tally.starting
         status.weight = tally.weight

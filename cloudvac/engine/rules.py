@@ -1,9 +1,9 @@
 """Deletion rules, as data: the first rule that matches a machine decides its deletion.
 
-Each rule is a predicate over a ``RuleContext`` and the message recorded when the VM gave
-none.  Reading the table top to bottom is reading the lifecycle policy.  Machines already
-being deleted (cloud ``deleting``, or our delete still within ``delete_retry_seconds``) are
-filtered out before the table is consulted.
+Each rule is a predicate over a ``RuleContext``, the message recorded when the VM gave
+none, and the machine states it can fire in.  Reading the table top to bottom is reading
+the lifecycle policy.  Machines already being deleted (cloud ``deleting``, or our delete
+still within ``delete_retry_seconds``) are filtered out before the table is consulted.
 """
 
 from __future__ import annotations
@@ -46,37 +46,62 @@ class RuleContext:
         started = self.record.started_at
         return self.now - started if started is not None else 0.0
 
-    def draining(self) -> bool:
-        names = self.drained
-        return "*" in names or self.record.machinetype in names
 
-    def past_shutdown_time(self) -> bool:
-        times = [t for t in (self.space.shutdown_time, self.mt.shutdown_time if self.mt else None)
-                 if t is not None]
-        return any(self.now >= t for t in times)
+# The predicates are plain functions (not lambdas calling methods): the planner consults
+# the table for every machine of every space each cycle (benchmarks/scale.py).  A machine's
+# state is checked by ``Rule.states``, never again inside a predicate.
 
-    def starting_too_long(self) -> bool:
-        if self.record.state is not S.STARTING:
-            return False
-        limit = self.space.starting_seconds(self.mt) if self.mt else self.space.max_starting_seconds
-        return self.age > limit
+def _always(_: RuleContext) -> bool:
+    return True
 
-    def heartbeat_stale(self) -> bool:
-        mt = self.mt
-        if mt is None or not mt.heartbeat_check or self.record.state is not S.RUNNING:
-            return False
-        limit = float(mt.heartbeat_seconds or 0)
-        if self.ran <= mt.fizzle_seconds or self.ran <= limit:
-            return False
-        beat = self.record.heartbeat_at
-        return beat is None or self.now - beat > limit
+
+def _draining(c: RuleContext) -> bool:
+    names = c.drained
+    return bool(names) and ("*" in names or c.record.machinetype in names)
+
+
+def _past_shutdown_time(c: RuleContext) -> bool:
+    at = c.space.shutdown_time
+    if at is not None and c.now >= at:
+        return True
+    at = c.mt.shutdown_time if c.mt is not None else None
+    return at is not None and c.now >= at
+
+
+def _starting_too_long(c: RuleContext) -> bool:
+    mt = c.mt
+    limit = c.space.starting_seconds(mt) if mt is not None else c.space.max_starting_seconds
+    return c.age > limit
+
+
+def _wallclock(c: RuleContext) -> bool:
+    return c.ran > (c.mt.max_wallclock_seconds if c.mt is not None else ORPHAN_WALLCLOCK_SECONDS)
+
+
+def _heartbeat_stale(c: RuleContext) -> bool:
+    mt = c.mt
+    if mt is None or not mt.heartbeat_check:
+        return False
+    limit = float(mt.heartbeat_seconds or 0)
+    ran = c.ran
+    if ran <= mt.fizzle_seconds or ran <= limit:
+        return False
+    beat = c.record.heartbeat_at
+    return beat is None or c.now - beat > limit
+
+
+def _unknown_too_long(c: RuleContext) -> bool:
+    return c.age > c.space.max_starting_seconds
 
 
 @dataclass(frozen=True, slots=True)
 class Rule:
     name: str
     applies: Callable[[RuleContext], bool]
+    """Whether the rule deletes the machine; only asked for a machine in ``states``."""
     message: Callable[[RuleContext], ShutdownMessage | None]
+    states: frozenset[MachineState] | None = None
+    """The machine states the rule can fire in; None: any state."""
 
 
 def _none(_: RuleContext) -> ShutdownMessage | None:
@@ -93,25 +118,34 @@ def _failed_message(ctx: RuleContext) -> ShutdownMessage:
 
 
 RULES: tuple[Rule, ...] = (
-    Rule("stopped", lambda c: c.record.state is S.STOPPED, _none),
-    Rule("failed", lambda c: c.record.state is S.FAILED, _failed_message),
-    Rule("drained", lambda c: c.draining(), _fixed(DRAINED)),
-    Rule("shutdown_time", lambda c: c.past_shutdown_time(), _fixed(PASSED_SHUTDOWNTIME)),
-    Rule("starting_too_long", lambda c: c.starting_too_long(), _fixed(FAILED_TO_START)),
-    Rule("wallclock",
-         lambda c: c.record.state is S.RUNNING and c.ran > (
-             c.mt.max_wallclock_seconds if c.mt else ORPHAN_WALLCLOCK_SECONDS),
-         _fixed(EXCEEDED_WALLCLOCK)),
-    Rule("heartbeat", lambda c: c.heartbeat_stale(), _fixed(HEARTBEAT_LOST)),
-    Rule("unknown_state",
-         lambda c: c.record.state is S.UNKNOWN and c.age > c.space.max_starting_seconds,
-         lambda c: ShutdownMessage(700, "Unexpected cloud state")),
+    Rule("stopped", _always, _none, frozenset({S.STOPPED})),
+    Rule("failed", _always, _failed_message, frozenset({S.FAILED})),
+    Rule("drained", _draining, _fixed(DRAINED)),
+    Rule("shutdown_time", _past_shutdown_time, _fixed(PASSED_SHUTDOWNTIME)),
+    Rule("starting_too_long", _starting_too_long, _fixed(FAILED_TO_START),
+         frozenset({S.STARTING})),
+    Rule("wallclock", _wallclock, _fixed(EXCEEDED_WALLCLOCK), frozenset({S.RUNNING})),
+    Rule("heartbeat", _heartbeat_stale, _fixed(HEARTBEAT_LOST), frozenset({S.RUNNING})),
+    Rule("unknown_state", _unknown_too_long,
+         lambda c: ShutdownMessage(700, "Unexpected cloud state"), frozenset({S.UNKNOWN})),
 )
+
+# The table, in its order, restricted to each state's rules: derived here, never written
+# by hand, so RULES stays the one place the policy is stated.
+_BY_STATE: dict[MachineState, tuple[Rule, ...]] = {
+    state: tuple(rule for rule in RULES if rule.states is None or state in rule.states)
+    for state in MachineState
+}
+
+
+def rules_for(state: MachineState) -> tuple[Rule, ...]:
+    """The rules of ``RULES`` that can fire in ``state``, in table order."""
+    return _BY_STATE[state]
 
 
 def deletion_rule(ctx: RuleContext) -> Rule | None:
     """The first rule deleting this machine, or None to keep it."""
-    for rule in RULES:
+    for rule in _BY_STATE[ctx.record.state]:
         if rule.applies(ctx):
             return rule
     return None

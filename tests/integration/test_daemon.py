@@ -10,6 +10,7 @@ import pytest
 
 from cloudvac.clouds.base import Cloud, Flavor, Limits, MachineSpec, ObservedMachine
 from cloudvac.config import load_config_dir
+from cloudvac.engine import cycle
 from cloudvac.engine.daemon import Daemon
 from cloudvac.engine.states import MachineState
 from cloudvac.store import Store
@@ -83,6 +84,26 @@ def test_full_space_skips_the_limits_call(tmp_path: Path, store: Store) -> None:
     assert full, "the space filled"
     assert project.calls["limits"] == len(reports) - len(full) >= 1
     assert {r.status["belle"].blocked for r in full} == {"space processors_limit reached"}
+
+
+@pytest.mark.parametrize("reuse_seconds", [600.0, 0.0])
+def test_quota_bound_space_rereads_limits_only_when_they_can_have_changed(
+        tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch,
+        reuse_seconds: float) -> None:
+    """A space filled to its cloud quota (not to processors_limit) reads limits again only
+    when its own usage changes or the last answer is LIMITS_REUSE_SECONDS old."""
+    monkeypatch.setattr(cycle, "LIMITS_REUSE_SECONDS", reuse_seconds)
+    cdir = config(tmp_path, {"a.example": {"limit": 100, "extra": "sim_quota_processors = 4"}})
+    daemon = make_daemon(cdir, store)
+    asyncio.run(daemon.run(cycles=6))
+    project = daemon.factory.project("a.example")
+    assert project is not None and len(project.servers) == 4
+    reports = daemon.spaces["a.example"].reports
+    assert [r.listed for r in reports] == [0, 4, 4, 4, 4, 4]
+    # cycle 1 creates (room), cycle 2 sees its own usage change and finds no room
+    expected = 2 if reuse_seconds else len(reports)
+    assert project.calls["limits"] == expected
+    assert {r.status["belle"].blocked for r in reports[1:]} == {"cloud quota: no free cores"}
 
 
 class ExplodingCloud:
