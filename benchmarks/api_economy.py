@@ -168,6 +168,7 @@ networks = none
 flavor_names = m1.small
 {limit_line}
 full_listing_seconds = {full_listing}
+quota_reread_seconds = {quota_reread}
 creation_burst_processors = {burst}
 max_starting_seconds = 600
 
@@ -209,7 +210,6 @@ def pages_formula(listed: int, max_limit: int) -> int:
 def nova_run(args: argparse.Namespace, variant: Variant) -> dict[str, Any]:
     from cloudvac.clouds.openstack import OpenStackCloud
     from cloudvac.config import load_config_dir
-    from cloudvac.engine import cycle
     from cloudvac.engine.daemon import Daemon
     from cloudvac.store import Store
 
@@ -220,7 +220,6 @@ def nova_run(args: argparse.Namespace, variant: Variant) -> dict[str, Any]:
     max_limit = servers if variant.max_limit_is_servers else args.max_limit
     full_listing = variant.full_listing_cycles * period
     started = time.monotonic()
-    reuse = cycle.LIMITS_REUSE_SECONDS
     with tempfile.TemporaryDirectory(prefix="cloudvac-api-nova-") as tmp, \
             launch.nova_oracle(quota_cores=servers, quota_instances=servers,
                                max_limit=max_limit) as nova:
@@ -235,14 +234,13 @@ def nova_run(args: argparse.Namespace, variant: Variant) -> dict[str, Any]:
             state=root / "state", period=period, auth_url=nova.auth_url,
             username=nova.username, password_file=secret, project=nova.project_name,
             limit_line=f"processors_limit = {servers}" if variant.processors_limit else "",
-            full_listing=full_listing, burst=args.nova_burst, image=nova["image_id"]))
+            full_listing=full_listing, burst=args.nova_burst, image=nova["image_id"],
+            quota_reread=int(full_listing or 600)))
         loaded = load_config_dir(cdir)
         assert loaded.settings is not None and not loaded.issues, loaded.issues[:3]
         store = Store(loaded.settings.database_url)
         daemon = Daemon(cdir, loaded.settings, store, keep_reports=10_000)
         steady_from: list[int] = []
-        if variant.full_listing_cycles:
-            cycle.LIMITS_REUSE_SECONDS = variant.full_listing_cycles * period
 
         async def drive() -> None:
             runner = asyncio.create_task(daemon.run())
@@ -272,7 +270,6 @@ def nova_run(args: argparse.Namespace, variant: Variant) -> dict[str, Any]:
         try:
             asyncio.run(drive())
         finally:
-            cycle.LIMITS_REUSE_SECONDS = reuse
             store.close()
         auth_calls = int(daemon.metrics.auth_calls.labels("nova.bench")._value.get())
         launch_seconds = nova.get("launch_s", round(launched, 1))

@@ -224,6 +224,10 @@ class Space(_Model):
                                           "that did not take effect.")
     intent_seconds: Seconds = Field(600, description="How long an unanswered create still "
                                     "counts against limits before it is forgotten.")
+    quota_reread_seconds: Seconds = Field(600, description="While the cloud's quota leaves "
+                                          "no room for any machine and this space's own "
+                                          "usage is unchanged, read the quota (OpenStack "
+                                          "/limits) again only this often; 0: every cycle.")
     shutdown_time: float | None = Field(None, description="Drain the whole space at this time.")
     site_name: str | None = Field(None, description="<Site>.<cc> (GOCDB name and country), "
                                   "e.g. RECAS-NAPOLI.it: DIRAC sites are <prefix>.<site_name>.")

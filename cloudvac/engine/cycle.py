@@ -47,7 +47,6 @@ log = logging.getLogger("cloudvac.engine.cycle")
 
 UserDataRenderer = Callable[[Space, Machinetype, str], str]
 FLAVOR_CACHE_SECONDS = 3600.0
-LIMITS_REUSE_SECONDS = 600.0
 LONG_LIVED = {"checkin_refresh": "Check-in refresh token"}
 EXPIRY_WARNING_SECONDS = 14 * 86400.0
 EXPIRY_WARNING_EVERY = 6 * 3600.0
@@ -164,14 +163,14 @@ class SpaceCycle:
           the space limit as the reason);
         * the last answer again when it left no room for any flavor and our own usage
           (listed processors and servers) is unchanged: only foreign usage could free
-          room then, and that is re-read at least every ``LIMITS_REUSE_SECONDS``.
+          room then, and that is re-read at least every ``quota_reread_seconds``.
         """
         limit = space.processors_limit
         ours = (sum(m.processors for m in machines), len(machines))
         if limit is not None and ours[0] >= limit:
             return Limits()
         full = self._quota_full
-        if full is not None and full[1] == ours and now - full[0] < LIMITS_REUSE_SECONDS:
+        if full is not None and full[1] == ours and now - full[0] < space.quota_reread_seconds:
             return full[2]
         limits = await self.cloud.limits()
         room = any(_fits(limits, f) for f in flavors.values())

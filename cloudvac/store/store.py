@@ -1,8 +1,9 @@
 """The store: what the cloud cannot tell us, kept in SQLite (default) or PostgreSQL.
 
 Threading contract: one ``Store`` is shared by every space's worker thread and the web
-side.  It holds one Engine and nothing mutable; each call opens its own session and
-transaction, so calls are independent and safe to make concurrently.
+side.  It holds one Engine and the history cache (``store/history.py``, locked per
+space); each call opens its own session and transaction, so calls are independent and
+safe to make concurrently.
 
 Portability: upserts use the ``INSERT ... ON CONFLICT`` construct that SQLAlchemy offers
 with the same API for SQLite and PostgreSQL, and conditional updates use plain ``CASE``;
@@ -12,7 +13,7 @@ no dialect-only SQL is written by hand.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
@@ -20,12 +21,11 @@ from typing import Any, cast
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import (
-    BindParameter,
     Connection,
     CursorResult,
     Engine,
     Float,
-    String,
+    Integer,
     Table,
     Update,
     bindparam,
@@ -45,8 +45,13 @@ from sqlalchemy.orm import Session
 
 from cloudvac.engine.records import Event, Intent, MachineRecord, MachineUpdate, SpaceHistory
 from cloudvac.engine.states import MachineState, ShutdownMessage
+from cloudvac.store.history import (
+    FULL_READ_SECONDS,
+    HistoryCache,
+    new_revisions,
+    revision_upsert_rows,
+)
 from cloudvac.store.tables import (
-    RECORD_COLUMNS,
     BackoffRow,
     Base,
     CredentialRow,
@@ -54,7 +59,7 @@ from cloudvac.store.tables import (
     EventRow,
     IntentRow,
     MachineRow,
-    record_from_values,
+    SpaceRevisionRow,
 )
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -112,7 +117,7 @@ def _create_engine(url: str) -> Engine:
     raise ValueError(f"unsupported store backend {backend!r}: use sqlite or postgresql")
 
 
-def _machine_values(space: str, update: MachineUpdate, now: float) -> dict[str, Any]:
+def _machine_values(space: str, update: MachineUpdate, now: float, rev: int) -> dict[str, Any]:
     default = update.default_shutdown
     return {
         "space": space,
@@ -130,6 +135,7 @@ def _machine_values(space: str, update: MachineUpdate, now: float) -> dict[str, 
         "fault": update.fault,
         "address": update.address,
         "updated_at": now,
+        "rev": rev,
         "shutdown_code": None if default is None else default.code,
         "shutdown_text": None if default is None else default.text,
         "shutdown_at": None if default is None else now,
@@ -141,34 +147,22 @@ def _machine_values(space: str, update: MachineUpdate, now: float) -> dict[str, 
 _ENGINE_COLUMNS = (
     "machinetype", "state", "cloud_id", "processors", "hs06", "created_at", "started_at",
     "stopped_at", "delete_requested_at", "delete_reason", "fault", "address", "updated_at",
+    "rev",
 )  # fmt: skip
-
-
-_MACHINES = cast(Table, MachineRow.__table__)
-_INTENTS = cast(Table, IntentRow.__table__)
-_SPACE: BindParameter[str] = bindparam("space", type_=String())
-# The per-cycle reads of ``history``, built once (SQLAlchemy caches their compiled form).
-_HISTORY_MACHINES = select(*(_MACHINES.c[name] for name in RECORD_COLUMNS)).where(
-    _MACHINES.c.space == _SPACE, _MACHINES.c.state != _GONE)
-_HISTORY_INTENTS = select(
-    _INTENTS.c.name, _INTENTS.c.machinetype, _INTENTS.c.processors, _INTENTS.c.hs06,
-    _INTENTS.c.created_at).where(_INTENTS.c.space == _SPACE)
-_HISTORY_ABORTS = select(BackoffRow.machinetype, BackoffRow.last_abort_at).where(
-    BackoffRow.space == _SPACE)
-_HISTORY_DRAINED = select(DrainRow.machinetype).where(DrainRow.space == _SPACE)
 
 
 class Store:
     """Persistent memory of cloudvac.  All methods are synchronous and thread-safe; each
     commits before returning, so a returned call is durable."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, history_full_seconds: float = FULL_READ_SECONDS) -> None:
         """Open (creating if needed) the database at ``url`` and migrate it to head.
 
         SQLite: the parent directory is created, and connections use WAL and a busy
         timeout.  Raises ValueError for in-memory SQLite or backends other than SQLite
-        and PostgreSQL.
+        and PostgreSQL.  ``history_full_seconds``: see ``store/history.py``.
         """
+        self.histories = HistoryCache(history_full_seconds)
         self._engine = _create_engine(url)
         self._dialect = self._engine.dialect.name
         self._writer = self._engine.execution_options(**{_IMMEDIATE: True})
@@ -209,23 +203,23 @@ class Store:
     def history(self, space: str) -> SpaceHistory:
         """Everything the planner needs about ``space``, read in one snapshot: its
         non-GONE machines and its intents keyed by name, last abort time per machinetype,
-        and the drained machinetypes (``"*"`` for the whole space)."""
-        # Called for every space every cycle (100,000 machines at 100 spaces x 1,000): Core
-        # statements on the session's connection and positional rows, no ORM objects and
-        # no attribute access on rows (benchmarks/scale.py).
+        and the drained machinetypes (``"*"`` for the whole space).  Only the machines
+        written since this Store's previous read of ``space`` are fetched
+        (``store/history.py``); the returned mappings are never mutated afterwards."""
         with self._read() as session:
-            connection = session.connection()
-            machines = connection.execute(_HISTORY_MACHINES, {"space": space}).all()
-            intents = connection.execute(_HISTORY_INTENTS, {"space": space}).all()
-            aborts = connection.execute(_HISTORY_ABORTS, {"space": space}).all()
-            drained = connection.execute(_HISTORY_DRAINED, {"space": space}).scalars().all()
-        return SpaceHistory(
-            machines={values[0]: record_from_values(space, values) for values in machines},
-            intents={name: Intent(space, name, mt, processors, hs06, created_at)
-                     for name, mt, processors, hs06, created_at in intents},
-            last_abort={machinetype: at for machinetype, at in aborts},
-            drained=frozenset(drained),
-        )
+            return self.histories.read(session.connection(), space)
+
+    def _bump(self, session: Session, spaces: Iterable[str]) -> dict[str, int]:
+        """Bump the revision of each of ``spaces`` once in this write transaction, before
+        any machine row is written, and return the revisions to stamp rows with."""
+        rows = revision_upsert_rows(spaces)
+        if not rows:
+            return {}
+        stmt = self._insert(SpaceRevisionRow)
+        connection = session.connection()
+        connection.execute(stmt.on_conflict_do_update(
+            index_elements=["space"], set_={"rev": SpaceRevisionRow.rev + 1}).values(rev=1), rows)
+        return new_revisions(connection, [row["space"] for row in rows])
 
     def add_intent(self, intent: Intent) -> None:
         """Record a create before the cloud is asked; committed when this returns.
@@ -274,9 +268,10 @@ class Store:
         latest = {update.name: update for update in updates}
         with self._write() as session:
             if latest:
+                rev = self._bump(session, [space])[space]
                 session.execute(
                     self._machine_upsert(),
-                    [_machine_values(space, u, now) for u in latest.values()],
+                    [_machine_values(space, u, now, rev) for u in latest.values()],
                 )
             if aborts:
                 session.execute(
@@ -316,12 +311,11 @@ class Store:
         """Note a heartbeat at ``at``.  The stored time only moves forward (an older
         heartbeat is accepted and ignored).  False if no non-GONE machine has this name."""
         stored = MachineRow.heartbeat_at
-        stmt = (
+        return self._update_one(space, lambda rev: (
             update(MachineRow)
             .where(MachineRow.space == space, MachineRow.name == name, MachineRow.state != _GONE)
-            .values(heartbeat_at=case((or_(stored.is_(None), stored < at), at), else_=stored))
-        )
-        return self._update_one(stmt)
+            .values(heartbeat_at=case((or_(stored.is_(None), stored < at), at), else_=stored),
+                    rev=rev)))
 
     def record_heartbeats(self, beats: Mapping[tuple[str, str], float]) -> int:
         """Many heartbeats in one transaction and one prepared statement (the web side
@@ -335,11 +329,13 @@ class Store:
             update(table)
             .where(table.c.space == bindparam("b_space"), table.c.name == bindparam("b_name"),
                    table.c.state != _GONE)
-            .values(heartbeat_at=case((or_(stored.is_(None), stored < at), at), else_=stored))
+            .values(heartbeat_at=case((or_(stored.is_(None), stored < at), at), else_=stored),
+                    rev=bindparam("b_rev", type_=Integer()))
         )
-        rows = [{"b_space": space, "b_name": name, "b_at": when}
-                for (space, name), when in beats.items()]
         with self._write() as session:
+            revs = self._bump(session, (space for space, _ in beats))
+            rows = [{"b_space": space, "b_name": name, "b_at": when, "b_rev": revs[space]}
+                    for (space, name), when in beats.items()]
             result = session.connection().execute(stmt, rows)
             dialect = session.get_bind().dialect
             return int(result.rowcount) if dialect.supports_sane_multi_rowcount else -1
@@ -354,15 +350,17 @@ class Store:
         """Store the VM's own shutdown message, received at ``at``.  It replaces any
         earlier message (the VM's or a default).  A GONE machine still known to the store
         accepts it, for accounting.  False if the store has no such machine."""
-        stmt = (
+        return self._update_one(space, lambda rev: (
             update(MachineRow)
             .where(MachineRow.space == space, MachineRow.name == name)
-            .values(shutdown_code=message.code, shutdown_text=message.text, shutdown_at=at)
-        )
-        return self._update_one(stmt)
+            .values(shutdown_code=message.code, shutdown_text=message.text, shutdown_at=at,
+                    rev=rev)))
 
-    def _update_one(self, stmt: Update) -> bool:
+    def _update_one(self, space: str, statement: Callable[[int], Update]) -> bool:
+        """Run ``statement(rev)``, an UPDATE of ``space``'s machines stamped with the
+        space's new revision; whether it matched a row."""
         with self._write() as session:
+            stmt = statement(self._bump(session, [space])[space])
             # Plain SQL semantics: no ORM objects are loaded, so none need synchronising.
             result = session.execute(stmt, execution_options={"synchronize_session": False})
             return cast(CursorResult[Any], result).rowcount > 0

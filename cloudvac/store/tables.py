@@ -63,9 +63,13 @@ class MachineRow(Base):
     delete_reason: Mapped[str] = mapped_column(Text)
     fault: Mapped[str] = mapped_column(Text)
     address: Mapped[str] = mapped_column(Text)
-    # When ``apply`` last wrote this row (wall clock): not touched by heartbeats, so it
-    # tells how recently the engine saw the machine.
+    # When ``apply`` last changed this row (wall clock); heartbeats do not touch it.
     updated_at: Mapped[float]
+    # The space's revision (``space_revisions``) of the last transaction that wrote this
+    # row, by any writer: ``history`` reads only the rows stamped after its last read.
+    rev: Mapped[int] = mapped_column(Integer, server_default="0")
+
+    __table_args__ = (Index("ix_machines_space_rev", "space", "rev"),)
 
     def to_record(self) -> MachineRecord:
         return machine_record(self)
@@ -164,6 +168,18 @@ class CredentialRow(Base):
     kind: Mapped[str] = mapped_column(primary_key=True)
     expires_at: Mapped[float]
     updated_at: Mapped[float]
+
+
+class SpaceRevisionRow(Base):
+    """A counter per space, bumped once by every transaction that writes its machines.
+
+    The bump locks the row until commit, so one space's revisions commit in order and a
+    snapshot always sees a prefix of them (``store/history.py``)."""
+
+    __tablename__ = "space_revisions"
+
+    space: Mapped[str] = mapped_column(primary_key=True)
+    rev: Mapped[int] = mapped_column(Integer)
 
 
 class EventRow(Base):

@@ -9,9 +9,13 @@ from pathlib import Path
 import pytest
 
 from cloudvac.clouds.base import Cloud, Flavor, Limits, MachineSpec, ObservedMachine
+from cloudvac.clouds.factory import CloudFactory
+from cloudvac.clouds.sim import NullReporter
 from cloudvac.config import load_config_dir
-from cloudvac.engine import cycle
+from cloudvac.config.models import SimMachinetype
+from cloudvac.engine.cycle import SpaceCycle
 from cloudvac.engine.daemon import Daemon
+from cloudvac.engine.metrics import EngineMetrics
 from cloudvac.engine.states import MachineState
 from cloudvac.store import Store
 
@@ -86,14 +90,14 @@ def test_full_space_skips_the_limits_call(tmp_path: Path, store: Store) -> None:
     assert {r.status["belle"].blocked for r in full} == {"space processors_limit reached"}
 
 
-@pytest.mark.parametrize("reuse_seconds", [600.0, 0.0])
+@pytest.mark.parametrize("reread_seconds", [600, 0])
 def test_quota_bound_space_rereads_limits_only_when_they_can_have_changed(
-        tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch,
-        reuse_seconds: float) -> None:
+        tmp_path: Path, store: Store, reread_seconds: int) -> None:
     """A space filled to its cloud quota (not to processors_limit) reads limits again only
-    when its own usage changes or the last answer is LIMITS_REUSE_SECONDS old."""
-    monkeypatch.setattr(cycle, "LIMITS_REUSE_SECONDS", reuse_seconds)
-    cdir = config(tmp_path, {"a.example": {"limit": 100, "extra": "sim_quota_processors = 4"}})
+    when its own usage changes or the last answer is quota_reread_seconds old."""
+    cdir = config(tmp_path, {"a.example": {
+        "limit": 100,
+        "extra": f"sim_quota_processors = 4\nquota_reread_seconds = {reread_seconds}"}})
     daemon = make_daemon(cdir, store)
     asyncio.run(daemon.run(cycles=6))
     project = daemon.factory.project("a.example")
@@ -101,7 +105,7 @@ def test_quota_bound_space_rereads_limits_only_when_they_can_have_changed(
     reports = daemon.spaces["a.example"].reports
     assert [r.listed for r in reports] == [0, 4, 4, 4, 4, 4]
     # cycle 1 creates (room), cycle 2 sees its own usage change and finds no room
-    expected = 2 if reuse_seconds else len(reports)
+    expected = 2 if reread_seconds else len(reports)
     assert project.calls["limits"] == expected
     assert {r.status["belle"].blocked for r in reports[1:]} == {"cloud quota: no free cores"}
 
@@ -283,3 +287,38 @@ def test_quota_refusal_is_an_error_event_not_a_backoff(tmp_path: Path, store: St
     assert errors and all("QuotaExceeded" in m for m in errors)
     assert len(project.servers) <= 2
     assert store.history("a.example").intents == {}
+
+
+def test_quota_is_reread_every_quota_reread_seconds_while_full(tmp_path: Path,
+                                                                store: Store) -> None:
+    """With a virtual clock: the quota answer that left no room is reused for exactly
+    quota_reread_seconds while the space's own usage stays the same."""
+
+    cdir = config(tmp_path, {"a.example": {
+        "limit": 100, "extra": "sim_quota_processors = 4\nquota_reread_seconds = 250"}})
+    loaded = load_config_dir(cdir)
+    assert loaded.settings is not None and not loaded.issues, loaded.issues
+    space = loaded.spaces["a.example"]
+    long_pilots = SimMachinetype(job_seconds=86400.0, heartbeat_seconds=3600.0)
+    space = space.model_copy(update={"machinetypes": {"belle": space.machinetypes[
+        "belle"].model_copy(update={"sim": long_pilots})}})  # usage stays the same
+    now = [1_000.0]
+    factory = CloudFactory(loaded.settings, NullReporter(), clock=lambda: now[0])
+    metrics = EngineMetrics()
+
+    async def cycles() -> list[int]:
+        cycle = SpaceCycle(factory.get(space), store, loaded.settings, metrics,
+                           clock=lambda: now[0])
+        project = factory.project("a.example")
+        assert project is not None
+        reads = []
+        for _ in range(8):  # t = 1000, 1100, ..., 1700
+            before = project.calls.get("limits", 0)
+            assert (await cycle.run(space)).ok
+            reads.append(project.calls.get("limits", 0) - before)
+            now[0] += 100.0
+        return reads
+
+    # read (room, creates 4), read (usage changed, full), reuse, reuse, read (300 s
+    # >= 250 s), reuse, reuse, read
+    assert asyncio.run(cycles()) == [1, 1, 0, 0, 1, 0, 0, 1]

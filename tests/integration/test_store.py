@@ -23,7 +23,8 @@ from cloudvac.store import Store
 from cloudvac.store.store import alembic_config
 from cloudvac.store.tables import Base
 
-TABLES = {"machines", "intents", "backoff", "drains", "events", "credentials"}
+TABLES = {"machines", "intents", "backoff", "drains", "events", "credentials",
+          "space_revisions"}
 VM_MESSAGE = ShutdownMessage(300, "Nothing to do")
 DEFAULT = ShutdownMessage(700, "Heartbeat file not updated")
 
@@ -103,13 +104,13 @@ def test_migrations_downgrade_to_nothing_and_upgrade_back(store: Store, db: Path
     try:
         with engine.begin() as connection:
             config = alembic_config(connection)
-            assert ScriptDirectory.from_config(config).get_heads() == ["0002"]
+            assert ScriptDirectory.from_config(config).get_heads() == ["0003"]
             command.downgrade(config, "base")
         assert table_names(db) == {"alembic_version"}
         with engine.begin() as connection:
             command.upgrade(alembic_config(connection), "head")
         with engine.connect() as connection:
-            assert MigrationContext.configure(connection).get_current_revision() == "0002"
+            assert MigrationContext.configure(connection).get_current_revision() == "0003"
     finally:
         engine.dispose()
     assert schema_diff(db) == []
