@@ -278,6 +278,8 @@ def nova_run(args: argparse.Namespace, variant: Variant) -> dict[str, Any]:
     cycles: list[dict[str, Any]] = [
         {"cycle": i + 1, "ok": r.ok, "listed": r.listed, "created": r.created,
          "deleted": r.deleted, "requests": dict(r.api_requests),
+         "machines": dict(r.status["pilot"].machines) if "pilot" in r.status else {},
+         "blocked": r.status["pilot"].blocked if "pilot" in r.status else "",
          "seconds": round(r.duration, 3)} for i, r in enumerate(reports)]
     full = [c for c in cycles if c["ok"] and "list" in c["requests"]]
     formula_holds = all(c["requests"]["list"] == pages_formula(c["listed"], max_limit)
@@ -301,6 +303,7 @@ def nova_run(args: argparse.Namespace, variant: Variant) -> dict[str, Any]:
         "cycles_total": len(cycles), "requests_total_by_kind": total,
         "keystone_token_requests": auth_calls,
         "errors": sorted({r.error for r in reports if not r.ok})[:3],
+        "last_cycle": cycles[-1] if cycles else None,
         "full_listing_pages_formula_holds": formula_holds,
         "full_listings": len(full),
         "at_most_one_limits_and_one_request_per_action_after_cycle_1": actions_hold,
@@ -316,11 +319,13 @@ def nova_run(args: argparse.Namespace, variant: Variant) -> dict[str, Any]:
         per_cycle = round(sum(mean.values()), 3)
         result["steady_requests_per_cycle_by_kind"] = mean
         result["steady_requests_per_cycle"] = per_cycle
-        # The same requests per cycle serve 1,000 machines with max_limit 1000 (pages
-        # depend on n / max_limit only; a change listing fits one page), at 60 cycles/h.
-        result["per_machine_hour_at_1000_polling"] = round(per_cycle * 3600 / CYCLE / 1000, 4)
-        result["per_machine_hour_at_1000_with_flavors_and_tokens"] = round(
-            (per_cycle * 3600 / CYCLE + 2) / 1000, 4)
+        if variant.max_limit_is_servers:
+            # The same requests per cycle serve 1,000 machines with max_limit 1000 (pages
+            # depend on n / max_limit only; a change listing fits one page), 60 cycles/h.
+            result["per_machine_hour_at_1000_polling"] = round(
+                per_cycle * 3600 / CYCLE / 1000, 4)
+            result["per_machine_hour_at_1000_with_flavors_and_tokens"] = round(
+                (per_cycle * 3600 / CYCLE + 2) / 1000, 4)
     result["run_seconds"] = round(time.monotonic() - started, 1)
     return result
 
@@ -424,12 +429,17 @@ def summary(report: dict[str, Any]) -> str:
             f"{nova['distinct_full_listed_vs_pages']}, formula holds: "
             f"{nova['full_listing_pages_formula_holds']}")
         if nova["reached_steady_state"]:
-            lines.append(
-                f"      steady: {nova['steady_requests_per_cycle_by_kind']} = "
-                f"{nova['steady_requests_per_cycle']} requests per cycle -> at 1,000 "
-                f"machines {nova['per_machine_hour_at_1000_polling']} per machine-hour, "
-                f"{nova['per_machine_hour_at_1000_with_flavors_and_tokens']} with "
-                "flavors and tokens")
+            line = (f"      steady: {nova['steady_requests_per_cycle_by_kind']} = "
+                    f"{nova['steady_requests_per_cycle']} requests per cycle")
+            if "per_machine_hour_at_1000_polling" in nova:
+                line += (f" -> at 1,000 machines {nova['per_machine_hour_at_1000_polling']} "
+                         f"per machine-hour, "
+                         f"{nova['per_machine_hour_at_1000_with_flavors_and_tokens']} with "
+                         "flavors and tokens")
+            else:
+                line += f" (pages floor({nova['servers']}/{nova['max_limit']})+1)"
+            lines.append(line)
+
     for key, e in ex.items():
         if key == "what":
             continue

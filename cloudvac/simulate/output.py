@@ -1,7 +1,8 @@
 """Scenario output: CSV and JSON rows, and a PNG plot per run.
 
-The plot has one panel per space: processors held by each machinetype over simulated hours,
-with each machinetype's backoff periods shaded in its colour.
+The plot has two panels per space, over simulated hours: the processors held by each
+machinetype, and its machines (running solid, starting dotted); each machinetype's backoff
+periods are shaded in its colour in both.
 """
 
 from __future__ import annotations
@@ -54,21 +55,31 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     spaces = sorted({r.space for r in rows})
-    fig, axes = plt.subplots(len(spaces), 1, figsize=(10, 3.2 * len(spaces)), squeeze=False,
-                             sharex=True)
-    for ax, space in zip(axes[:, 0], spaces, strict=True):
+    fig, axes = plt.subplots(2 * len(spaces), 1, figsize=(11.5, 5.4 * len(spaces)),
+                             squeeze=False, sharex=True)
+    for number, space in enumerate(spaces):
+        held, machines = axes[2 * number, 0], axes[2 * number + 1, 0]
         mts = sorted({r.machinetype for r in rows if r.space == space})
         for index, mt in enumerate(mts):
             colour = f"C{index}"
             mine = [r for r in rows if r.space == space and r.machinetype == mt]
             hours = [r.hours for r in mine]
-            ax.plot(hours, [r.processors for r in mine], color=colour, label=mt)
+            held.plot(hours, [r.processors for r in mine], color=colour, label=mt)
+            machines.plot(hours, [r.running for r in mine], color=colour, label=f"{mt} running")
+            machines.plot(hours, [r.starting for r in mine], color=colour, ls=":",
+                          label=f"{mt} starting")
             for start, end in _spans([(r.hours, r.backoff) for r in mine]):
-                ax.axvspan(start, end, color=colour, alpha=0.12, lw=0)
-        ax.set_title(space)
-        ax.set_ylabel("processors")
-        ax.grid(alpha=0.3)
-        ax.legend(loc="upper right", fontsize="small", title="shaded: backoff")
+                for ax in (held, machines):
+                    ax.axvspan(start, end, color=colour, alpha=0.12, lw=0)
+        held.set_title(f"{space}: processors held (starting + running)")
+        held.set_ylabel("processors")
+        held.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small",
+                    title="shaded: backoff")
+        machines.set_title(f"{space}: machines")
+        machines.set_ylabel("machines")
+        machines.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+        for ax in (held, machines):
+            ax.grid(alpha=0.3)
     axes[-1, 0].set_xlabel("simulated hours")
     fig.suptitle(title)
     fig.tight_layout()

@@ -74,10 +74,13 @@ def revision_upsert_rows(spaces: Iterable[str]) -> list[dict[str, str]]:
     return [{"space": space} for space in sorted(set(spaces))]
 
 
+_NEW_REVISIONS = select(_REVISIONS.c.space, _REVISIONS.c.rev).where(
+    _REVISIONS.c.space.in_(bindparam("spaces", expanding=True)))
+
+
 def new_revisions(connection: Connection, spaces: list[str]) -> dict[str, int]:
     """The counters of ``spaces`` as this transaction sees them (after its bump)."""
-    query = select(_REVISIONS.c.space, _REVISIONS.c.rev).where(_REVISIONS.c.space.in_(spaces))
-    return {space: rev for space, rev in connection.execute(query)}
+    return {space: rev for space, rev in connection.execute(_NEW_REVISIONS, {"spaces": spaces})}
 
 
 @dataclass(frozen=True, slots=True)

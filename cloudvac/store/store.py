@@ -13,7 +13,7 @@ no dialect-only SQL is written by hand.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
@@ -151,6 +151,27 @@ _ENGINE_COLUMNS = (
 )  # fmt: skip
 
 
+_MACHINES = cast(Table, MachineRow.__table__)
+_BEAT_AT = bindparam("b_at", type_=Float())
+# Built once: SQLAlchemy caches their compiled form (the web side and the simulator's pilots
+# write one of these per heartbeat).
+_HEARTBEAT = (
+    update(_MACHINES)
+    .where(_MACHINES.c.space == bindparam("b_space"), _MACHINES.c.name == bindparam("b_name"),
+           _MACHINES.c.state != _GONE)
+    .values(heartbeat_at=case((or_(_MACHINES.c.heartbeat_at.is_(None),
+                                   _MACHINES.c.heartbeat_at < _BEAT_AT), _BEAT_AT),
+                              else_=_MACHINES.c.heartbeat_at),
+            rev=bindparam("b_rev", type_=Integer()))
+)
+_SHUTDOWN = (
+    update(_MACHINES)
+    .where(_MACHINES.c.space == bindparam("b_space"), _MACHINES.c.name == bindparam("b_name"))
+    .values(shutdown_code=bindparam("b_code"), shutdown_text=bindparam("b_text"),
+            shutdown_at=bindparam("b_at"), rev=bindparam("b_rev"))
+)
+
+
 class Store:
     """Persistent memory of cloudvac.  All methods are synchronous and thread-safe; each
     commits before returning, so a returned call is durable."""
@@ -165,6 +186,9 @@ class Store:
         self.histories = HistoryCache(history_full_seconds)
         self._engine = _create_engine(url)
         self._dialect = self._engine.dialect.name
+        bump = self._insert(SpaceRevisionRow)
+        self._revision_bump = bump.on_conflict_do_update(
+            index_elements=["space"], set_={"rev": SpaceRevisionRow.rev + 1}).values(rev=1)
         self._writer = self._engine.execution_options(**{_IMMEDIATE: True})
         # history() must see one consistent snapshot; SQLite's BEGIN already gives one.
         self._reader = (
@@ -215,10 +239,8 @@ class Store:
         rows = revision_upsert_rows(spaces)
         if not rows:
             return {}
-        stmt = self._insert(SpaceRevisionRow)
         connection = session.connection()
-        connection.execute(stmt.on_conflict_do_update(
-            index_elements=["space"], set_={"rev": SpaceRevisionRow.rev + 1}).values(rev=1), rows)
+        connection.execute(self._revision_bump, rows)
         return new_revisions(connection, [row["space"] for row in rows])
 
     def add_intent(self, intent: Intent) -> None:
@@ -310,12 +332,7 @@ class Store:
     def record_heartbeat(self, space: str, name: str, at: float) -> bool:
         """Note a heartbeat at ``at``.  The stored time only moves forward (an older
         heartbeat is accepted and ignored).  False if no non-GONE machine has this name."""
-        stored = MachineRow.heartbeat_at
-        return self._update_one(space, lambda rev: (
-            update(MachineRow)
-            .where(MachineRow.space == space, MachineRow.name == name, MachineRow.state != _GONE)
-            .values(heartbeat_at=case((or_(stored.is_(None), stored < at), at), else_=stored),
-                    rev=rev)))
+        return self._update_one(space, _HEARTBEAT, {"b_name": name, "b_at": at})
 
     def record_heartbeats(self, beats: Mapping[tuple[str, str], float]) -> int:
         """Many heartbeats in one transaction and one prepared statement (the web side
@@ -323,20 +340,11 @@ class Store:
         rows matched where the driver can count an executemany, else -1."""
         if not beats:
             return 0
-        table = cast(Table, MachineRow.__table__)
-        stored, at = table.c.heartbeat_at, bindparam("b_at", type_=Float())
-        stmt = (
-            update(table)
-            .where(table.c.space == bindparam("b_space"), table.c.name == bindparam("b_name"),
-                   table.c.state != _GONE)
-            .values(heartbeat_at=case((or_(stored.is_(None), stored < at), at), else_=stored),
-                    rev=bindparam("b_rev", type_=Integer()))
-        )
         with self._write() as session:
             revs = self._bump(session, (space for space, _ in beats))
             rows = [{"b_space": space, "b_name": name, "b_at": when, "b_rev": revs[space]}
                     for (space, name), when in beats.items()]
-            result = session.connection().execute(stmt, rows)
+            result = session.connection().execute(_HEARTBEAT, rows)
             dialect = session.get_bind().dialect
             return int(result.rowcount) if dialect.supports_sane_multi_rowcount else -1
 
@@ -350,20 +358,17 @@ class Store:
         """Store the VM's own shutdown message, received at ``at``.  It replaces any
         earlier message (the VM's or a default).  A GONE machine still known to the store
         accepts it, for accounting.  False if the store has no such machine."""
-        return self._update_one(space, lambda rev: (
-            update(MachineRow)
-            .where(MachineRow.space == space, MachineRow.name == name)
-            .values(shutdown_code=message.code, shutdown_text=message.text, shutdown_at=at,
-                    rev=rev)))
+        return self._update_one(space, _SHUTDOWN, {
+            "b_name": name, "b_code": message.code, "b_text": message.text, "b_at": at})
 
-    def _update_one(self, space: str, statement: Callable[[int], Update]) -> bool:
-        """Run ``statement(rev)``, an UPDATE of ``space``'s machines stamped with the
-        space's new revision; whether it matched a row."""
+    def _update_one(self, space: str, stmt: Update, values: dict[str, Any]) -> bool:
+        """Run ``stmt``, an UPDATE of one of ``space``'s machines with ``b_space`` and
+        ``b_rev`` (the space's new revision) added to ``values``; whether a row matched."""
         with self._write() as session:
-            stmt = statement(self._bump(session, [space])[space])
-            # Plain SQL semantics: no ORM objects are loaded, so none need synchronising.
-            result = session.execute(stmt, execution_options={"synchronize_session": False})
-            return cast(CursorResult[Any], result).rowcount > 0
+            rev = self._bump(session, [space])[space]
+            result = session.connection().execute(stmt, {**values, "b_space": space,
+                                                         "b_rev": rev})
+            return result.rowcount > 0
 
     def set_drain(self, space: str, machinetype: str, drained: bool) -> None:
         """Drain (or undrain) ``machinetype`` in ``space``; ``"*"`` means the whole space.
