@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from typing import cast
 
 from sqlalchemy import BindParameter, Connection, Integer, String, Table, bindparam, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.expression import Executable
 
 from cloudvac.engine.records import Intent, MachineRecord, SpaceHistory
 from cloudvac.engine.states import MachineState
@@ -69,18 +71,29 @@ _ABORTS = select(BackoffRow.machinetype, BackoffRow.last_abort_at).where(
 _DRAINED = select(DrainRow.machinetype).where(DrainRow.space == _SPACE)
 
 
-def revision_upsert_rows(spaces: Iterable[str]) -> list[dict[str, str]]:
-    """The spaces to bump, once each and in name order (see the contract above)."""
-    return [{"space": space} for space in sorted(set(spaces))]
-
-
 _NEW_REVISIONS = select(_REVISIONS.c.space, _REVISIONS.c.rev).where(
     _REVISIONS.c.space.in_(bindparam("spaces", expanding=True)))
 
 
-def new_revisions(connection: Connection, spaces: list[str]) -> dict[str, int]:
-    """The counters of ``spaces`` as this transaction sees them (after its bump)."""
-    return {space: rev for space, rev in connection.execute(_NEW_REVISIONS, {"spaces": spaces})}
+def _bump_statement(dialect: str) -> Executable:
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(_REVISIONS)
+    return stmt.on_conflict_do_update(index_elements=["space"],
+                                      set_={"rev": _REVISIONS.c.rev + 1}).values(rev=1)
+
+
+_BUMPS = {dialect: _bump_statement(dialect) for dialect in ("sqlite", "postgresql")}
+
+
+def bump_revisions(connection: Connection, spaces: Iterable[str]) -> dict[str, int]:
+    """Bump the counter of each of ``spaces`` once in ``connection``'s write transaction
+    (in name order, see the contract above) and return the revisions to stamp its rows
+    with.  Call it before writing any machine row."""
+    wanted = sorted(set(spaces))
+    if not wanted:
+        return {}
+    connection.execute(_BUMPS[connection.dialect.name], [{"space": s} for s in wanted])
+    return {space: rev for space, rev in connection.execute(_NEW_REVISIONS, {"spaces": wanted})}
 
 
 @dataclass(frozen=True, slots=True)

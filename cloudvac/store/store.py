@@ -15,24 +15,18 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, cast
 
 from alembic import command
-from alembic.config import Config
 from sqlalchemy import (
-    Connection,
     CursorResult,
-    Engine,
     Float,
     Integer,
     Table,
     Update,
     bindparam,
     case,
-    create_engine,
     delete,
-    event,
     func,
     insert,
     or_,
@@ -40,17 +34,12 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from cloudvac.engine.records import Event, Intent, MachineRecord, MachineUpdate, SpaceHistory
 from cloudvac.engine.states import MachineState, ShutdownMessage
-from cloudvac.store.history import (
-    FULL_READ_SECONDS,
-    HistoryCache,
-    new_revisions,
-    revision_upsert_rows,
-)
+from cloudvac.store.engine import IMMEDIATE, alembic_config, open_engine
+from cloudvac.store.history import FULL_READ_SECONDS, HistoryCache, bump_revisions
 from cloudvac.store.tables import (
     BackoffRow,
     Base,
@@ -59,62 +48,9 @@ from cloudvac.store.tables import (
     EventRow,
     IntentRow,
     MachineRow,
-    SpaceRevisionRow,
 )
 
-MIGRATIONS = Path(__file__).resolve().parent / "migrations"
-BUSY_TIMEOUT_MS = 30_000
-_IMMEDIATE = "cloudvac_begin_immediate"
 _GONE = MachineState.GONE.value
-
-
-def alembic_config(connection: Connection) -> Config:
-    """An alembic Config for the packaged migrations that runs on ``connection``."""
-    config = Config()
-    # Config values go through configparser interpolation: a '%' in the path must be doubled.
-    config.set_main_option("script_location", str(MIGRATIONS).replace("%", "%%"))
-    config.attributes["connection"] = connection
-    return config
-
-
-def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
-    # Take transaction control away from the sqlite3 module so ``_sqlite_begin`` decides
-    # how each transaction starts (its implicit BEGIN comes too late for a snapshot).
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        # WAL: readers (status command, web side) never block the engine's writers.
-        cursor.execute("PRAGMA journal_mode = WAL")
-        # FULL, not WAL's usual NORMAL: an intent must survive a power cut once committed.
-        cursor.execute("PRAGMA synchronous = FULL")
-    finally:
-        cursor.close()
-
-
-def _sqlite_begin(connection: Connection) -> None:
-    # Writers take the write lock up front: a deferred transaction that reads and then
-    # writes can fail with SQLITE_BUSY immediately, without honouring busy_timeout.
-    immediate = connection.get_execution_options().get(_IMMEDIATE, False)
-    connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-
-def _create_engine(url: str) -> Engine:
-    parsed = make_url(url)
-    backend = parsed.get_backend_name()
-    if backend == "sqlite":
-        database = parsed.database or ""
-        if database in ("", ":memory:") or database.startswith("file:"):
-            # Each pooled connection would see its own private in-memory database.
-            raise ValueError("the SQLite store needs a database file path")
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(parsed, connect_args={"check_same_thread": False})
-        event.listen(engine, "connect", _sqlite_connect)
-        event.listen(engine, "begin", _sqlite_begin)
-        return engine
-    if backend == "postgresql":
-        return create_engine(parsed, pool_pre_ping=True)
-    raise ValueError(f"unsupported store backend {backend!r}: use sqlite or postgresql")
 
 
 def _machine_values(space: str, update: MachineUpdate, now: float, rev: int) -> dict[str, Any]:
@@ -184,12 +120,9 @@ class Store:
         and PostgreSQL.  ``history_full_seconds``: see ``store/history.py``.
         """
         self.histories = HistoryCache(history_full_seconds)
-        self._engine = _create_engine(url)
+        self._engine = open_engine(url)
         self._dialect = self._engine.dialect.name
-        bump = self._insert(SpaceRevisionRow)
-        self._revision_bump = bump.on_conflict_do_update(
-            index_elements=["space"], set_={"rev": SpaceRevisionRow.rev + 1}).values(rev=1)
-        self._writer = self._engine.execution_options(**{_IMMEDIATE: True})
+        self._writer = self._engine.execution_options(**{IMMEDIATE: True})
         # history() must see one consistent snapshot; SQLite's BEGIN already gives one.
         self._reader = (
             self._engine.execution_options(isolation_level="REPEATABLE READ")
@@ -232,16 +165,6 @@ class Store:
         (``store/history.py``); the returned mappings are never mutated afterwards."""
         with self._read() as session:
             return self.histories.read(session.connection(), space)
-
-    def _bump(self, session: Session, spaces: Iterable[str]) -> dict[str, int]:
-        """Bump the revision of each of ``spaces`` once in this write transaction, before
-        any machine row is written, and return the revisions to stamp rows with."""
-        rows = revision_upsert_rows(spaces)
-        if not rows:
-            return {}
-        connection = session.connection()
-        connection.execute(self._revision_bump, rows)
-        return new_revisions(connection, [row["space"] for row in rows])
 
     def add_intent(self, intent: Intent) -> None:
         """Record a create before the cloud is asked; committed when this returns.
@@ -290,7 +213,7 @@ class Store:
         latest = {update.name: update for update in updates}
         with self._write() as session:
             if latest:
-                rev = self._bump(session, [space])[space]
+                rev = bump_revisions(session.connection(), [space])[space]
                 session.execute(
                     self._machine_upsert(),
                     [_machine_values(space, u, now, rev) for u in latest.values()],
@@ -341,7 +264,7 @@ class Store:
         if not beats:
             return 0
         with self._write() as session:
-            revs = self._bump(session, (space for space, _ in beats))
+            revs = bump_revisions(session.connection(), (space for space, _ in beats))
             rows = [{"b_space": space, "b_name": name, "b_at": when, "b_rev": revs[space]}
                     for (space, name), when in beats.items()]
             result = session.connection().execute(_HEARTBEAT, rows)
@@ -365,7 +288,7 @@ class Store:
         """Run ``stmt``, an UPDATE of one of ``space``'s machines with ``b_space`` and
         ``b_rev`` (the space's new revision) added to ``values``; whether a row matched."""
         with self._write() as session:
-            rev = self._bump(session, [space])[space]
+            rev = bump_revisions(session.connection(), [space])[space]
             result = session.connection().execute(stmt, {**values, "b_space": space,
                                                          "b_rev": rev})
             return result.rowcount > 0

@@ -20,7 +20,7 @@ from alembic.script import ScriptDirectory
 from cloudvac.engine.records import Event, Intent, MachineRecord, MachineUpdate
 from cloudvac.engine.states import MachineState, ShutdownMessage
 from cloudvac.store import Store
-from cloudvac.store.store import alembic_config
+from cloudvac.store.engine import alembic_config
 from cloudvac.store.tables import Base
 
 TABLES = {"machines", "intents", "backoff", "drains", "events", "credentials",

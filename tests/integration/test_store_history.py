@@ -17,8 +17,8 @@ from alembic import command
 from cloudvac.engine.records import MachineUpdate, SpaceHistory
 from cloudvac.engine.states import MachineState, ShutdownMessage
 from cloudvac.store import Store
+from cloudvac.store.engine import alembic_config
 from cloudvac.store.history import HistoryCache
-from cloudvac.store.store import alembic_config
 
 
 def url_of(path: Path) -> str:
