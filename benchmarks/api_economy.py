@@ -65,7 +65,7 @@ NOVA_TIMEOUT = 300.0  # filling the real Nova, at most
 
 def sim_run(args: argparse.Namespace) -> dict[str, Any]:
     from benchmarks import scale
-    from cloudvac.clouds.sim import NullReporter
+    from cloudvac.clouds.simpilots import NullPilots
     from cloudvac.config import load_config_dir
     from cloudvac.engine.daemon import Daemon
     from cloudvac.store import Store
@@ -84,7 +84,7 @@ def sim_run(args: argparse.Namespace) -> dict[str, Any]:
                    args.job_hours * 3600, seed=1)
         (name, project), = projects.items()
         daemon = Daemon(cdir, loaded.settings, store, keep_reports=1000,
-                        reporter=NullReporter())
+                        reporter=NullPilots())
         daemon.factory.use_project(name, project)
         per_cycle: list[dict[str, int]] = []
 

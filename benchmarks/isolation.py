@@ -69,7 +69,7 @@ sim_seed = {seed}
 [machinetype {name} pilot]
 target_share = 1
 sim_job_seconds = 36000
-sim_heartbeat_seconds = 60
+sim_heartbeat_period_seconds = 60
 """
 
 

@@ -58,7 +58,7 @@ sim_seed = 7
 [machinetype {SPACE} {MACHINETYPE}]
 target_share = 1
 sim_job_seconds = 36000
-sim_heartbeat_seconds = 600
+sim_heartbeat_period_seconds = 600
 """)
 
 

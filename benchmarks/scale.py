@@ -17,7 +17,7 @@ What it does, in one process, bounded in time:
    create path (two fsync'ed store writes and one API call each);
 3. runs the real ``Daemon`` (``daemon.run()``, the same object ``cloudvac run`` uses, with
    the default ``generic_user_data`` renderer; the pilots' heartbeats and shutdown messages
-   go to a ``NullReporter``, since in production they arrive at the web side, not the
+   go to a ``NullPilots``, since in production they arrive at the web side, not the
    engine), and records, each time *every* space has finished its k-th cycle, the process
    CPU (``getrusage``: all threads), wall time and RSS;
 4. reports the adoption cycle, then ``--warmup`` steady cycles, then ``--cycles`` measured
@@ -78,23 +78,18 @@ sim_seed = {i + 1}
 target_share = 1
 max_wallclock_seconds = {int(args.job_hours * 3600 * 2)}
 sim_job_seconds = {args.job_hours * 3600}
-sim_heartbeat_seconds = 3600
+sim_heartbeat_period_seconds = 3600
 """)
 
 
 def fill(projects: dict[str, Any], spaces: dict[str, Any], machines: int,
          manager_id: str, job_seconds: float, seed: int) -> dict[str, int]:
     """Put ``machines`` live tagged servers into every project, with staggered ages."""
-    from cloudvac.clouds.base import (
-        TAG_CREATED,
-        TAG_MACHINETYPE,
-        TAG_MANAGER,
-        TAG_SPACE,
-        MachineSpec,
-    )
+    from cloudvac.model.cloud import MachineSpec, TAG_CREATED, TAG_MACHINETYPE, TAG_MANAGER, TAG_SPACE
     from cloudvac.clouds.sim import SimProject
     from cloudvac.config.models import SimMachinetype
-    from cloudvac.engine.cycle import generic_user_data, machine_name
+    from cloudvac.engine.tools import generic_user_data
+from cloudvac.model.naming import machine_name
 
     rng = random.Random(seed)
     now = time.time()
@@ -172,7 +167,7 @@ def round_stats(daemon: Any, k: int) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from cloudvac.clouds.sim import NullReporter
+    from cloudvac.clouds.simpilots import NullPilots
     from cloudvac.config import load_config_dir
     from cloudvac.engine.daemon import Daemon
     from cloudvac.store import Store
@@ -211,7 +206,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "sim_rss_mb": round(rss_after_fill - rss_before_fill, 1),
         }
         daemon = Daemon(cdir, loaded.settings, store, keep_reports=args.warmup +
-                        args.cycles + 3, reporter=NullReporter())
+                        args.cycles + 3, reporter=NullPilots())
         for name, project in projects.items():
             daemon.factory.use_project(name, project)
         rounds = 1 + args.warmup + args.cycles

@@ -99,8 +99,8 @@ heartbeat_file = {HEARTBEAT_FILE}
 
 def populate_store(database_url: str, names: list[str]) -> float:
     """Create the store and N running machines; returns the seconds it took."""
-    from cloudvac.engine.records import MachineUpdate
-    from cloudvac.engine.states import MachineState
+    from cloudvac.model.records import MachineUpdate
+    from cloudvac.model.states import MachineState
     from cloudvac.store import Store
 
     started = time.perf_counter()
@@ -208,7 +208,7 @@ def client_main(spec: dict[str, Any], pipe: Connection) -> None:
 
 
 async def _client(spec: dict[str, Any]) -> dict[str, Any]:
-    from cloudvac.web.tokens import TokenSigner
+    from cloudvac.auth.vmtokens import TokenSigner
 
     signer = TokenSigner(bytes.fromhex(spec["secret_hex"]))
     names: list[str] = spec["names"]
@@ -380,8 +380,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    from cloudvac.auth.vmtokens import load_or_create_secret
     from cloudvac.store import Store
-    from cloudvac.web.tokens import load_or_create_secret
 
     failures: list[str] = []
     report: dict[str, Any] = {

@@ -1,4 +1,5 @@
-"""Command line: ``cloudvac run | validate | status | demo``."""
+"""Command line: ``cloudvac run | web | validate | status | demo | render | dirac-cs |
+simulate``."""
 
 from __future__ import annotations
 
@@ -14,20 +15,21 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from cloudvac import __version__
+from cloudvac.auth.vmtokens import SecretFileError, TokenSigner, load_or_create_secret
 from cloudvac.config import DEFAULT_CONFIG_DIR, LoadedConfig, Settings, Space, load_config_dir
 from cloudvac.context.dirac import cs_snippet
-from cloudvac.context.userdata import ContextRenderer, RenderError, check_space
-from cloudvac.context.validate import UserDataInvalid, schema_found, validate_user_data
-from cloudvac.engine.cycle import machine_name
-from cloudvac.engine.status import StatusRow, status_rows
+from cloudvac.context.errors import RenderError
+from cloudvac.context.userdata import ContextRenderer, check_space
+from cloudvac.context.validate import schema_found, validate_user_data
+from cloudvac.engine.daemon import ConfigSource
 from cloudvac.logs import setup_logging
-from cloudvac.service import Service, run_service
+from cloudvac.model.naming import machine_name
+from cloudvac.service import build, run_service
+from cloudvac.status import read_view, status_rows, status_table
 from cloudvac.store import Store
 from cloudvac.web.server import WebConfigError
-from cloudvac.web.tokens import SecretFileError, TokenSigner, load_or_create_secret
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Keep IaaS clouds full of VMs running DIRAC pilots (vacuum model).")
@@ -94,8 +96,8 @@ def _serve(config_dir: Path, log_level: str, engine: bool, cycles: int | None) -
         raise typer.Exit(2)
     store = Store(loaded.settings.database_url)
     try:
-        asyncio.run(run_service(Service(config_dir, loaded.settings, store), engine=engine,
-                                cycles=cycles))
+        service = build(ConfigSource(config_dir), loaded.settings, store, engine=engine)
+        asyncio.run(run_service(service, cycles))
     except (WebConfigError, SecretFileError) as exc:
         err.print(f"[red]cannot start:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
@@ -114,8 +116,7 @@ def status(config_dir: ConfigDir = DEFAULT_CONFIG_DIR,
         raise typer.Exit(2)
     store = Store(loaded.settings.database_url)
     try:
-        rows = status_rows(loaded.spaces, store.machines(), store.last_aborts(),
-                           store.events(limit=500), time.time(), store.credentials())
+        rows = status_rows(loaded.spaces, read_view(store, events=500), time.time())
     finally:
         store.close()
     if as_json:
@@ -124,21 +125,6 @@ def status(config_dir: ConfigDir = DEFAULT_CONFIG_DIR,
         Console().print(status_table(rows))
     if loaded.issues:
         _print_issues(loaded)
-
-
-def status_table(rows: list[StatusRow], title: str = "cloudvac status") -> Table:
-    table = Table(title=title)
-    for heading in ("space", "machinetype", "starting", "running", "stopping", "processors",
-                    "share (actual/target)", "backoff", "token expires", "last error"):
-        table.add_column(heading, overflow="fold")
-    for r in rows:
-        backoff = f"{r.backoff_seconds_left:.0f}s" if r.backoff_seconds_left else "-"
-        expires = "-" if r.credential_expires_in is None else \
-            f"{r.credential_expires_in / 60:.0f} min"
-        table.add_row(r.space, r.machinetype, str(r.starting), str(r.running), str(r.stopping),
-                      str(r.processors), f"{r.actual_share:.0%} / {r.target_share:.0%}",
-                      backoff, expires, r.last_error[:60] or "-")
-    return table
 
 
 @app.command()
@@ -190,7 +176,7 @@ def render(space: str, machinetype: str, config_dir: ConfigDir = DEFAULT_CONFIG_
     try:
         text = renderer.render(found, mt, machine, mask=not show_secrets)
         validate_user_data(renderer.render(found, mt, machine), f"{space}/{machinetype}")
-    except (RenderError, UserDataInvalid) as exc:
+    except RenderError as exc:
         err.print(f"[red]invalid user_data:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
     if not schema_found():

@@ -12,6 +12,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,10 @@ from rich.console import Console
 from rich.live import Live
 
 from cloudvac.config import Space, load_config_dir
+from cloudvac.engine.daemon import ConfigSource
 from cloudvac.engine.planner import TypeStatus
-from cloudvac.engine.status import StatusRow, status_rows
-from cloudvac.service import Service, run_service
+from cloudvac.service import Service, build, run_service
+from cloudvac.status import StatusRow, read_view, status_rows, status_table
 from cloudvac.store import Store
 
 
@@ -49,8 +51,9 @@ def run_demo(cycles: int | None, state_dir: Path | None, live: bool) -> dict[str
                  "web_url": None, "web_tls_cert": None, "web_tls_key": None}
     settings = loaded.settings.model_copy(update=overrides)
     store = Store(settings.database_url)
-    service = Service(config_dir, settings, store, overrides)
     try:
+        service = build(ConfigSource(config_dir, overrides), settings, store,
+                        keep_reports=cycles or 100)
         asyncio.run(_drive(service, store, cycles, live))
         return summarize(service, store, state)
     finally:
@@ -58,12 +61,10 @@ def run_demo(cycles: int | None, state_dir: Path | None, live: bool) -> dict[str
 
 
 async def _drive(service: Service, store: Store, cycles: int | None, live: bool) -> None:
-    runner = asyncio.create_task(run_service(service, cycles=cycles, keep_reports=cycles or 100))
+    runner = asyncio.create_task(run_service(service, cycles))
     if not live:
         await runner
         return
-    from cloudvac.cli import status_table
-
     console = Console()
     with Live(console=console, refresh_per_second=2) as view:
         while not runner.done():
@@ -78,11 +79,10 @@ async def _drive(service: Service, store: Store, cycles: int | None, live: bool)
 
 
 def _rows(spaces: dict[str, Space], store: Store) -> list[StatusRow]:
-    return status_rows(spaces, store.machines(), store.last_aborts(), store.events(limit=200),
-                       time.time())
+    return status_rows(spaces, read_view(store, events=200), time.time())
 
 
-def _distance(status: dict[str, TypeStatus]) -> float:
+def _distance(status: Mapping[str, TypeStatus]) -> float:
     """Total variation distance between actual and target shares (0 = on target)."""
     return round(sum(abs(s.actual_share - s.target_share) for s in status.values()) / 2, 3)
 
@@ -112,8 +112,7 @@ def summarize(service: Service, store: Store, state: Path) -> dict[str, Any]:
         used = [sum(s.processors for s in r.status.values()) for r in st.reports if r.ok]
         within = limit is None or all(u <= limit for u in used)
         ok = ok and within
-        rows = [r for r in status_rows({name: space}, store.machines(name), store.last_aborts(),
-                                       store.events(name, 200), time.time())]
+        rows = status_rows({name: space}, read_view(store, name, events=200), time.time())
         spaces[name] = {
             "processors_limit": space.processors_limit, "quota_processors": quota,
             "max_processors_used": max(used, default=0), "within_limits": within,

@@ -1,8 +1,10 @@
-"""Assemble the running service: store, secret, renderer, engine, web server.
+"""Assemble the running service, in dependency order: store, secret, listening socket (so
+the URL VMs are told is known), renderer, simulated pilots, cloud adapters, engine, web.
 
 ``cloudvac run`` serves the engine and the web together in one event loop; ``cloudvac
 web`` serves only the web side (for a separate web host sharing the store); the demo is
-``run`` on the shipped configuration with the web bound to a free loopback port.
+``run`` on the shipped configuration with the web bound to a free loopback port.  Nothing
+is patched after it is built.
 """
 
 from __future__ import annotations
@@ -11,26 +13,29 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+import uvicorn
 from prometheus_client import CollectorRegistry
 
-from cloudvac.clouds.simhttp import HttpPilotReporter
+from cloudvac.auth.vmtokens import TokenSigner, load_or_create_secret
+from cloudvac.clouds.factory import CloudFactory
+from cloudvac.clouds.simpilots import HttpPilots
 from cloudvac.config import Settings, Space, load_config_dir
 from cloudvac.config.loader import config_files
 from cloudvac.context.userdata import ContextRenderer
-from cloudvac.engine.daemon import Daemon
+from cloudvac.engine.daemon import ConfigSource, Daemon
 from cloudvac.engine.metrics import EngineMetrics
-from cloudvac.engine.states import MachineState
+from cloudvac.engine.tools import CycleTools
 from cloudvac.store import Store
-from cloudvac.web.app import WebContext, create_app
+from cloudvac.web.app import create_app
+from cloudvac.web.context import WebContext
 from cloudvac.web.files import JoboutputsDir, UploadLimits
-from cloudvac.web.server import bound_port, make_server
-from cloudvac.web.tokens import TokenSigner, load_or_create_secret
+from cloudvac.web.server import listen_socket, make_server, socket_port
 
 log = logging.getLogger("cloudvac.service")
 HOUSEKEEPING_SECONDS = 600.0
@@ -48,99 +53,81 @@ def housekeeping(settings: Settings, store: Store, files: JoboutputsDir, now: fl
 
 
 @dataclass
-class Service:
-    config_dir: Path
-    settings: Settings
-    store: Store
-    overrides: Mapping[str, Any] = field(default_factory=dict)
-    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
-    daemon: Daemon | None = None
-    web: WebContext | None = None
-    port: int | None = None
-    """The port the web service listens on, once started (web_listen may say 0)."""
-    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+class FileSpaces:
+    """For ``cloudvac web`` alone: the spaces of the config files, re-read when a file
+    changes (checked at most every few seconds); a broken space keeps its last good
+    configuration, as in the daemon."""
+
+    directory: Path
     _spaces: dict[str, Space] = field(default_factory=dict)
-    _spaces_stamp: tuple[tuple[str, int], ...] = ()
-    _spaces_checked: float = -1e9
+    _stamp: tuple[tuple[str, int], ...] = ()
+    _checked: float = -1e9
+
+    def __call__(self) -> Mapping[str, Space]:
+        now = time.monotonic()
+        if now - self._checked < SPACES_RECHECK_SECONDS:
+            return self._spaces
+        self._checked = now
+        stamp = tuple((p.name, p.stat().st_mtime_ns) for p in config_files(self.directory))
+        if stamp != self._stamp:
+            self._stamp = stamp
+            self._spaces = {**self._spaces, **load_config_dir(self.directory).spaces}
+        return self._spaces
+
+
+@dataclass(frozen=True)
+class Service:
+    """Everything ``serve`` runs, built by ``build``."""
+
+    settings: Settings
+    """As configured, with ``web_url`` resolved to the bound port when it was unset."""
+    store: Store
+    registry: CollectorRegistry
+    files: JoboutputsDir
+    sock: socket.socket
+    server: uvicorn.Server
+    daemon: Daemon | None
+    pilots: HttpPilots | None
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def port(self) -> int:
+        return socket_port(self.sock)
 
     def stop(self) -> None:
-        self._stop.set()
+        self.stopping.set()
         if self.daemon is not None:
             self.daemon.stop()
 
-    def _squids(self, space: str, machinetype: str) -> list[str]:
-        """Addresses of the squid machinetype's running VMs that heartbeat (the VCycle
-        heartbeat-list rule), newest beat first."""
-        config = (self.daemon.current_spaces() if self.daemon else self._spaces).get(space)
-        mt = config.machinetypes.get(machinetype) if config else None
-        horizon = time.time() - ((mt.heartbeat_seconds if mt else None) or 3600)
-        alive = [m for m in self.store.machines(space)
-                 if m.machinetype == machinetype and m.state is MachineState.RUNNING
-                 and m.address and m.heartbeat_at is not None and m.heartbeat_at >= horizon]
-        return [m.address for m in sorted(alive, key=lambda m: -(m.heartbeat_at or 0))]
-
-    def _spaces_from_files(self) -> Mapping[str, Space]:
-        """For ``cloudvac web`` alone: the spaces of the config files, re-read when a file
-        changes (checked at most every few seconds); a broken space keeps its last good
-        configuration, as in the daemon."""
-        now = time.monotonic()
-        if now - self._spaces_checked < SPACES_RECHECK_SECONDS:
-            return self._spaces
-        self._spaces_checked = now
-        stamp = tuple((p.name, p.stat().st_mtime_ns) for p in config_files(self.config_dir))
-        if stamp != self._spaces_stamp:
-            self._spaces_stamp = stamp
-            self._spaces = {**self._spaces, **load_config_dir(self.config_dir).spaces}
-        return self._spaces
-
-    async def serve(self, engine: bool = True, cycles: int | None = None,
-                    keep_reports: int = 0) -> None:
+    async def serve(self, cycles: int | None = None) -> None:
         """Run until ``stop()`` (or, with ``cycles``, until every space ran that many)."""
-        signer = TokenSigner(load_or_create_secret(self.settings.state_dir))
-        files = JoboutputsDir(self.settings.state_dir / "joboutputs",
-                              UploadLimits(self.settings.upload_max_file_bytes,
-                                           self.settings.upload_max_machine_bytes))
-        renderer = ContextRenderer(self.settings, signer, squids=self._squids)
-        if engine:
-            self.daemon = Daemon(self.config_dir, self.settings, self.store,
-                                 metrics=EngineMetrics(self.registry), render=renderer,
-                                 keep_reports=keep_reports, settings_overrides=self.overrides)
-        spaces = self.daemon.current_spaces if self.daemon else self._spaces_from_files
-        self.web = WebContext(self.settings, self.store, signer, files, spaces, self.registry,
-                              render=renderer)
-        server = make_server(create_app(self.web), self.settings)
-        web_task = asyncio.create_task(server.serve(), name="web")
-        while not server.started and not web_task.done():
+        web_task = asyncio.create_task(self.server.serve(sockets=[self.sock]), name="web")
+        while not self.server.started and not web_task.done():
             await asyncio.sleep(0.05)
         if web_task.done():
-            web_task.result()  # raises the start-up error (e.g. port in use)
-        self.port = bound_port(server)
-        keeper = asyncio.create_task(self._housekeeping(files), name="housekeeping")
-        base = self.settings.web_url or \
-            f"{self.settings.web_base_url.rsplit(':', 1)[0]}:{self.port}"
-        log.info("space=- machinetype=- machine=- web service on %s", base)
+            web_task.result()  # raises the start-up error
+        keeper = asyncio.create_task(self._housekeeping(), name="housekeeping")
+        log.info("space=- machinetype=- machine=- web service on %s",
+                 self.settings.web_base_url)
         try:
             if self.daemon is not None:
-                reporter = HttpPilotReporter(base, signer, self.daemon.heartbeat_file)
-                self.daemon.factory.reporter = reporter
-                renderer.settings = self.settings.model_copy(update={"web_url": base})
-                try:
-                    await self.daemon.run(cycles)
-                finally:
-                    await reporter.close()
+                await self.daemon.run(cycles)
             else:
-                await self._stop.wait()
+                await self.stopping.wait()
         finally:
             keeper.cancel()
-            server.should_exit = True
+            self.server.should_exit = True
             with contextlib.suppress(Exception):
                 await web_task
+            if self.pilots is not None:
+                await self.pilots.close()
+            self.sock.close()
 
-    async def _housekeeping(self, files: JoboutputsDir) -> None:
+    async def _housekeeping(self) -> None:
         while True:
             try:
-                removed = await asyncio.to_thread(housekeeping, self.settings, self.store, files,
-                                                  time.time())
+                removed = await asyncio.to_thread(housekeeping, self.settings, self.store,
+                                                  self.files, time.time())
                 if removed:
                     log.info("space=- machinetype=- machine=- housekeeping removed %d old "
                              "uploads/records", removed)
@@ -149,9 +136,37 @@ class Service:
             await asyncio.sleep(HOUSEKEEPING_SECONDS)
 
 
-async def run_service(service: Service, engine: bool = True, cycles: int | None = None,
-                      keep_reports: int = 0) -> None:
+def build(config: ConfigSource, settings: Settings, store: Store, engine: bool = True,
+          keep_reports: int = 0) -> Service:
+    """Build the service in dependency order; raises WebConfigError or SecretFileError
+    when it cannot serve as configured (nothing is left open then)."""
+    signer = TokenSigner(load_or_create_secret(settings.state_dir))
+    files = JoboutputsDir(settings.state_dir / "joboutputs",
+                          UploadLimits(settings.upload_max_file_bytes,
+                                       settings.upload_max_machine_bytes))
+    sock = listen_socket(settings)
+    configured, port = settings, socket_port(sock)
+    if settings.web_url is None:  # tell VMs the port really bound (web_listen may say 0)
+        base = settings.web_base_url
+        settings = settings.model_copy(update={"web_url": f"{base.rsplit(':', 1)[0]}:{port}"})
+    renderer = ContextRenderer(settings, signer, squids=lambda space, mt, since: [
+        m.address for m in store.heartbeating(space, mt, since) if m.address])
+    registry = CollectorRegistry()
+    daemon = pilots = None
+    if engine:
+        metrics = EngineMetrics(registry)
+        pilots = HttpPilots(settings.web_base_url, signer)
+        daemon = Daemon(config, configured, CycleTools(store, metrics, render=renderer),
+                        CloudFactory(metrics, pilots), keep_reports)
+    spaces = daemon.current_spaces if daemon is not None else FileSpaces(config.directory)
+    web = WebContext(settings, store, signer, files, spaces, registry, render=renderer)
+    return Service(settings, store, registry, files, sock,
+                   make_server(create_app(web), settings), daemon, pilots)
+
+
+async def run_service(service: Service, cycles: int | None = None) -> None:
+    """Serve until SIGTERM/SIGINT (or ``cycles``)."""
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, service.stop)
-    await service.serve(engine, cycles, keep_reports)
+    await service.serve(cycles)

@@ -35,8 +35,8 @@ from typing import Any
 
 import httpx
 
-from cloudvac.auth.secrets import read_secret
-from cloudvac.clouds.base import AuthFailed, Retryable
+from cloudvac.config.secrets import read_secret
+from cloudvac.model.errors import AuthFailed, Retryable
 
 log = logging.getLogger("cloudvac.auth.checkin")
 MIN_LIFETIME = 60.0

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import httpx
 from defusedxml import ElementTree
 
-from cloudvac.clouds.base import Misconfigured, Retryable
+from cloudvac.model.errors import Misconfigured, Retryable
 
 log = logging.getLogger("cloudvac.auth.discovery")
 

@@ -19,7 +19,7 @@ from keystoneauth1 import session as ks_session
 from keystoneauth1.identity.v3 import FederationBaseAuth
 
 from cloudvac.auth.checkin import CheckinTokenSource, fingerprint
-from cloudvac.clouds.base import AuthFailed
+from cloudvac.model.errors import AuthFailed
 
 log = logging.getLogger("cloudvac.auth.federation")
 VM_OPERATOR = "urn:mace:egi.eu:group:{vo}:role=vm_operator#aai.egi.eu"

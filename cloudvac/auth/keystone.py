@@ -18,8 +18,8 @@ from cloudvac import __version__
 from cloudvac.auth.checkin import CheckinTokenSource
 from cloudvac.auth.discovery import SiteEndpoint
 from cloudvac.auth.federation import CheckinAuth
-from cloudvac.auth.secrets import SecretError, read_secret
 from cloudvac.config.openstack import OpenStackSpace
+from cloudvac.config.secrets import SecretError, read_secret
 
 
 class _Counting:

@@ -1,3 +1,4 @@
-"""Cloud adapters behind one small protocol (see ``base``): ``sim`` (embedded simulated
-cloud) and, later, ``openstack``.  Import the adapter module you need directly; this package
+"""Cloud adapters behind the one small protocol of ``model.cloud``: ``openstack``
+(openstacksdk + keystoneauth1) and ``sim`` (the embedded simulated cloud, whose pilots
+report through ``simpilots``).  Import the adapter module you need directly; this package
 imports nothing so that using the simulator never pulls in openstacksdk."""

@@ -6,56 +6,64 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from cloudvac.clouds.base import Cloud
-from cloudvac.clouds.openstack import OpenStackCloud
-from cloudvac.clouds.sim import PilotReporter, SimCloud, SimProject
+from cloudvac.clouds.sim import SimCloud, SimProject
+from cloudvac.clouds.simpilots import NullPilots, PilotReporter
 from cloudvac.config.models import Settings, SimMachinetype, SimSpace, Space
-from cloudvac.engine.metrics import EngineMetrics
+from cloudvac.model.cloud import Cloud
+from cloudvac.model.layout import HEARTBEAT_FILE
+from cloudvac.model.observer import Observer
 
 
 class CloudFactory:
     """Adapters are reused across cycles (connections, tokens and caches survive); a changed
-    configuration reconfigures the adapter rather than rebuilding it."""
+    configuration reconfigures a sim adapter, and rebuilds an OpenStack one only when its
+    cloud options or the settings it uses changed.  Simulated projects outlive their
+    adapters (a restarted manager finds its VMs)."""
 
-    def __init__(self, settings: Settings, reporter: PilotReporter,
-                 clock: Callable[[], float] = time.time,
-                 metrics: EngineMetrics | None = None) -> None:
-        self.settings, self.reporter, self.clock = settings, reporter, clock
-        self.metrics = metrics or EngineMetrics()
+    def __init__(self, observer: Observer, pilots: PilotReporter | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        """``pilots``: where simulated VMs report; ``clock``: the simulated projects'."""
+        self.observer, self.clock = observer, clock
+        self.pilots: PilotReporter = pilots if pilots is not None else NullPilots()
         self._clouds: dict[str, Cloud] = {}
         self._projects: dict[str, SimProject] = {}
-        self._configs: dict[str, Space] = {}
+        self._configs: dict[str, tuple[Space, Settings]] = {}
 
-    def get(self, space: Space) -> Cloud:
+    def get(self, space: Space, settings: Settings) -> Cloud:
         cloud = self._clouds.get(space.name)
-        if cloud is not None and self._configs.get(space.name) == space:
+        if cloud is not None and self._configs.get(space.name) == (space, settings):
             return cloud
-        self._configs[space.name] = space
+        self._configs[space.name] = (space, settings)
         if space.api == "openstack":
-            # Keep the session (and its token) unless the cloud options themselves changed.
-            if not (isinstance(cloud, OpenStackCloud) and cloud.options == space.openstack):
-                if cloud is not None:
-                    asyncio.get_running_loop().create_task(cloud.close())
-                cloud = OpenStackCloud(space, self.settings, self.metrics)
+            cloud = self._openstack(space, settings, cloud)
         else:
-            cloud = self._sim(space, cloud)
+            cloud = self._sim(space, settings, cloud)
         self._clouds[space.name] = cloud
         return cloud
 
-    def _sim(self, space: Space, cloud: Cloud | None) -> Cloud:
+    def _openstack(self, space: Space, settings: Settings, cloud: Cloud | None) -> Cloud:
+        from cloudvac.clouds.openstack import OpenStackCloud  # only spaces that need it
+
+        # Keep the session (and its token) unless what it was built from changed.
+        if isinstance(cloud, OpenStackCloud) and cloud.options == space.openstack \
+                and cloud.settings == settings:
+            return cloud
+        if cloud is not None:
+            asyncio.get_running_loop().create_task(cloud.close())
+        return OpenStackCloud(space, settings, self.observer)
+
+    def _sim(self, space: Space, settings: Settings, cloud: Cloud | None) -> Cloud:
         options = space.sim or SimSpace()
         behaviour = {n: mt.sim or SimMachinetype() for n, mt in space.machinetypes.items()}
-        if isinstance(cloud, SimCloud):
-            cloud.reconfigure(options, behaviour)
-            return cloud
-        project = self._projects.get(space.name)
-        if project is None:
-            project = SimProject(options=options, machinetypes=behaviour, clock=self.clock)
-            self._projects[space.name] = project
-        sim = SimCloud(project, space.name, self.settings.manager_id, self.reporter,
-                       options=options)
-        sim.reconfigure(options, behaviour)
-        return sim
+        files = {n: mt.heartbeat_file or HEARTBEAT_FILE for n, mt in space.machinetypes.items()}
+        if not (isinstance(cloud, SimCloud) and cloud.manager_id == settings.manager_id):
+            project = self._projects.get(space.name)
+            if project is None:
+                project = SimProject(options=options, machinetypes=behaviour, clock=self.clock)
+                self._projects[space.name] = project
+            cloud = SimCloud(project, (space.name, settings.manager_id), self.pilots, options)
+        cloud.reconfigure(options, behaviour, files)
+        return cloud
 
     def use_project(self, space: str, project: SimProject) -> None:
         """Run a sim space on an existing project (a restarted manager finding its VMs)."""

@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from cloudvac.clouds.base import (
+from cloudvac.model.errors import (
     AuthFailed,
     CloudError,
     Gone,
@@ -19,7 +19,7 @@ from cloudvac.clouds.base import (
     QuotaExceeded,
     Retryable,
 )
-from cloudvac.engine.states import MachineState
+from cloudvac.model.states import MachineState
 
 S = MachineState
 MICROVERSION = "2.47"  # flavor details (vcpus) embedded in each server record

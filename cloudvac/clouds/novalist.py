@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from cloudvac.clouds import nova
-from cloudvac.clouds.base import TAG_MACHINETYPE, TAG_MANAGER, TAG_SPACE, ObservedMachine
+from cloudvac.model.cloud import TAG_MACHINETYPE, TAG_MANAGER, TAG_SPACE, ObservedMachine
 
 FULL_LISTING_SECONDS = 600.0
 OVERLAP_SECONDS = 120.0
@@ -101,12 +101,6 @@ class ServerListing:
         self.machines, self.mark, self.returned = found, mark, returned
         if full:
             self.full_at = self.clock()
-
-    def created(self, machine: ObservedMachine) -> None:
-        """A server Nova accepted: list it until a listing says otherwise (its row has no
-        ``updated_at`` until the conductor first saves it, so a change listing may not
-        show it for a moment)."""
-        self.machines.setdefault(machine.cloud_id, machine)
 
     def current(self) -> list[ObservedMachine]:
         return list(self.machines.values())

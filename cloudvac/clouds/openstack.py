@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import logging
 import threading
 import time
@@ -27,6 +26,7 @@ from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlparse
 
+import msgspec
 import openstack.connection
 import openstack.exceptions as sdk_exc
 from keystoneauth1 import exceptions as ks_exc
@@ -35,41 +35,38 @@ from keystoneauth1 import session as ks_session
 from cloudvac.auth.checkin import CheckinTokenSource
 from cloudvac.auth.discovery import SiteDiscovery
 from cloudvac.auth.keystone import checkin_source, make_plugin, make_session
-from cloudvac.auth.secrets import SecretError
 from cloudvac.clouds import nova
-from cloudvac.clouds.base import (
-    AuthFailed,
-    CloudError,
-    Flavor,
-    Limits,
-    MachineSpec,
-    Misconfigured,
-    ObservedMachine,
-    Retryable,
-)
 from cloudvac.clouds.novalist import ServerListing
 from cloudvac.config.models import Settings, Space
 from cloudvac.config.openstack import UUID_RE, OpenStackSpace
-from cloudvac.engine.metrics import EngineMetrics
-from cloudvac.engine.states import MachineState
+from cloudvac.config.secrets import SecretError
+from cloudvac.model.cloud import (
+    FLAVOR_CACHE_SECONDS,
+    Credential,
+    Flavor,
+    Limits,
+    MachineSpec,
+    ObservedMachine,
+)
+from cloudvac.model.errors import AuthFailed, CloudError, Misconfigured, Retryable
+from cloudvac.model.naming import name_prefix
+from cloudvac.model.observer import Observer
 
 log = logging.getLogger("cloudvac.clouds.openstack")
 T = TypeVar("T")
-FLAVOR_CACHE_SECONDS = 3600.0
 RETRIABLE = [500, 502, 503, 504]
-
-
-def name_prefix(space: str) -> str:
-    """Every machine of ``space`` starts with this (see engine.cycle.machine_name)."""
-    return f"cloudvac-{hashlib.sha256(space.encode()).hexdigest()[:6]}-"
+#: What the libraries raise for a cloud's or the network's failures.  Anything else raised
+#: while talking to the cloud is a bug in cloudvac: it is not translated, the cycle fails
+#: visibly with its traceback (``model/errors.py``).
+LIBRARY_ERRORS = (ks_exc.ClientException, sdk_exc.SDKException, msgspec.DecodeError)
 
 
 class OpenStackCloud:
-    def __init__(self, space: Space, settings: Settings, metrics: EngineMetrics) -> None:
+    def __init__(self, space: Space, settings: Settings, observer: Observer) -> None:
         if space.openstack is None:
             raise Misconfigured(f"space {space.name} has no OpenStack options")
         self.space, self.options, self.settings = space.name, space.openstack, settings
-        self.metrics = metrics
+        self.observer = observer
         self._sem = asyncio.Semaphore(settings.api_concurrency)
         # Its own threads: a hanging cloud must not starve the shared default pool that
         # every other space's store calls use (benchmarks/isolation.py, thread mode).
@@ -119,24 +116,25 @@ class OpenStackCloud:
             return self._conn
 
     def _checkin_call(self, outcome: str) -> None:
-        self.metrics.checkin_calls.labels(self.space, outcome).inc()
+        self.observer.checkin_call(self.space, outcome)
 
-    def token_expiry(self) -> dict[str, float]:
-        """Unix times at which the current tokens expire (keystone; Check-in access)."""
-        found: dict[str, float] = {}
+    def credentials(self) -> list[Credential]:
+        """The current tokens and when they expire: Keystone's and Check-in's access token
+        (renewed here), and a Check-in refresh token (renewed by the operator)."""
+        found: list[Credential] = []
         auth = self.session.auth if self.session is not None else None
-        ref = getattr(auth, "auth_ref", None)
+        ref = getattr(auth, "auth_ref", None)  # keystoneauth plugins without one: no token
         if ref is not None and ref.expires is not None:
-            found["keystone"] = ref.expires.timestamp()
+            found.append(Credential("keystone", ref.expires.timestamp()))
         if self.checkin is not None and self.checkin.expires_at is not None:
-            found["checkin_access"] = self.checkin.expires_at
+            found.append(Credential("checkin_access", self.checkin.expires_at))
             refresh = self.checkin.refresh_token_expires_at()
             if refresh is not None:
-                found["checkin_refresh"] = refresh
+                found.append(Credential("checkin_refresh", refresh, "Check-in refresh token"))
         return found
 
     def _counted_auth(self) -> None:
-        self.metrics.auth_calls.labels(self.space).inc()
+        self.observer.keystone_auth(self.space)
         log.info("space=%s machinetype=- machine=- authenticating to Keystone", self.space)
 
     def reconfigure(self, options: OpenStackSpace) -> bool:
@@ -144,29 +142,30 @@ class OpenStackCloud:
         return options == self.options
 
     async def _call(self, kind: str, fn: Callable[[], T]) -> T:
+        """Run ``fn`` in this space's threads within the API timeout; the libraries'
+        errors come out translated (``LIBRARY_ERRORS``), anything else unchanged."""
         async with self._sem:
             try:
                 loop = asyncio.get_running_loop()
                 result = await asyncio.wait_for(loop.run_in_executor(self._pool, fn),
                                                 self.options.api_timeout_seconds * 2)
             except TimeoutError:
-                self.metrics.cloud_requests.labels(self.space, kind, "timeout").inc()
+                self.observer.cloud_request(self.space, kind, "timeout")
                 raise Retryable(f"{kind}: no answer within "
                                 f"{self.options.api_timeout_seconds * 2:g}s") from None
             except CloudError as exc:
-                self.metrics.cloud_requests.labels(self.space, kind, type(exc).__name__).inc()
+                self.observer.cloud_request(self.space, kind, type(exc).__name__)
                 raise
-            except Exception as exc:
+            except LIBRARY_ERRORS as exc:
                 error = _translate(exc, kind)
                 log.debug("space=%s machinetype=- machine=- %s failed: %s", self.space, kind,
                           type(exc).__name__)
-                self.metrics.cloud_requests.labels(self.space, kind,
-                                                   type(error).__name__).inc()
+                self.observer.cloud_request(self.space, kind, type(error).__name__)
                 raise error from None
-        self.metrics.cloud_requests.labels(self.space, kind, "ok").inc()
+        self.observer.cloud_request(self.space, kind, "ok")
         now = time.time()
-        for which, expires in self.token_expiry().items():
-            self.metrics.token_expiry.labels(self.space, which).set(expires - now)
+        for credential in self.credentials():
+            self.observer.token_expiry(self.space, credential.kind, credential.expires_at - now)
         return result
 
     def _get(self, path: str, params: dict[str, Any]) -> bytes:
@@ -179,6 +178,9 @@ class OpenStackCloud:
                                  f"GET {path}")
         return bytes(response.content)
 
+    def _page(self, params: dict[str, Any]) -> nova.ServerPage:
+        return nova.PAGE.decode(self._get("/servers/detail", params))
+
     async def list_machines(self) -> Sequence[ObservedMachine]:
         listing = self.listing
         query = listing.query()
@@ -186,8 +188,7 @@ class OpenStackCloud:
         params: dict[str, Any] = {"name": f"^{name_prefix(self.space)}", **query}
         servers: list[nova.Server] = []
         for _ in range(10_000):  # bounded: 10 million servers
-            body = await self._call(kind, partial(self._get, "/servers/detail", dict(params)))
-            page = nova.PAGE.decode(body)
+            page = await self._call(kind, partial(self._page, dict(params)))
             servers += page.servers
             marker = _next_marker(page)
             if marker is None:
@@ -214,13 +215,13 @@ class OpenStackCloud:
 
     async def flavor(self, names: Sequence[str], min_processors: int,
                      max_processors: int | None) -> Flavor:
-        if not self._flavors or time.time() - self._flavors_at > FLAVOR_CACHE_SECONDS or \
+        if not self._flavors or time.monotonic() - self._flavors_at > FLAVOR_CACHE_SECONDS or \
                 not any(n in self._flavors for n in names):
             found = await self._call("flavors", lambda: [
                 Flavor(f.name, int(f.vcpus), int(f.ram), str(f.id))
                 for f in self.conn.compute.flavors(details=True)])
             self._flavors = {f.name: f for f in found}
-            self._flavors_at = time.time()
+            self._flavors_at = time.monotonic()
         for name in names:
             flavor = self._flavors.get(name)
             if flavor is not None and flavor.processors >= min_processors and (
@@ -264,10 +265,6 @@ class OpenStackCloud:
         if options.availability_zone:
             attrs["availability_zone"] = options.availability_zone
         server = await self._call("create", lambda: self.conn.compute.create_server(**attrs))
-        self.listing.created(ObservedMachine(
-            cloud_id=str(server.id), name=spec.name, machinetype=spec.machinetype,
-            state=MachineState.STARTING, processors=spec.flavor.processors,
-            created_at=time.time(), cloud_status="BUILD/accepted"))
         return str(server.id)
 
     async def delete_machine(self, cloud_id: str) -> None:
@@ -292,7 +289,7 @@ def _next_marker(page: nova.ServerPage) -> str | None:
     return None
 
 
-def _translate(exc: Exception, kind: str) -> CloudError:
+def _translate(exc: BaseException, kind: str) -> CloudError:
     """openstacksdk / keystoneauth exceptions to the taxonomy; the message is the cloud's."""
     if isinstance(exc, ks_exc.Unauthorized):
         return AuthFailed(f"{kind}: Keystone refused the credentials (HTTP 401): check the "
@@ -308,6 +305,8 @@ def _translate(exc: Exception, kind: str) -> CloudError:
         body = exc.response.content if exc.response is not None else None
         message = nova.error_message(body) or str(exc.details or exc.message or "")
         return nova.translate(exc.status_code or 500, message, kind)
+    if isinstance(exc, msgspec.DecodeError):
+        return Retryable(f"{kind}: the cloud's answer is not what Nova sends: {exc}")
     if isinstance(exc, sdk_exc.SDKException):
         return Retryable(f"{kind}: {type(exc).__name__}: {str(exc)[:200]}")
-    return Retryable(f"{kind}: unexpected {type(exc).__name__}: {str(exc)[:200]}")
+    return Retryable(f"{kind}: {type(exc).__name__}: {str(exc)[:200]}")

@@ -30,17 +30,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from cloudvac.clouds.base import (
-    TAG_MANAGER,
-    TAG_SPACE,
-    Flavor,
-    Limits,
-    MachineSpec,
-    Misconfigured,
-    ObservedMachine,
-    QuotaExceeded,
-    Retryable,
-)
+from cloudvac.clouds.simpilots import NullPilots, PilotReporter
 from cloudvac.clouds.simserver import (  # re-exported: part of this module's API
     APP_ERROR,
     DELETE_SECONDS,
@@ -50,15 +40,24 @@ from cloudvac.clouds.simserver import (  # re-exported: part of this module's AP
     NO_WORK,
     SUCCESS,
     USER_DATA_MAX,
-    NullReporter,
     Owner,
-    PilotReporter,
     SimServer,
     _Report,
     parse_flavors,
 )
 from cloudvac.config.models import SimMachinetype, SimSpace
-from cloudvac.engine.states import MachineState
+from cloudvac.model.cloud import (
+    FLAVOR_CACHE_SECONDS,
+    TAG_MANAGER,
+    TAG_SPACE,
+    Flavor,
+    Limits,
+    MachineSpec,
+    ObservedMachine,
+)
+from cloudvac.model.errors import Misconfigured, QuotaExceeded, Retryable
+from cloudvac.model.layout import HEARTBEAT_FILE
+from cloudvac.model.states import MachineState
 
 log = logging.getLogger("cloudvac.clouds.sim")
 __all__ = [
@@ -70,9 +69,7 @@ __all__ = [
     "NO_WORK",
     "SUCCESS",
     "USER_DATA_MAX",
-    "NullReporter",
     "Owner",
-    "PilotReporter",
     "SimCloud",
     "SimProject",
     "SimServer",
@@ -145,8 +142,10 @@ class SimProject:
         srv.started_at = now
         return srv.id
 
-    def create(self, spec: MachineSpec) -> str:
-        """Nova's create: validate, check quota, start BUILD; returns the new id."""
+    def create(self, spec: MachineSpec, heartbeat_file: str = HEARTBEAT_FILE) -> str:
+        """Nova's create: validate, check quota, start BUILD; returns the new id.  The
+        pilot uploads its heartbeats as ``heartbeat_file`` (a real VM learns the name from
+        its user_data)."""
         flavor = self.flavors.get(spec.flavor.name)
         if flavor is None:
             raise Misconfigured(f"Flavor {spec.flavor.name} could not be found.")
@@ -159,6 +158,7 @@ class SimProject:
         self._check_quota(flavor.processors, spec)
         now = self.clock()
         srv = self._add(spec.name, dict(spec.metadata), flavor, now)
+        srv.heartbeat_file = heartbeat_file
         self._draw(srv, self.machinetypes.get(srv.machinetype) or SimMachinetype(), now)
         self._schedule(srv, srv.boot_at)
         self._log(logging.INFO, srv, "created, flavor %s", flavor.name)
@@ -215,11 +215,11 @@ class SimProject:
         while outbox:
             report = outbox.popleft()
             reporter = self._reporters.get(report.owner)
-            if reporter is None or isinstance(reporter, NullReporter):
+            if reporter is None or isinstance(reporter, NullPilots):
                 continue
             space, name, at, message = report.owner[0], report.name, report.at, report.message
             try:
-                await (reporter.heartbeat(space, name, at) if message is None
+                await (reporter.heartbeat(space, name, at, report.file) if message is None
                        else reporter.shutdown(space, name, message, at))
             except Exception as exc:  # a reporter must never break a cloud call
                 log.warning("space=%s machinetype=%s machine=%s: %s report failed: %r", space,
@@ -284,7 +284,7 @@ class SimProject:
         else:
             srv.message, run = SUCCESS, mt.job_seconds * (0.5 + length)
         srv.end_at = srv.boot_at + run
-        srv.heartbeat_seconds = mt.heartbeat_seconds
+        srv.heartbeat_period = mt.heartbeat_period_seconds
 
     def _schedule(self, srv: SimServer, due: float) -> None:
         self._seq += 1
@@ -314,12 +314,12 @@ class SimProject:
                 if srv.next_heartbeat <= horizon:
                     # Only the latest due heartbeat: a late advance must not flood.  Move on
                     # even when nobody listens (untagged), or the heap would spin on it.
-                    hb, start = srv.heartbeat_seconds, srv.boot_at  # boot_at == started_at
+                    hb, start = srv.heartbeat_period, srv.boot_at  # boot_at == started_at
                     at = max(srv.next_heartbeat, start + hb * math.floor((horizon - start) / hb))
                     srv.next_heartbeat = at + hb
                     if srv.owner is not None:
                         self._outbox.append(_Report(srv.owner, srv.name, srv.machinetype, at,
-                                                    None))
+                                                    None, srv.heartbeat_file))
                         self._log(logging.DEBUG, srv, "heartbeat at %.1f", at)
                 if now < srv.end_at:
                     return min(srv.next_heartbeat, srv.end_at)
@@ -355,25 +355,31 @@ class SimCloud:
     Options given here (or to ``reconfigure``) also set the project's quota, flavors, boot
     time and failure rate (not its seed): the last configuration read wins."""
 
-    def __init__(self, project: SimProject, space: str, manager_id: str,
+    def __init__(self, project: SimProject, owner: Owner,
                  reporter: PilotReporter | None = None, options: SimSpace | None = None) -> None:
+        """``owner`` is (space, manager id): the tags of the servers this adapter lists."""
         self.project = project
-        self.space = space
-        self.manager_id = manager_id
-        self._owner: Owner = (space, manager_id)
+        self.space, self.manager_id = owner
+        self._owner: Owner = owner
         self._options = options
+        self._files: dict[str, str] = {}
+        self._flavors_at: float | None = None
         if options is not None:
             project.configure(options)
-        project.register(self._owner, reporter if reporter is not None else NullReporter())
+        project.register(self._owner, reporter if reporter is not None else NullPilots())
 
     @property
     def options(self) -> SimSpace:
         return self._options if self._options is not None else self.project.options
 
-    def reconfigure(self, options: SimSpace, machinetypes: Mapping[str, SimMachinetype]) -> None:
-        """Apply a re-read config; affects calls from now on and servers created from now on."""
+    def reconfigure(self, options: SimSpace, machinetypes: Mapping[str, SimMachinetype],
+                    heartbeat_files: Mapping[str, str] | None = None) -> None:
+        """Apply a re-read config; affects calls from now on and servers created from now on.
+        ``heartbeat_files``: the file each machinetype's pilots upload their heartbeats as."""
         self.project.configure(options, machinetypes)
         self._options = options
+        self._files = dict(heartbeat_files or {})
+        self._flavors_at = None
 
     async def _call(self, kind: str) -> None:
         project = self.project
@@ -393,7 +399,7 @@ class SimCloud:
 
     async def create_machine(self, spec: MachineSpec) -> str:
         await self._call("create")
-        return self.project.create(spec)
+        return self.project.create(spec, self._files.get(spec.machinetype, HEARTBEAT_FILE))
 
     async def delete_machine(self, cloud_id: str) -> None:
         await self._call("delete")
@@ -405,7 +411,12 @@ class SimCloud:
 
     async def flavor(self, names: Sequence[str], min_processors: int,
                      max_processors: int | None) -> Flavor:
-        await self._call("flavor")
+        """Like the OpenStack adapter, lists the flavors (one ``flavor`` call) at most every
+        FLAVOR_CACHE_SECONDS and after a reconfiguration, and picks from that list."""
+        listed = self._flavors_at
+        if listed is None or self.project.clock() - listed >= FLAVOR_CACHE_SECONDS:
+            await self._call("flavor")
+            self._flavors_at = self.project.clock()
         return self.project.pick_flavor(names, min_processors, max_processors)
 
     async def close(self) -> None:

@@ -1,6 +1,6 @@
-"""The pieces of the simulated cloud that do not run it: what its pilots send and to whom
-(``PilotReporter``), one server's record and timeline (``SimServer``), its canned outcomes and
-Nova-like statuses, and flavor parsing.  ``sim.py`` runs them (``SimProject``, ``SimCloud``).
+"""The pieces of the simulated cloud that do not run it: one server's record and timeline
+(``SimServer``), its canned outcomes and Nova-like statuses, and flavor parsing.  ``sim.py``
+runs them (``SimProject``, ``SimCloud``); ``simpilots.py`` is where its pilots report.
 """
 
 from __future__ import annotations
@@ -8,10 +8,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
 
-from cloudvac.clouds.base import TAG_MACHINETYPE, Flavor, Misconfigured, ObservedMachine
-from cloudvac.engine.states import MachineState, ShutdownMessage
+from cloudvac.model.cloud import TAG_MACHINETYPE, Flavor, ObservedMachine
+from cloudvac.model.errors import Misconfigured
+from cloudvac.model.layout import HEARTBEAT_FILE
+from cloudvac.model.states import MachineState, ShutdownMessage
 
 NO_VALID_HOST = "No valid host was found. There are not enough hosts available."
 SUCCESS = ShutdownMessage(200, "Success")
@@ -28,26 +29,6 @@ Owner = tuple[str, str]  # (space, manager) from the server's cloudvac tags
 
 _NOVA_STATUS = {MachineState.STARTING: "BUILD", MachineState.RUNNING: "ACTIVE",
                 MachineState.STOPPED: "SHUTOFF", MachineState.FAILED: "ERROR"}
-
-
-class PilotReporter(Protocol):
-    """Where simulated pilots send what a real VM would upload over HTTP.  Calls arrive in
-    timeline order; a reporter may be slow or raise (errors are logged and dropped)."""
-
-    async def heartbeat(self, space: str, name: str, at: float) -> None: ...
-
-    async def shutdown(self, space: str, name: str, message: ShutdownMessage, at: float) -> None:
-        ...
-
-
-class NullReporter:
-    """A reporter that drops everything."""
-
-    async def heartbeat(self, space: str, name: str, at: float) -> None:
-        """Drop it."""
-
-    async def shutdown(self, space: str, name: str, message: ShutdownMessage, at: float) -> None:
-        """Drop it."""
 
 
 @dataclass(slots=True, eq=False)
@@ -67,7 +48,8 @@ class SimServer:
     fails: bool = False
     end_at: float = math.inf
     message: ShutdownMessage = SUCCESS
-    heartbeat_seconds: float = math.inf
+    heartbeat_period: float = math.inf
+    heartbeat_file: str = HEARTBEAT_FILE
     # Progress.
     started_at: float | None = None
     stopped_at: float | None = None
@@ -103,6 +85,7 @@ class _Report:
     machinetype: str
     at: float
     message: ShutdownMessage | None  # None: heartbeat
+    file: str = HEARTBEAT_FILE
 
 
 def parse_flavors(entries: Iterable[str]) -> dict[str, Flavor]:

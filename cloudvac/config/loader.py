@@ -17,11 +17,11 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from cloudvac.auth.secrets import SecretError, check_secret_file
 from cloudvac.config.dirac import DiracInstance, dirac_site
 from cloudvac.config.ini import IniDocument, Issue, Location, Section, read_files
 from cloudvac.config.models import Machinetype, Settings, SimMachinetype, SimSpace, Space
 from cloudvac.config.openstack import OpenStackSpace
+from cloudvac.config.secrets import SecretError, check_secret_file
 
 DEFAULT_CONFIG_DIR = Path("/etc/cloudvac.d")
 M = TypeVar("M", bound=BaseModel)

@@ -109,7 +109,8 @@ class SimMachinetype(_Model):
                                        "work and ends early with 300.")
     error_probability: float = Field(0.0, ge=0, le=1, description="Chance a pilot ends with a "
                                      "500/600 error code.")
-    heartbeat_seconds: float = Field(10.0, gt=0, description="How often pilots heartbeat.")
+    heartbeat_period_seconds: float = Field(10.0, gt=0, description="How often simulated "
+                                            "pilots heartbeat.")
 
 
 class Machinetype(_Model):
@@ -142,9 +143,20 @@ class Machinetype(_Model):
                                     "(without a 100/200 code) sets the backoff.")
     backoff_seconds: Seconds = Field(3600, description="No new machines this long after an "
                                      "abort (codes 300-699 or a fizzle).")
-    heartbeat_file: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]{1,64}$")
-    heartbeat_seconds: Seconds | None = Field(None, description="Delete running machines whose "
-                                              "heartbeat_file is older; unset or 0 disables.")
+    heartbeat_file: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]{1,64}$",
+                                       description="File VMs upload to say they are alive "
+                                       "(default: heartbeat).")
+    heartbeat_seconds: Seconds | None = Field(None, description="Staleness limit: delete "
+                                              "running machines whose heartbeat_file is "
+                                              "older than this; unset or 0 disables.")
+    heartbeat_period_seconds: int | None = Field(None, ge=1, description="How often the "
+                                                 "in-VM agent uploads heartbeat_file; default "
+                                                 "heartbeat_seconds / 3 within 10-300 "
+                                                 "(60 without a staleness limit).")
+    heartbeat_list_seconds: int | None = Field(None, ge=1, description="Heartbeat lists "
+                                               "(and squid discovery) show VMs that "
+                                               "heartbeated within this; default "
+                                               "heartbeat_seconds, else 3600.")
     shutdown_time: float | None = Field(None, description="Unix time: no creations after it, "
                                         "running machines deleted once it passes.")
     accounting_fqan: str | None = None
@@ -203,7 +215,33 @@ class Machinetype(_Model):
 
     @property
     def heartbeat_check(self) -> bool:
+        """Whether the staleness limit applies (``heartbeat_file`` and ``heartbeat_seconds``)."""
         return bool(self.heartbeat_file and self.heartbeat_seconds)
+
+    @property
+    def heartbeat_period(self) -> int:
+        """Seconds between two heartbeats of the in-VM agent."""
+        if self.heartbeat_period_seconds is not None:
+            return self.heartbeat_period_seconds
+        return max(10, min(300, (self.heartbeat_seconds or 180) // 3))
+
+    @property
+    def heartbeat_list_horizon(self) -> int:
+        """VMs that heartbeated within this many seconds are listed as alive."""
+        if self.heartbeat_list_seconds is not None:
+            return self.heartbeat_list_seconds
+        return self.heartbeat_seconds or 3600
+
+    def share_weight(self, processors: int) -> float:
+        """Share weight of one machine: its HS06 if the machinetype has a benchmark, else
+        its processors.  The same for new and old machines (VCycle mixed the two)."""
+        hs06 = self.hs06_per_processor
+        return processors * hs06 if hs06 else float(processors)
+
+    def hs06_of(self, processors: int) -> float | None:
+        """The HS06 of a machine with ``processors``, if the machinetype has a benchmark."""
+        hs06 = self.hs06_per_processor
+        return processors * hs06 if hs06 else None
 
 
 class Space(_Model):
@@ -261,9 +299,15 @@ class Space(_Model):
                              "flavor_names in the space or in each machinetype")
         if self.api == "openstack" and self.openstack is None:
             raise ValueError("api = openstack needs auth_url and credentials")
-        if self.api == "sim" and self.sim is None:
-            object.__setattr__(self, "sim", SimSpace())
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sim_defaults(cls, data: object) -> object:
+        """A sim space without sim_* options gets the simulator's defaults."""
+        if isinstance(data, dict) and data.get("api") == "sim" and data.get("sim") is None:
+            return {**data, "sim": SimSpace()}
+        return data
 
     def burst_processors(self, largest_machine: int) -> int:
         """Processors the planner may start this cycle (VCycle: ceil(10 % of the limit))."""

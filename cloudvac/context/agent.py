@@ -14,7 +14,7 @@ unknown machine, too large, bad name or malformed shutdown_message) and any othe
 connection errors are retried with exponential backoff and jitter until a deadline. Files:
 
 - ``heartbeat_file`` (default ``heartbeat``): ``"<unix time> <1-min load>\\n"``, the first at once,
-  then every ``heartbeat_seconds``; a heartbeat's retries end before the next one is due.
+  then every ``heartbeat_period_seconds``; a heartbeat's retries end before the next one is due.
 - ``shutdown_message``: one line ``NNN text`` (HSF-TN-2016-04, no trailing newline), uploaded
   first when the pilot is done: a valid line in ``shutdown_message_path`` if the pilot wrote one,
   else ``100 Shutdown as requested`` if the agent got SIGTERM/SIGINT, else ``200 Success`` for
@@ -65,7 +65,7 @@ FAILED_TEXT = "Failed, probably JobAgent or Application problem"
 RETRY_BASE_SECONDS = 0.5
 RETRY_MAX_SECONDS = 30.0
 DEFAULTS: Dict[str, Any] = {
-    "heartbeat_seconds": 60.0, "heartbeat_file": "heartbeat", "logs": [],
+    "heartbeat_period_seconds": 60.0, "heartbeat_file": "heartbeat", "logs": [],
     "max_log_bytes": 1048576, "shutdown_message_path": None,
     "poweroff_command": ["systemctl", "poweroff"], "final_upload_seconds": 300.0,
     "request_timeout_seconds": 20.0, "ca_file": None, "terminate_grace_seconds": 30.0,
@@ -103,7 +103,7 @@ class Config:
         if not url or not url.startswith(("http://", "https://")):
             raise ConfigError("joboutputs_url: required http:// or https:// URL")
         self.joboutputs_url = url.rstrip("/")
-        self.heartbeat_seconds = _number(raw, "heartbeat_seconds")
+        self.heartbeat_period_seconds = _number(raw, "heartbeat_period_seconds")
         self.heartbeat_file = _string(raw, "heartbeat_file", DEFAULTS["heartbeat_file"]) or ""
         if not FILE_NAME_RE.fullmatch(self.heartbeat_file) or self.heartbeat_file == SHUTDOWN_FILE:
             raise ConfigError("heartbeat_file: not an allowed file name")
@@ -128,7 +128,7 @@ def _string(raw: Dict[str, Any], key: str, default: Optional[str]) -> Optional[s
 
 def _number(raw: Dict[str, Any], key: str) -> float:
     value = raw.get(key, DEFAULTS[key])
-    # bool is an int in Python, but "heartbeat_seconds": true is surely a mistake.
+    # bool is an int in Python, but "heartbeat_period_seconds": true is surely a mistake.
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
         raise ConfigError(f"{key}: must be a positive number")
     return float(value)
@@ -229,7 +229,7 @@ class Heartbeat(threading.Thread):
         self.stopped = threading.Event()
 
     def run(self) -> None:
-        period = self.config.heartbeat_seconds
+        period = self.config.heartbeat_period_seconds
         due = time.monotonic()
         last = "not tried"
         while not self.stopped.is_set():
@@ -285,7 +285,7 @@ class Agent:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
         log(f"started; joboutputs {self.config.joboutputs_url}, "
-            f"heartbeat every {self.config.heartbeat_seconds}s")
+            f"heartbeat every {self.config.heartbeat_period_seconds}s")
         heartbeat = Heartbeat(self.config, self.uploader)
         heartbeat.start()
         try:

@@ -30,12 +30,14 @@ from typing import Any
 import jinja2
 
 from cloudvac import __version__
-from cloudvac.auth.secrets import check_secret_file
+from cloudvac.auth.vmtokens import TokenSigner
 from cloudvac.config.models import Machinetype, Settings, Space
+from cloudvac.config.secrets import SecretError, check_secret_file
 from cloudvac.context import dirac
+from cloudvac.context.errors import RenderError
 from cloudvac.context.validate import validate_user_data
 from cloudvac.context.vcycle import substitute
-from cloudvac.web.tokens import TokenSigner
+from cloudvac.model.layout import HEARTBEAT_FILE, machine_urls
 
 MASK = "***MASKED***"
 COMMON_REPOSITORIES = ("grid.cern.ch", "dirac.egi.eu")
@@ -56,12 +58,9 @@ VO_PROFILES = {
     "hyperk": VoProfile("hyperk.yaml.j2", ("hyperk.egi.eu",)),
 }
 
-SquidSource = Callable[[str, str], list[str]]
-"""(space, machinetype) -> addresses of that machinetype's heartbeating VMs."""
-
-
-class RenderError(ValueError):
-    """The machinetype's user_data cannot be rendered; ``str()`` names space/machinetype."""
+SquidSource = Callable[[str, str, float], list[str]]
+"""(space, machinetype, since) -> addresses of that machinetype's VMs that heartbeated
+since then, newest first."""
 
 
 @cache
@@ -99,19 +98,15 @@ class ContextRenderer:
         return self.signer.token(space.name, name, expires)
 
     def urls(self, space: Space, mt: Machinetype, name: str) -> dict[str, str]:
-        base = f"{self.settings.web_base_url}/machines/{space.name}/{name}"
-        return {"machinefeatures_url": f"{base}/machinefeatures",
-                "jobfeatures_url": f"{base}/jobfeatures", "joboutputs_url": f"{base}/joboutputs",
-                "heartbeat_machines_url":
-                    f"{self.settings.web_base_url}/heartbeatlists/{space.name}/{mt.name}"}
+        return machine_urls(self.settings.web_base_url, space.name, mt.name, name)
 
     def agent_config(self, space: Space, mt: Machinetype, name: str,
                      mask: bool = False) -> dict[str, Any]:
-        beat = max(10, min(300, (mt.heartbeat_seconds or 180) // 3))
         config: dict[str, Any] = {
             "joboutputs_url": self.urls(space, mt, name)["joboutputs_url"],
-            "token": MASK if mask else self.token(space, mt, name), "heartbeat_seconds": beat,
-            "heartbeat_file": mt.heartbeat_file or "heartbeat"}
+            "token": MASK if mask else self.token(space, mt, name),
+            "heartbeat_period_seconds": mt.heartbeat_period,
+            "heartbeat_file": mt.heartbeat_file or HEARTBEAT_FILE}
         if mt.dirac is not None:
             config.update(logs=[PILOT_LOG], shutdown_message_path=SHUTDOWN_MESSAGE_PATH)
         return config
@@ -121,7 +116,9 @@ class ContextRenderer:
         groups = []
         if space.squid_machinetype and self.squids is not None:
             mt_name, _, port = space.squid_machinetype.partition(":")
-            found = self.squids(space.name, mt_name)
+            squid = space.machinetypes.get(mt_name)
+            horizon = squid.heartbeat_list_horizon if squid is not None else 3600
+            found = self.squids(space.name, mt_name, self.clock() - horizon)
             if found:
                 groups.append("|".join(f"http://{a}:{port or SQUID_PORT}" for a in found))
         if space.squid_proxies:
@@ -143,7 +140,7 @@ class ContextRenderer:
             if choice.startswith("builtin:"):
                 return self._pilot(space, mt, name, choice[len("builtin:"):], mask)
             return self._operator(space, mt, name, Path(choice), mask)
-        except (OSError, ValueError, jinja2.TemplateError) as exc:
+        except (OSError, ValueError, SecretError, jinja2.TemplateError) as exc:
             raise RenderError(f"{where}: {exc}") from None
 
     def _common(self, space: Space, mt: Machinetype, name: str, mask: bool) -> dict[str, Any]:
@@ -221,6 +218,6 @@ def check_space(space: Space, settings: Settings) -> list[str]:
         name = f"cloudvac-000000-{mt.name}-0000000000"
         try:
             validate_user_data(renderer.render(space, mt, name), f"{space.name}/{mt.name}")
-        except (RenderError, ValueError) as exc:
+        except RenderError as exc:
             problems.append(str(exc))
     return problems

@@ -24,6 +24,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from cloudvac.context.errors import RenderError
+
 NOVA_USER_DATA_LIMIT = 65535
 SCHEMA_PATHS = (
     Path("/usr/lib/python3/dist-packages/cloudinit/config/schemas/schema-cloud-config-v1.json"),
@@ -32,7 +34,7 @@ SCHEMA_PATHS = (
 UNRESOLVED = re.compile(r"\{\{|\{%|##user_data_[A-Za-z0-9_]*##")
 
 
-class UserDataInvalid(ValueError):
+class UserDataInvalid(RenderError):
     """Rendered user_data that must not be sent; ``str()`` says which part and why."""
 
 

@@ -18,24 +18,35 @@ import asyncio
 import contextlib
 import gc
 import logging
-import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from cloudvac.clouds.base import CloudError
 from cloudvac.clouds.factory import CloudFactory
-from cloudvac.clouds.sim import PilotReporter
 from cloudvac.config import LoadedConfig, Settings, Space, load_config_dir
 from cloudvac.context.userdata import check_space
-from cloudvac.engine.cycle import CycleReport, SpaceCycle, UserDataRenderer, generic_user_data
-from cloudvac.engine.metrics import EngineMetrics
-from cloudvac.engine.records import Event
-from cloudvac.engine.reporter import StoreReporter
-from cloudvac.store import Store
+from cloudvac.engine.cycle import CycleReport, SpaceCycle
+from cloudvac.engine.tools import CycleTools
+from cloudvac.model.errors import CloudError
+from cloudvac.model.records import Event
 
 log = logging.getLogger("cloudvac.engine.daemon")
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigSource:
+    """Where the daemon re-reads its configuration, and settings it must keep whatever
+    the files say (the demo's state directory and loopback port)."""
+
+    directory: Path
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+    def load(self) -> LoadedConfig:
+        loaded = load_config_dir(self.directory)
+        if loaded.settings is not None and self.overrides:
+            loaded.settings = loaded.settings.model_copy(update=dict(self.overrides))
+        return loaded
 
 
 @dataclass(slots=True)
@@ -48,20 +59,11 @@ class SpaceState:
 
 
 class Daemon:
-    def __init__(self, config_dir: Path, settings: Settings, store: Store,
-                 clock: Callable[[], float] = time.time,
-                 metrics: EngineMetrics | None = None,
-                 render: UserDataRenderer = generic_user_data,
-                 keep_reports: int = 0,
-                 settings_overrides: Mapping[str, Any] | None = None,
-                 reporter: PilotReporter | None = None) -> None:
-        self.config_dir, self.settings, self.store, self.clock = config_dir, settings, store, clock
-        self.metrics = metrics or EngineMetrics()
-        self.factory = CloudFactory(settings, reporter or StoreReporter(store), clock,
-                                    self.metrics)
-        self.render = render
+    def __init__(self, config: ConfigSource, settings: Settings, tools: CycleTools,
+                 clouds: CloudFactory, keep_reports: int = 0) -> None:
+        """``keep_reports``: how many of each space's last cycle reports to keep (demo)."""
+        self.config, self.settings, self.tools, self.clouds = config, settings, tools, clouds
         self.keep_reports = keep_reports
-        self.overrides = dict(settings_overrides or {})
         self.spaces: dict[str, SpaceState] = {}
         self.last_load: LoadedConfig | None = None
         self._stop = asyncio.Event()
@@ -70,11 +72,6 @@ class Daemon:
     def current_spaces(self) -> dict[str, Space]:
         """The configuration in force for every managed space (last good one if broken)."""
         return {name: state.config for name, state in self.spaces.items()}
-
-    def heartbeat_file(self, space: str, machinetype: str) -> str:
-        state = self.spaces.get(space)
-        mt = state.config.machinetypes.get(machinetype) if state else None
-        return (mt.heartbeat_file if mt else None) or "heartbeat"
 
     def stop(self) -> None:
         self._stop.set()
@@ -99,24 +96,21 @@ class Daemon:
             tasks = [s.task for s in self.spaces.values() if s.task is not None]
             await asyncio.gather(*tasks, return_exceptions=True)
             for name in list(self.spaces):
-                await self.factory.forget(name)
+                await self.clouds.forget(name)
 
     def reload(self) -> LoadedConfig:
         """Re-read the configuration; start, update or stop space tasks accordingly."""
-        loaded = load_config_dir(self.config_dir)
+        loaded = self.config.load()
         self.last_load = loaded
-        self.metrics.config_errors.set(len(loaded.issues))
+        metrics = self.tools.metrics
+        metrics.config_errors.set(len(loaded.issues))
         for issue in loaded.issues:
             log.error("config: %s", issue)
-        new = loaded.settings.model_copy(update=self.overrides) if loaded.settings else None
-        if new is not None and new != self.settings:
+        if loaded.settings is not None and loaded.settings != self.settings:
             log.info("space=- machinetype=- machine=- settings reloaded")
-            self.settings = new
+            self.settings = loaded.settings
         for name, space in list(loaded.spaces.items()):
-            problems = self._render_check(space)
-            if problems:
-                for problem in problems:
-                    log.error("space=%s machinetype=- machine=- user_data %s", name, problem)
+            if self._render_problems(space):
                 del loaded.spaces[name]
                 loaded.broken.add(name)
                 continue
@@ -126,10 +120,26 @@ class Daemon:
                 log.info("space=%s machinetype=- machine=- managing (%d machinetypes)", name,
                          len(space.machinetypes))
             state.config, state.config_ok = space, True
-            self.metrics.space_config_ok.labels(name).set(1)
-        for name in loaded.broken:
+            metrics.space_config_ok.labels(name).set(1)
+        self._mark_broken(loaded.broken)
+        self._drop_removed(loaded)
+        self._start_tasks()
+        return loaded
+
+    def _render_problems(self, space: Space) -> list[str]:
+        """Trial-render a space's machinetypes when its configuration changed."""
+        state = self.spaces.get(space.name)
+        if state is not None and state.config == space and state.config_ok:
+            return []
+        problems = check_space(space, self.settings)
+        for problem in problems:
+            log.error("space=%s machinetype=- machine=- user_data %s", space.name, problem)
+        return problems
+
+    def _mark_broken(self, broken: set[str]) -> None:
+        for name in broken:
             state = self.spaces.get(name)
-            self.metrics.space_config_ok.labels(name).set(0)
+            self.tools.metrics.space_config_ok.labels(name).set(0)
             if state is None:
                 log.error("space=%s machinetype=- machine=- skipped: configuration invalid "
                           "and no earlier good configuration", name)
@@ -137,6 +147,8 @@ class Daemon:
                 state.config_ok = False
                 log.error("space=%s machinetype=- machine=- configuration invalid: keeping "
                           "the last good one", name)
+
+    def _drop_removed(self, loaded: LoadedConfig) -> None:
         seen = set(loaded.spaces) | loaded.broken
         for name in [n for n in self.spaces if n not in seen and not loaded.issues]:
             log.warning("space=%s machinetype=- machine=- removed from configuration: no longer "
@@ -144,6 +156,8 @@ class Daemon:
             state = self.spaces.pop(name)
             if state.task is not None:
                 state.task.cancel()
+
+    def _start_tasks(self) -> None:
         for name, state in self.spaces.items():
             if state.task is not None and state.task.done() and self._cycles is None:
                 # A space task only ends on stop; anything else is a death to report and heal.
@@ -154,63 +168,60 @@ class Daemon:
             if state.task is None:
                 state.task = asyncio.get_running_loop().create_task(self._space_loop(name),
                                                                     name=f"space:{name}")
-        return loaded
-
-    def _render_check(self, space: Space) -> list[str]:
-        """Trial-render a space's machinetypes when its configuration changed."""
-        state = self.spaces.get(space.name)
-        if state is not None and state.config == space and state.config_ok:
-            return []
-        return check_space(space, self.settings)
 
     async def _space_loop(self, name: str) -> None:
         cycle: SpaceCycle | None = None
+        clock = self.tools.clock
         while not self._stop.is_set():
             state = self.spaces.get(name)
             if state is None:
                 return
-            started = self.clock()
-            report = await self._one_cycle(name, state, cycle)
-            cycle = report[1]
+            started = clock()
+            report, cycle = await self._one_cycle(name, state, cycle)
             state.cycles += 1
             if self.keep_reports:
-                state.reports = [*state.reports[-(self.keep_reports - 1):], report[0]]
+                state.reports = [*state.reports[-(self.keep_reports - 1):], report]
             if self._cycles is not None and state.cycles >= self._cycles:
                 return
-            delay = max(0.0, started + self.settings.cycle_seconds - self.clock())
+            delay = max(0.0, started + self.settings.cycle_seconds - clock())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), delay)
 
+    def _cycle_for(self, space: Space, cycle: SpaceCycle | None) -> SpaceCycle:
+        """The space's cycle: the same object while its cloud adapter and the settings
+        stay the same, else a new one."""
+        cloud = self.clouds.get(space, self.settings)
+        if cycle is None or cycle.cloud is not cloud or cycle.settings is not self.settings:
+            cycle = SpaceCycle(cloud, self.settings, self.tools)
+        return cycle
+
     async def _one_cycle(self, name: str, state: SpaceState,
                          cycle: SpaceCycle | None) -> tuple[CycleReport, SpaceCycle | None]:
-        space = state.config
-        started = self.clock()
+        started, metrics = self.tools.clock(), self.tools.metrics
+        timeout = self.settings.space_timeout_seconds
         try:
-            cloud = self.factory.get(space)
-            if cycle is None or cycle.cloud is not cloud:
-                cycle = SpaceCycle(cloud, self.store, self.settings, self.metrics, self.clock,
-                                   self.render)
-            cycle.settings = self.settings
-            report = await asyncio.wait_for(cycle.run(space),
-                                            self.settings.space_timeout_seconds)
+            cycle = self._cycle_for(state.config, cycle)
+            report = await asyncio.wait_for(cycle.run(state.config), timeout)
         except TimeoutError:
             report = CycleReport(name, started, ok=False, error=(
-                f"cycle exceeded space_timeout_seconds={self.settings.space_timeout_seconds:g}"
-                " and was cancelled"))
-            self.metrics.cycles.labels(name, "timeout").inc()
+                f"cycle exceeded space_timeout_seconds={timeout:g} and was cancelled"))
+            metrics.cycles.labels(name, "timeout").inc()
         except CloudError as exc:  # e.g. the adapter cannot be built (secret file)
             report = CycleReport(name, started, ok=False, error=f"{type(exc).__name__}: {exc}")
-            self.metrics.cycles.labels(name, "error").inc()
+            metrics.cycles.labels(name, "error").inc()
         except Exception as exc:  # a bug or an unexpected library error: report, carry on
             log.exception("space=%s machinetype=- machine=- cycle failed", name)
             report = CycleReport(name, started, ok=False,
                                  error=f"internal error {type(exc).__name__}: {exc}")
-            self.metrics.cycles.labels(name, "crash").inc()
-        report.config_ok = state.config_ok
-        report.duration = self.clock() - started
+            metrics.cycles.labels(name, "crash").inc()
+        report = replace(report, config_ok=state.config_ok,
+                         duration=self.tools.clock() - started)
         if not report.ok:
-            log.error("space=%s machinetype=- machine=- cycle failed: %s", name, report.error)
-            event = Event(self.clock(), name, "", "", "error", report.error)
-            with contextlib.suppress(Exception):
-                await asyncio.to_thread(self.store.add_events, [event])
+            await self._report_failure(name, report)
         return report, cycle
+
+    async def _report_failure(self, name: str, report: CycleReport) -> None:
+        log.error("space=%s machinetype=- machine=- cycle failed: %s", name, report.error)
+        event = Event(self.tools.clock(), name, "", "", "error", report.error)
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(self.tools.store.add_events, [event])

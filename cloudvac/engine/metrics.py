@@ -1,4 +1,6 @@
-"""Prometheus metrics of the engine, on a registry the caller owns (no global state)."""
+"""Prometheus metrics of the engine, on a registry the caller owns (no global state).
+
+``EngineMetrics`` is also the ``model.observer.Observer`` that cloud adapters report to."""
 
 from __future__ import annotations
 
@@ -33,14 +35,26 @@ class EngineMetrics:
         self.checkin_calls = Counter("cloudvac_checkin_token_calls", "Requests to the Check-in "
                                      "token endpoint by outcome", ["space", "outcome"],
                                      registry=r)
-        self.token_expiry = Gauge("cloudvac_token_expiry_seconds", "Seconds until the space's "
-                                  "token expires (keystone, or the Check-in access token)",
-                                  ["space", "kind"], registry=r)
+        self.token_expiry_seconds = Gauge(
+            "cloudvac_token_expiry_seconds", "Seconds until the space's token expires "
+            "(keystone, or the Check-in access token)", ["space", "kind"], registry=r)
         self.config_errors = Gauge("cloudvac_config_errors", "Configuration issues at the "
                                    "last reload", registry=r)
         self.space_config_ok = Gauge("cloudvac_space_config_ok", "1 if the space's current "
                                      "configuration validated, 0 if its last good one is used",
                                      ["space"], registry=r)
+
+    def cloud_request(self, space: str, kind: str, outcome: str) -> None:
+        self.cloud_requests.labels(space, kind, outcome).inc()
+
+    def keystone_auth(self, space: str) -> None:
+        self.auth_calls.labels(space).inc()
+
+    def checkin_call(self, space: str, outcome: str) -> None:
+        self.checkin_calls.labels(space, outcome).inc()
+
+    def token_expiry(self, space: str, kind: str, seconds_left: float) -> None:
+        self.token_expiry_seconds.labels(space, kind).set(seconds_left)
 
     def requests_of(self, space: str) -> dict[str, int]:
         """Cloud API requests made so far for ``space``, by kind (list, limits, create...)."""

@@ -12,13 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cloudvac.config.models import Machinetype, Space
-from cloudvac.engine.records import MachineRecord
-from cloudvac.engine.states import (
+from cloudvac.model.records import MachineRecord
+from cloudvac.model.states import (
     DRAINED,
     EXCEEDED_WALLCLOCK,
     FAILED_TO_START,
     HEARTBEAT_LOST,
     PASSED_SHUTDOWNTIME,
+    UNEXPECTED_STATE,
     MachineState,
     ShutdownMessage,
 )
@@ -126,8 +127,7 @@ RULES: tuple[Rule, ...] = (
          frozenset({S.STARTING})),
     Rule("wallclock", _wallclock, _fixed(EXCEEDED_WALLCLOCK), frozenset({S.RUNNING})),
     Rule("heartbeat", _heartbeat_stale, _fixed(HEARTBEAT_LOST), frozenset({S.RUNNING})),
-    Rule("unknown_state", _unknown_too_long,
-         lambda c: ShutdownMessage(700, "Unexpected cloud state"), frozenset({S.UNKNOWN})),
+    Rule("unknown_state", _unknown_too_long, _fixed(UNEXPECTED_STATE), frozenset({S.UNKNOWN})),
 )
 
 # The table, in its order, restricted to each state's rules: derived here, never written
@@ -136,11 +136,6 @@ _BY_STATE: dict[MachineState, tuple[Rule, ...]] = {
     state: tuple(rule for rule in RULES if rule.states is None or state in rule.states)
     for state in MachineState
 }
-
-
-def rules_for(state: MachineState) -> tuple[Rule, ...]:
-    """The rules of ``RULES`` that can fire in ``state``, in table order."""
-    return _BY_STATE[state]
 
 
 def deletion_rule(ctx: RuleContext) -> Rule | None:

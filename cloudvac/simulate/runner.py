@@ -14,10 +14,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cloudvac.clouds.sim import SimCloud, SimProject
+from cloudvac.clouds.simpilots import StorePilots
 from cloudvac.config.models import Settings, SimMachinetype, SimSpace, Space
 from cloudvac.engine.cycle import SpaceCycle
 from cloudvac.engine.metrics import EngineMetrics
-from cloudvac.engine.reporter import StoreReporter
+from cloudvac.engine.tools import CycleTools
 from cloudvac.simulate.scenario import Scenario
 from cloudvac.store import Store
 
@@ -84,14 +85,14 @@ async def run_scenario(scenario: Scenario, start: float = 1_800_000_000.0) -> li
 
 async def _run(scenario: Scenario, settings: Settings, clock: Clock, store: Store,
                start: float) -> list[Row]:
-    metrics = EngineMetrics()
-    reporter = StoreReporter(store)
+    tools = CycleTools(store, EngineMetrics(), clock=clock)
+    pilots = StorePilots(store)
     runners: dict[str, tuple[Space, SimCloud, SpaceCycle]] = {}
     for name, space in scenario.config.spaces.items():
         sim, mts = _behaviour(space, scenario, 0.0)
         project = SimProject(options=sim, machinetypes=mts, clock=clock)
-        cloud = SimCloud(project, name, settings.manager_id, reporter, options=sim)
-        runners[name] = (space, cloud, SpaceCycle(cloud, store, settings, metrics, clock))
+        cloud = SimCloud(project, (name, settings.manager_id), pilots, options=sim)
+        runners[name] = (space, cloud, SpaceCycle(cloud, settings, tools))
     rows: list[Row] = []
     steps = int(scenario.hours * 3600 / scenario.cycle_seconds)
     for _ in range(steps):

@@ -22,7 +22,8 @@ Contract (shared with the writers in ``store.py``):
   caught up) is seen within that time.
 * The ``machines`` mapping of a returned ``SpaceHistory`` is never mutated afterwards
   (each change builds a new mapping), so a caller may keep it as long as it likes.
-* Intents, aborts and drains are few and read whole every time.
+* Intents are machine rows (state ``intent``) like any other; aborts and drains are few
+  and read whole every time.
 """
 
 from __future__ import annotations
@@ -37,14 +38,13 @@ from sqlalchemy import BindParameter, Connection, Integer, String, Table, bindpa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.expression import Executable
 
-from cloudvac.engine.records import Intent, MachineRecord, SpaceHistory
-from cloudvac.engine.states import MachineState
+from cloudvac.model.records import MachineRecord, SpaceHistory
+from cloudvac.model.states import MachineState
 from cloudvac.store.tables import (
+    MACHINES,
     RECORD_COLUMNS,
     BackoffRow,
     DrainRow,
-    IntentRow,
-    MachineRow,
     SpaceRevisionRow,
     record_from_values,
 )
@@ -53,8 +53,7 @@ FULL_READ_SECONDS = 600.0
 
 _GONE = MachineState.GONE.value
 _STATE = RECORD_COLUMNS.index("state")
-_MACHINES = cast(Table, MachineRow.__table__)
-_INTENTS = cast(Table, IntentRow.__table__)
+_MACHINES = MACHINES
 _REVISIONS = cast(Table, SpaceRevisionRow.__table__)
 _SPACE: BindParameter[str] = bindparam("space", type_=String())
 _SINCE: BindParameter[int] = bindparam("since", type_=Integer())
@@ -63,9 +62,6 @@ _REVISION = select(_REVISIONS.c.rev).where(_REVISIONS.c.space == _SPACE)
 _RECORD = select(*(_MACHINES.c[name] for name in RECORD_COLUMNS))
 _ALL_LIVE = _RECORD.where(_MACHINES.c.space == _SPACE, _MACHINES.c.state != _GONE)
 _CHANGED = _RECORD.where(_MACHINES.c.space == _SPACE, _MACHINES.c.rev > _SINCE)
-_INTENT_ROWS = select(
-    _INTENTS.c.name, _INTENTS.c.machinetype, _INTENTS.c.processors, _INTENTS.c.hs06,
-    _INTENTS.c.created_at).where(_INTENTS.c.space == _SPACE)
 _ABORTS = select(BackoffRow.machinetype, BackoffRow.last_abort_at).where(
     BackoffRow.space == _SPACE)
 _DRAINED = select(DrainRow.machinetype).where(DrainRow.space == _SPACE)
@@ -155,13 +151,10 @@ class HistoryCache:
             else:
                 self.stats.unchanged_reads += 1
             self._snapshots[space] = snap
-        intents = connection.execute(_INTENT_ROWS, params).all()
         aborts = connection.execute(_ABORTS, params).all()
         drained = connection.execute(_DRAINED, params).scalars().all()
         return SpaceHistory(
             machines=snap.machines,
-            intents={name: Intent(space, name, mt, processors, hs06, created_at)
-                     for name, mt, processors, hs06, created_at in intents},
             last_abort={machinetype: at for machinetype, at in aborts},
             drained=frozenset(drained),
         )

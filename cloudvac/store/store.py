@@ -12,8 +12,7 @@ no dialect-only SQL is written by hand.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
 
@@ -22,7 +21,6 @@ from sqlalchemy import (
     CursorResult,
     Float,
     Integer,
-    Table,
     Update,
     bindparam,
     case,
@@ -36,58 +34,27 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from cloudvac.engine.records import Event, Intent, MachineRecord, MachineUpdate, SpaceHistory
-from cloudvac.engine.states import MachineState, ShutdownMessage
+from cloudvac.model.records import Event, MachineRecord, SpaceHistory
+from cloudvac.model.states import MachineState, ShutdownMessage
 from cloudvac.store.engine import IMMEDIATE, alembic_config, open_engine
 from cloudvac.store.history import FULL_READ_SECONDS, HistoryCache, bump_revisions
 from cloudvac.store.tables import (
+    ENGINE_COLUMNS,
+    MACHINES,
+    RECORD_COLUMNS,
     BackoffRow,
     Base,
     CredentialRow,
     DrainRow,
     EventRow,
-    IntentRow,
-    MachineRow,
+    engine_values,
+    record_from_values,
 )
 
 _GONE = MachineState.GONE.value
-
-
-def _machine_values(space: str, update: MachineUpdate, now: float, rev: int) -> dict[str, Any]:
-    default = update.default_shutdown
-    return {
-        "space": space,
-        "name": update.name,
-        "machinetype": update.machinetype,
-        "state": update.state.value,
-        "cloud_id": update.cloud_id,
-        "processors": update.processors,
-        "hs06": update.hs06,
-        "created_at": update.created_at,
-        "started_at": update.started_at,
-        "stopped_at": update.stopped_at,
-        "delete_requested_at": update.delete_requested_at,
-        "delete_reason": update.delete_reason,
-        "fault": update.fault,
-        "address": update.address,
-        "updated_at": now,
-        "rev": rev,
-        "shutdown_code": None if default is None else default.code,
-        "shutdown_text": None if default is None else default.text,
-        "shutdown_at": None if default is None else now,
-    }
-
-
-# Columns ``apply`` overwrites on an existing row; heartbeat_at and shutdown_* are absent
-# on purpose (the VM-facing side owns them).
-_ENGINE_COLUMNS = (
-    "machinetype", "state", "cloud_id", "processors", "hs06", "created_at", "started_at",
-    "stopped_at", "delete_requested_at", "delete_reason", "fault", "address", "updated_at",
-    "rev",
-)  # fmt: skip
-
-
-_MACHINES = cast(Table, MachineRow.__table__)
+_RUNNING = MachineState.RUNNING.value
+_MACHINES = MACHINES
+_RECORD = select(_MACHINES.c.space, *(_MACHINES.c[name] for name in RECORD_COLUMNS))
 _BEAT_AT = bindparam("b_at", type_=Float())
 # Built once: SQLAlchemy caches their compiled form (the web side and the simulator's pilots
 # write one of these per heartbeat).
@@ -105,6 +72,21 @@ _SHUTDOWN = (
     .where(_MACHINES.c.space == bindparam("b_space"), _MACHINES.c.name == bindparam("b_name"))
     .values(shutdown_code=bindparam("b_code"), shutdown_text=bindparam("b_text"),
             shutdown_at=bindparam("b_at"), rev=bindparam("b_rev"))
+)
+
+
+def _record(row: Sequence[Any]) -> MachineRecord:
+    """A record from a row of ``_RECORD`` (space, then RECORD_COLUMNS)."""
+    return record_from_values(row[0], row[1:])
+
+
+# Answered from ix_machines_space_machinetype_heartbeat_at.
+_HEARTBEATING = (
+    _RECORD.where(_MACHINES.c.space == bindparam("b_space"),
+                  _MACHINES.c.machinetype == bindparam("b_mt"),
+                  _MACHINES.c.heartbeat_at >= bindparam("b_since", type_=Float()),
+                  _MACHINES.c.state == _RUNNING)
+    .order_by(_MACHINES.c.heartbeat_at.desc(), _MACHINES.c.name.desc())
 )
 
 
@@ -152,7 +134,7 @@ class Store:
         with Session(self._reader) as session, session.begin():
             yield session
 
-    def _insert(self, entity: type[Base]) -> sqlite.Insert | postgresql.Insert:
+    def _insert(self, entity: type[Base] | Any) -> sqlite.Insert | postgresql.Insert:
         if self._dialect == "postgresql":
             return postgresql.insert(entity)
         return sqlite.insert(entity)
@@ -166,58 +148,27 @@ class Store:
         with self._read() as session:
             return self.histories.read(session.connection(), space)
 
-    def add_intent(self, intent: Intent) -> None:
-        """Record a create before the cloud is asked; committed when this returns.
-        Re-adding an existing (space, name) replaces it."""
-        stmt = self._insert(IntentRow)
-        values = {
-            "space": intent.space,
-            "name": intent.name,
-            "machinetype": intent.machinetype,
-            "processors": intent.processors,
-            "hs06": intent.hs06,
-            "created_at": intent.created_at,
-        }
-        upsert = stmt.on_conflict_do_update(
-            index_elements=["space", "name"],
-            set_={key: stmt.excluded[key] for key in values if key not in ("space", "name")},
-        )
-        with self._write() as session:
-            session.execute(upsert, [values])
+    def apply(self, space: str, records: Sequence[MachineRecord],
+              aborts: Mapping[str, float], now: float) -> None:
+        """Store engine decisions for ``space`` in a single transaction, stamped ``now``.
 
-    def drop_intents(self, space: str, names: Iterable[str]) -> None:
-        """Forget the intents of ``space`` with these names; unknown names are ignored."""
-        wanted = list(names)
-        if not wanted:
-            return
-        with self._write() as session:
-            session.execute(
-                delete(IntentRow).where(IntentRow.space == space, IntentRow.name.in_(wanted))
-            )
-
-    def apply(
-        self, space: str, updates: Sequence[MachineUpdate], aborts: Mapping[str, float]
-    ) -> None:
-        """Store one cycle's outcome for ``space`` in a single transaction.
-
-        Each update upserts its machine's engine-owned fields (a name given twice: the
-        last wins).  ``heartbeat_at`` and the shutdown fields of an existing row are left
-        alone, except that ``default_shutdown`` is stored (stamped with the current time)
-        when the row has no shutdown code yet.  ``aborts`` maps machinetype to an abort
-        time; the stored time per machinetype becomes the later of old and new.  With
-        neither updates nor aborts it returns at once, without opening a transaction.
+        Each record upserts its machine's engine-owned fields (``ENGINE_FIELDS``; a name
+        given twice: the last wins): a new create is a record in state ``intent``, written
+        before the cloud is asked.  ``heartbeat_at`` and the shutdown fields of an
+        existing row are left alone, except that the record's shutdown message (cloudvac's
+        reason for ending it) is stored, stamped ``now``, when the row has none yet.
+        ``aborts`` maps machinetype to an abort time; the stored time per machinetype
+        becomes the later of old and new.  With neither records nor aborts it returns at
+        once, without opening a transaction.
         """
-        if not updates and not aborts:
+        if not records and not aborts:
             return  # the usual steady cycle: no session, no write lock, no fsync
-        now = time.time()
-        latest = {update.name: update for update in updates}
+        latest = {record.name: record for record in records}
         with self._write() as session:
             if latest:
                 rev = bump_revisions(session.connection(), [space])[space]
-                session.execute(
-                    self._machine_upsert(),
-                    [_machine_values(space, u, now, rev) for u in latest.values()],
-                )
+                session.execute(self._machine_upsert(),
+                                [engine_values(r, now, rev) for r in latest.values()])
             if aborts:
                 session.execute(
                     self._abort_upsert(),
@@ -226,18 +177,18 @@ class Store:
                 )  # fmt: skip
 
     def _machine_upsert(self) -> sqlite.Insert | postgresql.Insert:
-        stmt = self._insert(MachineRow)
+        stmt = self._insert(_MACHINES)
         new = stmt.excluded
         # SET expressions read the row as it was before the update, so testing
         # shutdown_code in all three keeps code, text and time together.
-        unset = MachineRow.shutdown_code.is_(None)
+        unset = _MACHINES.c.shutdown_code.is_(None)
         keep_vm_message = {
-            col: case((unset, new[col]), else_=getattr(MachineRow, col))
+            col: case((unset, new[col]), else_=_MACHINES.c[col])
             for col in ("shutdown_code", "shutdown_text", "shutdown_at")
         }
         return stmt.on_conflict_do_update(
             index_elements=["space", "name"],
-            set_={**{col: new[col] for col in _ENGINE_COLUMNS}, **keep_vm_message},
+            set_={**{col: new[col] for col in ENGINE_COLUMNS}, **keep_vm_message},
         )
 
     def _abort_upsert(self) -> sqlite.Insert | postgresql.Insert:
@@ -273,9 +224,23 @@ class Store:
 
     def machine(self, space: str, name: str) -> MachineRecord | None:
         """One machine (GONE included), or None."""
+        query = _RECORD.where(_MACHINES.c.space == space, _MACHINES.c.name == name)
         with self._read() as session:
-            row = session.get(MachineRow, (space, name))
-            return None if row is None else row.to_record()
+            row = session.execute(query).first()
+            return None if row is None else _record(row)
+
+    def heartbeating(self, space: str, machinetype: str, since: float) -> list[MachineRecord]:
+        """The running machines of ``machinetype`` in ``space`` whose last heartbeat is at
+        or after ``since``, newest heartbeat first (heartbeat lists, squid discovery)."""
+        params = {"b_space": space, "b_mt": machinetype, "b_since": since}
+        with self._read() as session:
+            return [_record(row) for row in session.execute(_HEARTBEATING, params)]
+
+    def drained(self, space: str) -> frozenset[str]:
+        """The drained machinetypes of ``space`` (``"*"``: the whole space)."""
+        query = select(DrainRow.machinetype).where(DrainRow.space == space)
+        with self._read() as session:
+            return frozenset(session.scalars(query))
 
     def record_shutdown(self, space: str, name: str, message: ShutdownMessage, at: float) -> bool:
         """Store the VM's own shutdown message, received at ``at``.  It replaces any
@@ -333,19 +298,18 @@ class Store:
     def machines(self, space: str | None = None, include_gone: bool = False) -> list[MachineRecord]:
         """Machines (of ``space``, or of all spaces) ordered by space then name; GONE ones
         only if ``include_gone``."""
-        query = select(MachineRow).order_by(MachineRow.space, MachineRow.name)
+        query = _RECORD.order_by(_MACHINES.c.space, _MACHINES.c.name)
         if space is not None:
-            query = query.where(MachineRow.space == space)
+            query = query.where(_MACHINES.c.space == space)
         if not include_gone:
-            query = query.where(MachineRow.state != _GONE)
+            query = query.where(_MACHINES.c.state != _GONE)
         with self._read() as session:
-            return [row.to_record() for row in session.scalars(query)]
+            return [_record(row) for row in session.execute(query)]
 
-    def set_credentials(self, space: str, expiries: Mapping[str, float]) -> None:
-        """Record when ``space``'s credentials expire (kind -> unix time)."""
+    def set_credentials(self, space: str, expiries: Mapping[str, float], now: float) -> None:
+        """Record when ``space``'s credentials expire (kind -> unix time), as of ``now``."""
         if not expiries:
             return
-        now = time.time()
         rows = [{"space": space, "kind": kind, "expires_at": at, "updated_at": now}
                 for kind, at in expiries.items()]
         stmt = self._insert(CredentialRow).values(rows)
@@ -374,11 +338,11 @@ class Store:
         """Delete GONE machines that stopped before ``before`` (those without a stop time
         by their last update instead, so none lingers forever) and events older than
         ``before``.  Returns the number of rows removed."""
-        stopped = func.coalesce(MachineRow.stopped_at, MachineRow.updated_at)
+        stopped = func.coalesce(_MACHINES.c.stopped_at, _MACHINES.c.updated_at)
         with self._write() as session:
             removed = 0
             for stmt in (
-                delete(MachineRow).where(MachineRow.state == _GONE, stopped < before),
+                delete(_MACHINES).where(_MACHINES.c.state == _GONE, stopped < before),
                 delete(EventRow).where(EventRow.at < before),
             ):
                 result = session.execute(stmt, execution_options={"synchronize_session": False})

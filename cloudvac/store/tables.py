@@ -1,8 +1,11 @@
-"""The store's tables, as SQLAlchemy 2 typed declarative classes, and their records.
+"""The store's tables and how a machine row becomes a record and back.
 
-These classes are the schema's single source of truth: migrations under ``migrations/``
-must reproduce exactly this metadata (a test compares them).  Everything here stays
-portable between SQLite and PostgreSQL: no dialect-specific types or defaults.
+This metadata is the schema's single source of truth: migrations under ``migrations/``
+must reproduce exactly this metadata (a test compares them).  The ``machines`` table is
+derived from the fields of ``model.records.MachineRecord`` (one column per field, two for
+the shutdown message), so the row is defined once; a test fails when they drift.
+Everything here stays portable between SQLite and PostgreSQL: no dialect-specific types or
+defaults.
 
 Times are float unix seconds, stored as double precision: a 4-byte float (what a bare
 ``FLOAT`` can mean on some databases) cannot even hold today's date to the second.
@@ -11,14 +14,16 @@ Defaults live in the store's code, not in the schema, because every write goes t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import typing
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Double, Index, Integer, MetaData, String, Text
+from sqlalchemy import Column, Double, Index, Integer, MetaData, String, Table, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeEngine
 
-from cloudvac.engine.records import Event, Intent, MachineRecord
-from cloudvac.engine.states import MachineState, ShutdownMessage
+from cloudvac.model.records import ENGINE_FIELDS, KEY_FIELDS, MACHINE_FIELDS, Event, MachineRecord
+from cloudvac.model.states import MachineState, ShutdownMessage
 
 # Named constraints keep future migrations deterministic: PostgreSQL otherwise invents
 # names that a later ALTER would have to guess.
@@ -38,107 +43,102 @@ class Base(DeclarativeBase):
     type_annotation_map = {float: Double, str: String(255)}
 
 
-class MachineRow(Base):
-    """One machine.  Engine-owned fields are written by ``Store.apply``; ``heartbeat_at``
-    and ``shutdown_*`` belong to the VM-facing side and ``apply`` never overwrites them
-    (except a default shutdown message when the VM sent none)."""
+# -- machines: derived from model.records.MachineRecord -------------------------------------
 
-    __tablename__ = "machines"
-
-    space: Mapped[str] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(primary_key=True)
-    machinetype: Mapped[str]
-    state: Mapped[str] = mapped_column(String(16))
-    cloud_id: Mapped[str]
-    processors: Mapped[int] = mapped_column(Integer)
-    hs06: Mapped[float | None]
-    created_at: Mapped[float | None]
-    started_at: Mapped[float | None]
-    stopped_at: Mapped[float | None]
-    heartbeat_at: Mapped[float | None]
-    shutdown_code: Mapped[int | None] = mapped_column(Integer)
-    shutdown_text: Mapped[str | None] = mapped_column(Text)
-    shutdown_at: Mapped[float | None]
-    delete_requested_at: Mapped[float | None]
-    delete_reason: Mapped[str] = mapped_column(Text)
-    fault: Mapped[str] = mapped_column(Text)
-    address: Mapped[str] = mapped_column(Text)
-    # When ``apply`` last changed this row (wall clock); heartbeats do not touch it.
-    updated_at: Mapped[float]
-    # The space's revision (``space_revisions``) of the last transaction that wrote this
-    # row, by any writer: ``history`` reads only the rows stamped after its last read.
-    rev: Mapped[int] = mapped_column(Integer, server_default="0")
-
-    __table_args__ = (Index("ix_machines_space_rev", "space", "rev"),)
-
-    def to_record(self) -> MachineRecord:
-        return machine_record(self)
+#: String fields of the record that hold free text rather than a bounded identifier.
+TEXT_FIELDS = frozenset({"delete_reason", "fault", "address"})
+_SHUTDOWN_COLUMNS = ("shutdown_code", "shutdown_text")
 
 
-def machine_record(row: Any) -> MachineRecord:
-    """A MachineRecord from anything with the machines columns as attributes: an ORM
-    object or a Core row (single reads; the per-cycle read uses ``record_from_values``)."""
-    shutdown = None
-    if row.shutdown_code is not None:
-        shutdown = ShutdownMessage(row.shutdown_code, row.shutdown_text or "")
-    return MachineRecord(
-        space=row.space, name=row.name, machinetype=row.machinetype,
-        state=MachineState(row.state), cloud_id=row.cloud_id, processors=row.processors,
-        hs06=row.hs06, created_at=row.created_at, started_at=row.started_at,
-        stopped_at=row.stopped_at, heartbeat_at=row.heartbeat_at, shutdown=shutdown,
-        shutdown_at=row.shutdown_at, delete_requested_at=row.delete_requested_at,
-        delete_reason=row.delete_reason, fault=row.fault, address=row.address)
+def _columns_of(name: str, hint: object) -> list[Column[Any]]:
+    """The column(s) that store record field ``name`` of type ``hint``."""
+    if hint == ShutdownMessage | None:  # the VM's message: code and text
+        return [Column("shutdown_code", Integer(), nullable=True),
+                Column("shutdown_text", Text(), nullable=True)]
+    types: dict[object, tuple[TypeEngine[Any], bool]] = {
+        str: (Text() if name in TEXT_FIELDS else String(255), False),
+        int: (Integer(), False),
+        float | None: (Double(), True),
+        MachineState: (String(16), False),
+    }
+    if hint not in types:
+        raise TypeError(f"MachineRecord.{name}: no column type for {hint!r}")
+    sql, nullable = types[hint]
+    return [Column(name, sql, nullable=nullable, primary_key=name in KEY_FIELDS)]
 
 
-#: The machines columns ``record_from_values`` expects, in its order (no space, no
-#: updated_at: the caller knows the space, and the record has no updated_at).
-RECORD_COLUMNS = (
-    "name", "machinetype", "state", "cloud_id", "processors", "hs06", "created_at",
-    "started_at", "stopped_at", "heartbeat_at", "shutdown_code", "shutdown_text",
-    "shutdown_at", "delete_requested_at", "delete_reason", "fault", "address",
-)  # fmt: skip
+def _machines_table() -> Table:
+    hints = typing.get_type_hints(MachineRecord)
+    columns = [c for name in MACHINE_FIELDS for c in _columns_of(name, hints[name])]
+    return Table(
+        "machines", Base.metadata, *columns,
+        # When an engine write last changed the row (the engine's clock); heartbeats
+        # do not touch it.
+        Column("updated_at", Double(), nullable=False),
+        # The space's revision (``space_revisions``) of the last transaction that wrote
+        # this row, by any writer: ``history`` reads only the rows stamped after its
+        # last read.
+        Column("rev", Integer(), nullable=False, server_default="0"),
+        Index("ix_machines_space_rev", "space", "rev"),
+        Index("ix_machines_space_machinetype_heartbeat_at", "space", "machinetype",
+              "heartbeat_at"),
+    )
+
+
+#: One machine per row.  The engine writes ``ENGINE_COLUMNS`` (``Store.apply``); the
+#: VM-facing side writes ``heartbeat_at`` and the shutdown columns, which ``apply`` never
+#: overwrites (except with cloudvac's own reason when the VM sent none).
+MACHINES = _machines_table()
+#: Every column of a record except ``space`` (the reader knows it), in field order.
+RECORD_COLUMNS: tuple[str, ...] = tuple(
+    c.name for c in MACHINES.columns if c.name not in ("space", "updated_at", "rev"))
+#: What an engine write sets on an existing row.
+ENGINE_COLUMNS: tuple[str, ...] = (*ENGINE_FIELDS, "updated_at", "rev")
 
 _STATES = {state.value: state for state in MachineState}
+_STATE = RECORD_COLUMNS.index("state")
+_CODE = RECORD_COLUMNS.index("shutdown_code")
 
 
 def record_from_values(space: str, values: Sequence[Any]) -> MachineRecord:
     """A MachineRecord from one row of ``RECORD_COLUMNS`` values, by position.
 
-    The per-cycle read builds one record per machine of a space, every cycle: by position
-    and with a dict for the state this costs a fraction of attribute access on Core rows
-    (about 1.4 against 9 microseconds per machine, benchmarks/scale.py).  An unknown
-    state string raises ValueError, as ``MachineState(value)`` would.
+    The per-cycle read builds one record per changed machine of a space: by position and
+    with a dict for the state this costs a fraction of attribute access on Core rows
+    (benchmarks/scale.py).  An unknown state string raises ValueError, as
+    ``MachineState(value)`` would.
     """
-    (name, machinetype, state, cloud_id, processors, hs06, created_at, started_at,
-     stopped_at, heartbeat_at, code, text, shutdown_at, delete_requested_at, delete_reason,
-     fault, address) = values
-    try:
-        state_ = _STATES[state]
-    except KeyError:
-        state_ = MachineState(state)  # raises the usual ValueError
-    return MachineRecord(
-        space, name, machinetype, state_, cloud_id, processors, hs06, created_at, started_at,
-        stopped_at, heartbeat_at, None if code is None else ShutdownMessage(code, text or ""),
-        shutdown_at, delete_requested_at, delete_reason, fault, address)
+    v = tuple(values)
+    state = _STATES.get(v[_STATE]) or MachineState(v[_STATE])
+    code = v[_CODE]
+    shutdown = None if code is None else ShutdownMessage(code, v[_CODE + 1] or "")
+    args: tuple[Any, ...] = (space, *v[:_STATE], state, *v[_STATE + 1:_CODE], shutdown,
+                             *v[_CODE + 2:])
+    return MachineRecord(*args)
 
 
-class IntentRow(Base):
-    """A create recorded before the cloud was asked; dropped once the listing shows it."""
+def engine_values(record: MachineRecord, now: float, rev: int) -> dict[str, Any]:
+    """The row an engine write upserts: key and engine fields, ``updated_at``, ``rev``,
+    and the record's shutdown message stamped ``now`` (kept only where the row has none:
+    see ``Store.apply``)."""
+    values: dict[str, Any] = {name: getattr(record, name) for name in (*KEY_FIELDS,
+                                                                       *ENGINE_FIELDS)}
+    values["state"] = record.state.value
+    message = record.shutdown
+    values.update(shutdown_code=None if message is None else message.code,
+                  shutdown_text=None if message is None else message.text,
+                  shutdown_at=None if message is None else now, updated_at=now, rev=rev)
+    return values
 
-    __tablename__ = "intents"
 
-    space: Mapped[str] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(primary_key=True)
-    machinetype: Mapped[str]
-    processors: Mapped[int] = mapped_column(Integer)
-    hs06: Mapped[float | None]
-    created_at: Mapped[float]
+def column_fields() -> Mapping[str, str]:
+    """Which record field each machines column stores (for the drift test)."""
+    found = {c: c for c in (*KEY_FIELDS, *RECORD_COLUMNS) if c not in _SHUTDOWN_COLUMNS}
+    found.update({c: "shutdown" for c in _SHUTDOWN_COLUMNS})
+    return found
 
-    def to_intent(self) -> Intent:
-        return Intent(
-            self.space, self.name, self.machinetype, self.processors, self.hs06, self.created_at
-        )
 
+# -- the other tables ------------------------------------------------------------------------
 
 class BackoffRow(Base):
     """Latest abort (shutdown code 300-699) seen per machinetype; only ever increases."""

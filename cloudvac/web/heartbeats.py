@@ -14,6 +14,7 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
+from cloudvac.model.layout import HEARTBEAT_FILE
 from cloudvac.store import Store
 from cloudvac.web.files import JoboutputsDir, UploadRejected
 
@@ -34,7 +35,7 @@ class HeartbeatBuffer:
         self._pending: dict[tuple[str, str], _Beat] = {}
         self._task: asyncio.Task[None] | None = None
 
-    def note(self, space: str, name: str, at: float, file: str = "heartbeat",
+    def note(self, space: str, name: str, at: float, file: str = HEARTBEAT_FILE,
              body: bytes = b"") -> None:
         key = (space, name)
         old = self._pending.get(key)

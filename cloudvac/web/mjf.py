@@ -7,7 +7,7 @@ web answers 404 for it, as a missing MJF file would be).
 from __future__ import annotations
 
 from cloudvac.config.models import Machinetype, Space
-from cloudvac.engine.records import MachineRecord
+from cloudvac.model.records import MachineRecord
 
 MIB = 1024 * 1024
 GRACE_SECONDS = 600  # how long before shutdowntime a payload is told to stop (grace_secs)

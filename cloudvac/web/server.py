@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import socket
 import ssl
 from dataclasses import dataclass
 
@@ -70,8 +71,30 @@ def check_tls(settings: Settings) -> None:
                              f"{exc.reason or exc}") from None
 
 
+def listen_socket(settings: Settings) -> socket.socket:
+    """A socket bound to web_listen (port 0: any free port), after the TLS checks, so the
+    port is known before anything that tells VMs the URL is built."""
+    check_tls(settings)
+    listen = listen_address(settings)
+    host = listen.host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, listen.port))
+    except OSError as exc:
+        sock.close()
+        raise WebConfigError(f"cannot listen on {settings.web_listen}: {exc.strerror}") from None
+    return sock
+
+
+def socket_port(sock: socket.socket) -> int:
+    return int(sock.getsockname()[1])
+
+
 def make_server(app: FastAPI, settings: Settings) -> uvicorn.Server:
-    """A uvicorn server for ``app`` on web_listen (port 0: any free port)."""
+    """A uvicorn server for ``app`` on web_listen (port 0: any free port); give
+    ``serve()`` a socket from ``listen_socket`` to choose the port beforehand."""
     check_tls(settings)
     listen = listen_address(settings)
     config = uvicorn.Config(

@@ -15,18 +15,13 @@ import pytest
 import requests
 
 from cloudvac.auth.checkin import CheckinTokenSource
-from cloudvac.clouds.base import (
-    TAG_MACHINETYPE,
-    TAG_MANAGER,
-    TAG_SPACE,
-    AuthFailed,
-    MachineSpec,
-    Retryable,
-)
-from cloudvac.clouds.openstack import OpenStackCloud, name_prefix
+from cloudvac.clouds.openstack import OpenStackCloud
 from cloudvac.config import Machinetype, Settings, Space
 from cloudvac.config.openstack import OpenStackSpace
 from cloudvac.engine.metrics import EngineMetrics
+from cloudvac.model.cloud import TAG_MACHINETYPE, TAG_MANAGER, TAG_SPACE, MachineSpec
+from cloudvac.model.errors import AuthFailed, Retryable
+from cloudvac.model.naming import name_prefix
 
 pytestmark = pytest.mark.contract
 SPACE = "egi.example"

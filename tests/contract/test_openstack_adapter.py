@@ -16,22 +16,14 @@ from typing import Any
 
 import pytest
 
-from cloudvac.clouds.base import (
-    TAG_MACHINETYPE,
-    TAG_MANAGER,
-    TAG_SPACE,
-    AuthFailed,
-    Cloud,
-    MachineSpec,
-    Misconfigured,
-    QuotaExceeded,
-)
 from cloudvac.clouds.openstack import OpenStackCloud
 from cloudvac.clouds.sim import SimCloud, SimProject
 from cloudvac.config import Machinetype, Settings, SimSpace, Space
 from cloudvac.config.openstack import OpenStackSpace
 from cloudvac.engine.metrics import EngineMetrics
-from cloudvac.engine.states import MachineState
+from cloudvac.model.cloud import TAG_MACHINETYPE, TAG_MANAGER, TAG_SPACE, Cloud, MachineSpec
+from cloudvac.model.errors import AuthFailed, Misconfigured, QuotaExceeded
+from cloudvac.model.states import MachineState
 from tests.contract.conftest import launch
 
 pytestmark = pytest.mark.contract

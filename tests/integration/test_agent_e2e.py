@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from cloudvac.context.userdata import ContextRenderer
-from cloudvac.engine.states import ShutdownMessage
+from cloudvac.model.states import ShutdownMessage
 from tests.integration.webserver import SPACE, web_server
 
 AGENT = Path(__file__).parents[2] / "cloudvac" / "context" / "agent.py"
@@ -35,7 +35,7 @@ def test_agent_reports_through_real_endpoints(tmp_path: Path) -> None:
         config = renderer.agent_config(web.space, web.space.machinetypes["belle"], A)
         log = tmp_path / "pilot.log"
         marker = tmp_path / "powered-off"
-        config.update(heartbeat_seconds=0.2, logs=[str(log)],
+        config.update(heartbeat_period_seconds=0.2, logs=[str(log)],
                       poweroff_command=["touch", str(marker)])
         pilot = (f"import time; open({str(log)!r}, 'w').write('JobAgent done\\n'); "
                  "time.sleep(1.0)")
@@ -62,7 +62,7 @@ def test_agent_with_another_machines_url_writes_nothing_and_still_powers_off(
         web.add_machine(B)
         marker = tmp_path / "powered-off"
         config = {"joboutputs_url": f"{web.url}/machines/{SPACE}/{B}/joboutputs",
-                  "token": web.token(A), "heartbeat_seconds": 0.2,
+                  "token": web.token(A), "heartbeat_period_seconds": 0.2,
                   "poweroff_command": ["touch", str(marker)], "final_upload_seconds": 5}
         code, stderr = run_agent(tmp_path, config, "import sys; sys.exit(3)")
         assert code == 0 and marker.exists()

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from cloudvac.clouds.base import Cloud, Flavor, Limits, MachineSpec, ObservedMachine
 from cloudvac.clouds.factory import CloudFactory
-from cloudvac.clouds.sim import NullReporter
+from cloudvac.clouds.simpilots import NullPilots
 from cloudvac.config import load_config_dir
 from cloudvac.config.models import SimMachinetype
 from cloudvac.engine.cycle import SpaceCycle
 from cloudvac.engine.daemon import Daemon
 from cloudvac.engine.metrics import EngineMetrics
-from cloudvac.engine.states import MachineState
+from cloudvac.model.cloud import Cloud, Flavor, Limits, MachineSpec, ObservedMachine
+from cloudvac.model.states import MachineState
 from cloudvac.store import Store
 
 SPACE = """\
@@ -299,11 +299,11 @@ def test_quota_is_reread_every_quota_reread_seconds_while_full(tmp_path: Path,
     loaded = load_config_dir(cdir)
     assert loaded.settings is not None and not loaded.issues, loaded.issues
     space = loaded.spaces["a.example"]
-    long_pilots = SimMachinetype(job_seconds=86400.0, heartbeat_seconds=3600.0)
+    long_pilots = SimMachinetype(job_seconds=86400.0, heartbeat_period_seconds=3600.0)
     space = space.model_copy(update={"machinetypes": {"belle": space.machinetypes[
         "belle"].model_copy(update={"sim": long_pilots})}})  # usage stays the same
     now = [1_000.0]
-    factory = CloudFactory(loaded.settings, NullReporter(), clock=lambda: now[0])
+    factory = CloudFactory(loaded.settings, NullPilots(), clock=lambda: now[0])
     metrics = EngineMetrics()
 
     async def cycles() -> list[int]:

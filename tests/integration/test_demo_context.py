@@ -8,12 +8,12 @@ from pathlib import Path
 
 import httpx
 
+from cloudvac.auth.vmtokens import TokenSigner, load_or_create_secret
 from cloudvac.config import load_config_dir
 from cloudvac.demo import prepare
-from cloudvac.engine.states import MachineState
+from cloudvac.model.states import MachineState
 from cloudvac.service import Service, run_service
 from cloudvac.store import Store
-from cloudvac.web.tokens import TokenSigner, load_or_create_secret
 
 MARKERS = {"belle": "VO_BELLE_SW_DIR", "t2k": "VO_T2K_ORG_SW_DIR",
            "hyperk": "VO_HYPERK_ORG_SW_DIR"}
@@ -87,7 +87,7 @@ processors_limit = 2
 heartbeat_file = heartbeat
 heartbeat_seconds = 60
 sim_job_seconds = 600
-sim_heartbeat_seconds = 0.3
+sim_heartbeat_period_seconds = 0.3
 
 [machinetype squids.example t2k]
 target_share = 1

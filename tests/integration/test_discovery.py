@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from cloudvac.auth.discovery import SiteDiscovery
-from cloudvac.clouds.base import Misconfigured, Retryable
+from cloudvac.model.errors import Misconfigured, Retryable
 
 GOCDB = """<?xml version="1.0" encoding="UTF-8"?>
 <results>

@@ -17,8 +17,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from cloudvac.engine.records import Event, Intent, MachineRecord, MachineUpdate
-from cloudvac.engine.states import MachineState, ShutdownMessage
+from cloudvac.model.records import Event, Intent, MachineRecord, MachineUpdate
+from cloudvac.model.states import MachineState, ShutdownMessage
 from cloudvac.store import Store
 from cloudvac.store.engine import alembic_config
 from cloudvac.store.tables import Base

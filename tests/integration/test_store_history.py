@@ -14,8 +14,8 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 
-from cloudvac.engine.records import MachineUpdate, SpaceHistory
-from cloudvac.engine.states import MachineState, ShutdownMessage
+from cloudvac.model.records import MachineUpdate, SpaceHistory
+from cloudvac.model.states import MachineState, ShutdownMessage
 from cloudvac.store import Store
 from cloudvac.store.engine import alembic_config
 from cloudvac.store.history import HistoryCache

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cloudvac.engine.states import MachineState, ShutdownMessage
+from cloudvac.model.states import MachineState, ShutdownMessage
 from cloudvac.web.server import WebConfigError, check_tls
 from tests.integration.webserver import SPACE, Running, web_server
 
@@ -235,7 +235,7 @@ def test_no_token_or_secret_in_debug_logs(tmp_path: Path,
 
 
 def test_server_secret_file_is_0600_and_unsafe_mode_refused(tmp_path: Path) -> None:
-    from cloudvac.web.tokens import SecretFileError, load_or_create_secret
+    from cloudvac.auth.vmtokens import SecretFileError, load_or_create_secret
 
     first = load_or_create_secret(tmp_path)
     assert (tmp_path / "server.secret").stat().st_mode & 0o777 == 0o600

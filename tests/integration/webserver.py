@@ -12,15 +12,15 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from cloudvac.auth.vmtokens import TokenSigner, load_or_create_secret
 from cloudvac.config import Machinetype, Settings, Space
 from cloudvac.context.userdata import ContextRenderer
-from cloudvac.engine.records import MachineUpdate
-from cloudvac.engine.states import MachineState
+from cloudvac.model.records import MachineUpdate
+from cloudvac.model.states import MachineState
 from cloudvac.store import Store
 from cloudvac.web.app import WebContext, create_app
 from cloudvac.web.files import JoboutputsDir, UploadLimits
 from cloudvac.web.server import bound_port, make_server
-from cloudvac.web.tokens import TokenSigner, load_or_create_secret
 
 SPACE = "web.example"
 

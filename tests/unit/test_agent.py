@@ -148,7 +148,7 @@ def down_server() -> Iterator[FakeJoboutputs]:
 def start_agent(tmp_path: Path, url: str, pilot: str | None, *, python: str = sys.executable,
                 env: dict[str, str] | None = None, **config: object) -> subprocess.Popen[str]:
     settings: dict[str, object] = {
-        "joboutputs_url": url, "token": TOKEN, "heartbeat_seconds": 0.2,
+        "joboutputs_url": url, "token": TOKEN, "heartbeat_period_seconds": 0.2,
         "poweroff_command": [sys.executable, "-c",
                              "import sys, time; open(sys.argv[1], 'w').write(repr(time.time()))",
                              str(tmp_path / "poweroff")],

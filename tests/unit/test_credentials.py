@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 
 from cloudvac.auth.checkin import CheckinTokenSource
-from cloudvac.clouds.base import Flavor, Limits, MachineSpec, ObservedMachine
 from cloudvac.config import Machinetype, Settings, Space
 from cloudvac.config.openstack import OpenStackSpace
 from cloudvac.engine.cycle import SpaceCycle
 from cloudvac.engine.metrics import EngineMetrics
+from cloudvac.engine.tools import CycleTools
+from cloudvac.model.cloud import Credential, Flavor, Limits, MachineSpec, ObservedMachine
 from cloudvac.store import Store
 
 NOW = 1_800_000_000.0
@@ -84,8 +85,10 @@ class ExpiringCloud:
     async def close(self) -> None:
         return None
 
-    def token_expiry(self) -> dict[str, float]:
-        return {"keystone": NOW + 3000, "checkin_refresh": NOW + self.days * 86400}
+    def credentials(self) -> list[Credential]:
+        return [Credential("keystone", NOW + 3000),
+                Credential("checkin_refresh", NOW + self.days * 86400,
+                           "Check-in refresh token")]
 
 
 @pytest.mark.parametrize(("days", "warned"), [(3, True), (60, False)])
@@ -95,8 +98,8 @@ def test_warning_ahead_of_refresh_token_expiry(tmp_path: Path, days: float,
     mt = Machinetype(name="belle", space="s.example", target_share=0)
     space = Space(name="s.example", api="sim", flavor_names=["m1.small"],
                   machinetypes={"belle": mt})
-    cycle = SpaceCycle(ExpiringCloud(days), store, Settings(state_dir=tmp_path),  # type: ignore
-                       EngineMetrics(), clock=lambda: NOW)
+    cycle = SpaceCycle(ExpiringCloud(days), Settings(state_dir=tmp_path),
+                       CycleTools(store, EngineMetrics(), clock=lambda: NOW))
     for _ in range(3):  # repeated cycles warn once (then every few hours at most)
         assert asyncio.run(cycle.run(space)).ok
     errors = [e.message for e in store.events("s.example") if e.kind == "error"]

@@ -9,9 +9,8 @@ from typing import Any
 import msgspec
 
 from cloudvac.clouds import nova
-from cloudvac.clouds.base import ObservedMachine
 from cloudvac.clouds.novalist import ServerListing
-from cloudvac.engine.states import MachineState
+from cloudvac.model.states import MachineState
 
 S = MachineState
 T0 = datetime.datetime(2026, 11, 25, 12, 0, 0, tzinfo=datetime.UTC).timestamp()
@@ -82,16 +81,6 @@ def test_an_empty_project_keeps_listing_in_full_until_a_mark_is_known() -> None:
     listing = ServerListing("sp", "m1", clock=Clock())
     listing.apply({}, [])
     assert listing.mark is None and listing.query() == {}
-
-
-def test_own_creates_are_listed_until_a_listing_shows_them() -> None:
-    listing = ServerListing("sp", "m1", clock=Clock())
-    listing.apply({}, [server("a", "ACTIVE", T0)])
-    listing.created(ObservedMachine("new", "cloudvac-abc-new", "belle", S.STARTING, 2))
-    listing.apply(listing.query(), [])
-    assert states(listing) == {"a": S.RUNNING, "new": S.STARTING}
-    listing.apply(listing.query(), [server("new", "ACTIVE", T0 + 10)])
-    assert states(listing) == {"a": S.RUNNING, "new": S.RUNNING}
 
 
 def test_asking_for_the_query_changes_nothing() -> None:

@@ -9,11 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cloudvac.clouds.base import Flavor, Limits, ObservedMachine
 from cloudvac.config.models import Machinetype, Space
-from cloudvac.engine.planner import Observation, Plan, plan
-from cloudvac.engine.records import Intent, MachineRecord, SpaceHistory
-from cloudvac.engine.states import MachineState, ShutdownMessage
+from cloudvac.engine.decide import Decision, decide
+from cloudvac.engine.planner import Observation
+from cloudvac.model.cloud import Flavor, Limits, ObservedMachine
+from cloudvac.model.records import MachineRecord, SpaceHistory
+from cloudvac.model.states import MachineState, ShutdownMessage
 
 S = MachineState
 NOW = 1_000_000.0
@@ -46,11 +47,29 @@ def flavors(space: Space, flavor: Flavor = SMALL) -> dict[str, Flavor]:
     return {n: flavor for n in space.machinetypes}
 
 
+class Result:
+    """One decision, flattened for assertions."""
+
+    def __init__(self, decision: Decision) -> None:
+        self.creates = list(decision.plan.creates)
+        self.deletes = list(decision.plan.deletes)
+        self.status = decision.plan.status
+        self.aborts = dict(decision.changes.aborts)
+        self.records = {r.name: r for r in decision.changes.records}
+        self.events = list(decision.changes.events)
+
+
 def run(space: Space, machines: list[ObservedMachine] | None = None,
         history: SpaceHistory | None = None, now: float = NOW, limits: Limits | None = None,
-        flavor: Flavor = SMALL) -> Plan:
+        flavor: Flavor = SMALL) -> Result:
     obs = Observation(machines or [], limits or Limits(), flavors(space, flavor))
-    return plan(space, obs, history or SpaceHistory(), now)
+    return Result(decide(space, obs, history or SpaceHistory(), now))
+
+
+def intent(name: str, created: float, mt: str = "belle", processors: int = 1,
+           hs06: float | None = None) -> MachineRecord:
+    return MachineRecord(space="s.example", name=name, machinetype=mt, state=S.INTENT,
+                         processors=processors, hs06=hs06, created_at=created)
 
 
 # --- deletion rules -----------------------------------------------------------------------
@@ -132,9 +151,9 @@ def test_delete_records_stop_and_own_message_for_accounting() -> None:
     space = make_space({"belle": MT_OPTS})
     hist = SpaceHistory(machines={"m": record("m", heartbeat_at=NOW)})
     result = run(space, [observed("m", started=NOW - 2000)], hist)
-    update = next(u for u in result.reconciled.updates if u.name == "m")
+    update = result.records["m"]
     assert update.stopped_at == NOW and update.delete_requested_at == NOW
-    assert update.default_shutdown == ShutdownMessage(700, "Exceeded max_wallclock_seconds")
+    assert update.shutdown == ShutdownMessage(700, "Exceeded max_wallclock_seconds")
 
 
 # --- shutdown codes, fizzle and backoff ---------------------------------------------------
@@ -153,7 +172,7 @@ def test_shutdown_codes_and_fizzle(code: int | None, ran: float, abort: bool) ->
     message = ShutdownMessage(code, "text") if code else None
     hist = SpaceHistory(machines={"m": record("m", started_at=NOW - ran, shutdown=message)})
     result = run(space, [observed("m", S.STOPPED, started=NOW - ran)], hist)
-    assert ("belle" in result.reconciled.aborts) is abort
+    assert ("belle" in result.aborts) is abort
     assert [d.reason for d in result.deletes] == ["stopped"]
     if abort:
         assert result.creates == [] and result.status["belle"].blocked.startswith("backoff")
@@ -163,11 +182,11 @@ def test_machine_that_vanished_is_gone_and_evaluated_once() -> None:
     space = make_space({"belle": {"target_share": 1, "fizzle_seconds": 600}})
     hist = SpaceHistory(machines={"m": record("m", started_at=NOW - 10)})
     result = run(space, [], hist)
-    update = next(u for u in result.reconciled.updates if u.name == "m")
+    update = result.records["m"]
     assert update.state is S.GONE and update.stopped_at == NOW
-    assert "belle" in result.reconciled.aborts
+    assert "belle" in result.aborts
     hist2 = SpaceHistory(machines={"m": record("m", S.STOPPED, stopped_at=NOW - 5)})
-    assert run(space, [observed("m", S.STOPPED)], hist2).reconciled.aborts == {}
+    assert run(space, [observed("m", S.STOPPED)], hist2).aborts == {}
 
 
 BACKOFF = {"target_share": 1, "backoff_seconds": 1000, "fizzle_seconds": 100}
@@ -194,7 +213,7 @@ def test_backoff_window(since: float, ages: list[float], expected: int) -> None:
 def test_quota_refusal_never_sets_backoff() -> None:
     space = make_space()
     result = run(space, limits=Limits(free_processors=0))
-    assert result.creates == [] and result.reconciled.aborts == {}
+    assert result.creates == [] and result.aborts == {}
     assert result.status["belle"].blocked == "cloud quota: no free cores"
     assert result.status["belle"].backoff_until is None
 
@@ -236,34 +255,43 @@ def test_limits(space_opts: dict[str, Any], limits: Limits, expected: int, block
 def test_stale_listing_never_exceeds_limit() -> None:
     """Creates not yet listed (intents) count; repeated cycles with a stale listing stay put."""
     space = make_space(processors_limit=20, creation_burst_processors=100)
-    intents: dict[str, Intent] = {}
+    intents: dict[str, MachineRecord] = {}
     for cycle in range(5):
-        result = plan(space, Observation([], Limits(), flavors(space)),
-                      SpaceHistory(intents=intents), NOW + cycle)
-        for i, create in enumerate(result.creates):
+        result = decide(space, Observation([], Limits(), flavors(space)),
+                        SpaceHistory(machines=intents), NOW + cycle)
+        for i, create in enumerate(result.plan.creates):
             name = f"c{cycle}-{i}"
-            intents[name] = Intent("s.example", name, create.machinetype,
-                                   create.flavor.processors, None, NOW + cycle)
+            intents[name] = intent(name, NOW + cycle, create.machinetype,
+                                   create.flavor.processors)
     assert sum(i.processors for i in intents.values()) == 20
 
 
 def test_expired_intent_is_forgotten() -> None:
     space = make_space(intent_seconds=600)
-    intent = Intent("s.example", "x", "belle", 1, None, NOW - 601)
-    result = run(space, history=SpaceHistory(intents={"x": intent}))
-    assert result.reconciled.resolved_intents == ["x"]
+    result = run(space, history=SpaceHistory(machines={"x": intent("x", NOW - 601)}))
+    assert result.records["x"].state is S.GONE
+    assert result.records["x"].stopped_at is None  # never ran: no end, no abort
+    assert result.aborts == {}
     assert any(e.kind == "intent-expired" for e in result.events)
+
+
+def test_young_intent_counts_as_starting_until_listed() -> None:
+    space = make_space(intent_seconds=600, processors_limit=3, creation_burst_processors=10)
+    result = run(space, history=SpaceHistory(machines={"x": intent("x", NOW - 599)}))
+    assert "x" not in result.records  # nothing to write: still waiting for the listing
+    assert len(result.creates) == 2
+    assert result.status["belle"].starting_processors == 3
 
 
 def test_listed_intent_resolves_and_unknown_listed_machine_is_adopted() -> None:
     space = make_space()
-    intent = Intent("s.example", "a", "belle", 1, 10.0, NOW - 5)
     result = run(space, [observed("a", S.STARTING), observed("b")],
-                 SpaceHistory(intents={"a": intent}))
-    assert result.reconciled.resolved_intents == ["a"]
+                 SpaceHistory(machines={"a": intent("a", NOW - 5, hs06=10.0)}))
     messages = {e.machine: e.message for e in result.events if e.kind == "listed"}
     assert "adopted" in messages["b"] and "created" in messages["a"]
-    assert {u.name for u in result.reconciled.updates} == {"a", "b"}
+    assert set(result.records) == {"a", "b"}
+    assert result.records["a"].state is S.STARTING and result.records["a"].hs06 == 10.0
+    assert result.records["a"].cloud_id == "id-a"
 
 
 @settings(max_examples=150, deadline=None)
@@ -320,8 +348,8 @@ def simulate(space: Space, cycles: int, flavor_for: dict[str, Flavor], lifetime:
             n: record(n, m.state, m.machinetype, processors=m.processors,
                       started_at=m.started_at, shutdown=ShutdownMessage(200, "ok"))
             for n, m in machines.items()})
-        result = plan(space, Observation(list(machines.values()), Limits(), flavor_for),
-                      hist, now)
+        result = decide(space, Observation(list(machines.values()), Limits(), flavor_for),
+                        hist, now).plan
         for d in result.deletes:
             machines.pop(d.name)
         for c in result.creates:

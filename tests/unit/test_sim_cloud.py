@@ -11,20 +11,11 @@ from typing import Any, TypeVar
 import pytest
 
 from cloudvac.clouds import sim
-from cloudvac.clouds.base import (
-    TAG_MACHINETYPE,
-    TAG_MANAGER,
-    TAG_SPACE,
-    Cloud,
-    Flavor,
-    MachineSpec,
-    Misconfigured,
-    QuotaExceeded,
-    Retryable,
-)
 from cloudvac.clouds.sim import SimCloud, SimProject
 from cloudvac.config.models import SimMachinetype, SimSpace
-from cloudvac.engine.states import MachineState, ShutdownMessage
+from cloudvac.model.cloud import TAG_MACHINETYPE, TAG_MANAGER, TAG_SPACE, Cloud, Flavor, MachineSpec
+from cloudvac.model.errors import Misconfigured, QuotaExceeded, Retryable
+from cloudvac.model.states import MachineState, ShutdownMessage
 
 SPACE = "sim-a.example"
 MANAGER = "mgr1"
@@ -48,7 +39,7 @@ class Recorder:
         self.heartbeats: list[tuple[str, str, float]] = []
         self.shutdowns: list[tuple[str, str, ShutdownMessage, float]] = []
 
-    async def heartbeat(self, space: str, name: str, at: float) -> None:
+    async def heartbeat(self, space: str, name: str, at: float, file: str) -> None:
         self.heartbeats.append((space, name, at))
 
     async def shutdown(self, space: str, name: str, message: ShutdownMessage, at: float) -> None:
@@ -56,7 +47,7 @@ class Recorder:
 
 
 class Broken:
-    async def heartbeat(self, space: str, name: str, at: float) -> None:
+    async def heartbeat(self, space: str, name: str, at: float, file: str) -> None:
         raise RuntimeError("web side down")
 
     async def shutdown(self, space: str, name: str, message: ShutdownMessage, at: float) -> None:
@@ -78,7 +69,7 @@ def setup(mt: SimMachinetype | None = None, clock: Clock | None = None,
     machinetypes: Mapping[str, SimMachinetype] = {"belle": mt} if mt else {}
     project = SimProject(SimSpace(**options), dict(machinetypes), clock=clock)
     recorder = Recorder()
-    cloud = SimCloud(project, SPACE, MANAGER, reporter or recorder)
+    cloud = SimCloud(project, (SPACE, MANAGER), reporter or recorder)
     return project, cloud, recorder, clock
 
 
@@ -94,7 +85,7 @@ def test_sim_cloud_satisfies_protocol() -> None:
 
 
 def test_create_starting_running_stopped_with_success_reported() -> None:
-    project, cloud, rec, clock = setup(SimMachinetype(job_seconds=100, heartbeat_seconds=1000),
+    project, cloud, rec, clock = setup(SimMachinetype(job_seconds=100, heartbeat_period_seconds=1000),
                                        boot_seconds=10)
     cloud_id = run(cloud.create_machine(spec("vm1")))
     m = only(cloud)
@@ -155,7 +146,7 @@ def test_error_probability_gives_500_or_600() -> None:
 
 
 def test_heartbeats_while_running_without_flooding() -> None:
-    _, cloud, rec, clock = setup(SimMachinetype(job_seconds=10_000, heartbeat_seconds=10),
+    _, cloud, rec, clock = setup(SimMachinetype(job_seconds=10_000, heartbeat_period_seconds=10),
                                  boot_seconds=0)
     run(cloud.create_machine(spec("vm1")))
     for _ in range(20):  # 100 s in 5 s steps
@@ -252,7 +243,7 @@ def test_delete_with_zero_delay_is_gone_at_next_call() -> None:
 
 
 def test_untagged_server_runs_its_course_unlisted_and_unreported() -> None:
-    project, cloud, rec, clock = setup(SimMachinetype(job_seconds=50, heartbeat_seconds=5),
+    project, cloud, rec, clock = setup(SimMachinetype(job_seconds=50, heartbeat_period_seconds=5),
                                        boot_seconds=1)
     untagged = MachineSpec(name="bare", space=SPACE, machinetype="belle",
                            flavor=Flavor("m1.small", 1), image="cernvm", user_data="")
@@ -267,8 +258,8 @@ def test_untagged_server_runs_its_course_unlisted_and_unreported() -> None:
 
 def test_listing_filters_other_managers_spaces_and_foreign() -> None:
     project, cloud, _, _ = setup()
-    other_mgr = SimCloud(project, SPACE, "mgr2")
-    other_space = SimCloud(project, "sim-b.example", MANAGER)
+    other_mgr = SimCloud(project, (SPACE, "mgr2"))
+    other_space = SimCloud(project, ("sim-b.example", MANAGER))
     run(cloud.create_machine(spec("mine")))
     run(other_mgr.create_machine(spec("theirs", manager="mgr2")))
     run(other_space.create_machine(spec("elsewhere", space="sim-b.example")))
@@ -314,7 +305,7 @@ def test_api_latency_sleeps_only_when_configured(monkeypatch: pytest.MonkeyPatch
 
 def _scenario(seed: int) -> tuple[list[tuple[object, ...]], Recorder]:
     mt = SimMachinetype(job_seconds=30, no_work_probability=0.3, error_probability=0.2,
-                        heartbeat_seconds=7)
+                        heartbeat_period_seconds=7)
     _, cloud, rec, clock = setup(mt, seed=seed, boot_seconds=5, failure_rate=0.2)
     seen: list[tuple[object, ...]] = []
     for step in range(40):
@@ -337,7 +328,7 @@ def test_same_seed_and_clock_give_identical_outcomes() -> None:
 
 
 def test_reporter_errors_do_not_break_the_cloud(caplog: pytest.LogCaptureFixture) -> None:
-    _, cloud, _, clock = setup(SimMachinetype(job_seconds=10, heartbeat_seconds=2),
+    _, cloud, _, clock = setup(SimMachinetype(job_seconds=10, heartbeat_period_seconds=2),
                                reporter=Broken(), boot_seconds=1)
     run(cloud.create_machine(spec("vm1")))
     clock.now += 100
@@ -353,7 +344,7 @@ def test_restarted_manager_gets_later_reports() -> None:
     run(old.create_machine(spec("vm1")))
     run(old.close())
     rec_new = Recorder()
-    new = SimCloud(project, SPACE, MANAGER, rec_new)
+    new = SimCloud(project, (SPACE, MANAGER), rec_new)
     clock.now += 500
     assert only(new).state is MachineState.STOPPED
     assert rec_old.shutdowns == [] and [s[1] for s in rec_new.shutdowns] == ["vm1"]

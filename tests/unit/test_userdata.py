@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cloudvac.auth.vmtokens import TokenSigner
 from cloudvac.config import Settings, Space, load_config_dir
 from cloudvac.context.userdata import ContextRenderer, RenderError, check_space
 from cloudvac.context.validate import UserDataInvalid, schema_found, validate_user_data
-from cloudvac.web.tokens import TokenSigner
 
 GOLDEN = Path(__file__).parent / "golden"
 NAME = "cloudvac-abcdef-{mt}-0123456789"
@@ -88,7 +88,7 @@ def space(tmp_path: Path) -> tuple[Space, Settings]:
 
 def renderer(settings: Settings, squids: list[str] | None = None) -> ContextRenderer:
     return ContextRenderer(settings, TokenSigner(b"k" * 32), clock=lambda: 1_800_000_000.0,
-                           squids=lambda space, mt: list(squids or []))
+                           squids=lambda space, mt, since: list(squids or []))
 
 
 @pytest.mark.parametrize("vo", ["belle", "t2k", "hyperk"])

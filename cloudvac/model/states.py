@@ -27,12 +27,20 @@ class MachineState(enum.StrEnum):
     @property
     def finished(self) -> bool:
         """True once the machine's payload can no longer run (stopped, failed, deleting, gone)."""
-        return self in _FINISHED
+        return self in FINISHED
+
+    @property
+    def starting(self) -> bool:
+        """True while the machine has not started its payload yet (intent, starting)."""
+        return self in STARTING
 
 
-_FINISHED = frozenset(
+#: The states in which a machine's payload can no longer run: the one definition.
+FINISHED = frozenset(
     {MachineState.STOPPED, MachineState.FAILED, MachineState.DELETING, MachineState.GONE}
 )
+#: The states of a machine that holds capacity but has not booted yet.
+STARTING = frozenset({MachineState.INTENT, MachineState.STARTING})
 
 
 class ShutdownClass(enum.IntEnum):
@@ -111,3 +119,4 @@ EXCEEDED_WALLCLOCK = ShutdownMessage(700, "Exceeded max_wallclock_seconds")
 HEARTBEAT_LOST = ShutdownMessage(700, "Heartbeat file not updated")
 PASSED_SHUTDOWNTIME = ShutdownMessage(100, "Passed shutdowntime")
 DRAINED = ShutdownMessage(100, "Drained by operator")
+UNEXPECTED_STATE = ShutdownMessage(700, "Unexpected cloud state")

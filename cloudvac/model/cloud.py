@@ -1,4 +1,4 @@
-"""The small protocol every cloud adapter implements, its records and its error taxonomy.
+"""What a cloud reports and the small protocol every cloud adapter implements.
 
 Contract for adapters:
 
@@ -8,15 +8,18 @@ Contract for adapters:
   listing must never be returned, because the engine treats "not listed" as "gone".
 * ``create_machine(spec)`` asks the cloud for one server and returns its cloud id.  It
   must tag the server with ``spec.metadata`` and use ``spec.name`` verbatim, so that a
-  create whose answer was lost is recognised by name at the next listing.
+  create whose answer was lost is recognised by name at the next listing.  The engine
+  remembers a created machine until it is listed; adapters keep no such memory.
 * ``delete_machine(cloud_id)`` requests deletion; a server that is already gone is
   success (idempotent).
 * ``limits()`` returns what the project may still use, counting foreign servers.
 * ``flavor(names, min_processors, max_processors)`` resolves the first flavor in
-  ``names`` whose vCPU count lies in the range (VCycle's rule).
+  ``names`` whose vCPU count lies in the range (VCycle's rule); the adapter caches what
+  it lists, so asking every cycle costs no request.
 
-Errors are translated into the taxonomy below; nothing else may escape an adapter
-except ``CloudError`` subclasses (the cycle treats anything else as a bug and reports it).
+Errors are translated into ``model.errors``; nothing else may escape an adapter except
+``CloudError`` subclasses (anything else is a bug, reported as such by the cycle).
+An adapter that holds credentials with an expiry also implements ``CredentialSource``.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from cloudvac.engine.states import MachineState
+from cloudvac.model.states import MachineState
 
 # Metadata keys cloudvac writes on every machine it creates.
 TAG_SPACE = "cloudvac:space"
@@ -33,30 +36,8 @@ TAG_MACHINETYPE = "cloudvac:machinetype"
 TAG_MANAGER = "cloudvac:manager"
 TAG_CREATED = "cloudvac:created"
 
-
-class CloudError(Exception):
-    """Base of every error an adapter may raise.  ``str()`` is safe to log and show."""
-
-
-class Retryable(CloudError):
-    """Transient: 5xx, timeout, connection refused.  Try again next cycle."""
-
-
-class QuotaExceeded(CloudError):
-    """The cloud refused for quota reasons (Nova 403 quota, 413).  Never sets backoff."""
-
-
-class Gone(CloudError):
-    """The object does not exist (404)."""
-
-
-class AuthFailed(CloudError):
-    """Credentials refused even after one re-authentication (401)."""
-
-
-class Misconfigured(CloudError):
-    """The request itself is wrong (400: bad flavor, image, network).  Carries the cloud's
-    own message so the operator sees what to fix."""
+#: Adapters list a cloud's flavors at most this often (they rarely change).
+FLAVOR_CACHE_SECONDS = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +56,12 @@ class Limits:
     free_instances: int | None = None
     free_ram_mb: int | None = None
     foreign_processors: int = 0
+
+    def fits(self, flavor: Flavor) -> bool:
+        """Whether one more machine of ``flavor`` fits in the free capacity."""
+        return (self.free_processors is None or self.free_processors >= flavor.processors) \
+            and (self.free_instances is None or self.free_instances >= 1) \
+            and (self.free_ram_mb is None or self.free_ram_mb >= flavor.ram_mb)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,3 +111,23 @@ class Cloud(Protocol):
     ) -> Flavor: ...
 
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """One credential of a space and when it expires."""
+
+    kind: str
+    """Short stable name (``keystone``, ``checkin_access``, ``checkin_refresh``)."""
+    expires_at: float
+    """Unix time."""
+    renewed_by_operator: str = ""
+    """Empty when the adapter renews it itself; else what the operator must renew (named
+    in the warning cloudvac raises ahead of its expiry), e.g. "Check-in refresh token"."""
+
+
+@runtime_checkable
+class CredentialSource(Protocol):
+    """An adapter whose credentials expire: it says which, and when."""
+
+    def credentials(self) -> Sequence[Credential]: ...

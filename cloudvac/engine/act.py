@@ -1,0 +1,133 @@
+"""The cycle's acting step: carry out a plan on one space's cloud.
+
+Crash safety: every create is recorded as a machine row in state ``intent`` (committed)
+before the cloud is asked, and its name and tags let the next listing recognise it; a
+definite refusal (quota, misconfiguration, credentials) marks the row gone at once, an
+unknown outcome (timeout, 5xx) leaves it for the listing to settle.  Deletions were
+recorded by the cycle before this step runs.  At most ``api_concurrency`` calls are in
+flight; each call's events are returned with its outcome, never shared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass, replace
+
+from cloudvac.config.models import Settings, Space
+from cloudvac.context.errors import RenderError
+from cloudvac.engine.lifecycle import Deletion
+from cloudvac.engine.planner import Create
+from cloudvac.engine.tools import CycleTools
+from cloudvac.model.cloud import (
+    TAG_CREATED,
+    TAG_MACHINETYPE,
+    TAG_MANAGER,
+    TAG_SPACE,
+    Cloud,
+    MachineSpec,
+)
+from cloudvac.model.errors import AuthFailed, CloudError, Gone, Misconfigured, QuotaExceeded
+from cloudvac.model.records import Event, MachineRecord
+from cloudvac.model.states import MachineState
+
+
+@dataclass(frozen=True, slots=True)
+class Acted:
+    """What acting on a plan did."""
+
+    created: int = 0
+    create_failures: int = 0
+    deleted: int = 0
+    events: tuple[Event, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class _Done:
+    ok: bool
+    events: tuple[Event, ...] = ()
+
+
+class Actor:
+    def __init__(self, cloud: Cloud, settings: Settings, tools: CycleTools) -> None:
+        self.cloud, self.settings, self.tools = cloud, settings, tools
+
+    async def act(self, space: Space, deletes: Sequence[Deletion],
+                  creates: Sequence[Create]) -> Acted:
+        """Deletes first (they free capacity), then creates."""
+        sem = asyncio.Semaphore(self.settings.api_concurrency)
+        refused: set[str] = set()  # machinetypes (or "*") refused this cycle: stop asking
+
+        async def limited(call: Awaitable[_Done]) -> _Done:
+            async with sem:
+                return await call
+
+        async def create(c: Create) -> _Done:
+            async with sem:
+                if "*" in refused or c.machinetype in refused:
+                    return _Done(False)
+                return await self._create(space, c, refused)
+
+        deleted = await asyncio.gather(*(limited(self._delete(space, d)) for d in deletes))
+        created = await asyncio.gather(*(create(c) for c in creates))
+        events = tuple(e for done in (*deleted, *created) for e in done.events)
+        ok = sum(done.ok for done in created)
+        return Acted(ok, len(created) - ok, sum(done.ok for done in deleted), events)
+
+    async def _delete(self, space: Space, d: Deletion) -> _Done:
+        count = self.tools.metrics.deletes.labels
+        try:
+            await self.cloud.delete_machine(d.cloud_id)
+        except Gone:
+            pass
+        except CloudError as exc:
+            count(space.name, d.machinetype, d.reason, "error").inc()
+            return _Done(False, (Event(self.tools.clock(), space.name, d.machinetype, d.name,
+                                       "error", f"delete failed, retried later: {exc}"),))
+        count(space.name, d.machinetype, d.reason, "ok").inc()
+        return _Done(True)
+
+    async def _create(self, space: Space, create: Create, refused: set[str]) -> _Done:
+        tools, mt = self.tools, space.machinetypes[create.machinetype]
+        now, name = tools.clock(), tools.namer(space.name, mt.name)
+        count = tools.metrics.creates.labels
+
+        def error(text: str) -> _Done:
+            return _Done(False, (Event(now, space.name, mt.name, name, "error", text),))
+
+        try:
+            user_data = tools.render(space, mt, name)
+        except RenderError as exc:  # fix the configuration: no create, no intent
+            refused.add(mt.name)
+            count(space.name, mt.name, "RenderError").inc()
+            return error(f"user_data not rendered: {exc}")
+        intent = MachineRecord(space.name, name, mt.name, MachineState.INTENT,
+                               processors=create.flavor.processors, hs06=create.hs06,
+                               created_at=now)
+        await asyncio.to_thread(tools.store.apply, space.name, [intent], {}, now)
+        try:
+            await self.cloud.create_machine(self._spec(space, create, intent, user_data))
+        except (QuotaExceeded, Misconfigured, AuthFailed) as exc:
+            # A definite refusal: nothing was created, so the intent must not hold capacity.
+            gone = replace(intent, state=MachineState.GONE, fault=f"create refused: {exc}")
+            await asyncio.to_thread(tools.store.apply, space.name, [gone], {}, now)
+            refused.add("*" if not isinstance(exc, Misconfigured) else mt.name)
+            count(space.name, mt.name, type(exc).__name__).inc()
+            return error(f"create refused ({type(exc).__name__}): {exc}")
+        except CloudError as exc:  # outcome unknown (timeout, 5xx): the listing will tell
+            count(space.name, mt.name, type(exc).__name__).inc()
+            return error(f"create outcome unknown ({type(exc).__name__}): {exc}")
+        count(space.name, mt.name, "ok").inc()
+        return _Done(True, (Event(now, space.name, mt.name, name, "create",
+                                  f"created with flavor {create.flavor.name} "
+                                  f"({create.flavor.processors} processors)"),))
+
+    def _spec(self, space: Space, create: Create, intent: MachineRecord,
+              user_data: str) -> MachineSpec:
+        mt = space.machinetypes[create.machinetype]
+        return MachineSpec(
+            name=intent.name, space=space.name, machinetype=mt.name, flavor=create.flavor,
+            image=mt.root_image or "", user_data=user_data,
+            metadata={TAG_SPACE: space.name, TAG_MACHINETYPE: mt.name,
+                      TAG_MANAGER: self.settings.manager_id,
+                      TAG_CREATED: f"{intent.created_at or 0:.0f}"})

@@ -1,0 +1,50 @@
+"""The cycle's pure step: from what the cloud and the store say to what to do and record.
+
+``decide`` = ``reconcile`` (what the listing means) -> ``plan`` (what to delete and
+create) -> the changes to record before acting: every changed machine row (seen changes,
+ends, delete requests), the aborts per machinetype, and the events in the order they
+happened.  No I/O; the clock is an argument.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from cloudvac.config.models import Space
+from cloudvac.engine.lifecycle import aborts_of
+from cloudvac.engine.planner import Observation, Plan, plan
+from cloudvac.engine.reconcile import reconcile
+from cloudvac.model.records import Event, MachineRecord, SpaceHistory
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """What the store must record before the plan is acted on, in one transaction."""
+
+    records: tuple[MachineRecord, ...] = ()
+    """Machine rows whose engine-owned fields changed, one per name."""
+    aborts: Mapping[str, float] = field(default_factory=dict)
+    """Latest abort time per machinetype."""
+    events: tuple[Event, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    plan: Plan
+    changes: Changes
+
+
+def decide(space: Space, observation: Observation, history: SpaceHistory,
+           now: float) -> Decision:
+    seen = reconcile(space, observation.machines, history, now)
+    chosen = plan(space, observation, seen, history, now)
+    records = dict(seen.changed)
+    events = list(seen.events)
+    for deletion in chosen.deletes:
+        records[deletion.name] = deletion.record
+        if deletion.abort is not None:
+            events.append(deletion.abort)
+        events.append(deletion.event)
+    aborts = aborts_of([*seen.aborts, *(d.abort for d in chosen.deletes)])
+    return Decision(chosen, Changes(tuple(records.values()), aborts, tuple(events)))

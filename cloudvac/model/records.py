@@ -1,0 +1,85 @@
+"""What the store remembers about a space, as plain frozen records.
+
+``MachineRecord`` is *the* machine row: the store's ``machines`` columns are derived from
+its fields (``store/tables.py``), and a test fails when the two drift.  Its fields have
+two owners: the VM-facing side writes ``VM_FIELDS`` (what a VM uploads), the engine
+writes ``ENGINE_FIELDS``; a write by one never overwrites the other's.  The store turns
+rows into a ``SpaceHistory``; the planner never sees a database.
+
+A machine has a row from the moment a create is decided (state ``intent``, written before
+the cloud is asked) until it is pruned long after it is gone: "created, not yet listed" is
+that row in state ``intent``, and nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+
+from cloudvac.model.states import FINISHED, MachineState, ShutdownMessage
+
+
+@dataclass(frozen=True, slots=True)
+class MachineRecord:
+    """One machine as the store knows it (see ``VM_FIELDS`` for who writes what)."""
+
+    space: str
+    name: str
+    machinetype: str
+    state: MachineState
+    cloud_id: str = ""
+    processors: int = 1
+    hs06: float | None = None
+    created_at: float | None = None
+    started_at: float | None = None
+    stopped_at: float | None = None
+    heartbeat_at: float | None = None
+    shutdown: ShutdownMessage | None = None
+    """The VM's own shutdown message, else the reason cloudvac recorded when it ended it."""
+    shutdown_at: float | None = None
+    delete_requested_at: float | None = None
+    delete_reason: str = ""
+    fault: str = ""
+    address: str = ""
+
+    @property
+    def holds_share(self) -> bool:
+        """Whether the machine counts towards its machinetype's share: alive and not
+        being deleted (a machine being deleted still holds quota, not share)."""
+        return self.state not in FINISHED and self.delete_requested_at is None
+
+
+#: Every field of the machine row, in order.
+MACHINE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(MachineRecord))
+#: The row's key.
+KEY_FIELDS: tuple[str, ...] = ("space", "name")
+#: Written by the VM-facing side only.  The engine's writes leave them alone, except that
+#: cloudvac's own reason for ending a machine is stored when the VM has sent none.
+VM_FIELDS: frozenset[str] = frozenset({"heartbeat_at", "shutdown", "shutdown_at"})
+#: Written by the engine: every field that is neither key nor the VM's.
+ENGINE_FIELDS: tuple[str, ...] = tuple(
+    name for name in MACHINE_FIELDS if name not in VM_FIELDS and name not in KEY_FIELDS
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SpaceHistory:
+    """Everything the store holds for one space, read once per cycle."""
+
+    machines: Mapping[str, MachineRecord] = field(default_factory=dict)
+    """Every machine not gone, intents included, by name."""
+    last_abort: Mapping[str, float] = field(default_factory=dict)
+    drained: frozenset[str] = frozenset()
+    """Machinetype names drained by an operator; ``"*"`` drains the whole space."""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One line of the space's event log (what happened and why), kept in the store."""
+
+    at: float
+    space: str
+    machinetype: str
+    machine: str
+    kind: str
+    message: str

@@ -1,0 +1,90 @@
+"""What the web service's routes share: configuration, store, signer, files and caches."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, Request
+from prometheus_client import CollectorRegistry, Counter
+
+from cloudvac.auth.vmtokens import TokenSigner
+from cloudvac.config.models import Machinetype, Settings, Space
+from cloudvac.model.records import MachineRecord
+from cloudvac.store import Store
+from cloudvac.web.files import JoboutputsDir
+from cloudvac.web.heartbeats import HeartbeatBuffer
+
+Renderer = Callable[[Space, Machinetype, str], str]
+MACHINE_CACHE_SECONDS = 5.0
+MACHINE_CACHE_SIZE = 200_000
+
+
+class WebMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.uploads = Counter("cloudvac_uploads", "VM uploads by kind and HTTP status",
+                               ["kind", "status"], registry=registry)
+        self.upload_bytes = Counter("cloudvac_upload_bytes", "Bytes accepted from VMs",
+                                    registry=registry)
+
+
+class MachineCache:
+    """Machine lookups for at most ``seconds``, the ``size`` most recently used kept:
+    uploads must not cost a database read each, and memory stays bounded."""
+
+    def __init__(self, store: Store, seconds: float = MACHINE_CACHE_SECONDS,
+                 size: int = MACHINE_CACHE_SIZE) -> None:
+        self.store, self.seconds, self.size = store, seconds, size
+        self._entries: OrderedDict[tuple[str, str], tuple[float, MachineRecord | None]] = \
+            OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def get(self, space: str, name: str) -> MachineRecord | None:
+        """The machine's record (None if unknown), at most ``seconds`` old."""
+        key, now = (space, name), time.monotonic()
+        hit = self._entries.get(key)
+        if hit is not None and now - hit[0] < self.seconds:
+            self._entries.move_to_end(key)
+            return hit[1]
+        record = await asyncio.to_thread(self.store.machine, space, name)
+        self._entries[key] = (now, record)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+        return record
+
+
+@dataclass
+class WebContext:
+    settings: Settings
+    store: Store
+    signer: TokenSigner
+    files: JoboutputsDir
+    spaces: Callable[[], Mapping[str, Space]]
+    """The configuration in force for every space (the daemon's, or re-read from files)."""
+    registry: CollectorRegistry
+    render: Renderer | None = None
+    clock: Callable[[], float] = time.time
+    heartbeats: HeartbeatBuffer = field(init=False)
+    metrics: WebMetrics = field(init=False)
+    machines: MachineCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.heartbeats = HeartbeatBuffer(self.store, self.files)
+        self.metrics = WebMetrics(self.registry)
+        self.machines = MachineCache(self.store)
+
+
+def context(request: Request) -> WebContext:
+    """The application's context (a FastAPI dependency)."""
+    ctx: WebContext = request.app.state.ctx
+    return ctx
+
+
+Ctx = Annotated[WebContext, Depends(context)]
