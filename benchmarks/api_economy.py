@@ -67,7 +67,7 @@ def sim_run(args: argparse.Namespace) -> dict[str, Any]:
     from benchmarks import scale
     from cloudvac.clouds.simpilots import NullPilots
     from cloudvac.config import load_config_dir
-    from cloudvac.engine.daemon import Daemon
+    from cloudvac.engine.daemon import build_daemon
     from cloudvac.store import Store
 
     opts = argparse.Namespace(spaces=1, machines=args.sim_machines, period=args.sim_period,
@@ -83,9 +83,9 @@ def sim_run(args: argparse.Namespace) -> dict[str, Any]:
         scale.fill(projects, loaded.spaces, args.sim_machines, loaded.settings.manager_id,
                    args.job_hours * 3600, seed=1)
         (name, project), = projects.items()
-        daemon = Daemon(cdir, loaded.settings, store, keep_reports=1000,
-                        reporter=NullPilots())
-        daemon.factory.use_project(name, project)
+        daemon = build_daemon(cdir, loaded.settings, store, keep_reports=1000,
+                              pilots=NullPilots())
+        daemon.clouds.use_project(name, project)
         per_cycle: list[dict[str, int]] = []
 
         async def drive() -> None:
@@ -210,7 +210,7 @@ def pages_formula(listed: int, max_limit: int) -> int:
 def nova_run(args: argparse.Namespace, variant: Variant) -> dict[str, Any]:
     from cloudvac.clouds.openstack import OpenStackCloud
     from cloudvac.config import load_config_dir
-    from cloudvac.engine.daemon import Daemon
+    from cloudvac.engine.daemon import build_daemon
     from cloudvac.store import Store
 
     launch = load_launch()
@@ -239,7 +239,7 @@ def nova_run(args: argparse.Namespace, variant: Variant) -> dict[str, Any]:
         loaded = load_config_dir(cdir)
         assert loaded.settings is not None and not loaded.issues, loaded.issues[:3]
         store = Store(loaded.settings.database_url)
-        daemon = Daemon(cdir, loaded.settings, store, keep_reports=10_000)
+        daemon = build_daemon(cdir, loaded.settings, store, keep_reports=10_000)
         steady_from: list[int] = []
 
         async def drive() -> None:
@@ -248,7 +248,7 @@ def nova_run(args: argparse.Namespace, variant: Variant) -> dict[str, Any]:
             try:
                 while not runner.done() and time.monotonic() < deadline:
                     await asyncio.sleep(0.05)
-                    cloud = daemon.factory.cloud("nova.bench")
+                    cloud = daemon.clouds.cloud("nova.bench")
                     if isinstance(cloud, OpenStackCloud):
                         cloud.listing.overlap = 2 * period
                     state = daemon.spaces.get("nova.bench")

@@ -133,7 +133,7 @@ async def drive(daemon: Any, seconds: float, stop_timeout: float) -> float:
 
 def one_run(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     from cloudvac.config import load_config_dir
-    from cloudvac.engine.daemon import Daemon
+    from cloudvac.engine.daemon import build_daemon
     from cloudvac.store import Store
 
     with tempfile.TemporaryDirectory(prefix="cloudvac-isolation-") as tmp:
@@ -144,13 +144,13 @@ def one_run(args: argparse.Namespace, mode: str) -> dict[str, Any]:
         settings = loaded.settings
         assert settings is not None and not loaded.issues, loaded.issues[:3]
         store = Store(settings.database_url)
-        daemon = Daemon(cdir, settings, store, keep_reports=10_000)
+        daemon = build_daemon(cdir, settings, store, keep_reports=10_000)
         if mode == "thread":
-            real_get = daemon.factory.get
+            real_get = daemon.clouds.get
             wrappers: dict[int, BlockingCloud] = {}
 
-            def get(space: Any) -> Any:
-                cloud = real_get(space)
+            def get(space: Any, settings: Any) -> Any:
+                cloud = real_get(space, settings)
                 if not space.name.startswith("slow"):
                     return cloud
                 if id(cloud) not in wrappers:  # keep identity: the cycle keeps its caches
@@ -158,7 +158,7 @@ def one_run(args: argparse.Namespace, mode: str) -> dict[str, Any]:
                                                         settings.api_concurrency)
                 return wrappers[id(cloud)]
 
-            daemon.factory.get = get  # type: ignore[method-assign]
+            daemon.clouds.get = get  # type: ignore[method-assign]
         started = time.monotonic()
         try:
             stop_seconds = asyncio.run(drive(daemon, args.seconds, args.timeout + 30))

@@ -84,7 +84,7 @@ async def drive(daemon: Any, processors: int, max_cycles: int) -> None:
 
 def one_run(args: argparse.Namespace, burst: int | None) -> dict[str, Any]:
     from cloudvac.config import load_config_dir
-    from cloudvac.engine.daemon import Daemon
+    from cloudvac.engine.daemon import build_daemon
     from cloudvac.store import Store
 
     with tempfile.TemporaryDirectory(prefix="cloudvac-ramp-") as tmp:
@@ -94,14 +94,14 @@ def one_run(args: argparse.Namespace, burst: int | None) -> dict[str, Any]:
         loaded = load_config_dir(cdir)
         assert loaded.settings is not None and not loaded.issues, loaded.issues[:3]
         store = Store(loaded.settings.database_url)
-        daemon = Daemon(cdir, loaded.settings, store, keep_reports=1000)
+        daemon = build_daemon(cdir, loaded.settings, store, keep_reports=1000)
         began = time.monotonic()
         try:
             asyncio.run(drive(daemon, args.processors, args.max_cycles))
         finally:
             store.close()
         wall = time.monotonic() - began
-        project = daemon.factory.project(SPACE)
+        project = daemon.clouds.project(SPACE)
         used = project.used_processors if project is not None else None
 
     reports = daemon.spaces[SPACE].reports

@@ -85,7 +85,13 @@ sim_heartbeat_period_seconds = 3600
 def fill(projects: dict[str, Any], spaces: dict[str, Any], machines: int,
          manager_id: str, job_seconds: float, seed: int) -> dict[str, int]:
     """Put ``machines`` live tagged servers into every project, with staggered ages."""
-    from cloudvac.model.cloud import MachineSpec, TAG_CREATED, TAG_MACHINETYPE, TAG_MANAGER, TAG_SPACE
+    from cloudvac.model.cloud import (
+        TAG_CREATED,
+        TAG_MACHINETYPE,
+        TAG_MANAGER,
+        TAG_SPACE,
+        MachineSpec,
+    )
     from cloudvac.clouds.sim import SimProject
     from cloudvac.config.models import SimMachinetype
     from cloudvac.engine.tools import generic_user_data
@@ -167,9 +173,9 @@ def round_stats(daemon: Any, k: int) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from cloudvac.clouds.simpilots import NullPilots
     from cloudvac.config import load_config_dir
-    from cloudvac.engine.daemon import Daemon
+    from cloudvac.clouds.simpilots import NullPilots
+    from cloudvac.engine.daemon import Daemon, build_daemon
     from cloudvac.store import Store
 
     started = time.monotonic()
@@ -205,10 +211,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "rss_mb_before": rss_before_fill, "rss_mb_after": rss_after_fill,
             "sim_rss_mb": round(rss_after_fill - rss_before_fill, 1),
         }
-        daemon = Daemon(cdir, loaded.settings, store, keep_reports=args.warmup +
-                        args.cycles + 3, reporter=NullPilots())
+        daemon = build_daemon(cdir, loaded.settings, store,
+                              keep_reports=args.warmup + args.cycles + 3, pilots=NullPilots())
         for name, project in projects.items():
-            daemon.factory.use_project(name, project)
+            daemon.clouds.use_project(name, project)
         rounds = 1 + args.warmup + args.cycles
         try:
             samples = asyncio.run(drive(daemon, rounds, deadline))

@@ -84,6 +84,7 @@ class Service:
     store: Store
     registry: CollectorRegistry
     files: JoboutputsDir
+    web: WebContext
     sock: socket.socket
     server: uvicorn.Server
     daemon: Daemon | None
@@ -160,7 +161,7 @@ def build(config: ConfigSource, settings: Settings, store: Store, engine: bool =
                         CloudFactory(metrics, pilots), keep_reports)
     spaces = daemon.current_spaces if daemon is not None else FileSpaces(config.directory)
     web = WebContext(settings, store, signer, files, spaces, registry, render=renderer)
-    return Service(settings, store, registry, files, sock,
+    return Service(settings, store, registry, files, web, sock,
                    make_server(create_app(web), settings), daemon, pilots)
 
 

@@ -159,11 +159,15 @@ class Store:
         reason for ending it) is stored, stamped ``now``, when the row has none yet.
         ``aborts`` maps machinetype to an abort time; the stored time per machinetype
         becomes the later of old and new.  With neither records nor aborts it returns at
-        once, without opening a transaction.
+        once, without opening a transaction.  Records of another space: ValueError, and
+        nothing is written.
         """
         if not records and not aborts:
             return  # the usual steady cycle: no session, no write lock, no fsync
         latest = {record.name: record for record in records}
+        strays = {r.space for r in latest.values()} - {space}
+        if strays:
+            raise ValueError(f"records of space {', '.join(sorted(strays))} given for {space}")
         with self._write() as session:
             if latest:
                 rev = bump_revisions(session.connection(), [space])[space]

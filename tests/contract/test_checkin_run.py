@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from cloudvac.config import load_config_dir
-from cloudvac.engine.daemon import Daemon
+from cloudvac.engine.daemon import build_daemon
 from cloudvac.store import Store
 from tests.contract.conftest import launch
 
@@ -72,7 +72,7 @@ def test_daemon_on_federated_keystone_across_access_token_lifetimes(
             loaded = load_config_dir(cdir)
             assert loaded.settings is not None and not loaded.issues, loaded.issues
             store = Store(loaded.settings.database_url)
-            daemon = Daemon(cdir, loaded.settings, store, keep_reports=1000)
+            daemon = build_daemon(cdir, loaded.settings, store, keep_reports=1000)
             before = int(op.stats()["token_requests_by_grant"].get("client_credentials", 0))
 
             async def run() -> float:

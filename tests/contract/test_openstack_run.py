@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from cloudvac.config import load_config_dir
-from cloudvac.engine.daemon import Daemon
+from cloudvac.engine.daemon import Daemon, build_daemon
 from cloudvac.store import Store
 from tests.contract.conftest import launch
 
@@ -69,7 +69,7 @@ def test_run_fills_quota_replaces_stopped_and_counts_calls(oracle_ready: None, t
         loaded = load_config_dir(cdir)
         assert loaded.settings is not None and not loaded.issues, loaded.issues
         store = Store(loaded.settings.database_url)
-        daemon = Daemon(cdir, loaded.settings, store, keep_reports=1000)
+        daemon = build_daemon(cdir, loaded.settings, store, keep_reports=1000)
         sdk = openstack.connect(load_yaml_config=False, load_envvars=False,
                                 **nova.connect_kwargs())
         try:

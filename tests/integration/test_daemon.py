@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from cloudvac.clouds.factory import CloudFactory
-from cloudvac.clouds.simpilots import NullPilots
 from cloudvac.config import load_config_dir
 from cloudvac.config.models import SimMachinetype
 from cloudvac.engine.cycle import SpaceCycle
-from cloudvac.engine.daemon import Daemon
+from cloudvac.engine.daemon import Daemon, build_daemon
 from cloudvac.engine.metrics import EngineMetrics
+from cloudvac.engine.tools import CycleTools
 from cloudvac.model.cloud import Cloud, Flavor, Limits, MachineSpec, ObservedMachine
 from cloudvac.model.states import MachineState
 from cloudvac.store import Store
@@ -50,7 +50,12 @@ def config(tmp_path: Path, spaces: dict[str, dict[str, object]], timeout: float 
 def make_daemon(cdir: Path, store: Store) -> Daemon:
     loaded = load_config_dir(cdir)
     assert loaded.settings is not None and not loaded.issues, loaded.issues
-    return Daemon(cdir, loaded.settings, store, keep_reports=50)
+    return build_daemon(cdir, loaded.settings, store, keep_reports=50)
+
+
+def intents(store: Store, space: str) -> list[str]:
+    """Machines of ``space`` whose create is recorded but not yet listed."""
+    return [m.name for m in store.machines(space) if m.state is MachineState.INTENT]
 
 
 @pytest.fixture
@@ -67,7 +72,7 @@ def live(store: Store, space: str) -> list[str]:
 def test_cycles_fill_space_to_limit_and_record(tmp_path: Path, store: Store) -> None:
     daemon = make_daemon(config(tmp_path, {"a.example": {}}), store)
     asyncio.run(daemon.run(cycles=4))
-    project = daemon.factory.project("a.example")
+    project = daemon.clouds.project("a.example")
     assert project is not None and len(project.servers) == 4
     machines = store.machines("a.example")
     assert {m.state for m in machines} == {MachineState.RUNNING}
@@ -81,7 +86,7 @@ def test_full_space_skips_the_limits_call(tmp_path: Path, store: Store) -> None:
     the quota says: the cycle does not ask for limits, and says which limit blocks."""
     daemon = make_daemon(config(tmp_path, {"a.example": {}}), store)
     asyncio.run(daemon.run(cycles=6))
-    project = daemon.factory.project("a.example")
+    project = daemon.clouds.project("a.example")
     assert project is not None
     reports = daemon.spaces["a.example"].reports
     full = [r for r in reports if r.listed == 4]
@@ -100,7 +105,7 @@ def test_quota_bound_space_rereads_limits_only_when_they_can_have_changed(
         "extra": f"sim_quota_processors = 4\nquota_reread_seconds = {reread_seconds}"}})
     daemon = make_daemon(cdir, store)
     asyncio.run(daemon.run(cycles=6))
-    project = daemon.factory.project("a.example")
+    project = daemon.clouds.project("a.example")
     assert project is not None and len(project.servers) == 4
     reports = daemon.spaces["a.example"].reports
     assert [r.listed for r in reports] == [0, 4, 4, 4, 4, 4]
@@ -136,12 +141,12 @@ def test_raising_and_hanging_spaces_do_not_stop_others(tmp_path: Path, store: St
     cdir = config(tmp_path, {"good.example": {}, "bad.example": {},
                              "slow.example": {"latency": 30}}, timeout=0.5)
     daemon = make_daemon(cdir, store)
-    real_get = daemon.factory.get
+    real_get = daemon.clouds.get
 
-    def get(space):  # type: ignore[no-untyped-def]
-        return ExplodingCloud() if space.name == "bad.example" else real_get(space)
+    def get(space, settings):  # type: ignore[no-untyped-def]
+        return ExplodingCloud() if space.name == "bad.example" else real_get(space, settings)
 
-    daemon.factory.get = get  # type: ignore[method-assign]
+    daemon.clouds.get = get  # type: ignore[method-assign]
     assert isinstance(ExplodingCloud(), Cloud)
     asyncio.run(daemon.run(cycles=3))
     good = daemon.spaces["good.example"].reports
@@ -159,13 +164,13 @@ def test_restart_adopts_existing_machines_even_with_a_lost_store(tmp_path: Path)
     first = Store(f"sqlite:///{tmp_path / 'one.sqlite'}")
     daemon = make_daemon(cdir, first)
     asyncio.run(daemon.run(cycles=3))
-    project = daemon.factory.project("a.example")
+    project = daemon.clouds.project("a.example")
     assert project is not None and len(project.servers) == 4
     first.close()
 
     second = Store(f"sqlite:///{tmp_path / 'two.sqlite'}")  # the store is lost
     restarted = make_daemon(cdir, second)
-    restarted.factory.use_project("a.example", project)
+    restarted.clouds.use_project("a.example", project)
     asyncio.run(restarted.run(cycles=2))
     assert len(project.servers) == 4  # nothing created on top
     adopted = [e for e in second.events("a.example") if e.kind == "listed"]
@@ -196,23 +201,23 @@ def test_kill_between_create_and_record_leaves_no_duplicate(tmp_path: Path,
                                                            store: Store) -> None:
     cdir = config(tmp_path, {"a.example": {}})
     daemon = make_daemon(cdir, store)
-    real_get = daemon.factory.get
-    daemon.factory.get = lambda space: DyingAfterCreate(real_get(space))  # type: ignore
+    real_get = daemon.clouds.get
+    daemon.clouds.get = lambda space, settings: DyingAfterCreate(real_get(space, settings))  # type: ignore
     asyncio.run(daemon.run(cycles=1))  # the space task dies mid-cycle, the daemon survives
     assert daemon.spaces["a.example"].task is not None
     assert daemon.spaces["a.example"].task.cancelled()
-    project = daemon.factory.project("a.example")
+    project = daemon.clouds.project("a.example")
     assert project is not None and len(project.servers) >= 1
-    assert store.history("a.example").intents  # the intents survived the kill
+    assert intents(store, "a.example")  # the intents survived the kill
     created_before = len(project.servers)
 
     restarted = make_daemon(cdir, store)
-    restarted.factory.use_project("a.example", project)
+    restarted.clouds.use_project("a.example", project)
     asyncio.run(restarted.run(cycles=3))
     names = [s.name for s in project.servers.values()]
     assert len(names) == len(set(names)) == 4
     assert created_before <= 4
-    assert store.history("a.example").intents == {}
+    assert intents(store, "a.example") == []
 
 
 class NeverCreates(Wrapping):
@@ -226,17 +231,17 @@ def test_intent_without_create_holds_capacity_until_it_expires(tmp_path: Path,
                                                                store: Store) -> None:
     cdir = config(tmp_path, {"a.example": {"intent": 1}})
     daemon = make_daemon(cdir, store)
-    real_get = daemon.factory.get
-    daemon.factory.get = lambda space: NeverCreates(real_get(space))  # type: ignore
+    real_get = daemon.clouds.get
+    daemon.clouds.get = lambda space, settings: NeverCreates(real_get(space, settings))  # type: ignore
     asyncio.run(daemon.run(cycles=1))
-    assert store.history("a.example").intents
+    assert intents(store, "a.example")
     restarted = make_daemon(cdir, store)
     asyncio.run(restarted.run(cycles=1))  # intents still young: nothing new
-    project = restarted.factory.project("a.example")
+    project = restarted.clouds.project("a.example")
     assert project is not None and len(project.servers) == 0
     asyncio.run(asyncio.sleep(1.1))
     again = make_daemon(cdir, store)
-    again.factory.use_project("a.example", project)
+    again.clouds.use_project("a.example", project)
     asyncio.run(again.run(cycles=2))
     assert len(project.servers) == 4
     expired = [e for e in store.events("a.example") if e.kind == "intent-expired"]
@@ -272,21 +277,21 @@ def test_quota_refusal_is_an_error_event_not_a_backoff(tmp_path: Path, store: St
     cdir = config(tmp_path, {"a.example": {"limit": 8, "extra": "sim_quota_processors = 2"}})
     daemon = make_daemon(cdir, store)
     # The planner sees free cores from limits(), so make limits() lie to force a refusal.
-    real_get = daemon.factory.get
+    real_get = daemon.clouds.get
 
     class Lying(Wrapping):
         async def limits(self) -> Limits:
             return Limits()
 
-    daemon.factory.get = lambda space: Lying(real_get(space))  # type: ignore
+    daemon.clouds.get = lambda space, settings: Lying(real_get(space, settings))  # type: ignore
     asyncio.run(daemon.run(cycles=2))
-    project = daemon.factory.project("a.example")
+    project = daemon.clouds.project("a.example")
     assert project is not None
     assert store.last_aborts() == {}
     errors = [e.message for e in store.events("a.example") if e.kind == "error"]
     assert errors and all("QuotaExceeded" in m for m in errors)
     assert len(project.servers) <= 2
-    assert store.history("a.example").intents == {}
+    assert intents(store, "a.example") == []
 
 
 def test_quota_is_reread_every_quota_reread_seconds_while_full(tmp_path: Path,
@@ -303,12 +308,13 @@ def test_quota_is_reread_every_quota_reread_seconds_while_full(tmp_path: Path,
     space = space.model_copy(update={"machinetypes": {"belle": space.machinetypes[
         "belle"].model_copy(update={"sim": long_pilots})}})  # usage stays the same
     now = [1_000.0]
-    factory = CloudFactory(loaded.settings, NullPilots(), clock=lambda: now[0])
     metrics = EngineMetrics()
+    factory = CloudFactory(metrics, clock=lambda: now[0])
+    settings = loaded.settings
 
     async def cycles() -> list[int]:
-        cycle = SpaceCycle(factory.get(space), store, loaded.settings, metrics,
-                           clock=lambda: now[0])
+        cycle = SpaceCycle(factory.get(space, settings), settings,
+                           CycleTools(store, metrics, clock=lambda: now[0]))
         project = factory.project("a.example")
         assert project is not None
         reads = []

@@ -11,8 +11,9 @@ import httpx
 from cloudvac.auth.vmtokens import TokenSigner, load_or_create_secret
 from cloudvac.config import load_config_dir
 from cloudvac.demo import prepare
+from cloudvac.engine.daemon import ConfigSource
 from cloudvac.model.states import MachineState
-from cloudvac.service import Service, run_service
+from cloudvac.service import build, run_service
 from cloudvac.store import Store
 
 MARKERS = {"belle": "VO_BELLE_SW_DIR", "t2k": "VO_T2K_ORG_SW_DIR",
@@ -26,7 +27,7 @@ def test_demo_machines_fetch_their_user_data(tmp_path: Path) -> None:
     overrides = {"state_dir": tmp_path, "database": None, "web_listen": "127.0.0.1:0"}
     settings = loaded.settings.model_copy(update=overrides)
     store = Store(settings.database_url)
-    service = Service(config_dir, settings, store, overrides)
+    service = build(ConfigSource(config_dir, overrides), settings, store)
 
     async def scenario() -> dict[str, str]:
         runner = asyncio.create_task(run_service(service))
@@ -107,7 +108,7 @@ def test_squid_machinetype_vms_become_the_cvmfs_proxies(tmp_path: Path) -> None:
     overrides = {"state_dir": tmp_path, "web_listen": "127.0.0.1:0"}
     settings = loaded.settings.model_copy(update=overrides)
     store = Store(settings.database_url)
-    service = Service(config_dir, settings, store, overrides)
+    service = build(ConfigSource(config_dir, overrides), settings, store)
 
     async def scenario() -> tuple[list[str], str]:
         runner = asyncio.create_task(run_service(service))
@@ -116,8 +117,9 @@ def test_squid_machinetype_vms_become_the_cvmfs_proxies(tmp_path: Path) -> None:
             squids: list[str] = []
             while len(squids) < 2 and time.monotonic() < deadline:
                 await asyncio.sleep(0.5)
-                squids = await asyncio.to_thread(service._squids, "squids.example", "squid")
-            assert service.web is not None and service.web.render is not None
+                squids = [m.address for m in await asyncio.to_thread(
+                    store.heartbeating, "squids.example", "squid", time.time() - 3600)]
+            assert service.web.render is not None
             space = service.daemon.current_spaces()["squids.example"]  # type: ignore[union-attr]
             text = service.web.render(space, space.machinetypes["t2k"],
                                       "cloudvac-000000-t2k-0000000000")

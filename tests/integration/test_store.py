@@ -17,16 +17,19 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from cloudvac.model.records import Event, Intent, MachineRecord, MachineUpdate
+from cloudvac.model.records import Event, MachineRecord
 from cloudvac.model.states import MachineState, ShutdownMessage
 from cloudvac.store import Store
 from cloudvac.store.engine import alembic_config
 from cloudvac.store.tables import Base
 
-TABLES = {"machines", "intents", "backoff", "drains", "events", "credentials",
+TABLES = {"machines", "backoff", "drains", "events", "credentials",
           "space_revisions"}
 VM_MESSAGE = ShutdownMessage(300, "Nothing to do")
 DEFAULT = ShutdownMessage(700, "Heartbeat file not updated")
+
+
+NOW = 5000.0
 
 
 def url_of(path: Path) -> str:
@@ -62,8 +65,9 @@ def table_names(db: Path) -> set[str]:
         engine.dispose()
 
 
-def running(name: str, **changes: Any) -> MachineUpdate:
-    base = MachineUpdate(
+def running(name: str, space: str = "a", **changes: Any) -> MachineRecord:
+    base = MachineRecord(
+        space=space,
         name=name,
         machinetype="belle",
         state=MachineState.RUNNING,
@@ -104,13 +108,13 @@ def test_migrations_downgrade_to_nothing_and_upgrade_back(store: Store, db: Path
     try:
         with engine.begin() as connection:
             config = alembic_config(connection)
-            assert ScriptDirectory.from_config(config).get_heads() == ["0003"]
+            assert ScriptDirectory.from_config(config).get_heads() == ["0004"]
             command.downgrade(config, "base")
         assert table_names(db) == {"alembic_version"}
         with engine.begin() as connection:
             command.upgrade(alembic_config(connection), "head")
         with engine.connect() as connection:
-            assert MigrationContext.configure(connection).get_current_revision() == "0003"
+            assert MigrationContext.configure(connection).get_current_revision() == "0004"
     finally:
         engine.dispose()
     assert schema_diff(db) == []
@@ -131,22 +135,32 @@ def test_unusable_urls_are_refused(url: str) -> None:
 # --- intents ---------------------------------------------------------------------------
 
 
-def test_intents_are_added_replaced_and_dropped_per_space(store: Store) -> None:
-    first = Intent("a", "vm-1", "belle", 4, 10.0, 100.0)
-    second = Intent("a", "vm-2", "t2k", 2, None, 101.0)
-    other = Intent("b", "vm-1", "belle", 4, 10.0, 102.0)
-    for intent in (first, second, other):
-        store.add_intent(intent)
-    assert store.history("a").intents == {"vm-1": first, "vm-2": second}
+def intent(name: str, space: str = "a", **changes: Any) -> MachineRecord:
+    base = MachineRecord(space=space, name=name, machinetype="belle",
+                         state=MachineState.INTENT, processors=4, hs06=10.0, created_at=100.0)
+    return replace(base, **changes)
 
-    replaced = Intent("a", "vm-1", "belle", 8, 20.0, 103.0)
-    store.add_intent(replaced)
-    assert store.history("a").intents["vm-1"] == replaced
 
-    store.drop_intents("a", iter(["vm-1", "never-existed"]))
-    store.drop_intents("a", [])
-    assert store.history("a").intents == {"vm-2": second}
-    assert store.history("b").intents == {"vm-1": other}
+def test_intents_are_machine_rows_until_listed_or_refused(store: Store) -> None:
+    first, second, other = intent("vm-1"), intent("vm-2", machinetype="t2k"), intent("vm-1", "b")
+    for record in (first, second, other):
+        store.apply(record.space, [record], {}, 100.0)
+    assert dict(store.history("a").machines) == {"vm-1": first, "vm-2": second}
+    assert dict(store.history("b").machines) == {"vm-1": other}
+    # A VM may report before its first listing: its row accepts it.
+    assert store.record_heartbeat("a", "vm-1", 150.0)
+    listed = replace(first, state=MachineState.STARTING, cloud_id="id-1", created_at=99.0)
+    refused = replace(second, state=MachineState.GONE, fault="create refused: quota")
+    store.apply("a", [listed, refused], {}, 200.0)
+    machines = store.history("a").machines
+    assert list(machines) == ["vm-1"]
+    assert machines["vm-1"] == replace(listed, heartbeat_at=150.0)
+
+
+def test_apply_refuses_records_of_another_space(store: Store) -> None:
+    with pytest.raises(ValueError, match="space b"):
+        store.apply("a", [intent("vm-1", "b")], {}, 100.0)
+    assert store.machines() == []
 
 
 # --- apply -----------------------------------------------------------------------------
@@ -161,7 +175,7 @@ def test_apply_inserts_every_engine_field(store: Store) -> None:
         fault="none",
         address="10.0.0.1",
     )
-    store.apply("a", [update], {})
+    store.apply("a", [update], {}, NOW)
     assert only(store, "a", "vm-1") == MachineRecord(
         space="a",
         name="vm-1",
@@ -181,9 +195,9 @@ def test_apply_inserts_every_engine_field(store: Store) -> None:
 
 
 def test_apply_updates_engine_fields_but_never_the_heartbeat(store: Store) -> None:
-    store.apply("a", [running("vm-1")], {})
+    store.apply("a", [running("vm-1")], {}, NOW)
     assert store.record_heartbeat("a", "vm-1", 1500.0)
-    store.apply("a", [running("vm-1", state=MachineState.STOPPED, stopped_at=1600.0)], {})
+    store.apply("a", [running("vm-1", state=MachineState.STOPPED, stopped_at=1600.0)], {}, NOW)
     record = only(store, "a", "vm-1")
     assert (record.state, record.stopped_at) == (MachineState.STOPPED, 1600.0)
     assert record.heartbeat_at == 1500.0
@@ -191,27 +205,27 @@ def test_apply_updates_engine_fields_but_never_the_heartbeat(store: Store) -> No
 
 
 def test_default_shutdown_is_stored_when_the_vm_sent_none(store: Store) -> None:
-    store.apply("a", [running("vm-1")], {})
-    store.apply("a", [running("vm-1", default_shutdown=DEFAULT)], {})
+    store.apply("a", [running("vm-1")], {}, NOW)
+    store.apply("a", [running("vm-1", shutdown=DEFAULT)], {}, NOW)
     record = only(store, "a", "vm-1")
     assert record.shutdown == DEFAULT
     assert record.shutdown_at is not None
     # A later update without a default keeps the stored message.
-    store.apply("a", [running("vm-1")], {})
+    store.apply("a", [running("vm-1")], {}, NOW)
     assert only(store, "a", "vm-1").shutdown == DEFAULT
 
 
 def test_default_shutdown_never_overwrites_the_vm_message(store: Store) -> None:
-    store.apply("a", [running("vm-1")], {})
+    store.apply("a", [running("vm-1")], {}, NOW)
     assert store.record_shutdown("a", "vm-1", VM_MESSAGE, 1700.0)
-    store.apply("a", [running("vm-1", state=MachineState.STOPPED, default_shutdown=DEFAULT)], {})
+    store.apply("a", [running("vm-1", state=MachineState.STOPPED, shutdown=DEFAULT)], {}, NOW)
     record = only(store, "a", "vm-1")
     assert (record.shutdown, record.shutdown_at) == (VM_MESSAGE, 1700.0)
     assert record.state is MachineState.STOPPED
 
 
 def test_vm_message_overwrites_default_and_earlier_vm_message(store: Store) -> None:
-    store.apply("a", [running("vm-1", default_shutdown=DEFAULT)], {})
+    store.apply("a", [running("vm-1", shutdown=DEFAULT)], {}, NOW)
     assert store.record_shutdown("a", "vm-1", ShutdownMessage(200, "done"), 1800.0)
     assert only(store, "a", "vm-1").shutdown == ShutdownMessage(200, "done")
     assert store.record_shutdown("a", "vm-1", VM_MESSAGE, 1900.0)
@@ -220,7 +234,7 @@ def test_vm_message_overwrites_default_and_earlier_vm_message(store: Store) -> N
 
 
 def test_shutdown_for_unknown_machine_is_refused(store: Store) -> None:
-    store.apply("a", [running("vm-1")], {})
+    store.apply("a", [running("vm-1")], {}, NOW)
     assert not store.record_shutdown("a", "vm-2", VM_MESSAGE, 1.0)
     assert not store.record_shutdown("b", "vm-1", VM_MESSAGE, 1.0)
     assert store.machines() == [only(store, "a", "vm-1")]
@@ -228,16 +242,16 @@ def test_shutdown_for_unknown_machine_is_refused(store: Store) -> None:
 
 
 def test_apply_with_a_name_twice_keeps_the_last(store: Store) -> None:
-    store.apply("a", [running("vm-1", fault="first"), running("vm-1", fault="second")], {})
+    store.apply("a", [running("vm-1", fault="first"), running("vm-1", fault="second")], {}, NOW)
     assert only(store, "a", "vm-1").fault == "second"
 
 
 def test_last_abort_only_increases(store: Store) -> None:
-    store.apply("a", [], {"belle": 100.0, "t2k": 50.0})
-    store.apply("a", [], {"belle": 80.0})
-    store.apply("b", [], {"belle": 10.0})
+    store.apply("a", [], {"belle": 100.0, "t2k": 50.0}, NOW)
+    store.apply("a", [], {"belle": 80.0}, NOW)
+    store.apply("b", [], {"belle": 10.0}, NOW)
     assert store.history("a").last_abort == {"belle": 100.0, "t2k": 50.0}
-    store.apply("a", [], {"belle": 150.0, "t2k": 20.0})
+    store.apply("a", [], {"belle": 150.0, "t2k": 20.0}, NOW)
     assert store.history("a").last_abort == {"belle": 150.0, "t2k": 50.0}
     assert store.last_aborts() == {("a", "belle"): 150.0, ("a", "t2k"): 50.0, ("b", "belle"): 10.0}
 
@@ -246,7 +260,7 @@ def test_last_abort_only_increases(store: Store) -> None:
 
 
 def test_heartbeat_only_moves_forward(store: Store) -> None:
-    store.apply("a", [running("vm-1")], {})
+    store.apply("a", [running("vm-1")], {}, NOW)
     assert store.record_heartbeat("a", "vm-1", 100.0)
     assert store.record_heartbeat("a", "vm-1", 50.0)
     assert only(store, "a", "vm-1").heartbeat_at == 100.0
@@ -255,7 +269,7 @@ def test_heartbeat_only_moves_forward(store: Store) -> None:
 
 
 def test_heartbeat_for_unknown_or_gone_machine_is_refused(store: Store) -> None:
-    store.apply("a", [running("vm-1"), running("vm-2", state=MachineState.GONE)], {})
+    store.apply("a", [running("vm-1"), running("vm-2", state=MachineState.GONE)], {}, NOW)
     assert not store.record_heartbeat("a", "vm-3", 1.0)
     assert not store.record_heartbeat("b", "vm-1", 1.0)
     assert not store.record_heartbeat("a", "vm-2", 1.0)
@@ -294,8 +308,8 @@ def test_events_newest_first_with_limit(store: Store) -> None:
 
 
 def test_history_and_machines_exclude_gone_unless_asked(store: Store) -> None:
-    store.apply("a", [running("vm-1"), running("vm-2", state=MachineState.GONE)], {})
-    store.apply("b", [running("vm-3")], {})
+    store.apply("a", [running("vm-1"), running("vm-2", state=MachineState.GONE)], {}, NOW)
+    store.apply("b", [running("vm-3", "b")], {}, NOW)
     assert set(store.history("a").machines) == {"vm-1"}
     assert [m.name for m in store.machines("a")] == ["vm-1"]
     assert [m.name for m in store.machines("a", include_gone=True)] == ["vm-1", "vm-2"]
@@ -313,6 +327,7 @@ def test_prune_removes_old_gone_machines_and_old_events(store: Store) -> None:
             running("gone-no-stop-time", state=gone),
         ],
         {},
+        NOW,
     )
     store.add_events([Event(100.0, "a", "belle", "x", "k", "old")])
     store.add_events([Event(300.0, "a", "belle", "x", "k", "new")])
@@ -321,7 +336,7 @@ def test_prune_removes_old_gone_machines_and_old_events(store: Store) -> None:
     names = {m.name for m in store.machines("a", include_gone=True)}
     assert names == {"new-gone", "old-stopped", "gone-no-stop-time"}
     assert [e.message for e in store.events("a")] == ["new"]
-    # Without a stop time the last update decides, which was a moment ago (wall clock).
+    # Without a stop time the last update decides (NOW, the time the engine gave).
     assert store.prune(1e12) == 3
     assert [m.name for m in store.machines("a", include_gone=True)] == ["old-stopped"]
 
@@ -336,8 +351,8 @@ def test_concurrent_apply_on_four_spaces_loses_nothing(store: Store) -> None:
     def worker(space: str) -> None:
         start.wait()
         for cycle in range(cycles):
-            updates = [running(f"{space}-{cycle}-{i}") for i in range(per_cycle)]
-            store.apply(space, updates, {"belle": float(cycle)})
+            updates = [running(f"{space}-{cycle}-{i}", space) for i in range(per_cycle)]
+            store.apply(space, updates, {"belle": float(cycle)}, NOW)
             store.add_events([Event(float(cycle), space, "belle", "", "cycle", str(cycle))])
             assert store.record_heartbeat(space, updates[0].name, float(cycle))
             history = store.history(space)
@@ -358,8 +373,8 @@ def test_concurrent_apply_on_four_spaces_loses_nothing(store: Store) -> None:
 
 def test_reopening_the_same_file_keeps_everything(db: Path) -> None:
     first = Store(url_of(db))
-    first.add_intent(Intent("a", "vm-9", "belle", 4, 10.0, 100.0))
-    first.apply("a", [running("vm-1")], {"belle": 42.0})
+    first.apply("a", [intent("vm-9")], {}, NOW)
+    first.apply("a", [running("vm-1")], {"belle": 42.0}, NOW)
     first.record_heartbeat("a", "vm-1", 123.0)
     first.record_shutdown("a", "vm-1", VM_MESSAGE, 124.0)
     first.set_drain("a", "*", True)
@@ -372,7 +387,7 @@ def test_reopening_the_same_file_keeps_everything(db: Path) -> None:
         after = (second.history("a"), second.events(), second.last_aborts())
         assert after == before
         assert after[0].machines["vm-1"].heartbeat_at == 123.0
-        assert after[0].intents["vm-9"].machinetype == "belle"
+        assert after[0].machines["vm-9"].state is MachineState.INTENT
     finally:
         second.close()
     assert schema_diff(db) == []
@@ -380,8 +395,8 @@ def test_reopening_the_same_file_keeps_everything(db: Path) -> None:
 
 def test_credentials_upsert(tmp_path: Path) -> None:
     store = Store(f"sqlite:///{tmp_path / 'c.db'}")
-    store.set_credentials("a.example", {"keystone": 100.0, "checkin_access": 50.0})
-    store.set_credentials("a.example", {"keystone": 200.0})
-    store.set_credentials("b.example", {})
+    store.set_credentials("a.example", {"keystone": 100.0, "checkin_access": 50.0}, NOW)
+    store.set_credentials("a.example", {"keystone": 200.0}, NOW)
+    store.set_credentials("b.example", {}, NOW)
     assert store.credentials() == {"a.example": {"keystone": 200.0, "checkin_access": 50.0}}
     store.close()

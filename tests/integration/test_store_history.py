@@ -14,21 +14,23 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 
-from cloudvac.model.records import MachineUpdate, SpaceHistory
+from cloudvac.model.records import MachineRecord, SpaceHistory
 from cloudvac.model.states import MachineState, ShutdownMessage
 from cloudvac.store import Store
 from cloudvac.store.engine import alembic_config
 from cloudvac.store.history import HistoryCache
+
+NOW = 5000.0
 
 
 def url_of(path: Path) -> str:
     return f"sqlite:///{path}"
 
 
-def running(name: str, **changes: object) -> MachineUpdate:
-    base = MachineUpdate(name=name, machinetype="belle", state=MachineState.RUNNING,
-                         cloud_id=f"id-{name}", processors=1, created_at=1000.0,
-                         started_at=1010.0)
+def running(name: str, space: str = "a", **changes: object) -> MachineRecord:
+    base = MachineRecord(space=space, name=name, machinetype="belle",
+                         state=MachineState.RUNNING, cloud_id=f"id-{name}", processors=1,
+                         created_at=1000.0, started_at=1010.0)
     return replace(base, **changes)  # type: ignore[arg-type]
 
 
@@ -58,8 +60,8 @@ def decoded(store: Store) -> int:
 
 
 def test_steady_reads_decode_only_what_changed(store: Store, db: Path) -> None:
-    store.apply("a", [running(f"vm-{i}") for i in range(50)], {})
-    store.apply("b", [running("other")], {})
+    store.apply("a", [running(f"vm-{i}") for i in range(50)], {}, NOW)
+    store.apply("b", [running("other", "b")], {}, NOW)
     assert len(store.history("a").machines) == 50
     stats = store.histories.stats
     assert (stats.full_reads, stats.rows_decoded) == (1, 50)
@@ -67,7 +69,7 @@ def test_steady_reads_decode_only_what_changed(store: Store, db: Path) -> None:
     assert len(store.history("a").machines) == 50
     assert (stats.unchanged_reads, stats.rows_decoded) == (1, 50), "nothing written"
 
-    store.apply("b", [running("other", fault="x")], {})  # another space's write
+    store.apply("b", [running("other", "b", fault="x")], {}, NOW)  # another space's write
     store.history("a")
     assert (stats.unchanged_reads, stats.rows_decoded) == (2, 50)
 
@@ -79,15 +81,15 @@ def test_steady_reads_decode_only_what_changed(store: Store, db: Path) -> None:
 
 
 def test_every_writer_is_seen_incrementally(store: Store, db: Path) -> None:
-    store.apply("a", [running(f"vm-{i}") for i in range(5)], {})
+    store.apply("a", [running(f"vm-{i}") for i in range(5)], {}, NOW)
     store.history("a")
-    store.apply("a", [running("vm-0", state=MachineState.STOPPED, stopped_at=1500.0)], {})
-    store.apply("a", [running("vm-1", state=MachineState.GONE, stopped_at=1500.0)], {})
-    store.apply("a", [running("vm-9")], {})
+    store.apply("a", [running("vm-0", state=MachineState.STOPPED, stopped_at=1500.0)], {}, NOW)
+    store.apply("a", [running("vm-1", state=MachineState.GONE, stopped_at=1500.0)], {}, NOW)
+    store.apply("a", [running("vm-9")], {}, NOW)
     assert store.record_heartbeats({("a", "vm-2"): 1600.0, ("b", "nope"): 1.0}) >= 1
     assert store.record_shutdown("a", "vm-3", ShutdownMessage(300, "No more work"), 1700.0)
     store.set_drain("a", "belle", True)
-    store.apply("a", [], {"belle": 1800.0})
+    store.apply("a", [], {"belle": 1800.0}, NOW)
     got = store.history("a")
     assert set(got.machines) == {"vm-0", "vm-2", "vm-3", "vm-4", "vm-9"}, "GONE left"
     assert got.machines["vm-0"].state is MachineState.STOPPED
@@ -102,7 +104,7 @@ def test_every_writer_is_seen_incrementally(store: Store, db: Path) -> None:
 def test_writes_of_another_store_on_the_same_file_are_seen(store: Store, db: Path) -> None:
     """The web service may run as its own process (``cloudvac web``): its heartbeats and
     shutdown messages reach the engine's cached history through the revisions."""
-    store.apply("a", [running("vm-1"), running("vm-2")], {})
+    store.apply("a", [running("vm-1"), running("vm-2")], {}, NOW)
     store.history("a")
     web = Store(url_of(db))
     try:
@@ -118,11 +120,11 @@ def test_writes_of_another_store_on_the_same_file_are_seen(store: Store, db: Pat
 
 
 def test_a_returned_history_is_never_changed_later(store: Store) -> None:
-    store.apply("a", [running("vm-1")], {})
+    store.apply("a", [running("vm-1")], {}, NOW)
     before = store.history("a")
     kept = dict(before.machines)
     store.record_heartbeat("a", "vm-1", 5000.0)
-    store.apply("a", [running("vm-2")], {})
+    store.apply("a", [running("vm-2")], {}, NOW)
     after = store.history("a")
     assert dict(before.machines) == kept and set(before.machines) == {"vm-1"}
     assert set(after.machines) == {"vm-1", "vm-2"}
@@ -133,7 +135,7 @@ def test_a_hand_edit_is_seen_by_the_next_full_read(store: Store, db: Path) -> No
     (``full_every``) is what corrects the cache, and nothing before it."""
     now = [0.0]
     store.histories = HistoryCache(full_every=600.0, clock=lambda: now[0])
-    store.apply("a", [running("vm-1")], {})
+    store.apply("a", [running("vm-1")], {}, NOW)
     store.history("a")
     with sqlite3.connect(db) as raw:
         raw.execute("UPDATE machines SET fault = 'edited by hand' WHERE name = 'vm-1'")
@@ -145,8 +147,8 @@ def test_a_hand_edit_is_seen_by_the_next_full_read(store: Store, db: Path) -> No
 
 
 def test_counter_going_backwards_forces_a_full_read(store: Store, db: Path) -> None:
-    store.apply("a", [running("vm-1")], {})
-    store.apply("a", [running("vm-2")], {})
+    store.apply("a", [running("vm-1")], {}, NOW)
+    store.apply("a", [running("vm-2")], {}, NOW)
     store.history("a")
     with sqlite3.connect(db) as raw:  # a restored database: lower counter, other rows
         raw.execute("DELETE FROM machines WHERE name = 'vm-2'")
@@ -160,16 +162,17 @@ def test_concurrent_writers_and_readers_never_drift(store: Store, db: Path) -> N
     read: afterwards the cached history equals a full read of the file."""
     spaces, rounds = ["a", "b"], 60
     for space in spaces:
-        store.apply(space, [running(f"{space}-{i}") for i in range(20)], {})
+        store.apply(space, [running(f"{space}-{i}", space) for i in range(20)], {}, NOW)
     start = threading.Barrier(5)
 
     def engine(space: str) -> None:
         start.wait()
         for r in range(rounds):
-            store.apply(space, [running(f"{space}-{r % 20}", fault=f"r{r}"),
-                                running(f"{space}-new-{r}")], {})
+            store.apply(space, [running(f"{space}-{r % 20}", space, fault=f"r{r}"),
+                                running(f"{space}-new-{r}", space)], {}, NOW)
             if r % 7 == 0:
-                store.apply(space, [running(f"{space}-new-{r}", state=MachineState.GONE)], {})
+                store.apply(space, [running(f"{space}-new-{r}", space, state=MachineState.GONE)],
+                            {}, NOW)
             store.history(space)
 
     def web() -> None:
@@ -217,3 +220,44 @@ def test_upgrade_from_0002_keeps_rows_readable(tmp_path: Path) -> None:
         assert upgraded.histories.stats.incremental_reads == 1
     finally:
         upgraded.close()
+
+
+def test_upgrade_from_0003_turns_intents_into_machine_rows(tmp_path: Path) -> None:
+    """0004: an intent is a machine row in state 'intent'; an intent whose create was
+    already answered (its machine has a row) is that row.  Downgrade gives them back."""
+    db = tmp_path / "old.db"
+    engine = sa.create_engine(url_of(db))
+    try:
+        with engine.begin() as connection:
+            command.upgrade(alembic_config(connection), "0003")
+            connection.exec_driver_sql(
+                "INSERT INTO intents (space, name, machinetype, processors, hs06, created_at)"
+                " VALUES ('a', 'vm-new', 'belle', 4, 40.0, 10.0),"
+                " ('a', 'vm-answered', 'belle', 2, NULL, 11.0)")
+            connection.exec_driver_sql(
+                "INSERT INTO machines (space, name, machinetype, state, cloud_id, processors,"
+                " delete_reason, fault, address, updated_at, rev) VALUES ('a', 'vm-answered',"
+                " 'belle', 'starting', 'id-1', 2, '', '', '', 12.0, 0)")
+    finally:
+        engine.dispose()
+    upgraded = Store(url_of(db))
+    try:
+        machines = upgraded.history("a").machines
+        assert machines["vm-new"] == MachineRecord(
+            space="a", name="vm-new", machinetype="belle", state=MachineState.INTENT,
+            processors=4, hs06=40.0, created_at=10.0)
+        assert machines["vm-answered"].state is MachineState.STARTING
+        assert machines["vm-answered"].cloud_id == "id-1"
+    finally:
+        upgraded.close()
+    engine = sa.create_engine(url_of(db))
+    try:
+        with engine.begin() as connection:
+            command.downgrade(alembic_config(connection), "0003")
+            intents = connection.exec_driver_sql(
+                "SELECT name, processors, hs06, created_at FROM intents").all()
+            states = connection.exec_driver_sql("SELECT name, state FROM machines").all()
+    finally:
+        engine.dispose()
+    assert [tuple(row) for row in intents] == [("vm-new", 4, 40.0, 10.0)]
+    assert [tuple(row) for row in states] == [("vm-answered", "starting")]

@@ -15,10 +15,11 @@ from prometheus_client import CollectorRegistry
 from cloudvac.auth.vmtokens import TokenSigner, load_or_create_secret
 from cloudvac.config import Machinetype, Settings, Space
 from cloudvac.context.userdata import ContextRenderer
-from cloudvac.model.records import MachineUpdate
+from cloudvac.model.records import MachineRecord
 from cloudvac.model.states import MachineState
 from cloudvac.store import Store
-from cloudvac.web.app import WebContext, create_app
+from cloudvac.web.app import create_app
+from cloudvac.web.context import WebContext
 from cloudvac.web.files import JoboutputsDir, UploadLimits
 from cloudvac.web.server import bound_port, make_server
 
@@ -48,10 +49,11 @@ class Running:
 
     def add_machine(self, name: str, processors: int = 4, state: MachineState =
                     MachineState.RUNNING, started: float = 1_700_000_000.0) -> None:
-        self.store.apply(SPACE, [MachineUpdate(name=name, machinetype="belle", state=state,
-                                               cloud_id=f"id-{name}", processors=processors,
-                                               hs06=processors * 10.0, created_at=started - 60,
-                                               started_at=started)], {})
+        self.store.apply(SPACE, [MachineRecord(space=SPACE, name=name, machinetype="belle",
+                                               state=state, cloud_id=f"id-{name}",
+                                               processors=processors, hs06=processors * 10.0,
+                                               created_at=started - 60, started_at=started)],
+                         {}, started)
 
     def joboutput(self, name: str, file: str) -> Path:
         return self.settings.state_dir / "joboutputs" / SPACE / name / file

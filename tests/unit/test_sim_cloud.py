@@ -85,8 +85,8 @@ def test_sim_cloud_satisfies_protocol() -> None:
 
 
 def test_create_starting_running_stopped_with_success_reported() -> None:
-    project, cloud, rec, clock = setup(SimMachinetype(job_seconds=100, heartbeat_period_seconds=1000),
-                                       boot_seconds=10)
+    project, cloud, rec, clock = setup(
+        SimMachinetype(job_seconds=100, heartbeat_period_seconds=1000), boot_seconds=10)
     cloud_id = run(cloud.create_machine(spec("vm1")))
     m = only(cloud)
     assert (m.cloud_id, m.name, m.machinetype, m.state, m.cloud_status) == (
