@@ -85,6 +85,9 @@ sim_heartbeat_period_seconds = 3600
 def fill(projects: dict[str, Any], spaces: dict[str, Any], machines: int,
          manager_id: str, job_seconds: float, seed: int) -> dict[str, int]:
     """Put ``machines`` live tagged servers into every project, with staggered ages."""
+    from cloudvac.clouds.sim import SimProject
+    from cloudvac.config.models import SimMachinetype
+    from cloudvac.engine.tools import generic_user_data
     from cloudvac.model.cloud import (
         TAG_CREATED,
         TAG_MACHINETYPE,
@@ -92,10 +95,7 @@ def fill(projects: dict[str, Any], spaces: dict[str, Any], machines: int,
         TAG_SPACE,
         MachineSpec,
     )
-    from cloudvac.clouds.sim import SimProject
-    from cloudvac.config.models import SimMachinetype
-    from cloudvac.engine.tools import generic_user_data
-from cloudvac.model.naming import machine_name
+    from cloudvac.model.naming import machine_name
 
     rng = random.Random(seed)
     now = time.time()
@@ -173,9 +173,9 @@ def round_stats(daemon: Any, k: int) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from cloudvac.config import load_config_dir
     from cloudvac.clouds.simpilots import NullPilots
-    from cloudvac.engine.daemon import Daemon, build_daemon
+    from cloudvac.config import load_config_dir
+    from cloudvac.engine.daemon import build_daemon
     from cloudvac.store import Store
 
     started = time.monotonic()
