@@ -64,19 +64,34 @@ def fingerprint(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()[:10]
 
 
+@dataclass(frozen=True, slots=True)
+class CheckinClient:
+    """cloudvac as one OIDC client at one Check-in issuer, and where its secrets are."""
+
+    issuer: str
+    client_id: str
+    grant: str
+    """``refresh_token`` or ``client_credentials``."""
+    scope: str
+    client_secret: Callable[[], str | None]
+    """Reads the client secret when it is needed (None: a public client)."""
+    refresh_token_file: Path | None = None
+    refresh_token_env: str | None = None
+    timeout: float = 20.0
+
+
 class CheckinTokenSource:
     """One OIDC client at one issuer using one grant (``refresh_token`` or
     ``client_credentials``).  Thread-safe: keystoneauth calls it from worker threads."""
 
-    def __init__(self, issuer: str, client_id: str, grant: str, scope: str,
-                 client_secret: Callable[[], str | None],
-                 refresh_token_file: Path | None = None, refresh_token_env: str | None = None,
-                 timeout: float = 20.0, clock: Callable[[], float] = time.time,
+    def __init__(self, client: CheckinClient, clock: Callable[[], float] = time.time,
                  on_call: Callable[[str], None] | None = None) -> None:
-        self.issuer, self.client_id, self.grant, self.scope = issuer.rstrip("/"), client_id, \
-            grant, scope
-        self._secret, self._rt_file, self._rt_env = client_secret, refresh_token_file, \
-            refresh_token_env
+        """``on_call(outcome)`` is told of every request to the token endpoint."""
+        self.issuer, self.client_id = client.issuer.rstrip("/"), client.client_id
+        self.grant, self.scope = client.grant, client.scope
+        self._secret, self._rt_file, self._rt_env = client.client_secret, \
+            client.refresh_token_file, client.refresh_token_env
+        timeout = client.timeout
         self._rt_memory: str | None = None
         self.clock, self.on_call = clock, on_call or (lambda outcome: None)
         self._http = httpx.Client(timeout=httpx.Timeout(timeout, connect=5.0),

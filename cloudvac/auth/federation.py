@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from keystoneauth1 import access
@@ -25,12 +26,24 @@ log = logging.getLogger("cloudvac.auth.federation")
 VM_OPERATOR = "urn:mace:egi.eu:group:{vo}:role=vm_operator#aai.egi.eu"
 
 
+@dataclass(frozen=True, slots=True)
+class Federation:
+    """Where a Check-in token is exchanged: a site's Keystone and project, its identity
+    provider and protocol names, and the VO whose entitlement grants access."""
+
+    auth_url: str
+    project_id: str
+    identity_provider: str = "egi.eu"
+    protocol: str = "openid"
+    vo: str | None = None
+
+
 class CheckinAuth(FederationBaseAuth):
-    def __init__(self, auth_url: str, source: CheckinTokenSource, project_id: str,
-                 identity_provider: str = "egi.eu", protocol: str = "openid",
-                 vo: str | None = None, on_auth: Callable[[], None] | None = None) -> None:
-        super().__init__(auth_url, identity_provider, protocol, project_id=project_id)
-        self.source, self.vo = source, vo
+    def __init__(self, federation: Federation, source: CheckinTokenSource,
+                 on_auth: Callable[[], None] | None = None) -> None:
+        super().__init__(federation.auth_url, federation.identity_provider,
+                         federation.protocol, project_id=federation.project_id)
+        self.source, self.vo = source, federation.vo
         self.on_auth = on_auth or (lambda: None)
 
     def get_unscoped_auth_ref(self, session: ks_session.Session) -> access.AccessInfoV3:

@@ -15,9 +15,9 @@ from keystoneauth1 import session as ks_session
 from keystoneauth1.identity import v3
 
 from cloudvac import __version__
-from cloudvac.auth.checkin import CheckinTokenSource
+from cloudvac.auth.checkin import CheckinClient, CheckinTokenSource
 from cloudvac.auth.discovery import SiteEndpoint
-from cloudvac.auth.federation import CheckinAuth
+from cloudvac.auth.federation import CheckinAuth, Federation
 from cloudvac.config.openstack import OpenStackSpace
 from cloudvac.config.secrets import SecretError, read_secret
 
@@ -54,8 +54,9 @@ def make_plugin(options: OpenStackSpace, on_auth: Callable[[], None],
         if auth_url is None or project_id is None:
             raise SecretError("egi_checkin: no Keystone URL or project id (configure auth_url "
                               "and egi_project_id, or egi_site and egi_vo for discovery)")
-        return CheckinAuth(auth_url, checkin, project_id, options.egi_identity_provider,
-                           options.egi_protocol, options.egi_vo, on_auth)
+        federation = Federation(auth_url, project_id, options.egi_identity_provider,
+                                options.egi_protocol, options.egi_vo)
+        return CheckinAuth(federation, checkin, on_auth)
     assert options.auth_url is not None  # the model requires it for these methods
     if options.auth == "password":
         plugin = CountingPassword(
@@ -85,10 +86,10 @@ def checkin_source(options: OpenStackSpace,
     def secret() -> str | None:
         return read_secret(file, env, "egi_checkin_client_secret") if file or env else None
 
-    return CheckinTokenSource(
+    return CheckinTokenSource(CheckinClient(
         options.egi_checkin_url, options.egi_checkin_client_id, options.checkin_grant,
         options.egi_checkin_scope, secret, options.egi_checkin_refresh_token_file,
-        options.egi_checkin_refresh_token_env, timeout=options.api_timeout_seconds,
+        options.egi_checkin_refresh_token_env, timeout=options.api_timeout_seconds),
         on_call=on_call)
 
 

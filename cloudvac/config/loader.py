@@ -64,46 +64,40 @@ def load_config_dir(directory: Path) -> LoadedConfig:
     return build(read_files(files))
 
 
+@dataclass(slots=True)
+class _Sections:
+    """The sections of a document by kind."""
+
+    settings: Section | None = None
+    dirac: dict[str, Section] = field(default_factory=dict)
+    spaces: dict[str, Section] = field(default_factory=dict)
+    machinetypes: dict[str, list[Section]] = field(default_factory=dict)
+    """By space name."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Dirac:
+    """The valid ``[dirac NAME]`` instances, and the names of the invalid ones."""
+
+    instances: Mapping[str, DiracInstance]
+    broken: frozenset[str]
+
+
 def build(doc: IniDocument) -> LoadedConfig:
     result = LoadedConfig(settings=None, issues=list(doc.issues), files=list(doc.files))
-    space_sections: dict[str, Section] = {}
-    mt_sections: dict[str, list[Section]] = {}
-    settings_section: Section | None = None
-    dirac_sections: dict[str, Section] = {}
-    for key, section in doc.sections.items():
-        kind = key[0]
-        if kind == "settings" and len(key) == 1:
-            settings_section = section
-        elif kind == "dirac" and len(key) == 2:
-            dirac_sections[key[1]] = section
-        elif kind == "space" and len(key) == 2:
-            space_sections[key[1]] = section
-        elif kind == "machinetype" and len(key) == 3:
-            mt_sections.setdefault(key[1], []).append(section)
-        else:
-            result.issues.append(Issue(section.header, section.title, None,
-                                       f"unknown section; expected {SECTION_KINDS}"))
-
-    result.settings = _settings(settings_section, doc, result.issues)
-    broken_dirac: set[str] = set()
-    for name, section in dirac_sections.items():
-        instance = None if _tainted([section], doc) else _validate(
-            DiracInstance, {"name": name, **_plain(section)}, section, None, result.issues)
-        if instance is None:
-            broken_dirac.add(name)
-        else:
-            result.dirac[name] = instance
-
-    for space_name, sections in mt_sections.items():
-        if space_name not in space_sections:
-            for section in sections:
-                result.issues.append(Issue(section.header, section.title, None,
-                                           f"no [space {space_name}] section defines this space"))
-    for name, section in space_sections.items():
-        space = _space(name, section, mt_sections.get(name, []), doc, result.issues)
+    sections = _sort(doc, result.issues)
+    result.settings = _settings(sections.settings, doc, result.issues)
+    dirac = _dirac(sections.dirac, doc, result.issues)
+    result.dirac = dict(dirac.instances)
+    for space_name, mts in sections.machinetypes.items():
+        if space_name not in sections.spaces:
+            result.issues.extend(Issue(s.header, s.title, None, f"no [space {space_name}] "
+                                       "section defines this space") for s in mts)
+    for name, section in sections.spaces.items():
+        mts = sections.machinetypes.get(name, [])
+        space = _space(name, section, mts, doc, result.issues)
         if space is not None:
-            space = _attach_dirac(space, section, mt_sections.get(name, []), result.dirac,
-                                  broken_dirac, result.issues)
+            space = _attach_dirac(space, section, mts, dirac, result.issues)
         if space is None:
             result.broken.add(name)
         else:
@@ -111,8 +105,35 @@ def build(doc: IniDocument) -> LoadedConfig:
     return result
 
 
-def _attach_dirac(space: Space, section: Section, mt_sections: list[Section],
-                  instances: Mapping[str, DiracInstance], broken: set[str],
+def _sort(doc: IniDocument, issues: list[Issue]) -> _Sections:
+    found = _Sections()
+    for key, section in doc.sections.items():
+        kind = key[0]
+        if kind == "settings" and len(key) == 1:
+            found.settings = section
+        elif kind == "dirac" and len(key) == 2:
+            found.dirac[key[1]] = section
+        elif kind == "space" and len(key) == 2:
+            found.spaces[key[1]] = section
+        elif kind == "machinetype" and len(key) == 3:
+            found.machinetypes.setdefault(key[1], []).append(section)
+        else:
+            issues.append(Issue(section.header, section.title, None,
+                                f"unknown section; expected {SECTION_KINDS}"))
+    return found
+
+
+def _dirac(sections: Mapping[str, Section], doc: IniDocument, issues: list[Issue]) -> _Dirac:
+    instances: dict[str, DiracInstance] = {}
+    for name, section in sections.items():
+        instance = None if _tainted([section], doc) else _validate(
+            DiracInstance, {"name": name, **_plain(section)}, section, None, issues)
+        if instance is not None:
+            instances[name] = instance
+    return _Dirac(instances, frozenset(sections) - frozenset(instances))
+
+
+def _attach_dirac(space: Space, section: Section, mt_sections: list[Section], dirac: _Dirac,
                   issues: list[Issue]) -> Space | None:
     """Resolve each machinetype's ``dirac`` instance and check the DIRAC site name."""
     used: dict[str, DiracInstance] = {}
@@ -122,9 +143,9 @@ def _attach_dirac(space: Space, section: Section, mt_sections: list[Section],
         if mt.dirac is None:
             continue
         mt_section = by_name[mt.name]
-        instance = instances.get(mt.dirac)
+        instance = dirac.instances.get(mt.dirac)
         if instance is None:
-            why = "is invalid (see its errors)" if mt.dirac in broken else "is not defined"
+            why = "is invalid (see its errors)" if mt.dirac in dirac.broken else "is not defined"
             issues.append(Issue(mt_section.where("dirac"), mt_section.title, "dirac",
                                 f"[dirac {mt.dirac}] {why}"))
             ok = False
@@ -160,44 +181,60 @@ def _settings(section: Section | None, doc: IniDocument, issues: list[Issue]) ->
     return _validate(Settings, _plain(section), section, None, issues)
 
 
-def _space(name: str, section: Section, mt_sections: list[Section], doc: IniDocument,
-           issues: list[Issue]) -> Space | None:
-    ok = not _tainted([section, *mt_sections], doc)
+def _machinetypes(space: str, sections: list[Section],
+                  issues: list[Issue]) -> tuple[dict[str, Machinetype], bool]:
+    """The valid machinetypes of ``space``, and whether all of them were valid."""
+    ok = True
     machinetypes: dict[str, Machinetype] = {}
-    for mt_section in mt_sections:
-        values, sim = _split_sim(mt_section)
+    for section in sections:
+        values, sim = _split_sim(section)
         for prefix, target in PLACEHOLDER_KEYS:
             keys = [k for k in values if k.startswith(prefix)]
             if keys:
                 values[target] = {k[len(prefix):]: values.pop(k) for k in keys}
-        data: dict[str, Any] = {"name": mt_section.key[2], "space": name, **values}
+        data: dict[str, Any] = {"name": section.key[2], "space": space, **values}
         if sim:
-            data["sim"] = _validate(SimMachinetype, sim, mt_section, "sim_", issues)
+            data["sim"] = _validate(SimMachinetype, sim, section, "sim_", issues)
             ok = ok and data["sim"] is not None
-        mt = _validate(Machinetype, data, mt_section, None, issues)
+        mt = _validate(Machinetype, data, section, None, issues)
         if mt is None:
             ok = False
         else:
             machinetypes[mt.name] = mt
+    return machinetypes, ok
+
+
+def _space_options(section: Section, issues: list[Issue]) -> dict[str, Any] | None:
+    """The space's own options with its cloud's (``openstack``, ``sim``) validated, or
+    None if those are invalid."""
     values, sim = _split_sim(section)
     if values.get("api") == "openstack":
         cloud = {k: values.pop(k) for k in list(values) if k in OpenStackSpace.model_fields}
         values["openstack"] = _validate(OpenStackSpace, cloud, section, None, issues)
         if values["openstack"] is None:
             return None
-    data = {"name": name, **values, "machinetypes": machinetypes}
     if sim:
         if values.get("api") != "sim":
             issues.append(Issue(section.header, section.title, None,
                                 "sim_* options are only valid with api = sim"))
             return None
-        data["sim"] = _validate(SimSpace, sim, section, "sim_", issues)
-        if data["sim"] is None:
+        values["sim"] = _validate(SimSpace, sim, section, "sim_", issues)
+        if values["sim"] is None:
             return None
-    if not ok and not machinetypes:
-        data.pop("machinetypes")  # avoid a misleading "needs a machinetype" message
+    return values
+
+
+def _space(name: str, section: Section, mt_sections: list[Section], doc: IniDocument,
+           issues: list[Issue]) -> Space | None:
+    machinetypes, ok = _machinetypes(name, mt_sections, issues)
+    ok = ok and not _tainted([section, *mt_sections], doc)
+    values = _space_options(section, issues)
+    if values is None:
         return None
-    space = _validate(Space, data, section, None, issues)
+    if not ok and not machinetypes:
+        return None  # no "needs a machinetype" message: their own errors say why
+    space = _validate(Space, {"name": name, **values, "machinetypes": machinetypes}, section,
+                      None, issues)
     if space is not None and space.openstack is not None:
         ok = _check_secret_files(space.openstack, section, issues) and ok
     return space if ok else None

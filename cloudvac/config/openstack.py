@@ -122,21 +122,46 @@ class OpenStackSpace(BaseModel):
 
     @model_validator(mode="after")
     def _credentials(self) -> OpenStackSpace:
+        if self.auth != "egi_checkin" and self.auth_url is None:
+            raise ValueError(f"auth = {self.auth} needs auth_url")
+        missing = [what for present, what in self._requirements() if not present]
+        if missing:
+            raise ValueError(f"auth = {self.auth} needs {', '.join(missing)}")
+        return self
+
+    def _requirements(self) -> tuple[tuple[bool, str], ...]:
+        """What the chosen auth method needs: (whether it is configured, what to set)."""
         if self.auth == "egi_checkin":
-            missing = [] if self.egi_checkin_client_id else ["egi_checkin_client_id"]
-            if self.checkin_grant == "refresh_token" and not (
-                    self.egi_checkin_refresh_token_file or self.egi_checkin_refresh_token_env):
-                missing.append("egi_checkin_refresh_token_file or _env")
-            if self.checkin_grant == "client_credentials" and not (
-                    self.egi_checkin_client_secret_file or self.egi_checkin_client_secret_env):
-                missing.append("egi_checkin_client_secret_file or _env")
-            if self.auth_url is None and not (self.egi_site and self.egi_vo):
-                missing.append("auth_url, or egi_site and egi_vo for discovery")
-            if self.egi_project_id is None and not (self.egi_site and self.egi_vo):
-                missing.append("egi_project_id, or egi_site and egi_vo for discovery")
-            if missing:
-                raise ValueError(f"auth = egi_checkin needs {', '.join(missing)}")
-            return self
+            grant, discover = self.checkin_grant, bool(self.egi_site and self.egi_vo)
+            return (
+                (bool(self.egi_checkin_client_id), "egi_checkin_client_id"),
+                (grant != "refresh_token" or bool(self.egi_checkin_refresh_token_file
+                                                  or self.egi_checkin_refresh_token_env),
+                 "egi_checkin_refresh_token_file or _env"),
+                (grant != "client_credentials" or bool(self.egi_checkin_client_secret_file
+                                                       or self.egi_checkin_client_secret_env),
+                 "egi_checkin_client_secret_file or _env"),
+                (self.auth_url is not None or discover,
+                 "auth_url, or egi_site and egi_vo for discovery"),
+                (self.egi_project_id is not None or discover,
+                 "egi_project_id, or egi_site and egi_vo for discovery"),
+            )
+        if self.auth == "password":
+            return (
+                (self.username is not None, "username"),
+                (self.project_name is not None or self.project_id is not None,
+                 "project_name or project_id"),
+                (self.password_file is not None or self.password_env is not None,
+                 "password_file or password_env"),
+            )
+        return (
+            (self.application_credential_id is not None or (
+                self.application_credential_name is not None and self.username is not None),
+             "application_credential_id (or _name with username)"),
+            (self.application_credential_secret_file is not None
+             or self.application_credential_secret_env is not None,
+             "application_credential_secret_file or _secret_env"),
+        )
         if self.auth_url is None:
             raise ValueError(f"auth = {self.auth} needs auth_url")
         if self.auth == "password":

@@ -75,18 +75,37 @@ class Plan:
     status: Mapping[str, TypeStatus] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class _Inputs:
+    """What one plan of creates is made from."""
+
+    space: Space
+    observation: Observation
+    history: SpaceHistory
+    last_abort: Mapping[str, float]
+    """Latest abort per machinetype: the store's, and this cycle's."""
+    now: float
+
+    def backoff_until(self, mt: Machinetype) -> float | None:
+        """End of ``mt``'s backoff while it is within backoff or probing, else None."""
+        abort = self.last_abort.get(mt.name)
+        if abort is not None and self.now < abort + mt.backoff_seconds + mt.fizzle_seconds:
+            return abort + mt.backoff_seconds
+        return None
+
+
 def plan(space: Space, observation: Observation, reconciled: Reconciled,
          history: SpaceHistory, now: float) -> Plan:
     deletes, live = _deletions(space, reconciled.views, history.drained, now)
     last_abort = dict(history.last_abort)
     for name, at in aborts_of([*reconciled.aborts, *(d.abort for d in deletes)]).items():
         last_abort[name] = max(last_abort.get(name, at), at)
+    inputs = _Inputs(space, observation, history, last_abort, now)
     tallies, capacity = _tally(space, live, observation, now)
     blocked = {name: why for name, mt in space.machinetypes.items()
-               if (why := _closed(space, mt, observation, history, last_abort.get(name),
-                                  tallies[name], now))}
-    creates = _creates(space, observation.flavors, tallies, capacity, blocked, last_abort, now)
-    return Plan(tuple(creates), tuple(deletes), _status(space, tallies, blocked, last_abort, now))
+               if (why := _closed(inputs, mt, tallies[name]))}
+    creates = _creates(inputs, tallies, capacity, blocked)
+    return Plan(tuple(creates), tuple(deletes), _status(inputs, tallies, blocked))
 
 
 def _deletions(space: Space, views: Iterable[MachineView], drained: frozenset[str],
@@ -216,16 +235,10 @@ def _tally(space: Space, live: Sequence[MachineView], obs: Observation,
                              space.burst_processors(largest))
 
 
-def _backoff_until(mt: Machinetype, abort: float | None, now: float) -> float | None:
-    """End of the backoff when ``mt`` is still within backoff or probing, else None."""
-    if abort is not None and now < abort + mt.backoff_seconds + mt.fizzle_seconds:
-        return abort + mt.backoff_seconds
-    return None
-
-
-def _closed(space: Space, mt: Machinetype, obs: Observation, history: SpaceHistory,
-            abort: float | None, tally: _Tally, now: float) -> str:
+def _closed(inputs: _Inputs, mt: Machinetype, tally: _Tally) -> str:
     """Why ``mt`` may not create at all this cycle, or ""."""
+    space, history, now = inputs.space, inputs.history, inputs.now
+    abort = inputs.last_abort.get(mt.name)
     if "*" in history.drained:
         return "space drained"
     if space.shutdown_time is not None and now >= space.shutdown_time:
@@ -236,7 +249,7 @@ def _closed(space: Space, mt: Machinetype, obs: Observation, history: SpaceHisto
         return "drained"
     if mt.shutdown_time is not None and now >= mt.shutdown_time:
         return "shutdown_time passed"
-    if mt.name not in obs.flavors:
+    if mt.name not in inputs.observation.flavors:
         return "no usable flavor"
     if abort is not None:
         if now < abort + mt.backoff_seconds:
@@ -246,11 +259,10 @@ def _closed(space: Space, mt: Machinetype, obs: Observation, history: SpaceHisto
     return ""
 
 
-def _creates(space: Space, flavors: Mapping[str, Flavor], tallies: Mapping[str, _Tally],
-             capacity: Capacity, blocked: dict[str, str], last_abort: Mapping[str, float],
-             now: float) -> list[Create]:
+def _creates(inputs: _Inputs, tallies: Mapping[str, _Tally], capacity: Capacity,
+             blocked: dict[str, str]) -> list[Create]:
     """Fill by target shares until every machinetype is blocked; ``blocked`` gains why."""
-    machinetypes = space.machinetypes
+    machinetypes, flavors = inputs.space.machinetypes, inputs.observation.flavors
     creates: list[Create] = []
     while candidates := [n for n in machinetypes if n not in blocked]:
         name = min(candidates, key=lambda n: (tallies[n].weight / machinetypes[n].target_share,
@@ -263,20 +275,21 @@ def _creates(space: Space, flavors: Mapping[str, Flavor], tallies: Mapping[str, 
         creates.append(Create(name, flavor, mt.hs06_of(flavor.processors)))
         tally.add_new(mt, flavor.processors)
         capacity.take(flavor)
-        if _backoff_until(mt, last_abort.get(name), now) is not None:
+        if inputs.backoff_until(mt) is not None:
             blocked[name] = PROBING
     return creates
 
 
-def _status(space: Space, tallies: Mapping[str, _Tally], blocked: Mapping[str, str],
-            last_abort: Mapping[str, float], now: float) -> dict[str, TypeStatus]:
+def _status(inputs: _Inputs, tallies: Mapping[str, _Tally],
+            blocked: Mapping[str, str]) -> dict[str, TypeStatus]:
+    space = inputs.space
     fractions = shares({n: t.weight for n, t in tallies.items()},
                        {n: mt.target_share for n, mt in space.machinetypes.items()})
     return {name: TypeStatus(
         machines=dict(tally.states), processors=tally.total,
         starting_processors=tally.starting, weight=tally.weight,
         target_share=fractions[name].target, actual_share=fractions[name].actual,
-        backoff_until=_backoff_until(space.machinetypes[name], last_abort.get(name), now),
+        backoff_until=inputs.backoff_until(space.machinetypes[name]),
         blocked=blocked.get(name, ""))
         for name, tally in tallies.items()}
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cloudvac.clouds.sim import SimCloud, SimProject
 from cloudvac.clouds.simpilots import StorePilots
-from cloudvac.config.models import Settings, SimMachinetype, SimSpace, Space
+from cloudvac.config.models import SimMachinetype, SimSpace, Space
 from cloudvac.engine.cycle import SpaceCycle
 from cloudvac.engine.metrics import EngineMetrics
 from cloudvac.engine.tools import CycleTools
@@ -70,21 +70,23 @@ def _behaviour(space: Space, scenario: Scenario, seconds: float
 
 
 async def run_scenario(scenario: Scenario, start: float = 1_800_000_000.0) -> list[Row]:
-    settings = scenario.config.settings
-    assert settings is not None
-    clock = Clock(start)
+    """Run ``scenario`` from the virtual time ``start`` on a throwaway store."""
     with tempfile.TemporaryDirectory(prefix="cloudvac-sim-",
                                      dir="/dev/shm" if Path("/dev/shm").is_dir() else None
                                      ) as state:
         store = Store(f"sqlite:///{state}/simulate.db")
         try:
-            return await _run(scenario, settings, clock, store, start)
+            return await simulate(scenario, store, start)
         finally:
             store.close()
 
 
-async def _run(scenario: Scenario, settings: Settings, clock: Clock, store: Store,
-               start: float) -> list[Row]:
+async def simulate(scenario: Scenario, store: Store, start: float) -> list[Row]:
+    """Run ``scenario`` on ``store`` from the virtual time ``start``: every time written
+    (records, events, heartbeats) is a virtual one."""
+    settings = scenario.config.settings
+    assert settings is not None
+    clock = Clock(start)
     tools = CycleTools(store, EngineMetrics(), clock=clock)
     pilots = StorePilots(store)
     runners: dict[str, tuple[Space, SimCloud, SpaceCycle]] = {}

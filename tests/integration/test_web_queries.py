@@ -1,0 +1,112 @@
+"""What the web side asks the store per request is answered by indexed queries, and its
+machine cache stays bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cloudvac.model.records import MachineRecord
+from cloudvac.model.states import MachineState
+from cloudvac.store import Store
+from cloudvac.web.context import MachineCache
+from tests.integration.webserver import SPACE, web_server
+from tests.integration.webserver import test_space as space_with
+
+S = MachineState
+NOW = 1_800_000_000.0
+
+
+def machine(name: str, mt: str = "squid", state: S = S.RUNNING,
+            address: str = "") -> MachineRecord:
+    return MachineRecord(space="a", name=name, machinetype=mt, state=state, cloud_id=name,
+                         address=address or f"10.0.0.{len(name)}", created_at=NOW - 500,
+                         started_at=NOW - 400)
+
+
+@pytest.fixture
+def store(tmp_path: Path):  # type: ignore[no-untyped-def]
+    s = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    yield s
+    s.close()
+
+
+def test_heartbeating_lists_running_machines_of_one_machinetype_newest_first(
+        store: Store) -> None:
+    rows = [machine("old"), machine("new"), machine("never"), machine("stopped", state=S.STOPPED),
+            machine("other", mt="belle"), machine("silent")]
+    store.apply("a", rows, {}, NOW)
+    store.record_heartbeats({("a", "old"): NOW - 100, ("a", "new"): NOW - 10,
+                             ("a", "stopped"): NOW - 5, ("a", "other"): NOW - 5,
+                             ("a", "silent"): NOW - 1000})
+    found = store.heartbeating("a", "squid", NOW - 300)
+    assert [(m.name, m.heartbeat_at) for m in found] == [("new", NOW - 10), ("old", NOW - 100)]
+    assert store.heartbeating("b", "squid", 0.0) == []
+
+
+def plan_of(db: Path, sql: str, *args: object) -> str:
+    with sqlite3.connect(db) as raw:
+        return " ".join(str(row[-1]) for row in raw.execute(f"EXPLAIN QUERY PLAN {sql}", args))
+
+
+def test_heartbeat_and_drain_queries_use_an_index(store: Store, tmp_path: Path) -> None:
+    db = tmp_path / "db.sqlite"
+    beating = plan_of(db, "SELECT name FROM machines WHERE space = ? AND machinetype = ? "
+                          "AND heartbeat_at >= ? AND state = 'running' "
+                          "ORDER BY heartbeat_at DESC", "a", "squid", 0.0)
+    assert "ix_machines_space_machinetype_heartbeat_at" in beating
+    drained = plan_of(db, "SELECT machinetype FROM drains WHERE space = ?", "a")
+    assert "USING" in drained and "INDEX" in drained  # the primary key's index, not a scan
+
+
+def test_drained_answers_one_space(store: Store) -> None:
+    store.set_drain("a", "belle", True)
+    store.set_drain("a", "*", True)
+    store.set_drain("b", "t2k", True)
+    assert store.drained("a") == frozenset({"belle", "*"})
+    store.set_drain("a", "*", False)
+    assert store.drained("a") == frozenset({"belle"})
+    assert store.drained("c") == frozenset()
+
+
+def test_machine_cache_keeps_the_most_recently_used_and_stays_bounded(store: Store) -> None:
+    store.apply("a", [machine(f"m{i}") for i in range(5)], {}, NOW)
+    cache = MachineCache(store, seconds=3600, size=3)
+
+    async def scenario() -> list[str | None]:
+        seen = []
+        for name in ["m0", "m1", "m2", "m0", "m3", "m4", "m0"]:
+            record = await cache.get("a", name)
+            seen.append(record.name if record else None)
+        return seen
+
+    assert asyncio.run(scenario()) == ["m0", "m1", "m2", "m0", "m3", "m4", "m0"]
+    assert len(cache) == 3
+    assert list(cache._entries) == [("a", "m3"), ("a", "m4"), ("a", "m0")]  # m0 kept: used
+
+
+def test_machine_cache_entries_expire(store: Store) -> None:
+    store.apply("a", [machine("m0")], {}, NOW)
+    cache = MachineCache(store, seconds=0.0, size=10)
+    first = asyncio.run(cache.get("a", "m0"))
+    store.apply("a", [replace(machine("m0"), state=S.STOPPED)], {}, NOW)
+    second = asyncio.run(cache.get("a", "m0"))
+    assert first is not None and second is not None and second.state is S.STOPPED
+
+
+def test_heartbeat_list_horizon_is_its_own_option(tmp_path: Path) -> None:
+    """heartbeat_seconds (the staleness limit) is 600 here, but the list shows only VMs
+    that beat within heartbeat_list_seconds."""
+    with web_server(tmp_path, space_with(heartbeat_list_seconds=30)) as web:
+        web.add_machine("cloudvac-x-belle-fresh")
+        web.add_machine("cloudvac-x-belle-older")
+        web.store.record_heartbeats({(SPACE, "cloudvac-x-belle-fresh"): time.time() - 5,
+                                     (SPACE, "cloudvac-x-belle-older"): time.time() - 120})
+        listed = httpx.get(f"{web.url}/heartbeatlists/{SPACE}/belle").text.split()
+    assert "cloudvac-x-belle-fresh" in listed and "cloudvac-x-belle-older" not in listed

@@ -1,0 +1,92 @@
+"""One URL and file layout (``model/layout.py``) for the web routes, the user_data VMs get,
+the simulated pilots and the in-VM agent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import httpx
+from prometheus_client import CollectorRegistry
+
+from cloudvac.auth.vmtokens import TokenSigner
+from cloudvac.clouds.simpilots import HttpPilots
+from cloudvac.config import Machinetype, Settings, Space
+from cloudvac.context import agent
+from cloudvac.context.userdata import ContextRenderer
+from cloudvac.model import layout
+from cloudvac.model.states import ShutdownMessage
+from cloudvac.web.app import create_app
+from cloudvac.web.context import WebContext
+
+SIGNER = TokenSigner(b"k" * 32)
+SETTINGS = Settings(web_url="https://vac.example:8443")
+MT = Machinetype(name="belle", space="s.example", target_share=1)
+SPACE = Space(name="s.example", api="sim", flavor_names=["m1.small"], machinetypes={"belle": MT})
+NAME = "cloudvac-abcdef-belle-0123456789"
+
+
+def test_every_layout_path_is_a_route_of_the_app(tmp_path: object) -> None:
+    ctx = WebContext(SETTINGS, None, SIGNER, None, dict, CollectorRegistry())  # type: ignore
+    routes = set(create_app(ctx).openapi()["paths"])
+    templates = {layout.JOBOUTPUT, layout.MACHINEFEATURE, layout.JOBFEATURE, layout.USER_DATA,
+                 layout.HEARTBEATLIST}
+    assert templates <= routes
+    assert {"/healthz", "/metrics", "/status"} <= routes
+
+
+def test_vms_are_told_the_layout_urls() -> None:
+    renderer = ContextRenderer(SETTINGS, SIGNER)
+    urls = renderer.urls(SPACE, MT, NAME)
+    assert urls == layout.machine_urls("https://vac.example:8443", "s.example", "belle", NAME)
+    assert urls["joboutputs_url"] == \
+        f"https://vac.example:8443/machines/s.example/{NAME}/joboutputs"
+    assert urls["heartbeat_machines_url"] == \
+        "https://vac.example:8443/heartbeatlists/s.example/belle"
+    config = renderer.agent_config(SPACE, MT, NAME)
+    assert config["joboutputs_url"] == urls["joboutputs_url"]
+    assert config["heartbeat_file"] == layout.HEARTBEAT_FILE
+    assert config["heartbeat_period_seconds"] == MT.heartbeat_period == 60
+
+
+def test_the_agent_uses_the_same_file_names() -> None:
+    """The agent is shipped alone into VMs (it imports nothing of cloudvac), so its own
+    constants are checked against the layout here."""
+    assert agent.DEFAULTS["heartbeat_file"] == layout.HEARTBEAT_FILE
+    assert agent.SHUTDOWN_FILE == layout.SHUTDOWN_FILE
+    assert set(json.loads(json.dumps(ContextRenderer(SETTINGS, SIGNER).agent_config(
+        SPACE, MT, NAME)))) - {"token", "joboutputs_url"} <= set(agent.DEFAULTS)
+
+
+def test_simulated_pilots_put_where_vms_put() -> None:
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        return httpx.Response(204)
+
+    async def scenario() -> None:
+        pilots = HttpPilots("http://127.0.0.1:9", SIGNER,
+                            httpx.AsyncClient(transport=httpx.MockTransport(handler)))
+        await pilots.heartbeat("s.example", NAME, time.time(), "beat")
+        await pilots.shutdown("s.example", NAME, ShutdownMessage(200, "ok"), time.time())
+        await pilots.close()
+
+    asyncio.run(scenario())
+    base = f"/machines/s.example/{NAME}/joboutputs"
+    assert seen == [f"{base}/beat", f"{base}/{layout.SHUTDOWN_FILE}"]
+
+
+def test_heartbeat_names_say_one_thing_each() -> None:
+    """Staleness limit, agent period and list horizon: separate, with derived defaults."""
+    plain = Machinetype(name="a", space="s", heartbeat_file="hb", heartbeat_seconds=900)
+    assert (plain.heartbeat_period, plain.heartbeat_list_horizon) == (300, 900)
+    short = Machinetype(name="a", space="s", heartbeat_file="hb", heartbeat_seconds=12)
+    assert short.heartbeat_period == 10  # never more often than every 10 s
+    none = Machinetype(name="a", space="s")
+    assert (none.heartbeat_period, none.heartbeat_list_horizon, none.heartbeat_check) == \
+        (60, 3600, False)
+    own = Machinetype(name="a", space="s", heartbeat_file="hb", heartbeat_seconds=900,
+                      heartbeat_period_seconds=45, heartbeat_list_seconds=120)
+    assert (own.heartbeat_period, own.heartbeat_list_horizon) == (45, 120)
