@@ -79,9 +79,8 @@ def sim_run(args: argparse.Namespace) -> dict[str, Any]:
         loaded = load_config_dir(cdir)
         assert loaded.settings is not None and not loaded.issues, loaded.issues[:3]
         store = Store(loaded.settings.database_url)
-        projects: dict[str, Any] = {}
-        scale.fill(projects, loaded.spaces, args.sim_machines, loaded.settings.manager_id,
-                   args.job_hours * 3600, seed=1)
+        projects, _ = scale.fill(loaded.spaces, args.sim_machines,
+                                 loaded.settings.manager_id, args.job_hours * 3600, seed=1)
         (name, project), = projects.items()
         daemon = build_daemon(cdir, loaded.settings, store, keep_reports=1000,
                               pilots=NullPilots())
@@ -208,7 +207,6 @@ def pages_formula(listed: int, max_limit: int) -> int:
 
 
 def nova_run(args: argparse.Namespace, variant: Variant) -> dict[str, Any]:
-    from cloudvac.clouds.openstack import OpenStackCloud
     from cloudvac.config import load_config_dir
     from cloudvac.engine.daemon import build_daemon
     from cloudvac.store import Store
@@ -221,66 +219,23 @@ def nova_run(args: argparse.Namespace, variant: Variant) -> dict[str, Any]:
     full_listing = variant.full_listing_cycles * period
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="cloudvac-api-nova-") as tmp, \
-            launch.nova_oracle(quota_cores=servers, quota_instances=servers,
-                               max_limit=max_limit) as nova:
+            launch.nova_oracle(launch.NovaOptions(quota_cores=servers, quota_instances=servers,
+                                                  max_limit=max_limit)) as nova:
         launched = time.monotonic() - started
-        root = Path(tmp)
-        secret = root / "password"
-        secret.write_text(nova.password)
-        secret.chmod(0o600)
-        cdir = root / "cloudvac.d"
-        cdir.mkdir()
-        (cdir / "10-nova.conf").write_text(NOVA_CONFIG.format(
-            state=root / "state", period=period, auth_url=nova.auth_url,
-            username=nova.username, password_file=secret, project=nova.project_name,
-            limit_line=f"processors_limit = {servers}" if variant.processors_limit else "",
-            full_listing=full_listing, burst=args.nova_burst, image=nova["image_id"],
-            quota_reread=int(full_listing or 600)))
+        cdir = write_nova_config(Path(tmp), nova, args, variant)
         loaded = load_config_dir(cdir)
         assert loaded.settings is not None and not loaded.issues, loaded.issues[:3]
         store = Store(loaded.settings.database_url)
         daemon = build_daemon(cdir, loaded.settings, store, keep_reports=10_000)
-        steady_from: list[int] = []
-
-        async def drive() -> None:
-            runner = asyncio.create_task(daemon.run())
-            deadline = time.monotonic() + NOVA_TIMEOUT
-            try:
-                while not runner.done() and time.monotonic() < deadline:
-                    await asyncio.sleep(0.05)
-                    cloud = daemon.clouds.cloud("nova.bench")
-                    if isinstance(cloud, OpenStackCloud):
-                        cloud.listing.overlap = 2 * period
-                    state = daemon.spaces.get("nova.bench")
-                    if state is None or not state.reports:
-                        continue
-                    reports = state.reports
-                    if not steady_from:
-                        last = reports[-1]
-                        st = last.status.get("pilot")
-                        if st is not None and st.machines.get("running", 0) == servers \
-                                and last.created == last.deleted == 0:
-                            steady_from.append(len(reports))  # the next cycles are steady
-                    elif len(reports) >= steady_from[0] + args.nova_steady:
-                        break
-            finally:
-                daemon.stop()
-                await asyncio.wait_for(runner, 120)
-
         try:
-            asyncio.run(drive())
+            steady_from = asyncio.run(drive_nova(daemon, servers, period, args.nova_steady))
         finally:
             store.close()
-        auth_calls = int(daemon.metrics.auth_calls.labels("nova.bench")._value.get())
+        auth_calls = int(daemon.tools.metrics.auth_calls.labels("nova.bench")._value.get())
         launch_seconds = nova.get("launch_s", round(launched, 1))
 
     reports = daemon.spaces["nova.bench"].reports
-    cycles: list[dict[str, Any]] = [
-        {"cycle": i + 1, "ok": r.ok, "listed": r.listed, "created": r.created,
-         "deleted": r.deleted, "requests": dict(r.api_requests),
-         "machines": dict(r.status["pilot"].machines) if "pilot" in r.status else {},
-         "blocked": r.status["pilot"].blocked if "pilot" in r.status else "",
-         "seconds": round(r.duration, 3)} for i, r in enumerate(reports)]
+    cycles = [cycle_row(i, r) for i, r in enumerate(reports)]
     full = [c for c in cycles if c["ok"] and "list" in c["requests"]]
     formula_holds = all(c["requests"]["list"] == pages_formula(c["listed"], max_limit)
                         for c in full)
@@ -291,16 +246,12 @@ def nova_run(args: argparse.Namespace, variant: Variant) -> dict[str, Any]:
                        and c["requests"].get("delete", 0) == r.deleted
                        for c, r in zip(cycles[1:], reports[1:], strict=False) if c["ok"])
     steady = cycles[steady_from[0]:] if steady_from else []
-    total: dict[str, int] = {}
-    for c in cycles:
-        for k, v in c["requests"].items():
-            total[k] = total.get(k, 0) + v
     result: dict[str, Any] = {
         "what": variant.what, "servers": servers, "max_limit": max_limit,
         "cycle_seconds": period, "full_listing_seconds": full_listing,
         "processors_limit": servers if variant.processors_limit else None,
         "nova_launch_seconds": launch_seconds,
-        "cycles_total": len(cycles), "requests_total_by_kind": total,
+        "cycles_total": len(cycles), "requests_total_by_kind": requests_total(cycles),
         "keystone_token_requests": auth_calls,
         "errors": sorted({r.error for r in reports if not r.ok})[:3],
         "last_cycle": cycles[-1] if cycles else None,
@@ -313,30 +264,119 @@ def nova_run(args: argparse.Namespace, variant: Variant) -> dict[str, Any]:
         "reached_steady_state": bool(steady),
     }
     if steady:
-        kinds = ("list", "changes", "limits")
-        mean = {k: round(sum(c["requests"].get(k, 0) for c in steady) / len(steady), 3)
-                for k in kinds}
-        per_cycle = round(sum(mean.values()), 3)
-        result["steady_requests_per_cycle_by_kind"] = mean
-        result["steady_requests_per_cycle"] = per_cycle
-        if variant.max_limit_is_servers:
-            # The same requests per cycle serve 1,000 machines with max_limit 1000 (pages
-            # depend on n / max_limit only; a change listing fits one page), 60 cycles/h.
-            result["per_machine_hour_at_1000_polling"] = round(
-                per_cycle * 3600 / CYCLE / 1000, 4)
-            result["per_machine_hour_at_1000_with_flavors_and_tokens"] = round(
-                (per_cycle * 3600 / CYCLE + 2) / 1000, 4)
+        result.update(steady_rates(steady, variant))
     result["run_seconds"] = round(time.monotonic() - started, 1)
     return result
+
+
+def write_nova_config(root: Path, nova: Any, args: argparse.Namespace,
+                      variant: Variant) -> Path:
+    """The config directory of one real-Nova run (its password file beside it)."""
+    servers, period = args.nova_servers, args.nova_period
+    full_listing = variant.full_listing_cycles * period
+    secret = root / "password"
+    secret.write_text(nova.password)
+    secret.chmod(0o600)
+    cdir = root / "cloudvac.d"
+    cdir.mkdir()
+    (cdir / "10-nova.conf").write_text(NOVA_CONFIG.format(
+        state=root / "state", period=period, auth_url=nova.auth_url,
+        username=nova.username, password_file=secret, project=nova.project_name,
+        limit_line=f"processors_limit = {servers}" if variant.processors_limit else "",
+        full_listing=full_listing, burst=args.nova_burst, image=nova["image_id"],
+        quota_reread=int(full_listing or 600)))
+    return cdir
+
+
+async def drive_nova(daemon: Any, servers: int, period: float, steady_cycles: int) -> list[int]:
+    """Run the daemon until ``steady_cycles`` cycles after the space is full and quiet (or
+    NOVA_TIMEOUT).  Returns ``[n]``, n = the number of reports when the steady cycles began,
+    or ``[]`` if they never did."""
+    from cloudvac.clouds.openstack import OpenStackCloud
+
+    steady_from: list[int] = []
+    runner = asyncio.create_task(daemon.run())
+    deadline = time.monotonic() + NOVA_TIMEOUT
+    try:
+        while not runner.done() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            cloud = daemon.clouds.cloud("nova.bench")
+            if isinstance(cloud, OpenStackCloud):
+                cloud.listing.overlap = 2 * period
+            state = daemon.spaces.get("nova.bench")
+            if state is None or not state.reports:
+                continue
+            reports = state.reports
+            if not steady_from:
+                if full_and_quiet(reports[-1], servers):
+                    steady_from.append(len(reports))  # the next cycles are steady
+            elif len(reports) >= steady_from[0] + steady_cycles:
+                break
+    finally:
+        daemon.stop()
+        await asyncio.wait_for(runner, 120)
+    return steady_from
+
+
+def full_and_quiet(report: Any, servers: int) -> bool:
+    """Whether a cycle saw all ``servers`` running and neither created nor deleted."""
+    st = report.status.get("pilot")
+    return bool(st is not None and st.machines.get("running", 0) == servers
+                and report.created == report.deleted == 0)
+
+
+def cycle_row(i: int, r: Any) -> dict[str, Any]:
+    """One cycle's report as a row of the JSON output."""
+    return {"cycle": i + 1, "ok": r.ok, "listed": r.listed, "created": r.created,
+            "deleted": r.deleted, "requests": dict(r.api_requests),
+            "machines": dict(r.status["pilot"].machines) if "pilot" in r.status else {},
+            "blocked": r.status["pilot"].blocked if "pilot" in r.status else "",
+            "seconds": round(r.duration, 3)}
+
+
+def requests_total(cycles: list[dict[str, Any]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for c in cycles:
+        for k, v in c["requests"].items():
+            total[k] = total.get(k, 0) + v
+    return total
+
+
+def steady_rates(steady: list[dict[str, Any]], variant: Variant) -> dict[str, Any]:
+    """Mean requests per steady cycle, and per machine-hour when n = max_limit."""
+    kinds = ("list", "changes", "limits")
+    mean = {k: round(sum(c["requests"].get(k, 0) for c in steady) / len(steady), 3)
+            for k in kinds}
+    per_cycle = round(sum(mean.values()), 3)
+    rates: dict[str, Any] = {"steady_requests_per_cycle_by_kind": mean,
+                             "steady_requests_per_cycle": per_cycle}
+    if variant.max_limit_is_servers:
+        # The same requests per cycle serve 1,000 machines with max_limit 1000 (pages
+        # depend on n / max_limit only; a change listing fits one page), 60 cycles/h.
+        rates["per_machine_hour_at_1000_polling"] = round(per_cycle * 3600 / CYCLE / 1000, 4)
+        rates["per_machine_hour_at_1000_with_flavors_and_tokens"] = round(
+            (per_cycle * 3600 / CYCLE + 2) / 1000, 4)
+    return rates
 
 
 # --------------------------------------------------------------------- (c) extrapolation --
 
 
-def extrapolate(machines: int, max_limit: int, job_hours: float, full_listing: float,
-                limits_per_hour: float, tokens_per_hour: float = 1.0) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Fleet:
+    """What an extrapolation is for: ``machines`` pilots of ``job_hours`` each, listed by
+    a Nova with ``[api] max_limit``."""
+
+    machines: int
+    max_limit: int
+    job_hours: float
+
+
+def extrapolate(fleet: Fleet, full_listing: float, limits_per_hour: float,
+                tokens_per_hour: float = 1.0) -> dict[str, Any]:
     """Requests per hour at a 60 s cycle: full listings every ``full_listing`` seconds
     (0: every cycle), one change page in between, limits as given, flavors hourly."""
+    machines, max_limit, job_hours = fleet.machines, fleet.max_limit, fleet.job_hours
     pages = pages_formula(machines, max_limit)
     cycles = 3600 / CYCLE
     full = cycles if full_listing <= 0 else min(cycles, 3600 / full_listing)
@@ -369,18 +409,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     report["nova"] = {v.name: {"skipped": "--skip-nova"} if args.skip_nova
                       else nova_run(args, v) for v in VARIANTS}
     hourly = 3600 / CYCLE
+    fleet = Fleet(machines=1000, max_limit=1000, job_hours=args.job_hours)
     report["extrapolated"] = {
         "what": "formula checked on real Nova (pages = floor(n / max_limit) + 1 per full "
                 "listing, one page per change listing, limits as described, flavors "
                 "hourly, one request per create/delete), applied to n machines and a 60 s "
                 "cycle",
-        "default_processors_limit_full": extrapolate(1000, 1000, args.job_hours, 600, 0),
-        "default_quota_bound_full": extrapolate(1000, 1000, args.job_hours, 600, 6),
-        "default_not_full_limits_every_cycle": extrapolate(1000, 1000, args.job_hours, 600,
-                                                           hourly),
-        "vcycle_mode_full_listing_every_cycle": extrapolate(1000, 1000, args.job_hours, 0,
-                                                            hourly),
-        "default_24h_pilots": extrapolate(1000, 1000, 24.0, 600, 0),
+        "default_processors_limit_full": extrapolate(fleet, 600, 0),
+        "default_quota_bound_full": extrapolate(fleet, 600, 6),
+        "default_not_full_limits_every_cycle": extrapolate(fleet, 600, hourly),
+        "vcycle_mode_full_listing_every_cycle": extrapolate(fleet, 0, hourly),
+        "default_24h_pilots": extrapolate(Fleet(1000, 1000, 24.0), 600, 0),
     }
     e = report["extrapolated"]["default_processors_limit_full"]
     report["meets_goal_polling_only"] = e["per_machine_hour_polling_only"] <= GOAL

@@ -82,9 +82,11 @@ sim_heartbeat_period_seconds = 3600
 """)
 
 
-def fill(projects: dict[str, Any], spaces: dict[str, Any], machines: int,
-         manager_id: str, job_seconds: float, seed: int) -> dict[str, int]:
-    """Put ``machines`` live tagged servers into every project, with staggered ages."""
+def fill(spaces: dict[str, Any], machines: int, manager_id: str, job_seconds: float,
+         seed: int) -> tuple[dict[str, Any], dict[str, int]]:
+    """A ``SimProject`` per space holding ``machines`` live tagged servers with staggered
+    ages; returns the projects by space name, and how many drawn servers had already
+    ended."""
     from cloudvac.clouds.sim import SimProject
     from cloudvac.config.models import SimMachinetype
     from cloudvac.engine.tools import generic_user_data
@@ -101,6 +103,7 @@ def fill(projects: dict[str, Any], spaces: dict[str, Any], machines: int,
     now = time.time()
     when = [now]
     discarded = 0
+    projects: dict[str, Any] = {}
     for name, space in spaces.items():
         mt = space.machinetypes[MACHINETYPE]
         project = SimProject(options=space.sim, machinetypes={MACHINETYPE: mt.sim or
@@ -128,7 +131,7 @@ def fill(projects: dict[str, Any], spaces: dict[str, Any], machines: int,
         project.delete_seconds = 1.0
         project.calls.clear()
         projects[name] = project
-    return {"discarded_already_ended": discarded}
+    return projects, {"discarded_already_ended": discarded}
 
 
 async def drive(daemon: Any, rounds: int, deadline: float) -> list[dict[str, Any]]:
@@ -197,9 +200,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         gc.collect()
         rss_before_fill = rss_mb()["current"]
         t0 = time.monotonic()
-        projects: dict[str, Any] = {}
-        filled = fill(projects, loaded.spaces, args.machines, loaded.settings.manager_id,
-                      args.job_hours * 3600, args.seed)
+        projects, filled = fill(loaded.spaces, args.machines, loaded.settings.manager_id,
+                                args.job_hours * 3600, args.seed)
         gc.collect()
         rss_after_fill = rss_mb()["current"]
         report["fill"] = {

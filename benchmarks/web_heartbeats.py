@@ -99,7 +99,7 @@ heartbeat_file = {HEARTBEAT_FILE}
 
 def populate_store(database_url: str, names: list[str]) -> float:
     """Create the store and N running machines; returns the seconds it took."""
-    from cloudvac.model.records import MachineUpdate
+    from cloudvac.model.records import MachineRecord
     from cloudvac.model.states import MachineState
     from cloudvac.store import Store
 
@@ -108,11 +108,12 @@ def populate_store(database_url: str, names: list[str]) -> float:
     store = Store(database_url)
     try:
         store.apply(SPACE, [
-            MachineUpdate(name=name, machinetype=MACHINETYPE, state=MachineState.RUNNING,
-                          cloud_id=f"cloud-{name}", processors=1, created_at=now - 600,
-                          started_at=now - 500, address=f"10.0.{i // 250}.{i % 250 + 1}")
+            MachineRecord(space=SPACE, name=name, machinetype=MACHINETYPE,
+                          state=MachineState.RUNNING, cloud_id=f"cloud-{name}", processors=1,
+                          created_at=now - 600, started_at=now - 500,
+                          address=f"10.0.{i // 250}.{i % 250 + 1}")
             for i, name in enumerate(names)
-        ], {})
+        ], {}, now)
     finally:
         store.close()
     return time.perf_counter() - started
@@ -207,6 +208,59 @@ def client_main(spec: dict[str, Any], pipe: Connection) -> None:
     pipe.close()
 
 
+class _Tally:
+    """What one load-generator process saw."""
+
+    def __init__(self, t0: float, t1: float) -> None:
+        self.t0, self.t1 = t0, t1               # the measurement window
+        self.statuses: Counter[str] = Counter()      # inside the measurement window
+        self.all_statuses: Counter[str] = Counter()  # warm-up included
+        self.latencies: list[float] = []
+        self.hit: set[int] = set()                   # machines that got a 204 (any phase)
+        self.problems: list[str] = []
+
+    def problem(self, text: str) -> None:
+        if len(self.problems) < 5:
+            self.problems.append(text)
+
+    def count(self, machine: int, status: str, sent: float, elapsed: float) -> None:
+        self.all_statuses[status] += 1
+        if status == "204":
+            self.hit.add(machine)
+        if self.t0 <= sent and time.time() <= self.t1:
+            self.statuses[status] += 1
+            self.latencies.append(elapsed)
+
+
+def _response_head(head: bytes) -> tuple[str, int, bool]:
+    """(status, Content-Length, Connection: close) of a response head."""
+    status = head[9:12].decode()
+    length, close = 0, False
+    for line in head.split(b"\r\n")[1:]:
+        key, _, value = line.partition(b":")
+        key = key.strip().lower()
+        if key == b"content-length":
+            length = int(value)
+        elif key == b"transfer-encoding":
+            raise BenchmarkError("chunked response not expected")
+        elif key == b"connection" and value.strip().lower() == b"close":
+            close = True
+    return status, length, close
+
+
+async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    request: bytes, tally: _Tally) -> tuple[str, bool]:
+    """Send one request, read its response; returns (status, connection to close)."""
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    status, length, close = _response_head(head)
+    if length:
+        detail = await reader.readexactly(length)
+        if status != "204":
+            tally.problem(f"{status} {detail[:200].decode(errors='replace')}")
+    return status, close
+
+
 async def _client(spec: dict[str, Any]) -> dict[str, Any]:
     from cloudvac.auth.vmtokens import TokenSigner
 
@@ -224,11 +278,7 @@ async def _client(spec: dict[str, Any]) -> dict[str, Any]:
     start_at, t0, t1 = spec["start_at"], spec["t0"], spec["t1"]
     rng = random.Random(spec["seed"])
     ready_at = time.time()
-    statuses: Counter[str] = Counter()     # inside the measurement window
-    all_statuses: Counter[str] = Counter()  # warm-up included
-    latencies: list[float] = []
-    hit: set[int] = set()                   # machines that got a 204 (any phase)
-    problems: list[str] = []
+    tally = _Tally(t0, t1)
     cpu: dict[str, float] = {}
 
     async def sample_cpu() -> None:
@@ -250,34 +300,11 @@ async def _client(spec: dict[str, Any]) -> dict[str, Any]:
                 sent = time.time()
                 began = time.perf_counter()
                 try:
-                    writer.write(request)
-                    head = await reader.readuntil(b"\r\n\r\n")
-                    status = head[9:12].decode()
-                    length, close = 0, False
-                    for line in head.split(b"\r\n")[1:]:
-                        key, _, value = line.partition(b":")
-                        key = key.strip().lower()
-                        if key == b"content-length":
-                            length = int(value)
-                        elif key == b"transfer-encoding":
-                            raise BenchmarkError("chunked response not expected")
-                        elif key == b"connection" and value.strip().lower() == b"close":
-                            close = True
-                    if length:
-                        detail = await reader.readexactly(length)
-                        if status != "204" and len(problems) < 5:
-                            problems.append(f"{status} {detail[:200].decode(errors='replace')}")
+                    status, close = await _exchange(reader, writer, request, tally)
                 except (OSError, asyncio.IncompleteReadError, BenchmarkError) as exc:
                     status, close = f"conn:{type(exc).__name__}", True
-                    if len(problems) < 5:
-                        problems.append(f"connection {index}: {exc!r}")
-                elapsed = time.perf_counter() - began
-                all_statuses[status] += 1
-                if status == "204":
-                    hit.add(i)
-                if t0 <= sent and time.time() <= t1:
-                    statuses[status] += 1
-                    latencies.append(elapsed)
+                    tally.problem(f"connection {index}: {exc!r}")
+                tally.count(i, status, sent, time.perf_counter() - began)
                 if close:
                     writer.close()
                     reader = writer = None
@@ -293,11 +320,11 @@ async def _client(spec: dict[str, Any]) -> dict[str, Any]:
     await sampler
     return {
         "ready_late": ready_at > start_at,
-        "statuses": dict(statuses),
-        "all_statuses": dict(all_statuses),
-        "latencies": latencies,
-        "hit": sorted(hit),
-        "problems": problems,
+        "statuses": dict(tally.statuses),
+        "all_statuses": dict(tally.all_statuses),
+        "latencies": tally.latencies,
+        "hit": sorted(tally.hit),
+        "problems": tally.problems,
         "cpu_seconds": cpu.get("t1", 0.0) - cpu.get("t0", 0.0),
     }
 

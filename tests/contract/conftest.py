@@ -68,7 +68,11 @@ def nova_shim(oracle_ready: None) -> Iterator[Any]:
     """Real Nova with the built-in Keystone token shim."""
     t0 = time.monotonic()
     with launch.nova_oracle(
-        quota_cores=SHIM_QUOTA_CORES, quota_instances=SHIM_QUOTA_INSTANCES, max_limit=SHIM_MAX_LIMIT
+        launch.NovaOptions(
+            quota_cores=SHIM_QUOTA_CORES,
+            quota_instances=SHIM_QUOTA_INSTANCES,
+            max_limit=SHIM_MAX_LIMIT,
+        )
     ) as nova:
         nova.data["fixture_start_s"] = round(time.monotonic() - t0, 2)
         yield nova

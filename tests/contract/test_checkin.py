@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import requests
 
-from cloudvac.auth.checkin import CheckinTokenSource
+from cloudvac.auth.checkin import CheckinClient, CheckinTokenSource
 from cloudvac.clouds.openstack import OpenStackCloud
 from cloudvac.config import Machinetype, Settings, Space
 from cloudvac.config.openstack import OpenStackSpace
@@ -132,12 +132,12 @@ def test_client_credentials_service_account(oidc_provider: Any, keystone_federat
     before = grants(op, "client_credentials")
     for _ in range(3):
         asyncio.run(cloud.list_machines())
-    expiry = cloud.token_expiry()
+    expiry = {c.kind: c.expires_at for c in cloud.credentials()}
     asyncio.run(cloud.close())
     assert grants(op, "client_credentials") - before == 1
     assert expiry["keystone"] > time.time() + 60 and expiry["checkin_access"] > time.time()
     assert op["client_secret"] not in caplog.text and not JWT.search(caplog.text)
-    gauge = metrics.token_expiry.labels(SPACE, "keystone")._value.get()
+    gauge = metrics.token_expiry_seconds.labels(SPACE, "keystone")._value.get()
     assert gauge > 60
 
 
@@ -201,7 +201,7 @@ def test_provider_down_keeps_the_keystone_token_then_fails_clearly(
     op.stop()
     try:
         asyncio.run(cloud.list_machines())  # the Keystone token is still valid: no OP needed
-        assert cloud.session is not None
+        assert cloud.session is not None and cloud.session.auth is not None
         cloud.session.auth.invalidate()  # as when the Keystone token nears its expiry
         assert cloud.checkin is not None
         cloud.checkin._token = None  # and the access token has expired too
@@ -220,9 +220,9 @@ def test_rotated_refresh_token_is_persisted(oidc_provider: Any, keystone_federat
     op.configure(rotate_refresh_tokens=True)
     try:
         file = secret_file(tmp_path, "rt", rt)
-        source = CheckinTokenSource(ks["federation"]["issuers"][0], "cloudvac-rp",
-                                    "refresh_token", "openid profile eduperson_entitlement",
-                                    lambda: "cloudvac-rp-secret", file)
+        source = CheckinTokenSource(CheckinClient(
+            ks["federation"]["issuers"][0], "cloudvac-rp", "refresh_token",
+            "openid profile eduperson_entitlement", lambda: "cloudvac-rp-secret", file))
         token = source.access_token()
         new = file.read_text().strip()
         assert new != rt and token.value
@@ -239,10 +239,10 @@ def test_expiry_with_a_controllable_clock(oidc_provider: Any, keystone_federatio
     op, ks = oidc_provider, keystone_federation
     _, rt = user(op, ks)
     now = [1_000_000.0]
-    source = CheckinTokenSource(ks["federation"]["issuers"][0], "cloudvac-rp", "refresh_token",
-                                "openid profile eduperson_entitlement",
-                                lambda: "cloudvac-rp-secret", secret_file(tmp_path, "rt", rt),
-                                clock=lambda: now[0])
+    source = CheckinTokenSource(CheckinClient(
+        ks["federation"]["issuers"][0], "cloudvac-rp", "refresh_token",
+        "openid profile eduperson_entitlement", lambda: "cloudvac-rp-secret",
+        secret_file(tmp_path, "rt", rt)), clock=lambda: now[0])
     before = grants(op, "refresh_token")
     first = source.access_token()
     lifetime = first.expires_at - now[0]

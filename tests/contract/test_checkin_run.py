@@ -57,7 +57,8 @@ def test_daemon_on_federated_keystone_across_access_token_lifetimes(
     try:
         # Keystone tokens of 125 s: keystoneauth renews 120 s before expiry, so the daemon
         # re-federates every few seconds and needs Check-in again and again.
-        with launch.keystone_oracle(oidc=op, token_expiration=125) as ks, \
+        with launch.keystone_oracle(launch.KeystoneOptions(token_expiration=125),
+                                    oidc=op) as ks, \
                 launch.nova_oracle(keystone=ks) as nova:
             secret = tmp_path / "sa.secret"
             secret.write_text(op["client_secret"])
@@ -97,6 +98,6 @@ def test_daemon_on_federated_keystone_across_access_token_lifetimes(
     late = [r for r in reports if r.started > reports[0].started + 3 * ACCESS_LIFETIME]
     assert late and all(r.ok for r in late), [r.error for r in late if not r.ok]
     assert 2 <= calls <= math.ceil(elapsed / ACCESS_LIFETIME) + 1, (calls, elapsed)
-    federations = daemon.metrics.auth_calls.labels("egi.example")._value.get()
+    federations = daemon.tools.metrics.auth_calls.labels("egi.example")._value.get()
     assert federations >= 2
     assert credentials["egi.example"]["keystone"] > time.time() - 200

@@ -31,10 +31,11 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import launch
 from keystoneauth1 import exceptions as ka_exc
 from keystoneauth1 import session as ka_session
 from keystoneauth1.identity import v3
+
+from tests.contract.conftest import launch
 
 pytestmark = pytest.mark.contract
 
@@ -42,7 +43,8 @@ HTTP_TIMEOUT = 30
 
 
 def _fed_url(ks: Any, protocol: str = "openid") -> str:
-    return ks["federation"]["auth_urls"][protocol]
+    url: str = ks["federation"]["auth_urls"][protocol]
+    return url
 
 
 def _new_user(op: Any, ks: Any, *, entitled: bool = True) -> tuple[str, dict[str, Any]]:
@@ -75,7 +77,7 @@ def _access_token_plugin(ks: Any, access_token: str, protocol: str = "openid") -
     )
 
 
-def test_refresh_grant_federation_and_rescope(oidc_provider, keystone_federation):
+def test_refresh_grant_federation_and_rescope(oidc_provider: Any, keystone_federation: Any) -> None:
     op, ks = oidc_provider, keystone_federation
     sub, login = _new_user(op, ks)
     assert login["refresh_token"] and login["token_type"] == "Bearer"
@@ -127,7 +129,9 @@ def test_refresh_grant_federation_and_rescope(oidc_provider, keystone_federation
     assert sess.get_user_id() == body["user"]["id"]
 
 
-def test_client_credentials_with_keystoneauth_plugin(oidc_provider, keystone_federation):
+def test_client_credentials_with_keystoneauth_plugin(
+    oidc_provider: Any, keystone_federation: Any
+) -> None:
     op, ks = oidc_provider, keystone_federation
     before = op.stats()["token_requests_by_grant"].get("client_credentials", 0)
     auth = v3.OidcClientCredentials(
@@ -144,6 +148,7 @@ def test_client_credentials_with_keystoneauth_plugin(oidc_provider, keystone_fed
     assert sess.get_project_id() == ks["vo_project_id"]
     ref = auth.get_access(sess)  # cached: no second grant
     assert ref.username == op["client_sub"]  # Check-in style "<hex>@egi.eu" subject
+    assert ref.role_names is not None
     assert set(ref.role_names) == {"member", "reader"}
     assert ref.project_id == ks["vo_project_id"]
     assert op.stats()["token_requests_by_grant"]["client_credentials"] == before + 1
@@ -152,7 +157,7 @@ def test_client_credentials_with_keystoneauth_plugin(oidc_provider, keystone_fed
     assert status == 401 and body["error"] == "invalid_client"
 
 
-def test_wrong_entitlement_is_401(oidc_provider, keystone_federation):
+def test_wrong_entitlement_is_401(oidc_provider: Any, keystone_federation: Any) -> None:
     op, ks = oidc_provider, keystone_federation
     _, login = _new_user(op, ks, entitled=False)
     r = _federate(ks, login["access_token"])
@@ -176,7 +181,7 @@ def test_wrong_entitlement_is_401(oidc_provider, keystone_federation):
         ka_session.Session(auth=_access_token_plugin(ks, login["access_token"])).get_token()
 
 
-def test_shim_rejects_missing_or_bad_bearer(keystone_federation):
+def test_shim_rejects_missing_or_bad_bearer(keystone_federation: Any) -> None:
     ks = keystone_federation
     for headers in ({}, {"Authorization": "Bearer not-a-token"}, {"Authorization": "Basic eA=="}):
         r = requests.post(_fed_url(ks), headers=headers, timeout=HTTP_TIMEOUT)
@@ -184,7 +189,9 @@ def test_shim_rejects_missing_or_bad_bearer(keystone_federation):
         assert r.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
 
 
-def test_revoked_refresh_token_is_invalid_grant(oidc_provider, keystone_federation):
+def test_revoked_refresh_token_is_invalid_grant(
+    oidc_provider: Any, keystone_federation: Any
+) -> None:
     op, ks = oidc_provider, keystone_federation
     sub, login = _new_user(op, ks)
     status, tok = op.refresh(login["refresh_token"])
@@ -198,7 +205,9 @@ def test_revoked_refresh_token_is_invalid_grant(oidc_provider, keystone_federati
     assert r.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
 
 
-def test_oidc_protocol_and_protocol_switch_conflict(oidc_provider, keystone_federation):
+def test_oidc_protocol_and_protocol_switch_conflict(
+    oidc_provider: Any, keystone_federation: Any
+) -> None:
     op, ks = oidc_provider, keystone_federation
     _, login = _new_user(op, ks)
     r = _federate(ks, login["access_token"], "oidc")
@@ -222,7 +231,7 @@ def test_oidc_protocol_and_protocol_switch_conflict(oidc_provider, keystone_fede
     assert "unsupported method" in r.json()["error"]["message"]
 
 
-def test_nova_lists_servers_with_federated_token(oidc_provider, nova_federation):
+def test_nova_lists_servers_with_federated_token(oidc_provider: Any, nova_federation: Any) -> None:
     op, nova = oidc_provider, nova_federation
     ks_auth_url = nova.auth_url
     status, tok = op.client_credentials()
@@ -246,10 +255,13 @@ def test_nova_lists_servers_with_federated_token(oidc_provider, nova_federation)
     assert r.json() == {"servers": []}
     # without a token Nova refuses
     url = sess.get_endpoint(service_type="compute", interface="public")
+    assert url is not None
     assert requests.get(url + "/servers", timeout=HTTP_TIMEOUT).status_code == 401
 
 
-def test_provider_down_then_restarted_keeps_refresh_tokens(oidc_provider, keystone_federation):
+def test_provider_down_then_restarted_keeps_refresh_tokens(
+    oidc_provider: Any, keystone_federation: Any
+) -> None:
     op, ks = oidc_provider, keystone_federation
     _, login = _new_user(op, ks)
     status, tok = op.refresh(login["refresh_token"])
@@ -271,7 +283,7 @@ def test_provider_down_then_restarted_keeps_refresh_tokens(oidc_provider, keysto
     assert _federate(ks, tok2["access_token"]).status_code == 201
 
 
-def test_short_access_token_lifetime(oidc_provider, keystone_federation):
+def test_short_access_token_lifetime(oidc_provider: Any, keystone_federation: Any) -> None:
     op, ks = oidc_provider, keystone_federation
     previous = op.configure(access_token_lifetime=4)["access_token_lifetime"]
     try:
@@ -292,19 +304,19 @@ def test_short_access_token_lifetime(oidc_provider, keystone_federation):
     assert op.configure()["access_token_lifetime"] == previous
 
 
-def test_keystone_token_expiration_and_introspection_shim(oidc_provider):
+def test_keystone_token_expiration_and_introspection_shim(oidc_provider: Any) -> None:
     """A second federated Keystone: tokens live 4 s (for client expiry tests) and the shim
     validates bearer tokens by RFC 7662 introspection instead of userinfo."""
     op = oidc_provider
     op.set_client("keystone-rp", "keystone-rp-secret", {})  # the site's introspection client
     before = op.stats()["introspection_requests"]
     with launch.keystone_oracle(
+        launch.KeystoneOptions(with_compute=False, app_credential=False, token_expiration=4),
         oidc=op,
-        with_compute=False,
-        app_credential=False,
-        token_expiration=4,
-        oidc_validation="introspection",
-        introspection_client=("keystone-rp", "keystone-rp-secret"),
+        federation=launch.FederationOptions(
+            oidc_validation="introspection",
+            introspection_client=("keystone-rp", "keystone-rp-secret"),
+        ),
     ) as ks:
         assert ks["token_expiration"] == 4
         assert ks["federation"]["validation"] == "introspection"

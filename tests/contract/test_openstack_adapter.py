@@ -34,7 +34,8 @@ S = MachineState
 
 @pytest.fixture(scope="module")
 def nova(oracle_ready: None) -> Iterator[Any]:
-    with launch.nova_oracle(quota_cores=6, quota_instances=10, max_limit=2) as server:
+    options = launch.NovaOptions(quota_cores=6, quota_instances=10, max_limit=2)
+    with launch.nova_oracle(options) as server:
         yield server
 
 
@@ -159,7 +160,7 @@ def test_same_scenario_on_the_sim() -> None:
                        flavors=["m1.tiny:1:512", "m1.small:1:2048", "m1.xlarge:8:16384",
                                 "cv.unschedulable:1:512"])
     project = SimProject(options=options)
-    cloud = SimCloud(project, SPACE, "cloudvac", options=options)
+    cloud = SimCloud(project, (SPACE, "cloudvac"), options=options)
 
     async def foreign() -> None:
         project.add_foreign("someone-else", 1)
@@ -211,6 +212,7 @@ def test_application_credential_through_real_keystone(oracle_ready: None, tmp_pa
             cloud_id = await cloud.create_machine(spec("ac", small, nova["image_id"]))
             listed = [m.cloud_id for m in await cloud.list_machines()]
             await cloud.delete_machine(cloud_id)
+            assert cloud.session is not None
             token = await asyncio.to_thread(cloud.session.get_token)
             await cloud.close()
             return listed.count(cloud_id), token or ""

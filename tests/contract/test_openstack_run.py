@@ -56,7 +56,8 @@ def test_run_fills_quota_replaces_stopped_and_counts_calls(oracle_ready: None, t
                                                            full_listing: int) -> None:
     import openstack
 
-    with launch.nova_oracle(quota_cores=6, quota_instances=20, max_limit=MAX_LIMIT) as nova:
+    options = launch.NovaOptions(quota_cores=6, quota_instances=20, max_limit=MAX_LIMIT)
+    with launch.nova_oracle(options) as nova:
         secret = tmp_path / "password"
         secret.write_text(nova.password)
         secret.chmod(0o600)
@@ -113,7 +114,7 @@ def test_run_fills_quota_replaces_stopped_and_counts_calls(oracle_ready: None, t
         assert full_cycles == reports
     else:  # in full until a listing showed servers (no change mark before), then never
         assert full_cycles == reports[:len(full_cycles)] and 1 <= len(full_cycles) <= 3
-    auth = daemon.metrics.auth_calls.labels("nova.example")._value.get()
+    auth = daemon.tools.metrics.auth_calls.labels("nova.example")._value.get()
     assert auth == 1, "one Keystone token for the whole run (<= 2 per space per hour)"
 
 

@@ -41,7 +41,8 @@ import uuid
 from typing import Any
 
 import pytest
-from conftest import connect
+
+from tests.contract.conftest import connect
 
 pytestmark = pytest.mark.contract
 
@@ -80,7 +81,9 @@ def _wait_status(conn: Any, server: Any, status: str) -> Any:
 # -- shim (no Keystone) --------------------------------------------------------------------
 
 
-def test_create_with_metadata_and_user_data_goes_active_then_delete(nova_shim, shim_conn):
+def test_create_with_metadata_and_user_data_goes_active_then_delete(
+    nova_shim: Any, shim_conn: Any
+) -> None:
     user_data = base64.b64encode(b"#cloud-config\nruncmd: [echo cloudvac]\n").decode()
     meta = {"cloudvac:space": "oracle.example", "cloudvac:machinetype": "belle"}
     t0 = time.monotonic()
@@ -110,7 +113,7 @@ def test_create_with_metadata_and_user_data_goes_active_then_delete(nova_shim, s
     assert again.status_code == 404
 
 
-def test_list_follows_pagination(nova_shim, shim_conn):
+def test_list_follows_pagination(nova_shim: Any, shim_conn: Any) -> None:
     assert nova_shim["max_limit"] == 2
     made = [
         shim_conn.compute.create_server(**_server_kwargs(nova_shim, f"cv-page-{i}"))
@@ -158,7 +161,7 @@ def test_list_follows_pagination(nova_shim, shim_conn):
         _delete_and_wait(shim_conn, made)
 
 
-def test_quota_exceeded_is_403_forbidden(nova_shim, shim_conn):
+def test_quota_exceeded_is_403_forbidden(nova_shim: Any, shim_conn: Any) -> None:
     import openstack.exceptions as osexc
 
     cores = nova_shim["quota"]["cores"]
@@ -192,7 +195,7 @@ def test_quota_exceeded_is_403_forbidden(nova_shim, shim_conn):
     assert limits["maxTotalCores"] == cores
 
 
-def test_bad_flavor_is_400(nova_shim, shim_conn):
+def test_bad_flavor_is_400(nova_shim: Any, shim_conn: Any) -> None:
     import openstack.exceptions as osexc
 
     with pytest.raises(osexc.BadRequestException):
@@ -214,7 +217,7 @@ def test_bad_flavor_is_400(nova_shim, shim_conn):
     assert r.json() == {"badRequest": {"code": 400, "message": "Flavor nope could not be found."}}
 
 
-def test_unschedulable_flavor_goes_error_with_fault(nova_shim, shim_conn):
+def test_unschedulable_flavor_goes_error_with_fault(nova_shim: Any, shim_conn: Any) -> None:
     server = shim_conn.compute.create_server(
         **_server_kwargs(nova_shim, "cv-novalidhost", nova_shim["unschedulable_flavor_id"])
     )
@@ -230,7 +233,7 @@ def test_unschedulable_flavor_goes_error_with_fault(nova_shim, shim_conn):
         _delete_and_wait(shim_conn, [server])
 
 
-def test_wrong_password_is_401(nova_shim):
+def test_wrong_password_is_401(nova_shim: Any) -> None:
     import openstack.exceptions as osexc
     from keystoneauth1 import exceptions as ksa_exc
 
@@ -245,7 +248,7 @@ def test_wrong_password_is_401(nova_shim):
     conn.close()
 
 
-def test_unknown_token_is_401(nova_shim):
+def test_unknown_token_is_401(nova_shim: Any) -> None:
     import requests
 
     r = requests.get(
@@ -258,7 +261,7 @@ def test_unknown_token_is_401(nova_shim):
 # -- real Keystone in front of Nova ------------------------------------------------------
 
 
-def test_keystone_password_auth_drives_nova(keystone, nova_keystone):
+def test_keystone_password_auth_drives_nova(keystone: Any, nova_keystone: Any) -> None:
     conn = connect(nova_keystone)
     try:
         assert (
@@ -279,7 +282,7 @@ def test_keystone_password_auth_drives_nova(keystone, nova_keystone):
         conn.close()
 
 
-def test_keystone_application_credential(keystone, nova_keystone):
+def test_keystone_application_credential(keystone: Any, nova_keystone: Any) -> None:
     conn = connect(
         nova_keystone,
         auth_type="v3applicationcredential",
@@ -300,7 +303,7 @@ def test_keystone_application_credential(keystone, nova_keystone):
         conn.close()
 
 
-def test_keystone_wrong_password_401_matches_shim(keystone, nova_shim):
+def test_keystone_wrong_password_401_matches_shim(keystone: Any, nova_shim: Any) -> None:
     import requests
 
     def token_post(auth_url: str, user: str) -> Any:
@@ -339,7 +342,7 @@ def test_keystone_wrong_password_401_matches_shim(keystone, nova_shim):
     )
 
 
-def test_keystone_bad_token_401_from_nova(nova_keystone):
+def test_keystone_bad_token_401_from_nova(nova_keystone: Any) -> None:
     import requests
 
     r = requests.get(
@@ -350,7 +353,7 @@ def test_keystone_bad_token_401_from_nova(nova_keystone):
     assert r.status_code == 401
 
 
-def test_oracle_resource_usage(nova_shim, keystone, nova_keystone):
+def test_oracle_resource_usage(nova_shim: Any, keystone: Any, nova_keystone: Any) -> None:
     for info in (nova_shim, keystone, nova_keystone):
         rss = info.rss_mb()
         print(

@@ -147,12 +147,20 @@ def test_dirac_cs_parses_with_diraccfg() -> None:
     assert result.returncode == 0, result.stderr
     blocks = [b for b in result.stdout.split("\n# DIRAC instance ") if b.strip()]
     assert len(blocks) == 2
-    sites = {}
+
+    def section(cfg: CFG, *path: str) -> CFG:
+        for key in path:
+            child = cfg[key]
+            assert isinstance(child, CFG), f"{key} is not a section"
+            cfg = child
+        return cfg
+
+    sites: dict[str, list[str]] = {}
     for block in blocks:
         cfg = CFG().loadFromBuffer("\n".join(block.splitlines()[1:]))
-        for domain in cfg["Resources"]["Sites"].listSections():
-            for site in cfg["Resources"]["Sites"][domain].listSections():
-                queues = cfg["Resources"]["Sites"][domain][site]["CEs"]["sim-a.example"][
-                    "Queues"]
+        all_sites = section(cfg, "Resources", "Sites")
+        for domain in all_sites.listSections():
+            for site in section(all_sites, domain).listSections():
+                queues = section(all_sites, domain, site, "CEs", "sim-a.example", "Queues")
                 sites[site] = sorted(queues.listSections())
     assert sites == {"VCYCLE.SIM-A.eu": ["belle"], "CLOUD.SIM-A.eu": ["hyperk", "t2k"]}

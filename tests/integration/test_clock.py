@@ -62,6 +62,6 @@ def test_a_simulation_writes_only_simulated_times(tmp_path: Path) -> None:
                              ).fetchone()
     for column, (low, high, count) in times.items():
         assert count > 0, f"no {column} written: the scenario must exercise it"
-        assert START - 3600 <= low and high <= end, (column, low, high)
-    assert events[2] > 0 and START <= events[0] and events[1] <= end
-    assert aborts[0] is not None and START <= aborts[0] and aborts[1] <= end
+        assert low >= START - 3600 and high <= end, (column, low, high)
+    assert events[2] > 0 and events[0] >= START and events[1] <= end
+    assert aborts[0] is not None and aborts[0] >= START and aborts[1] <= end

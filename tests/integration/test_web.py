@@ -6,7 +6,7 @@ import datetime
 import logging
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -31,21 +31,27 @@ def web(tmp_path: Path) -> Iterator[Running]:
         yield running
 
 
-def put(web: Running, name: str, file: str, body: bytes, token: str | None = None,
-        raw_auth: str | None = None) -> httpx.Response:
-    headers = {}
-    if raw_auth is not None:
-        headers["Authorization"] = raw_auth
-    elif token is not None:
-        headers["Authorization"] = f"Bearer {token}"
-    return httpx.put(f"{web.url}/machines/{SPACE}/{name}/joboutputs/{file}", content=body,
-                     headers=headers, timeout=10)
+def upload_url(web: Running, name: str, file: str) -> str:
+    return f"{web.url}/machines/{SPACE}/{name}/joboutputs/{file}"
 
 
-def wait_for(check: object, seconds: float = 5.0) -> bool:
+def put_raw(url: str, body: bytes, authorization: str | None) -> httpx.Response:
+    """PUT ``body`` with that Authorization header (none if None)."""
+    headers = {} if authorization is None else {"Authorization": authorization}
+    return httpx.put(url, content=body, headers=headers, timeout=10)
+
+
+def put(web: Running, name: str, file: str, body: bytes,
+        token: str | None = None) -> httpx.Response:
+    """Upload ``body`` as machine ``name``'s ``file``, with ``token`` as bearer if given."""
+    return put_raw(upload_url(web, name, file), body,
+                   None if token is None else f"Bearer {token}")
+
+
+def wait_for(check: Callable[[], object], seconds: float = 5.0) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
+        if check():
             return True
         time.sleep(0.05)
     return False
@@ -53,9 +59,13 @@ def wait_for(check: object, seconds: float = 5.0) -> bool:
 
 def test_heartbeat_lands_in_store_and_file(web: Running) -> None:
     assert put(web, A, "heartbeat", b"123 0.5\n", web.token(A)).status_code == 204
-    record = lambda: web.store.machine(SPACE, A)  # noqa: E731
+
+    def heartbeat_stored() -> bool:
+        record = web.store.machine(SPACE, A)
+        return record is not None and record.heartbeat_at is not None
+
     # batched: both the store and the file are written by the flusher within a second
-    assert wait_for(lambda: record() is not None and record().heartbeat_at is not None)
+    assert wait_for(heartbeat_stored)
     assert wait_for(lambda: web.joboutput(A, "heartbeat").exists())
     assert web.joboutput(A, "heartbeat").read_bytes() == b"123 0.5\n"
 
@@ -81,7 +91,7 @@ def test_other_machines_token_is_forbidden_and_writes_nothing(web: Running) -> N
      401, "token signature invalid"),
 ])
 def test_bad_tokens(web: Running, auth: str | None, status: int, detail: str) -> None:
-    response = put(web, A, "heartbeat", b"x", raw_auth=auth)
+    response = put_raw(upload_url(web, A, "heartbeat"), b"x", auth)
     assert (response.status_code, response.json()["detail"]) == (status, detail)
     assert not web.joboutput(A, "heartbeat").exists()
 

@@ -31,7 +31,7 @@ def test_space(**mt_options: object) -> Space:
                                   "max_wallclock_seconds": 7200, "heartbeat_file": "heartbeat",
                                   "heartbeat_seconds": 600, "mb_per_processor": 2000,
                                   **mt_options}
-    mt = Machinetype(name="belle", space=SPACE, **options)  # type: ignore[arg-type]
+    mt = Machinetype(name="belle", space=SPACE, **options)
     return Space(name=SPACE, api="sim", flavor_names=["m1.small"], machinetypes={"belle": mt})
 
 
@@ -65,7 +65,7 @@ def web_server(state_dir: Path, space: Space | None = None, **settings: object
     values: dict[str, object] = {"state_dir": state_dir, "web_listen": "127.0.0.1:0",
                                  "upload_max_file_bytes": 4096,
                                  "upload_max_machine_bytes": 10240, **settings}
-    config = Settings(**values)  # type: ignore[arg-type]
+    config = Settings(**values)
     store = Store(config.database_url)
     signer = TokenSigner(load_or_create_secret(config.state_dir))
     the_space = space or test_space()

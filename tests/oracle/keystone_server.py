@@ -8,7 +8,7 @@ of that user, and optionally a compute service + endpoints (``--compute-url``) s
 find Nova in the catalog.
 
 ``--federation`` adds OIDC federation as at an EGI FedCloud site (see
-launch.py ``keystone_oracle(federation=...)``): auth methods
+launch.py ``keystone_oracle(oidc=..., federation=...)``): auth methods
 ``password,token,openid,oidc,application_credential`` with ``remote_id_attribute =
 HTTP_OIDC_ISS``, ``[federation] default_authorization_ttl``, and a WSGI shim in front of
 Keystone (same process) standing in for Apache mod_auth_openidc ``AuthType oauth20`` on
@@ -39,9 +39,13 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from socketserver import ThreadingMixIn
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+if TYPE_CHECKING:
+    import requests
 
 T0 = time.monotonic()
 READY_PREFIX = "CLOUDVAC_ORACLE_READY "
@@ -138,27 +142,33 @@ def keystone_manage(conf: str, *args: str) -> None:
         raise SystemExit(f"keystone-manage {args[0]} failed ({r.returncode}):\n{r.stdout[-4000:]}")
 
 
-def api(
-    base: str,
-    method: str,
-    path: str,
-    token: str | None = None,
-    body: dict | None = None,
-    expect: tuple[int, ...] = (200, 201, 204),
-):
-    import requests
+@dataclass(frozen=True)
+class Api:
+    """Keystone's REST API at ``base``, called with ``token`` as X-Auth-Token if given."""
 
-    headers = {"X-Auth-Token": token} if token else {}
-    r = requests.request(method, base + path, json=body, headers=headers, timeout=60)
-    if r.status_code not in expect:
-        raise RuntimeError(f"{method} {path} -> {r.status_code} {r.text[:500]}")
-    return r
+    base: str
+    token: str | None = None
+
+    def __call__(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        expect: tuple[int, ...] = (200, 201, 204),
+    ) -> requests.Response:
+        import requests
+
+        headers = {"X-Auth-Token": self.token} if self.token else {}
+        r = requests.request(method, self.base + path, json=body, headers=headers, timeout=60)
+        if r.status_code not in expect:
+            raise RuntimeError(f"{method} {path} -> {r.status_code} {r.text[:500]}")
+        return r
 
 
 def password_token(
     base: str, user: str, password: str, project: str | None = None, system: bool = False
-) -> tuple[str, dict]:
-    auth: dict = {
+) -> tuple[str, dict[str, Any]]:
+    auth: dict[str, Any] = {
         "identity": {
             "methods": ["password"],
             "password": {"user": {"name": user, "password": password, "domain": {"id": "default"}}},
@@ -168,25 +178,22 @@ def password_token(
         auth["scope"] = {"system": {"all": True}}
     elif project:
         auth["scope"] = {"project": {"name": project, "domain": {"id": "default"}}}
-    r = api(base, "POST", "/v3/auth/tokens", body={"auth": auth}, expect=(201,))
+    r = Api(base)("POST", "/v3/auth/tokens", {"auth": auth}, expect=(201,))
     return r.headers["X-Subject-Token"], r.json()["token"]
 
 
-def provision(base: str, args: argparse.Namespace) -> dict:
+def provision(base: str, args: argparse.Namespace) -> dict[str, Any]:
     """Create project, user, role assignment, catalog entry, app credential via the API."""
     admin_tok, _ = password_token(base, "admin", args.admin_password, system=True)
-    project = api(
-        base,
+    admin = Api(base, admin_tok)
+    project = admin(
         "POST",
         "/v3/projects",
-        admin_tok,
         {"project": {"name": args.project_name, "domain_id": "default", "enabled": True}},
     ).json()["project"]
-    user = api(
-        base,
+    user = admin(
         "POST",
         "/v3/users",
-        admin_tok,
         {
             "user": {
                 "name": args.username,
@@ -197,27 +204,21 @@ def provision(base: str, args: argparse.Namespace) -> dict:
             }
         },
     ).json()["user"]
-    roles = api(base, "GET", "/v3/roles?name=member", admin_tok).json()["roles"]
-    api(
-        base,
+    roles = admin("GET", "/v3/roles?name=member").json()["roles"]
+    admin(
         "PUT",
         "/v3/projects/{}/users/{}/roles/{}".format(project["id"], user["id"], roles[0]["id"]),
-        admin_tok,
     )
     if args.compute_url:
-        svc = api(
-            base,
+        svc = admin(
             "POST",
             "/v3/services",
-            admin_tok,
             {"service": {"type": "compute", "name": "nova", "enabled": True}},
         ).json()["service"]
         for iface in ("public", "internal", "admin"):
-            api(
-                base,
+            admin(
                 "POST",
                 "/v3/endpoints",
-                admin_tok,
                 {
                     "endpoint": {
                         "service_id": svc["id"],
@@ -236,11 +237,10 @@ def provision(base: str, args: argparse.Namespace) -> dict:
     }
     if not args.no_app_credential:
         user_tok, _ = password_token(base, args.username, args.password, args.project_name)
-        cred = api(
-            base,
+        as_user = Api(base, user_tok)
+        cred = as_user(
             "POST",
             "/v3/users/{}/application_credentials".format(user["id"]),
-            user_tok,
             {"application_credential": {"name": "cloudvac-contract"}},
         ).json()
         out["app_credential_id"] = cred["application_credential"]["id"]
@@ -272,18 +272,18 @@ class OidcShim:
         self.client = (
             tuple(args.introspection_client.split(":", 1)) if (args.introspection_client) else None
         )
-        self.discovery: dict[str, dict] = {}
+        self.discovery: dict[str, dict[str, Any]] = {}
         self.stats = {"validated": 0, "rejected": 0}
         self.log = logging.getLogger("oracle.keystone.shim")
 
     @staticmethod
-    def _scrub(environ: dict) -> None:
+    def _scrub(environ: dict[str, Any]) -> None:
         for key in list(environ):
             up = key.upper().replace("-", "_")
             if up.startswith(("OIDC", "HTTP_OIDC")) or up in ("REMOTE_USER", "HTTP_REMOTE_USER"):
                 del environ[key]
 
-    def _metadata(self, issuer: str) -> dict:
+    def _metadata(self, issuer: str) -> dict[str, Any]:
         import requests
 
         if issuer not in self.discovery:
@@ -292,7 +292,7 @@ class OidcShim:
             self.discovery[issuer] = r.json()
         return self.discovery[issuer]
 
-    def _validate(self, token: str) -> tuple[str, dict] | str:
+    def _validate(self, token: str) -> tuple[str, dict[str, Any]] | str:
         """(issuer, claims) of the first OP accepting the token, else a reason string."""
         import requests
 
@@ -340,7 +340,7 @@ class OidcShim:
         )
         return [body]
 
-    def __call__(self, environ: dict, start_response: Any) -> Any:
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         self._scrub(environ)
         if not FEDERATION_AUTH.match(environ.get("PATH_INFO", "")):
             return self.app(environ, start_response)
@@ -399,15 +399,14 @@ def enable_oidc_method_alias(protocols: list[str]) -> None:
     core._get_auth_driver_manager = driver_manager
 
 
-def provision_federation(base: str, args: argparse.Namespace) -> dict:
+def provision_federation(base: str, args: argparse.Namespace) -> dict[str, Any]:
     """VO project + group (member), IdP, mapping, protocols, as in EGI's provider guide."""
     admin_tok, _ = password_token(base, "admin", args.admin_password, system=True)
+    admin = Api(base, admin_tok)
     vo = args.vo
-    project = api(
-        base,
+    project = admin(
         "POST",
         "/v3/projects",
-        admin_tok,
         {
             "project": {
                 "name": vo,
@@ -417,25 +416,19 @@ def provision_federation(base: str, args: argparse.Namespace) -> dict:
             }
         },
     ).json()["project"]
-    group = api(
-        base,
+    group = admin(
         "POST",
         "/v3/groups",
-        admin_tok,
         {"group": {"name": f"{vo}-vm_operator", "domain_id": "default"}},
     ).json()["group"]
-    member = api(base, "GET", "/v3/roles?name=member", admin_tok).json()["roles"][0]
-    api(
-        base,
+    member = admin("GET", "/v3/roles?name=member").json()["roles"][0]
+    admin(
         "PUT",
         "/v3/projects/{}/groups/{}/roles/{}".format(project["id"], group["id"], member["id"]),
-        admin_tok,
     )
-    idp = api(
-        base,
+    idp = admin(
         "PUT",
         f"/v3/OS-FEDERATION/identity_providers/{args.idp}",
-        admin_tok,
         {
             "identity_provider": {
                 "remote_ids": [i.rstrip("/") for i in args.oidc_issuer],
@@ -460,20 +453,16 @@ def provision_federation(base: str, args: argparse.Namespace) -> dict:
         },
     ]
     mapping_id = "egi-mapping"
-    api(
-        base,
+    admin(
         "PUT",
         f"/v3/OS-FEDERATION/mappings/{mapping_id}",
-        admin_tok,
         {"mapping": {"rules": rules}},
         expect=(201,),
     )
     for proto in args.protocol:
-        api(
-            base,
+        admin(
             "PUT",
             f"/v3/OS-FEDERATION/identity_providers/{args.idp}/protocols/{proto}",
-            admin_tok,
             {"protocol": {"mapping_id": mapping_id}},
             expect=(201,),
         )

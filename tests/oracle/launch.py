@@ -3,7 +3,7 @@
 Runs in cloudvac's own venv and uses the standard library only. The servers themselves run
 as subprocesses with ``.venv-oracle/bin/python`` (built by ``tests/oracle/setup.sh``).
 
-    with nova_oracle(quota_cores=6, max_limit=2) as nova:
+    with nova_oracle(NovaOptions(quota_cores=6, max_limit=2)) as nova:
         openstack.connect(auth_url=nova.auth_url, username=nova.username, ...)
 
     with keystone_oracle() as ks, nova_oracle(keystone=ks) as nova:
@@ -101,16 +101,35 @@ class OracleInfo:
         }
 
 
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds to wait for a server's ready line, and for it to exit after SIGTERM."""
+
+    ready: float
+    stop: float
+
+
+OPENSTACK_TIMEOUTS = Timeouts(ready=120.0, stop=20.0)  # Nova, Keystone
+OIDC_TIMEOUTS = Timeouts(ready=60.0, stop=10.0)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
+def _flags(pairs: Sequence[tuple[str, object]]) -> list[str]:
+    """``[flag, str(value)]`` for every pair whose value is not None, in order."""
+    args: list[str] = []
+    for flag, value in pairs:
+        if value is not None:
+            args += [flag, str(value)]
+    return args
+
+
 @contextlib.contextmanager
-def _run_oracle(
-    script: str, args: list[str], timeout: float, stop_timeout: float
-) -> Iterator[OracleInfo]:
+def _run_oracle(script: str, args: list[str], timeouts: Timeouts) -> Iterator[OracleInfo]:
     if not oracle_available():
         raise OracleError(f"{ORACLE_VENV} is missing or incomplete: {SETUP_HINT}")
     log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - handed to the child, closed below
@@ -150,12 +169,12 @@ def _run_oracle(
     reader.start()
     keep_log = True
     try:
-        got_ready.wait(timeout)
+        got_ready.wait(timeouts.ready)
         if not ready:
             state = (
                 (f"exited with code {proc.poll()}")
                 if proc.poll() is not None
-                else f"not ready after {timeout:.0f} s"
+                else f"not ready after {timeouts.ready:.0f} s"
             )
             raise OracleError(
                 f"{script} {state}; stdout tail: {''.join(tail)[-2000:]!r}\n"
@@ -180,7 +199,7 @@ def _run_oracle(
     else:
         keep_log = os.environ.get("CLOUDVAC_ORACLE_KEEP_LOGS") == "1"
     finally:
-        _stop(proc, stop_timeout)
+        _stop(proc, timeouts.stop)
         reader.join(timeout=5)
         if proc.stdout is not None:
             proc.stdout.close()
@@ -217,18 +236,38 @@ def _stop(proc: subprocess.Popen[str], stop_timeout: float) -> None:
         proc.wait(timeout=10)
 
 
+@dataclass(frozen=True)
+class NovaOptions:
+    """Settings of a Nova oracle; None leaves the server's default (nova_server.py)."""
+
+    quota_cores: int | None = None
+    quota_instances: int | None = None
+    max_limit: int | None = None  # [api] max_limit: the page size cap
+    username: str | None = None  # of the built-in token shim
+    password: str | None = None
+
+    def args(self) -> list[str]:
+        return _flags(
+            (
+                ("--quota-cores", self.quota_cores),
+                ("--quota-instances", self.quota_instances),
+                ("--max-limit", self.max_limit),
+                ("--username", self.username),
+                ("--password", self.password),
+            )
+        )
+
+
+NOVA_DEFAULTS = NovaOptions()
+
+
 @contextlib.contextmanager
 def nova_oracle(
+    options: NovaOptions = NOVA_DEFAULTS,
     *,
     keystone: OracleInfo | None = None,
     port: int | None = None,
-    quota_cores: int | None = None,
-    quota_instances: int | None = None,
-    max_limit: int | None = None,
-    username: str | None = None,
-    password: str | None = None,
-    timeout: float = 120.0,
-    stop_timeout: float = 20.0,
+    timeouts: Timeouts = OPENSTACK_TIMEOUTS,
 ) -> Iterator[OracleInfo]:
     """Real Nova on 127.0.0.1. With ``keystone=`` (from :func:`keystone_oracle`) tokens are
     validated against that Keystone and Nova listens on the port registered in its catalog;
@@ -240,16 +279,8 @@ def nova_oracle(
             port = int(keystone["compute_port"])
     if port is not None:
         args += ["--port", str(port)]
-    for flag, value in (
-        ("--quota-cores", quota_cores),
-        ("--quota-instances", quota_instances),
-        ("--max-limit", max_limit),
-        ("--username", username),
-        ("--password", password),
-    ):
-        if value is not None:
-            args += [flag, str(value)]
-    with _run_oracle("nova_server.py", args, timeout, stop_timeout) as info:
+    args += options.args()
+    with _run_oracle("nova_server.py", args, timeouts) as info:
         if keystone is None:
             yield info
             return
@@ -274,60 +305,84 @@ def nova_oracle(
         )
 
 
-@contextlib.contextmanager
-def keystone_oracle(
-    *,
-    with_compute: bool = True,
-    app_credential: bool = True,
-    federation: bool = False,
-    oidc: OidcOracle | None = None,
-    oidc_issuers: Sequence[str] = (),
-    vo: str | None = None,
-    protocols: Sequence[str] = (),
-    token_expiration: int | None = None,
-    authorization_ttl: int | None = None,
-    oidc_validation: str | None = None,
-    introspection_client: tuple[str, str] | None = None,
-    timeout: float = 120.0,
-    stop_timeout: float = 20.0,
-) -> Iterator[OracleInfo]:
-    """Real Keystone on 127.0.0.1. With ``with_compute`` a free port is reserved for a Nova
-    started later with ``nova_oracle(keystone=ks)`` and registered in the catalog as
-    ``http://127.0.0.1:<compute_port>/compute/v2.1``.
+@dataclass(frozen=True)
+class KeystoneOptions:
+    """Settings of a Keystone oracle.
 
-    Federation (``federation=True``, implied by ``oidc=`` or ``oidc_issuers=``): IdP
-    ``egi.eu`` trusting the issuer(s) (``oidc.issuer`` plus ``oidc_issuers``), VO project
-    ``vo`` (default ``vo.example.eu``), protocols ``openid`` and ``oidc``, and the bearer
-    shim on the federation auth URLs (validation by userinfo, or ``oidc_validation=
-    "introspection"`` with ``introspection_client=(id, secret)``). ``token_expiration``
-    sets ``[token] expiration`` (seconds) for expiry tests."""
-    args: list[str] = []
-    compute_port = None
-    if with_compute:
-        compute_port = free_port()
-        args += ["--compute-url", f"http://127.0.0.1:{compute_port}/compute/v2.1"]
-    if not app_credential:
-        args.append("--no-app-credential")
-    if token_expiration is not None:
-        args += ["--token-expiration", str(int(token_expiration))]
-    issuers = ([oidc.issuer] if oidc is not None else []) + list(oidc_issuers)
-    if federation or issuers:
+    ``with_compute``: reserve a free port for a Nova started later with
+    ``nova_oracle(keystone=ks)`` and register it in the catalog as
+    ``http://127.0.0.1:<compute_port>/compute/v2.1``. ``app_credential``: create an
+    application credential for the user. ``token_expiration``: ``[token] expiration``
+    (seconds), for expiry tests."""
+
+    with_compute: bool = True
+    app_credential: bool = True
+    token_expiration: int | None = None
+
+
+@dataclass(frozen=True)
+class FederationOptions:
+    """OIDC federation of a Keystone oracle: IdP ``egi.eu`` trusting the issuer(s)
+    (``oidc.issuer`` of :func:`keystone_oracle` plus ``oidc_issuers``), VO project ``vo``
+    (default ``vo.example.eu``), ``protocols`` (default ``openid`` and ``oidc``), and the
+    bearer shim on the federation auth URLs (validation by userinfo, or ``oidc_validation=
+    "introspection"`` with ``introspection_client=(id, secret)``)."""
+
+    oidc_issuers: Sequence[str] = ()
+    vo: str | None = None
+    protocols: Sequence[str] = ()
+    authorization_ttl: int | None = None  # [federation] default_authorization_ttl, minutes
+    oidc_validation: str | None = None
+    introspection_client: tuple[str, str] | None = None
+
+    def args(self, oidc: OidcOracle | None) -> list[str]:
+        issuers = ([oidc.issuer] if oidc is not None else []) + list(self.oidc_issuers)
         if not issuers:
-            raise ValueError("federation needs oidc= or oidc_issuers=")
-        args.append("--federation")
+            raise ValueError("federation needs oidc= or FederationOptions(oidc_issuers=...)")
+        args = ["--federation"]
         for issuer in issuers:
             args += ["--oidc-issuer", issuer]
-        for proto in protocols:
+        for proto in self.protocols:
             args += ["--protocol", proto]
-        if vo is not None:
-            args += ["--vo", vo]
-        if authorization_ttl is not None:
-            args += ["--authorization-ttl", str(int(authorization_ttl))]
-        if oidc_validation is not None:
-            args += ["--oidc-validation", oidc_validation]
-        if introspection_client is not None:
-            args += ["--introspection-client", ":".join(introspection_client)]
-    with _run_oracle("keystone_server.py", args, timeout, stop_timeout) as info:
+        ttl = self.authorization_ttl
+        client = self.introspection_client
+        return args + _flags(
+            (
+                ("--vo", self.vo),
+                ("--authorization-ttl", None if ttl is None else int(ttl)),
+                ("--oidc-validation", self.oidc_validation),
+                ("--introspection-client", None if client is None else ":".join(client)),
+            )
+        )
+
+
+KEYSTONE_DEFAULTS = KeystoneOptions()
+
+
+@contextlib.contextmanager
+def keystone_oracle(
+    options: KeystoneOptions = KEYSTONE_DEFAULTS,
+    *,
+    oidc: OidcOracle | None = None,
+    federation: FederationOptions | None = None,
+    timeouts: Timeouts = OPENSTACK_TIMEOUTS,
+) -> Iterator[OracleInfo]:
+    """Real Keystone on 127.0.0.1 (see :class:`KeystoneOptions`).
+
+    With ``oidc=`` (a started :class:`OidcOracle`) or ``federation=``: OIDC federation as
+    at an EGI FedCloud site (see :class:`FederationOptions`), trusting ``oidc``'s issuer."""
+    args: list[str] = []
+    compute_port = None
+    if options.with_compute:
+        compute_port = free_port()
+        args += ["--compute-url", f"http://127.0.0.1:{compute_port}/compute/v2.1"]
+    if not options.app_credential:
+        args.append("--no-app-credential")
+    if options.token_expiration is not None:
+        args += ["--token-expiration", str(int(options.token_expiration))]
+    if oidc is not None or federation is not None:
+        args += (federation or FederationOptions()).args(oidc)
+    with _run_oracle("keystone_server.py", args, timeouts) as info:
         if compute_port is not None:
             info.data["compute_port"] = compute_port
         yield info
@@ -354,6 +409,49 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
+def basic_auth(client_id: str, secret: str) -> str:
+    """An ``Authorization`` header value for HTTP Basic client authentication."""
+    raw = ":".join(urllib.parse.quote(x, safe="") for x in (client_id, secret)).encode()
+    return "Basic " + base64.b64encode(raw).decode()
+
+
+@dataclass(frozen=True)
+class OidcClient:
+    """A relying party of the OIDC oracle. Any client id/secret is accepted (the provider
+    does not require registration), but a refresh token is bound to ``client_id``."""
+
+    client_id: str = "cloudvac-rp"
+    client_secret: str = "cloudvac-rp-secret"
+    redirect_uri: str = "http://127.0.0.1/cb"
+
+
+CLOUDVAC_RP = OidcClient()
+
+
+@dataclass(frozen=True)
+class OidcOptions:
+    """Settings of the OIDC oracle; None leaves the server's default (oidc_server.py)."""
+
+    access_token_lifetime: int | None = None  # seconds
+    rotate_refresh_tokens: bool = False
+    vo: str | None = None  # of the built-in service account
+    client_id: str | None = None  # the built-in service account
+    client_secret: str | None = None
+
+    def args(self) -> list[str]:
+        lifetime = self.access_token_lifetime
+        args = _flags((("--access-token-lifetime", None if lifetime is None else int(lifetime)),))
+        if self.rotate_refresh_tokens:
+            args.append("--rotate-refresh-tokens")
+        return args + _flags(
+            (
+                ("--vo", self.vo),
+                ("--client-id", self.client_id),
+                ("--client-secret", self.client_secret),
+            )
+        )
+
+
 class OidcOracle:
     """Handle on the local OIDC provider started by :func:`oidc_oracle`.
 
@@ -364,14 +462,13 @@ class OidcOracle:
     redirects).
     """
 
-    def __init__(
-        self, args: list[str], port: int, state_file: str, timeout: float, stop_timeout: float
-    ) -> None:
+    http_timeout = 10.0  # seconds, for each request of the HTTP helpers
+
+    def __init__(self, args: list[str], port: int, state_file: str, timeouts: Timeouts) -> None:
         self._args = args
         self.port = port
         self.state_file = state_file
-        self._timeout = timeout
-        self._stop_timeout = stop_timeout
+        self._timeouts = timeouts
         self._stack: contextlib.ExitStack | None = None
         self._info: OracleInfo | None = None
         self._paused = False
@@ -397,20 +494,25 @@ class OidcOracle:
             return self.info
         stack = contextlib.ExitStack()
         t0 = time.monotonic()
-        for attempt in range(20):  # the port may linger briefly after a stop
-            try:
-                self._info = stack.enter_context(
-                    _run_oracle("oidc_server.py", self._args, self._timeout, self._stop_timeout)
-                )
-                break
-            except OracleError as exc:
-                if "Address already in use" not in str(exc) or attempt == 19:
-                    raise
-                time.sleep(0.25)
-        self._info.data["launch_s"] = round(time.monotonic() - t0, 2)
+        info = self._launch(stack)
+        info.data["launch_s"] = round(time.monotonic() - t0, 2)
+        self._info = info
         self._stack = stack
         self._paused = False
-        return self._info
+        return info
+
+    def _launch(self, stack: contextlib.ExitStack, attempts: int = 20) -> OracleInfo:
+        """Start the server within ``stack``; the port may linger briefly after a stop."""
+        for _ in range(attempts - 1):
+            try:
+                return stack.enter_context(
+                    _run_oracle("oidc_server.py", self._args, self._timeouts)
+                )
+            except OracleError as exc:
+                if "Address already in use" not in str(exc):
+                    raise
+                time.sleep(0.25)
+        return stack.enter_context(_run_oracle("oidc_server.py", self._args, self._timeouts))
 
     def stop(self) -> None:
         """Stop the provider (SIGTERM, bounded wait, SIGKILL); connections are then refused."""
@@ -442,11 +544,10 @@ class OidcOracle:
         *,
         json_body: Any = None,
         form: dict[str, str] | None = None,
-        basic: tuple[str, str] | None = None,
-        bearer: str | None = None,
-        timeout: float = 10.0,
+        authorization: str | None = None,
     ) -> tuple[int, dict[str, str], Any]:
-        """(status, headers, parsed JSON or text); never raises on HTTP errors."""
+        """(status, headers, parsed JSON or text); never raises on HTTP errors.
+        ``authorization``: the header's value (:func:`basic_auth`, ``"Bearer " + token``)."""
         headers: dict[str, str] = {}
         data = None
         if json_body is not None:
@@ -457,16 +558,13 @@ class OidcOracle:
             headers["Content-Type"] = "application/x-www-form-urlencoded"
         elif method in ("POST", "PUT"):
             data = b""
-        if basic is not None:
-            raw = ":".join(urllib.parse.quote(x, safe="") for x in basic).encode()
-            headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
-        if bearer is not None:
-            headers["Authorization"] = "Bearer " + bearer
+        if authorization is not None:
+            headers["Authorization"] = authorization
         url = path if path.startswith("http") else self.issuer + path
         req = urllib.request.Request(url, data=data, headers=headers, method=method)
         opener = urllib.request.build_opener(_NoRedirect)
         try:
-            with opener.open(req, timeout=timeout) as resp:
+            with opener.open(req, timeout=self.http_timeout) as resp:
                 status, hdrs, raw_body = resp.status, dict(resp.headers), resp.read()
         except urllib.error.HTTPError as exc:
             status, hdrs, raw_body = exc.code, dict(exc.headers), exc.read()
@@ -483,6 +581,13 @@ class OidcOracle:
             raise OidcHTTPError(status, body)
         return body
 
+    def _ok_object(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
+        """As :meth:`_ok`, for the endpoints that answer a JSON object."""
+        body = self._ok(method, path, **kw)
+        if not isinstance(body, dict):
+            raise OracleError(f"{method} {path}: expected a JSON object, got {body!r}")
+        return body
+
     def set_user(self, sub: str, claims: dict[str, Any]) -> None:
         """Create or replace a user (``PUT /users/{sub}``); claims appear in userinfo."""
         self._ok("PUT", "/users/" + urllib.parse.quote(sub, safe=""), json_body=claims)
@@ -497,24 +602,21 @@ class OidcOracle:
         sub: str,
         claims: dict[str, Any] | None = None,
         *,
-        client_id: str = "cloudvac-rp",
-        client_secret: str = "cloudvac-rp-secret",
+        client: OidcClient = CLOUDVAC_RP,
         scope: str = DEFAULT_USER_SCOPE,
-        redirect_uri: str = "http://127.0.0.1/cb",
     ) -> dict[str, Any]:
         """Headless authorization-code flow (what a user does once in a browser): sets the
         user's claims if given, posts the consent form as ``sub``, exchanges the code with
         HTTP Basic client auth. Returns the token response (``access_token``,
-        ``refresh_token``, ``id_token``, ``expires_in``, ``scope``, ``token_type``). Any
-        client id/secret is accepted (the provider does not require registration), but the
-        refresh token is bound to ``client_id``."""
+        ``refresh_token``, ``id_token``, ``expires_in``, ``scope``, ``token_type``); the
+        refresh token is bound to ``client.client_id``."""
         if claims is not None:
             self.set_user(sub, claims)
         query = urllib.parse.urlencode(
             {
                 "response_type": "code",
-                "client_id": client_id,
-                "redirect_uri": redirect_uri,
+                "client_id": client.client_id,
+                "redirect_uri": client.redirect_uri,
                 "scope": scope,
                 "state": uuid.uuid4().hex,
             }
@@ -526,15 +628,15 @@ class OidcOracle:
         code = urllib.parse.parse_qs(urllib.parse.urlparse(location).query).get("code")
         if status != 302 or not code:
             raise OidcHTTPError(status, body)
-        return self._ok(
+        return self._ok_object(
             "POST",
             "/oauth2/token",
             form={
                 "grant_type": "authorization_code",
                 "code": code[0],
-                "redirect_uri": redirect_uri,
+                "redirect_uri": client.redirect_uri,
             },
-            basic=(client_id, client_secret),
+            authorization=basic_auth(client.client_id, client.client_secret),
         )
 
     def refresh(
@@ -550,7 +652,7 @@ class OidcOracle:
         if scope:
             form["scope"] = scope
         status, _, body = self.request(
-            "POST", "/oauth2/token", form=form, basic=(client_id, client_secret)
+            "POST", "/oauth2/token", form=form, authorization=basic_auth(client_id, client_secret)
         )
         return status, body
 
@@ -567,14 +669,14 @@ class OidcOracle:
             "POST",
             "/oauth2/token",
             form={"grant_type": "client_credentials", "scope": scope},
-            basic=(cid, secret),
+            authorization=basic_auth(cid, secret),
         )
         return status, body
 
     def set_client(self, client_id: str, secret: str, claims: dict[str, Any]) -> dict[str, Any]:
         """Register/replace a service account; ``claims`` (e.g. ``eduperson_entitlement``)
         are served by userinfo/introspection; ``sub`` is derived (``<hex>@egi.eu``)."""
-        return self._ok(
+        return self._ok_object(
             "PUT",
             "/_oracle/clients/" + urllib.parse.quote(client_id, safe=""),
             json_body={"secret": secret, "claims": claims},
@@ -590,7 +692,7 @@ class OidcOracle:
         )
 
     def userinfo(self, access_token: str) -> tuple[int, Any]:
-        status, _, body = self.request("GET", "/userinfo", bearer=access_token)
+        status, _, body = self.request("GET", "/userinfo", authorization="Bearer " + access_token)
         return status, body
 
     def configure(
@@ -602,29 +704,27 @@ class OidcOracle:
             body["access_token_lifetime"] = int(access_token_lifetime)
         if rotate_refresh_tokens is not None:
             body["rotate_refresh_tokens"] = bool(rotate_refresh_tokens)
-        return self._ok("POST", "/_oracle/config", json_body=body)
+        return self._ok_object("POST", "/_oracle/config", json_body=body)
 
     def stats(self) -> dict[str, Any]:
         """Counters: ``token_requests``, ``token_requests_by_grant`` ({grant: n}),
         ``token_responses`` ({"<grant>:<status>": n}), ``userinfo_requests``,
         ``introspection_requests`` (kept across restarts)."""
-        return self._ok("GET", "/_oracle/stats")
+        return self._ok_object("GET", "/_oracle/stats")
 
     def reset_stats(self) -> dict[str, Any]:
-        return self._ok("POST", "/_oracle/stats/reset")
+        return self._ok_object("POST", "/_oracle/stats/reset")
+
+
+OIDC_DEFAULTS = OidcOptions()
 
 
 @contextlib.contextmanager
 def oidc_oracle(
+    options: OidcOptions = OIDC_DEFAULTS,
     *,
     port: int | None = None,
-    access_token_lifetime: int | None = None,
-    rotate_refresh_tokens: bool = False,
-    vo: str | None = None,
-    client_id: str | None = None,
-    client_secret: str | None = None,
-    timeout: float = 60.0,
-    stop_timeout: float = 10.0,
+    timeouts: Timeouts = OIDC_TIMEOUTS,
 ) -> Iterator[OidcOracle]:
     """Local OpenID Connect provider (issuer ``http://127.0.0.1:<port>``) with refresh-token
     grants and revocation (oidc-provider-mock) plus a client-credentials service account
@@ -634,19 +734,8 @@ def oidc_oracle(
     port = port or free_port()
     state_dir = tempfile.mkdtemp(prefix="cloudvac-oidc-")
     state_file = os.path.join(state_dir, "state.json")
-    args = ["--port", str(port), "--state-file", state_file]
-    if access_token_lifetime is not None:
-        args += ["--access-token-lifetime", str(int(access_token_lifetime))]
-    if rotate_refresh_tokens:
-        args.append("--rotate-refresh-tokens")
-    for flag, value in (
-        ("--vo", vo),
-        ("--client-id", client_id),
-        ("--client-secret", client_secret),
-    ):
-        if value is not None:
-            args += [flag, value]
-    op = OidcOracle(args, port, state_file, timeout, stop_timeout)
+    args = ["--port", str(port), "--state-file", state_file, *options.args()]
+    op = OidcOracle(args, port, state_file, timeouts)
     try:
         op.start()
         yield op

@@ -36,6 +36,8 @@ import sys  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
 import warnings  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+from typing import Any  # noqa: E402
 
 import eventlet.event  # noqa: E402
 import eventlet.wsgi  # noqa: E402
@@ -72,7 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def build_stack(args: argparse.Namespace):
+def build_stack(args: argparse.Namespace) -> tuple[Any, Any, list[dict[str, Any]]]:
     """Build Nova's functional-test stack; return (testcase, os-api wsgi app)."""
     from nova import context as nova_context
     from nova import objects
@@ -139,7 +141,7 @@ def build_stack(args: argparse.Namespace):
 class Front:
     """WSGI front: token shim or real-Keystone token validation, then Nova's OS-API."""
 
-    def __init__(self, nova_app, base: str, args: argparse.Namespace, project_id: str):
+    def __init__(self, nova_app: Any, base: str, args: argparse.Namespace, project_id: str):
         self.nova_app = nova_app
         self.base = base
         self.args = args
@@ -151,7 +153,12 @@ class Front:
 
     # -- helpers -----------------------------------------------------------------------
     @staticmethod
-    def _json(start_response, status: str, body: dict, headers=()):
+    def _json(
+        start_response: Any,
+        status: str,
+        body: dict[str, Any],
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> list[bytes]:
         data = json.dumps(body).encode()
         start_response(
             status,
@@ -159,7 +166,7 @@ class Front:
         )
         return [data]
 
-    def _unauthorized(self, start_response):
+    def _unauthorized(self, start_response: Any) -> list[bytes]:
         www = self.args.keystone_url or (self.base + "/identity")
         return self._json(
             start_response,
@@ -168,7 +175,7 @@ class Front:
             [("WWW-Authenticate", f'Keystone uri="{www}"')],
         )
 
-    def _token_body(self) -> dict:
+    def _token_body(self) -> dict[str, Any]:
         domain = {"id": "default", "name": "Default"}
         roles = [r for r in self.args.roles.split(",") if r]
         return {
@@ -210,7 +217,7 @@ class Front:
             }
         }
 
-    def _issue_token(self, environ, start_response):
+    def _issue_token(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
         try:
             length = int(environ.get("CONTENT_LENGTH") or 0)
             req = json.loads(environ["wsgi.input"].read(length) or b"{}")
@@ -268,7 +275,7 @@ class Front:
         return ident
 
     # -- WSGI ------------------------------------------------------------------------------
-    def __call__(self, environ, start_response):
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         path = environ.get("PATH_INFO", "")
         stripped = path.rstrip("/")
         if not self.args.keystone_url:
@@ -330,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     stop = eventlet.event.Event()
 
-    def on_signal(signum, _frame):
+    def on_signal(signum: int, _frame: object) -> None:
         if not stop.ready():
             stop.send(signum)
 

@@ -47,6 +47,7 @@ import time
 import uuid
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from socketserver import ThreadingMixIn
 from typing import Any
@@ -119,7 +120,7 @@ class Provider:
         mock_app.Client.SCOPES_SUPPORTED = (*mock_app.Client.SCOPES_SUPPORTED, *EXTRA_SCOPES)
         provider = self
 
-        class RotatingRefreshGrant(mock_app.RefreshTokenGrant):  # type: ignore[misc,name-defined]
+        class RotatingRefreshGrant(mock_app.RefreshTokenGrant):  # type: ignore[misc]
             def revoke_old_credential(self, refresh_token: Any) -> None:
                 super().revoke_old_credential(refresh_token)
                 if provider.rotate:
@@ -219,7 +220,9 @@ class Provider:
 
     # -- helpers ---------------------------------------------------------------------------
     @staticmethod
-    def _json(start_response: Any, status: str, body: Any, headers: list | None = None):
+    def _json(
+        start_response: Any, status: str, body: Any, headers: list[tuple[str, str]] | None = None
+    ) -> list[bytes]:
         data = json.dumps(body).encode()
         start_response(
             status,
@@ -249,7 +252,7 @@ class Provider:
 
     @staticmethod
     def _bearer(environ: dict[str, Any]) -> str | None:
-        auth = environ.get("HTTP_AUTHORIZATION", "")
+        auth: str = environ.get("HTTP_AUTHORIZATION", "")
         if auth[:7].lower() == "bearer ":
             return auth[7:].strip()
         return None
@@ -297,7 +300,9 @@ class Provider:
         return (at, user) if user is not None else None
 
     # -- our endpoints ---------------------------------------------------------------------
-    def client_credentials(self, environ: dict[str, Any], form: dict[str, str], start: Any):
+    def client_credentials(
+        self, environ: dict[str, Any], form: dict[str, str], start: Any
+    ) -> list[bytes]:
         cid = self._client_auth(environ, form)
         if cid is None:
             return self._json(
@@ -340,7 +345,7 @@ class Provider:
             },
         )
 
-    def userinfo_jwt(self, claims: dict[str, Any], start: Any):
+    def userinfo_jwt(self, claims: dict[str, Any], start: Any) -> list[bytes]:
         out = {
             k: v
             for k, v in claims.items()
@@ -348,7 +353,7 @@ class Provider:
         }
         return self._json(start, "200 OK", out)
 
-    def introspect(self, environ: dict[str, Any], form: dict[str, str], start: Any):
+    def introspect(self, environ: dict[str, Any], form: dict[str, str], start: Any) -> list[bytes]:
         if self._client_auth(environ, form) is None:
             return self._json(
                 start,
@@ -379,7 +384,7 @@ class Provider:
             },
         )
 
-    def control(self, environ: dict[str, Any], path: str, start: Any):
+    def control(self, environ: dict[str, Any], path: str, start: Any) -> list[bytes]:
         method = environ["REQUEST_METHOD"]
         body = self._read_body(environ)
         data = json.loads(body) if body.strip() else {}
@@ -435,7 +440,7 @@ class Provider:
             self.stats[key] += 1
 
     # -- WSGI ------------------------------------------------------------------------------
-    def __call__(self, environ: dict[str, Any], start_response: Any):
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         path = environ.get("PATH_INFO", "") or "/"
         method = environ["REQUEST_METHOD"]
         if path.startswith("/_oracle/"):
@@ -446,7 +451,9 @@ class Provider:
             form = self._form(self._read_body(environ))
             grant = form.get("grant_type", "?")
 
-            def counting_start(status: str, headers: list, exc_info: Any = None):
+            def counting_start(
+                status: str, headers: list[tuple[str, str]], exc_info: Any = None
+            ) -> Any:
                 self._count(f"token:{grant}:{status.split()[0]}")
                 return start_response(status, headers, exc_info)
 
@@ -471,10 +478,12 @@ class Provider:
                 return self.userinfo_jwt(claims, start_response)
         return self.mock_wsgi(environ, start_response)
 
-    def discovery(self, environ: dict[str, Any], start_response: Any):
+    def discovery(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
         captured: dict[str, Any] = {}
 
-        def cap(status: str, headers: list, exc_info: Any = None):
+        def cap(
+            status: str, headers: list[tuple[str, str]], exc_info: Any = None
+        ) -> Callable[[bytes], None]:
             captured["status"] = status
             return lambda _data: None
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudvac.auth.checkin import CheckinTokenSource
+from cloudvac.auth.checkin import CheckinClient, CheckinTokenSource
 from cloudvac.config import Machinetype, Settings, Space
 from cloudvac.config.openstack import OpenStackSpace
 from cloudvac.engine.cycle import SpaceCycle
@@ -32,8 +32,8 @@ def test_refresh_token_expiry_from_a_jwt(tmp_path: Path) -> None:
     file = tmp_path / "rt"
     file.write_text(jwt({"exp": NOW + 86400, "typ": "Refresh"}))
     file.chmod(0o600)
-    source = CheckinTokenSource("https://aai.example/realm", "c", "refresh_token", "openid",
-                                lambda: None, file)
+    source = CheckinTokenSource(CheckinClient("https://aai.example/realm", "c",
+                                              "refresh_token", "openid", lambda: None, file))
     assert source.refresh_token_expires_at() == NOW + 86400
     file.write_text("opaque-refresh-token")
     assert source.refresh_token_expires_at() is None
@@ -51,7 +51,7 @@ def test_refresh_token_expiry_from_a_jwt(tmp_path: Path) -> None:
 ])
 def test_checkin_options(options: dict[str, object], words: str) -> None:
     with pytest.raises(ValueError, match=words):
-        OpenStackSpace(auth="egi_checkin", **options)  # type: ignore[arg-type]
+        OpenStackSpace(auth="egi_checkin", **options)
 
 
 def test_discovery_alone_is_enough() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
@@ -29,12 +29,12 @@ def make_space(mts: dict[str, dict[str, Any]] | None = None, **space: Any) -> Sp
     return Space(name="s.example", api="sim", machinetypes=machinetypes, **space)
 
 
-def observed(name: str, state: S = S.RUNNING, mt: str = "belle", processors: int = 1,
-             created: float = NOW - 100, started: float | None = NOW - 90,
-             fault: str = "") -> ObservedMachine:
+def observed(name: str, state: S = S.RUNNING, mt: str = "belle", created: float = NOW - 100,
+             started: float | None = NOW - 90) -> ObservedMachine:
+    """A 1-processor machine (``replace()`` it for more, or a fault)."""
     return ObservedMachine(cloud_id=f"id-{name}", name=name, machinetype=mt, state=state,
-                           processors=processors, created_at=created,
-                           started_at=started if state is not S.STARTING else None, fault=fault)
+                           processors=1, created_at=created,
+                           started_at=started if state is not S.STARTING else None)
 
 
 def record(name: str, state: S = S.RUNNING, mt: str = "belle", **kw: Any) -> MachineRecord:
@@ -60,10 +60,11 @@ class Result:
 
 
 def run(space: Space, machines: list[ObservedMachine] | None = None,
-        history: SpaceHistory | None = None, now: float = NOW, limits: Limits | None = None,
+        history: SpaceHistory | None = None, limits: Limits | None = None,
         flavor: Flavor = SMALL) -> Result:
+    """The decision at ``NOW``."""
     obs = Observation(machines or [], limits or Limits(), flavors(space, flavor))
-    return Result(decide(space, obs, history or SpaceHistory(), now))
+    return Result(decide(space, obs, history or SpaceHistory(), NOW))
 
 
 def intent(name: str, created: float, mt: str = "belle", processors: int = 1,
@@ -82,7 +83,8 @@ DELETION_TABLE = [
     # id, observed machine, record extras, drained, expected rule (None = kept)
     ("running-fresh", observed("m", started=NOW - 50), {}, frozenset(), None),
     ("stopped", observed("m", S.STOPPED), {}, frozenset(), "stopped"),
-    ("failed", observed("m", S.FAILED, fault="No valid host"), {}, frozenset(), "failed"),
+    ("failed", replace(observed("m", S.FAILED), fault="No valid host"), {}, frozenset(),
+     "failed"),
     ("starting-ok", observed("m", S.STARTING, created=NOW - 200), {}, frozenset(), None),
     ("starting-too-long", observed("m", S.STARTING, created=NOW - 400), {}, frozenset(),
      "starting_too_long"),
@@ -294,29 +296,41 @@ def test_listed_intent_resolves_and_unknown_listed_machine_is_adopted() -> None:
     assert result.records["a"].cloud_id == "id-a"
 
 
+@dataclass(frozen=True)
+class SpaceLimits:
+    """The space's own limits in the property test below (None: no limit)."""
+
+    processors: int
+    burst: int
+    max_starting: int | None
+    belle: int | None  # processors_limit of machinetype belle
+
+
 @settings(max_examples=150, deadline=None)
 @given(
-    limit=st.integers(0, 60), burst=st.integers(1, 40), max_starting=st.none() | st.integers(0, 20),
-    foreign=st.integers(0, 20), free=st.none() | st.integers(0, 60),
+    own=st.builds(SpaceLimits, processors=st.integers(0, 60), burst=st.integers(1, 40),
+                  max_starting=st.none() | st.integers(0, 20),
+                  belle=st.none() | st.integers(0, 30)),
+    cloud=st.builds(Limits, free_processors=st.none() | st.integers(0, 60),
+                    foreign_processors=st.integers(0, 20)),
     running=st.lists(st.tuples(st.sampled_from(["belle", "t2k", "hyperk"]), st.integers(1, 4),
                                st.sampled_from([S.RUNNING, S.STARTING, S.STOPPED])),
                      max_size=15),
-    mt_limit=st.none() | st.integers(0, 30),
 )
 def test_property_creates_never_exceed_any_limit(
-        limit: int, burst: int, max_starting: int | None, foreign: int, free: int | None,
-        running: list[tuple[str, int, S]], mt_limit: int | None) -> None:
-    mts = {"belle": {"target_share": 2, "processors_limit": mt_limit},
-           "t2k": {"target_share": 1}, "hyperk": {"target_share": 1}}
+        own: SpaceLimits, cloud: Limits, running: list[tuple[str, int, S]]) -> None:
+    limit, burst, max_starting, mt_limit = own.processors, own.burst, own.max_starting, own.belle
+    free, foreign = cloud.free_processors, cloud.foreign_processors
+    mts: dict[str, dict[str, Any]] = {"belle": {"target_share": 2, "processors_limit": mt_limit},
+                                      "t2k": {"target_share": 1}, "hyperk": {"target_share": 1}}
     space = make_space(mts, processors_limit=limit, creation_burst_processors=burst,
                        max_starting_processors=max_starting)
-    machines = [observed(f"m{i}", state, mt, p, started=NOW - 5000)
+    machines = [replace(observed(f"m{i}", state, mt, started=NOW - 5000), processors=p)
                 for i, (mt, p, state) in enumerate(running)]
     hist = SpaceHistory(machines={m.name: record(m.name, m.state, m.machinetype,
                                                  processors=m.processors, heartbeat_at=NOW)
                                   for m in machines})
-    result = run(space, machines, hist, limits=Limits(free_processors=free,
-                                                      foreign_processors=foreign))
+    result = run(space, machines, hist, limits=cloud)
     new = sum(c.flavor.processors for c in result.creates)
     existing = sum(m.processors for m in machines)
     if new:

@@ -59,7 +59,7 @@ def test_a_field_without_a_column_type_is_refused() -> None:
 
 
 times = st.none() | st.floats(0, 2e9, allow_nan=False)
-text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+text = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"),
                max_size=20)
 records = st.builds(
     MachineRecord, space=st.just("a.example"), name=text.filter(bool),

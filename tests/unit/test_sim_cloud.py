@@ -12,6 +12,7 @@ import pytest
 
 from cloudvac.clouds import sim
 from cloudvac.clouds.sim import SimCloud, SimProject
+from cloudvac.clouds.simpilots import PilotReporter
 from cloudvac.config.models import SimMachinetype, SimSpace
 from cloudvac.model.cloud import TAG_MACHINETYPE, TAG_MANAGER, TAG_SPACE, Cloud, Flavor, MachineSpec
 from cloudvac.model.errors import Misconfigured, QuotaExceeded, Retryable
@@ -19,6 +20,7 @@ from cloudvac.model.states import MachineState, ShutdownMessage
 
 SPACE = "sim-a.example"
 MANAGER = "mgr1"
+MACHINETYPE = "belle"
 T = TypeVar("T")
 
 
@@ -54,15 +56,17 @@ class Broken:
         raise RuntimeError("web side down")
 
 
-def spec(name: str, mt: str = "belle", flavor: str = "m1.small", space: str = SPACE,
-         manager: str = MANAGER, user_data: str = "#cloud-config\n") -> MachineSpec:
-    return MachineSpec(name=name, space=space, machinetype=mt, flavor=Flavor(flavor, 0),
-                       image="cernvm", user_data=user_data,
-                       metadata={TAG_SPACE: space, TAG_MACHINETYPE: mt, TAG_MANAGER: manager})
+def spec(name: str, flavor: str = "m1.small", space: str = SPACE, manager: str = MANAGER,
+         user_data: str = "#cloud-config\n") -> MachineSpec:
+    """A machine of machinetype ``MACHINETYPE``, tagged for ``space`` and ``manager``."""
+    return MachineSpec(name=name, space=space, machinetype=MACHINETYPE,
+                       flavor=Flavor(flavor, 0), image="cernvm", user_data=user_data,
+                       metadata={TAG_SPACE: space, TAG_MACHINETYPE: MACHINETYPE,
+                                 TAG_MANAGER: manager})
 
 
 def setup(mt: SimMachinetype | None = None, clock: Clock | None = None,
-          reporter: sim.PilotReporter | None = None, **options: Any
+          reporter: PilotReporter | None = None, **options: Any
           ) -> tuple[SimProject, SimCloud, Recorder, Clock]:
     clock = clock or Clock()
     options.setdefault("seed", 1)

@@ -16,7 +16,8 @@ import yaml
 
 from cloudvac.auth.vmtokens import TokenSigner
 from cloudvac.config import Settings, Space, load_config_dir
-from cloudvac.context.userdata import ContextRenderer, RenderError, check_space
+from cloudvac.context.errors import RenderError
+from cloudvac.context.userdata import ContextRenderer, check_space
 from cloudvac.context.validate import UserDataInvalid, schema_found, validate_user_data
 
 GOLDEN = Path(__file__).parent / "golden"
