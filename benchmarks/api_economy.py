@@ -67,7 +67,7 @@ def sim_run(args: argparse.Namespace) -> dict[str, Any]:
     from benchmarks import scale
     from cloudvac.clouds.simpilots import NullPilots
     from cloudvac.config import load_config_dir
-    from cloudvac.engine.daemon import build_daemon
+    from cloudvac.service import build_daemon
     from cloudvac.store import Store
 
     opts = argparse.Namespace(spaces=1, machines=args.sim_machines, period=args.sim_period,
@@ -208,7 +208,7 @@ def pages_formula(listed: int, max_limit: int) -> int:
 
 def nova_run(args: argparse.Namespace, variant: Variant) -> dict[str, Any]:
     from cloudvac.config import load_config_dir
-    from cloudvac.engine.daemon import build_daemon
+    from cloudvac.service import build_daemon
     from cloudvac.store import Store
 
     launch = load_launch()

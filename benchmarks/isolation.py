@@ -133,7 +133,7 @@ async def drive(daemon: Any, seconds: float, stop_timeout: float) -> float:
 
 def one_run(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     from cloudvac.config import load_config_dir
-    from cloudvac.engine.daemon import build_daemon
+    from cloudvac.service import build_daemon
     from cloudvac.store import Store
 
     with tempfile.TemporaryDirectory(prefix="cloudvac-isolation-") as tmp:

@@ -84,7 +84,7 @@ async def drive(daemon: Any, processors: int, max_cycles: int) -> None:
 
 def one_run(args: argparse.Namespace, burst: int | None) -> dict[str, Any]:
     from cloudvac.config import load_config_dir
-    from cloudvac.engine.daemon import build_daemon
+    from cloudvac.service import build_daemon
     from cloudvac.store import Store
 
     with tempfile.TemporaryDirectory(prefix="cloudvac-ramp-") as tmp:

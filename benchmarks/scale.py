@@ -178,7 +178,7 @@ def round_stats(daemon: Any, k: int) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from cloudvac.clouds.simpilots import NullPilots
     from cloudvac.config import load_config_dir
-    from cloudvac.engine.daemon import build_daemon
+    from cloudvac.service import build_daemon
     from cloudvac.store import Store
 
     started = time.monotonic()

@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry
 
 from cloudvac.auth.vmtokens import TokenSigner, load_or_create_secret
 from cloudvac.clouds.factory import CloudFactory
-from cloudvac.clouds.simpilots import HttpPilots
+from cloudvac.clouds.simpilots import HttpPilots, PilotReporter, StorePilots
 from cloudvac.config import Settings, Space, load_config_dir
 from cloudvac.config.loader import config_files
 from cloudvac.context.userdata import ContextRenderer
@@ -163,6 +163,16 @@ def build(config: ConfigSource, settings: Settings, store: Store, engine: bool =
     web = WebContext(settings, store, signer, files, spaces, registry, render=renderer)
     return Service(settings, store, registry, files, web, sock,
                    make_server(create_app(web), settings), daemon, pilots)
+
+
+def build_daemon(config_dir: Path, settings: Settings, store: Store, keep_reports: int = 0,
+                 pilots: PilotReporter | None = None) -> Daemon:
+    """The engine alone on ``config_dir``: its own metrics, the generic user_data, and
+    simulated pilots that report straight into ``store`` unless ``pilots`` says otherwise
+    (tests and benchmarks of the engine; ``build`` assembles the whole service)."""
+    metrics = EngineMetrics()
+    return Daemon(ConfigSource(config_dir), settings, CycleTools(store, metrics),
+                  CloudFactory(metrics, pilots or StorePilots(store)), keep_reports)
 
 
 async def run_service(service: Service, cycles: int | None = None) -> None:

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from cloudvac.clouds.simpilots import NullPilots, PilotReporter
-from cloudvac.clouds.simserver import (  # re-exported: part of this module's API
+from cloudvac.clouds.simserver import (
     APP_ERROR,
     DELETE_SECONDS,
     EARLY_END_CAP_SECONDS,
@@ -60,21 +60,6 @@ from cloudvac.model.layout import HEARTBEAT_FILE
 from cloudvac.model.states import MachineState
 
 log = logging.getLogger("cloudvac.clouds.sim")
-__all__ = [
-    "APP_ERROR",
-    "DELETE_SECONDS",
-    "EARLY_END_CAP_SECONDS",
-    "ENV_ERROR",
-    "NO_VALID_HOST",
-    "NO_WORK",
-    "SUCCESS",
-    "USER_DATA_MAX",
-    "Owner",
-    "SimCloud",
-    "SimProject",
-    "SimServer",
-    "parse_flavors",
-]
 
 
 @dataclass(eq=False)

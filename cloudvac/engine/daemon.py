@@ -24,15 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from cloudvac.clouds.factory import CloudFactory
-from cloudvac.clouds.simpilots import PilotReporter, StorePilots
 from cloudvac.config import LoadedConfig, Settings, Space, load_config_dir
 from cloudvac.context.userdata import check_space
 from cloudvac.engine.cycle import CycleReport, SpaceCycle
-from cloudvac.engine.metrics import EngineMetrics
 from cloudvac.engine.tools import CycleTools
 from cloudvac.model.errors import CloudError
 from cloudvac.model.records import Event
-from cloudvac.store import Store
 
 log = logging.getLogger("cloudvac.engine.daemon")
 
@@ -229,12 +226,3 @@ class Daemon:
         with contextlib.suppress(Exception):
             await asyncio.to_thread(self.tools.store.add_events, [event])
 
-
-def build_daemon(config_dir: Path, settings: Settings, store: Store, keep_reports: int = 0,
-                 pilots: PilotReporter | None = None) -> Daemon:
-    """A daemon on ``config_dir`` with its own metrics and the generic user_data, whose
-    simulated pilots report straight into ``store`` unless ``pilots`` says otherwise
-    (tests and benchmarks of the engine alone; ``service.build`` assembles the real one)."""
-    metrics = EngineMetrics()
-    return Daemon(ConfigSource(config_dir), settings, CycleTools(store, metrics),
-                  CloudFactory(metrics, pilots or StorePilots(store)), keep_reports)

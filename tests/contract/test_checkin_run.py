@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from cloudvac.config import load_config_dir
-from cloudvac.engine.daemon import build_daemon
+from cloudvac.service import build_daemon
 from cloudvac.store import Store
 from tests.contract.conftest import launch
 

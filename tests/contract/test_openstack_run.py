@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from cloudvac.config import load_config_dir
-from cloudvac.engine.daemon import Daemon, build_daemon
+from cloudvac.engine.daemon import Daemon
+from cloudvac.service import build_daemon
 from cloudvac.store import Store
 from tests.contract.conftest import launch
 

@@ -12,11 +12,12 @@ from cloudvac.clouds.factory import CloudFactory
 from cloudvac.config import load_config_dir
 from cloudvac.config.models import SimMachinetype
 from cloudvac.engine.cycle import SpaceCycle
-from cloudvac.engine.daemon import Daemon, build_daemon
+from cloudvac.engine.daemon import Daemon
 from cloudvac.engine.metrics import EngineMetrics
 from cloudvac.engine.tools import CycleTools
 from cloudvac.model.cloud import Cloud, Flavor, Limits, MachineSpec, ObservedMachine
 from cloudvac.model.states import MachineState
+from cloudvac.service import build_daemon
 from cloudvac.store import Store
 
 SPACE = """\

@@ -198,20 +198,26 @@ def test_concurrent_writers_and_readers_never_drift(store: Store, db: Path) -> N
     assert store.histories.stats.incremental_reads > 0
 
 
-def test_upgrade_from_0002_keeps_rows_readable(tmp_path: Path) -> None:
-    """A database written before revisions existed: its rows get revision 0 and are all
-    read by the first (full) read; later writes are incremental."""
-    db = tmp_path / "old.db"
+def database_at(db: Path, revision: str, *statements: str) -> Path:
+    """A database migrated only to ``revision`` holding what ``statements`` insert."""
     engine = sa.create_engine(url_of(db))
     try:
         with engine.begin() as connection:
-            command.upgrade(alembic_config(connection), "0002")
-            connection.exec_driver_sql(
-                "INSERT INTO machines (space, name, machinetype, state, cloud_id, processors,"
-                " delete_reason, fault, address, updated_at) VALUES ('a', 'vm-old', 'belle',"
-                " 'running', 'id-old', 2, '', '', '', 1.0)")
+            command.upgrade(alembic_config(connection), revision)
+            for statement in statements:
+                connection.exec_driver_sql(statement)
     finally:
         engine.dispose()
+    return db
+
+
+def test_upgrade_from_0002_keeps_rows_readable(tmp_path: Path) -> None:
+    """A database written before revisions existed: its rows get revision 0 and are all
+    read by the first (full) read; later writes are incremental."""
+    db = database_at(tmp_path / "old.db", "0002",
+                     "INSERT INTO machines (space, name, machinetype, state, cloud_id,"
+                     " processors, delete_reason, fault, address, updated_at) VALUES ('a',"
+                     " 'vm-old', 'belle', 'running', 'id-old', 2, '', '', '', 1.0)")
     upgraded = Store(url_of(db))
     try:
         assert set(upgraded.history("a").machines) == {"vm-old"}
@@ -225,21 +231,14 @@ def test_upgrade_from_0002_keeps_rows_readable(tmp_path: Path) -> None:
 def test_upgrade_from_0003_turns_intents_into_machine_rows(tmp_path: Path) -> None:
     """0004: an intent is a machine row in state 'intent'; an intent whose create was
     already answered (its machine has a row) is that row.  Downgrade gives them back."""
-    db = tmp_path / "old.db"
-    engine = sa.create_engine(url_of(db))
-    try:
-        with engine.begin() as connection:
-            command.upgrade(alembic_config(connection), "0003")
-            connection.exec_driver_sql(
-                "INSERT INTO intents (space, name, machinetype, processors, hs06, created_at)"
-                " VALUES ('a', 'vm-new', 'belle', 4, 40.0, 10.0),"
-                " ('a', 'vm-answered', 'belle', 2, NULL, 11.0)")
-            connection.exec_driver_sql(
-                "INSERT INTO machines (space, name, machinetype, state, cloud_id, processors,"
-                " delete_reason, fault, address, updated_at, rev) VALUES ('a', 'vm-answered',"
-                " 'belle', 'starting', 'id-1', 2, '', '', '', 12.0, 0)")
-    finally:
-        engine.dispose()
+    db = database_at(tmp_path / "old.db", "0003",
+                     "INSERT INTO intents (space, name, machinetype, processors, hs06,"
+                     " created_at) VALUES ('a', 'vm-new', 'belle', 4, 40.0, 10.0),"
+                     " ('a', 'vm-answered', 'belle', 2, NULL, 11.0)",
+                     "INSERT INTO machines (space, name, machinetype, state, cloud_id,"
+                     " processors, delete_reason, fault, address, updated_at, rev) VALUES"
+                     " ('a', 'vm-answered', 'belle', 'starting', 'id-1', 2, '', '', '', 12.0,"
+                     " 0)")
     upgraded = Store(url_of(db))
     try:
         machines = upgraded.history("a").machines

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from cloudvac.clouds import sim
+from cloudvac.clouds import simserver
 from cloudvac.clouds.sim import SimCloud, SimProject
 from cloudvac.clouds.simpilots import PilotReporter
 from cloudvac.config.models import SimMachinetype, SimSpace
@@ -214,7 +214,7 @@ def test_bad_flavor_option() -> None:
     with pytest.raises(ValueError, match=r"m1\.tiny:one"):  # caught by the config model
         SimSpace(flavors=["m1.tiny:one:512"])
     with pytest.raises(Misconfigured, match=r"m1\.tiny:one"):  # and again by the sim itself
-        sim.parse_flavors(["m1.tiny:one:512"])
+        simserver.parse_flavors(["m1.tiny:one:512"])
 
 
 def test_delete_is_async_idempotent_and_frees_quota_when_gone() -> None:
@@ -226,7 +226,7 @@ def test_delete_is_async_idempotent_and_frees_quota_when_gone() -> None:
     assert (m.state, m.cloud_status) == (MachineState.DELETING, "ACTIVE/deleting")
     run(cloud.delete_machine(cloud_id))  # a second delete while deleting is fine
     assert run(cloud.limits()).free_instances == 0  # still counts until gone
-    clock.now += sim.DELETE_SECONDS
+    clock.now += simserver.DELETE_SECONDS
     assert run(cloud.list_machines()) == []
     assert run(cloud.limits()).free_instances == 1
     run(cloud.delete_machine(cloud_id))  # gone: still success
