@@ -17,9 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from cloudvac.config.dirac import DiracInstance
 from cloudvac.config.openstack import OpenStackSpace
-
-SPACE_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
-MACHINETYPE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
+from cloudvac.model.naming import MACHINETYPE_NAME, SPACE_NAME
 
 PositiveSeconds = Annotated[float, Field(gt=0)]
 Seconds = Annotated[int, Field(ge=0)]

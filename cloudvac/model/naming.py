@@ -7,9 +7,16 @@ and the machinetype can be read back from a name (simulated pilots need it).
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import string
 
+#: Space names are DNS-like (a cloud project at a site): what the configuration accepts and
+#: what the web side lets through in a URL.
+SPACE_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
+MACHINETYPE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
+#: Machine names as a URL segment (cloudvac's own, and adopted ones).
+MACHINE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _ALPHABET = string.ascii_lowercase + string.digits
 SUFFIX_LENGTH = 10
 

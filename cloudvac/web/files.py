@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-SPACE_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
-MACHINE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+from cloudvac.model.naming import MACHINE_NAME, SPACE_NAME
+
 FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -39,7 +39,7 @@ class JoboutputsDir:
         self.root, self.limits = root, limits
 
     def machine_dir(self, space: str, name: str) -> Path:
-        if not SPACE_RE.match(space) or not MACHINE_RE.match(name):
+        if not SPACE_NAME.match(space) or not MACHINE_NAME.match(name):
             raise UploadRejected(404, "no such machine")
         return self.root / space / name
 

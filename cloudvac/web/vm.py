@@ -17,19 +17,21 @@ from fastapi.responses import PlainTextResponse
 from cloudvac.auth.vmtokens import TokenError
 from cloudvac.config.models import Machinetype, Space
 from cloudvac.model import layout
+from cloudvac.model.naming import MACHINE_NAME, SPACE_NAME
 from cloudvac.model.records import MachineRecord
 from cloudvac.model.states import MachineState, ShutdownMessage, ShutdownMessageError
-from cloudvac.web.context import Ctx, WebContext
-from cloudvac.web.files import FILE_RE, MACHINE_RE, SPACE_RE, UploadRejected
+from cloudvac.web.context import WebContext, context
+from cloudvac.web.files import FILE_RE, UploadRejected
 from cloudvac.web.mjf import job_features, machine_features
 
-SpaceName = Annotated[str, Path(pattern=SPACE_RE.pattern, max_length=63)]
-MachineName = Annotated[str, Path(pattern=MACHINE_RE.pattern, max_length=63)]
+SpaceName = Annotated[str, Path(pattern=SPACE_NAME.pattern, max_length=63)]
+MachineName = Annotated[str, Path(pattern=MACHINE_NAME.pattern, max_length=63)]
 FileName = Annotated[str, Path(pattern=FILE_RE.pattern, max_length=64)]
 
 
-async def authorize(ctx: Ctx, space: SpaceName, name: MachineName,
+async def authorize(request: Request, space: SpaceName, name: MachineName,
                     authorization: Annotated[str | None, Header()] = None) -> None:
+    ctx = context(request)
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
@@ -55,9 +57,9 @@ async def known_machine(ctx: WebContext, space: str,
 
 @vm.put(layout.JOBOUTPUT, status_code=204,
         responses={400: {}, 401: {}, 403: {}, 404: {}, 413: {}})
-async def upload(ctx: Ctx, space: SpaceName, name: MachineName, file: FileName,
-                 request: Request) -> Response:
-    kind = "log"
+async def upload(request: Request, space: SpaceName, name: MachineName,
+                 file: FileName) -> Response:
+    ctx, kind = context(request), "log"
     try:
         data = await _read_limited(request, ctx.settings.upload_max_file_bytes)
         record, _, mt = await known_machine(ctx, space, name)
@@ -104,19 +106,20 @@ async def _features(ctx: WebContext, space: str, name: str, key: str,
 
 
 @vm.get(layout.MACHINEFEATURE, response_class=PlainTextResponse)
-async def machinefeatures(ctx: Ctx, space: SpaceName, name: MachineName,
+async def machinefeatures(request: Request, space: SpaceName, name: MachineName,
                           key: FileName) -> PlainTextResponse:
-    return await _features(ctx, space, name, key, job=False)
+    return await _features(context(request), space, name, key, job=False)
 
 
 @vm.get(layout.JOBFEATURE, response_class=PlainTextResponse)
-async def jobfeatures(ctx: Ctx, space: SpaceName, name: MachineName,
+async def jobfeatures(request: Request, space: SpaceName, name: MachineName,
                       key: FileName) -> PlainTextResponse:
-    return await _features(ctx, space, name, key, job=True)
+    return await _features(context(request), space, name, key, job=True)
 
 
 @vm.get(layout.USER_DATA, response_class=PlainTextResponse)
-async def user_data(ctx: Ctx, space: SpaceName, name: MachineName) -> PlainTextResponse:
+async def user_data(request: Request, space: SpaceName, name: MachineName) -> PlainTextResponse:
+    ctx = context(request)
     _, config, mt = await known_machine(ctx, space, name)
     if mt is None or ctx.render is None:
         raise HTTPException(404, "no user_data for this machine")
@@ -124,10 +127,11 @@ async def user_data(ctx: Ctx, space: SpaceName, name: MachineName) -> PlainTextR
 
 
 @public.get(layout.HEARTBEATLIST, response_class=PlainTextResponse)
-async def heartbeatlist(ctx: Ctx, space: SpaceName,
+async def heartbeatlist(request: Request, space: SpaceName,
                         machinetype: MachineName) -> PlainTextResponse:
     """``<unix time> <name> <address>`` per running VM of the machinetype that heartbeated
     within its ``heartbeat_list_horizon``, newest first (VCycle's heartbeat list)."""
+    ctx = context(request)
     config = ctx.spaces().get(space)
     mt = config.machinetypes.get(machinetype) if config else None
     if mt is None:
