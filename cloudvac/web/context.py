@@ -82,7 +82,7 @@ class WebContext:
 
 def context(request: Request) -> WebContext:
     """The application's context.  Routes call it rather than declaring it a FastAPI
-    dependency: resolving one more dependency per request made a heartbeat cost half as
-    much again (benchmarks/web_heartbeats.py)."""
+    dependency: FastAPI runs a plain-function dependency in a worker thread, and that made
+    a heartbeat cost about a fifth more CPU (benchmarks/results/reshape_before_after.json)."""
     ctx: WebContext = request.app.state.ctx
     return ctx
