@@ -74,7 +74,7 @@ class SpaceCycle:
         self.credentials = CredentialWatch(cloud, tools.store)
 
     async def run(self, space: Space) -> CycleReport:
-        metrics, now = self.tools.metrics, self.tools.clock()
+        metrics, now, begun = self.tools.metrics, self.tools.clock(), self.tools.monotonic()
         before = metrics.requests_of(space.name)
         try:
             report = await self._cycle(space, now)
@@ -84,14 +84,14 @@ class SpaceCycle:
             metrics.cloud_errors.labels(space.name, type(exc).__name__).inc()
         after = metrics.requests_of(space.name)
         used = {k: n - before.get(k, 0) for k, n in after.items() if n != before.get(k, 0)}
-        duration = self.tools.clock() - now
+        duration = self.tools.monotonic() - begun
         metrics.cycles.labels(space.name, "ok" if report.ok else "error").inc()
         metrics.cycle_seconds.labels(space.name).observe(max(duration, 0.0))
         return replace(report, duration=duration, api_requests=used)
 
     async def _cycle(self, space: Space, now: float) -> CycleReport:
         store = self.tools.store
-        observation, seen = await self.reader.observe(space, now)
+        observation, seen = await self.reader.observe(space, now, self.tools.monotonic())
         history = await asyncio.to_thread(store.history, space.name)
         decision = decide(space, observation, history, now)
         await self._record(space, decision.changes, now)

@@ -171,7 +171,7 @@ class Daemon:
 
     async def _space_loop(self, name: str) -> None:
         cycle: SpaceCycle | None = None
-        clock = self.tools.clock
+        clock = self.tools.monotonic
         while not self._stop.is_set():
             state = self.spaces.get(name)
             if state is None:
@@ -198,6 +198,7 @@ class Daemon:
     async def _one_cycle(self, name: str, state: SpaceState,
                          cycle: SpaceCycle | None) -> tuple[CycleReport, SpaceCycle | None]:
         started, metrics = self.tools.clock(), self.tools.metrics
+        begun = self.tools.monotonic()
         timeout = self.settings.space_timeout_seconds
         try:
             cycle = self._cycle_for(state.config, cycle)
@@ -215,7 +216,7 @@ class Daemon:
                                  error=f"internal error {type(exc).__name__}: {exc}")
             metrics.cycles.labels(name, "crash").inc()
         report = replace(report, config_ok=state.config_ok,
-                         duration=self.tools.clock() - started)
+                         duration=self.tools.monotonic() - begun)
         if not report.ok:
             await self._report_failure(name, report)
         return report, cycle

@@ -31,12 +31,14 @@ class CloudReader:
         self.cloud = cloud
         self._full: _FullQuota | None = None
 
-    async def observe(self, space: Space, now: float) -> tuple[Observation, tuple[Event, ...]]:
-        """The observation, and error events for machinetypes whose flavor cannot be
-        resolved (those cannot create this cycle; the others carry on)."""
+    async def observe(self, space: Space, now: float,
+                      tick: float) -> tuple[Observation, tuple[Event, ...]]:
+        """The observation, and error events (stamped ``now``) for machinetypes whose
+        flavor cannot be resolved (those cannot create this cycle; the others carry on).
+        ``tick`` is the monotonic clock, for the quota re-read interval."""
         machines = await self.cloud.list_machines()
         flavors, events = await self._flavors(space, now)
-        limits = await self.limits(space, machines, flavors, now)
+        limits = await self.limits(space, machines, flavors, tick)
         return Observation(machines, limits, flavors), events
 
     async def _flavors(self, space: Space,
@@ -54,7 +56,7 @@ class CloudReader:
         return found, tuple(events)
 
     async def limits(self, space: Space, machines: Sequence[ObservedMachine],
-                     flavors: Mapping[str, Flavor], now: float) -> Limits:
+                     flavors: Mapping[str, Flavor], tick: float) -> Limits:
         """The cloud's free capacity, read only when it can matter (each read is one
         request per cycle, the largest share of a full space's API traffic):
 
@@ -71,9 +73,10 @@ class CloudReader:
         if limit is not None and ours[0] >= limit:
             return Limits()
         full = self._full
-        if full is not None and full.ours == ours and now - full.at < space.quota_reread_seconds:
+        if full is not None and full.ours == ours and \
+                tick - full.at < space.quota_reread_seconds:
             return full.limits
         limits = await self.cloud.limits()
         room = any(limits.fits(f) for f in flavors.values())
-        self._full = None if room else _FullQuota(now, ours, limits)
+        self._full = None if room else _FullQuota(tick, ours, limits)
         return limits

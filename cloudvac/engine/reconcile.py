@@ -4,13 +4,18 @@ Pure: no I/O, the clock is an argument.  The cloud decides which machines exist;
 adds what only cloudvac knows.  Rules:
 
 * a listed machine with no record is adopted from its tags (the store was lost, or a
-  previous incarnation crashed after its create call);
+  previous incarnation crashed after its create call): ``adopted_at`` is set, so the
+  rules give it a fresh grace (``rules.py``); when the store says it was restored, every
+  listed machine is treated so;
 * a listed machine whose record is an ``intent`` was created by us: it takes the state the
   cloud lists;
 * an ``intent`` not listed still counts as a starting machine until ``intent_seconds``
   pass (the cloud may not list a new server at once, and stale listings must not make the
   planner exceed limits); then it is forgotten (gone, without an end);
-* any other recorded machine that is no longer listed is gone;
+* any other recorded machine that a listing misses is marked ``missing_since``, still counts
+  as holding capacity, and is gone when the next listing misses it too (one listing can
+  miss a server that moves from its build request into its cell between two pages), or at
+  once when cloudvac had asked for its deletion;
 * a machine first seen finished or gone is ended (``lifecycle.end``), once.
 """
 
@@ -60,10 +65,16 @@ def reconcile(space: Space, observed: Sequence[ObservedMachine], history: SpaceH
     aborts: list[Event] = []
     listed: set[str] = set()
     machines = history.machines
+    if history.restored:
+        events.append(Event(now, space.name, "", "", "error", "the store went backwards "
+                            "(restored, replaced or lost): every listed machine is treated "
+                            "as adopted, with a fresh grace"))
     for seen in observed:
         listed.add(seen.name)
         old = machines.get(seen.name)
         record = _merge(space.name, seen, old, now)
+        if history.restored and old is not None:
+            record = replace(record, adopted_at=now)
         # ``record is old``, the common case cycle after cycle, means nothing changed: no
         # event, no write, and no field-by-field comparison (benchmarks/scale.py).
         if record is not old:
@@ -78,10 +89,10 @@ def reconcile(space: Space, observed: Sequence[ObservedMachine], history: SpaceH
     for name, old in machines.items():
         if name not in listed:
             record = _unlisted(space, old, now, events, aborts)
-            if record is old:
-                views.append(MachineView(old, False))
-            else:
+            if record is not old:
                 changed[name] = record
+            if record.state is not _GONE:
+                views.append(MachineView(record, False))
     return Reconciled(tuple(views), changed, tuple(aborts), tuple(events))
 
 
@@ -107,13 +118,17 @@ def _ended(space: Space, record: MachineRecord, now: float, events: list[Event],
 def _unlisted(space: Space, old: MachineRecord, now: float, events: list[Event],
               aborts: list[Event]) -> MachineRecord:
     """``old`` as it is when the cloud no longer (or not yet) lists it: itself while a
-    young intent, else gone."""
+    young intent, missing after one listing without it, else gone."""
     if old.state is _INTENT:
         if now - (old.created_at or now) < space.intent_seconds:
             return old
         events.append(event(now, old, "intent-expired", f"create never listed within "
                             f"{space.intent_seconds}s; forgotten"))
         return replace(old, state=_GONE)
+    if old.missing_since is None and old.delete_requested_at is None:
+        events.append(event(now, old, "missing", "not in this listing; gone if the next "
+                            "one does not show it either"))
+        return replace(old, missing_since=now)
     record = replace(old, state=_GONE)
     if record.stopped_at is None:
         record = _ended(space, record, now, events, aborts)
@@ -126,13 +141,19 @@ def _merge(space: str, seen: ObservedMachine, old: MachineRecord | None,
     created = seen.created_at or (old.created_at if old else None) or now
     started = seen.started_at or (old.started_at if old else None)
     if started is None and seen.state is MachineState.RUNNING:
-        started = now
-    base = old or MachineRecord(space=space, name=seen.name, machinetype=seen.machinetype,
-                                state=seen.state)
-    fault, address = seen.fault or base.fault, seen.address or base.address
-    if old is not None and (old.state, old.cloud_id, old.processors, old.created_at,
-                            old.started_at, old.fault, old.address) == (
-            seen.state, seen.cloud_id, seen.processors, created, started, fault, address):
+        # Seen running now; an adopted machine ran at least since the cloud created it.
+        started = now if old is not None else created
+    if old is None:
+        return MachineRecord(space=space, name=seen.name, machinetype=seen.machinetype,
+                             state=seen.state, cloud_id=seen.cloud_id,
+                             processors=seen.processors, created_at=created,
+                             started_at=started, fault=seen.fault, address=seen.address,
+                             adopted_at=now)
+    fault, address = seen.fault or old.fault, seen.address or old.address
+    if (old.state, old.cloud_id, old.processors, old.created_at, old.started_at, old.fault,
+            old.address, old.missing_since) == (seen.state, seen.cloud_id, seen.processors,
+                                                created, started, fault, address, None):
         return old  # the common case, cycle after cycle: no copy (benchmarks/scale.py)
-    return replace(base, state=seen.state, cloud_id=seen.cloud_id, processors=seen.processors,
-                   created_at=created, started_at=started, fault=fault, address=address)
+    return replace(old, state=seen.state, cloud_id=seen.cloud_id, processors=seen.processors,
+                   created_at=created, started_at=started, fault=fault, address=address,
+                   missing_since=None)

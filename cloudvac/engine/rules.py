@@ -40,12 +40,29 @@ class RuleContext:
 
     @property
     def age(self) -> float:
-        return self.now - (self.record.created_at or self.now)
+        """Since the cloud created the machine, or since its adoption when later: a
+        machine found without history gets a fresh starting clock."""
+        record = self.record
+        since = record.created_at or self.now
+        if record.adopted_at is not None and record.adopted_at > since:
+            since = record.adopted_at
+        return self.now - since
 
     @property
     def ran(self) -> float:
+        """Since the cloud started the machine (its wallclock, adopted or not)."""
         started = self.record.started_at
         return self.now - started if started is not None else 0.0
+
+    @property
+    def watched(self) -> float:
+        """How long cloudvac could have seen heartbeats: since the machine started, or
+        since its adoption when later."""
+        record = self.record
+        since = record.started_at
+        if record.adopted_at is not None and (since is None or record.adopted_at > since):
+            since = record.adopted_at
+        return self.now - since if since is not None else 0.0
 
 
 # The predicates are plain functions (not lambdas calling methods): the planner consults
@@ -84,8 +101,8 @@ def _heartbeat_stale(c: RuleContext) -> bool:
     if mt is None or not mt.heartbeat_check:
         return False
     limit = float(mt.heartbeat_seconds or 0)
-    ran = c.ran
-    if ran <= mt.fizzle_seconds or ran <= limit:
+    watched = c.watched
+    if watched <= mt.fizzle_seconds or watched <= limit:
         return False
     beat = c.record.heartbeat_at
     return beat is None or c.now - beat > limit

@@ -28,3 +28,6 @@ class CycleTools:
     clock: Callable[[], float] = time.time
     """Wall clock for every time written (records, events); simulate injects its own."""
     namer: Callable[[str, str], str] = machine_name
+    monotonic: Callable[[], float] = time.monotonic
+    """For every delay, deadline and re-read interval: a wall-clock step must never
+    freeze or hurry a space (simulate injects its virtual clock here too)."""

@@ -41,6 +41,13 @@ class MachineRecord:
     delete_reason: str = ""
     fault: str = ""
     address: str = ""
+    adopted_at: float | None = None
+    """When cloudvac found the machine listed with its tags but had no record of it (a lost
+    or restored store, another manager's crash): its heartbeat and starting clocks run
+    from then, since nothing older was observed."""
+    missing_since: float | None = None
+    """When a listing first failed to show the machine; a second listing without it (or
+    our own delete) makes it gone."""
 
     @property
     def holds_share(self) -> bool:
@@ -71,6 +78,9 @@ class SpaceHistory:
     last_abort: Mapping[str, float] = field(default_factory=dict)
     drained: frozenset[str] = frozenset()
     """Machinetype names drained by an operator; ``"*"`` drains the whole space."""
+    restored: bool = False
+    """The store went backwards since the last read (restored, replaced or lost): what it
+    says about heartbeats and starts is older than what the machines did."""
 
 
 @dataclass(frozen=True, slots=True)

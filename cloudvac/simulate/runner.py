@@ -87,7 +87,7 @@ async def simulate(scenario: Scenario, store: Store, start: float) -> list[Row]:
     settings = scenario.config.settings
     assert settings is not None
     clock = Clock(start)
-    tools = CycleTools(store, EngineMetrics(), clock=clock)
+    tools = CycleTools(store, EngineMetrics(), clock=clock, monotonic=clock)
     pilots = StorePilots(store)
     runners: dict[str, tuple[Space, SimCloud, SpaceCycle]] = {}
     for name, space in scenario.config.spaces.items():

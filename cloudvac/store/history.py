@@ -19,7 +19,9 @@ Contract (shared with the writers in ``store.py``):
   holds nothing for the space, when the counter went backwards (the database was restored
   or replaced under a running manager), and at least every ``full_every`` seconds, so a
   row changed outside cloudvac (an operator's hand edit, a restore whose counter has since
-  caught up) is seen within that time.
+  caught up) is seen within that time.  A read that finds the counter below the highest
+  revision this process saw (even across ``forget``) says so (``SpaceHistory.restored``):
+  the engine then treats every machine as adopted, never as evidence for a deletion.
 * The ``machines`` mapping of a returned ``SpaceHistory`` is never mutated afterwards
   (each change builds a new mapping), so a caller may keep it as long as it likes.
 * Intents are machine rows (state ``intent``) like any other; aborts and drains are few
@@ -118,6 +120,7 @@ class HistoryCache:
         self.full_every, self.clock = full_every, clock
         self.stats = ReadStats()
         self._snapshots: dict[str, _Snapshot] = {}
+        self._seen: dict[str, int] = {}  # highest revision read per space; never forgotten
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
 
@@ -130,6 +133,9 @@ class HistoryCache:
         params = {"space": space}
         with self._lock(space):
             rev = connection.execute(_REVISION, params).scalar() or 0
+            # Below what this process saw: the database was restored, replaced or lost.
+            restored = rev < self._seen.get(space, 0)
+            self._seen[space] = rev
             snap, now = self._snapshots.get(space), self.clock()
             if snap is None or rev < snap.rev or now - snap.full_at >= self.full_every:
                 rows = connection.execute(_ALL_LIVE, params).all()
@@ -157,6 +163,7 @@ class HistoryCache:
             machines=snap.machines,
             last_abort={machinetype: at for machinetype, at in aborts},
             drained=frozenset(drained),
+            restored=restored,
         )
 
     def forget(self, space: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from cloudvac.clouds.factory import CloudFactory
 from cloudvac.config import load_config_dir
 from cloudvac.config.models import SimMachinetype
 from cloudvac.engine.cycle import SpaceCycle
-from cloudvac.engine.daemon import Daemon
+from cloudvac.engine.daemon import ConfigSource, Daemon
 from cloudvac.engine.metrics import EngineMetrics
 from cloudvac.engine.tools import CycleTools
 from cloudvac.model.cloud import Cloud, Flavor, Limits, MachineSpec, ObservedMachine
@@ -315,7 +316,8 @@ def test_quota_is_reread_every_quota_reread_seconds_while_full(tmp_path: Path,
 
     async def cycles() -> list[int]:
         cycle = SpaceCycle(factory.get(space, settings), settings,
-                           CycleTools(store, metrics, clock=lambda: now[0]))
+                           CycleTools(store, metrics, clock=lambda: now[0],
+                                      monotonic=lambda: now[0]))
         project = factory.project("a.example")
         assert project is not None
         reads = []
@@ -329,3 +331,33 @@ def test_quota_is_reread_every_quota_reread_seconds_while_full(tmp_path: Path,
     # read (room, creates 4), read (usage changed, full), reuse, reuse, read (300 s
     # >= 250 s), reuse, reuse, read
     assert asyncio.run(cycles()) == [1, 1, 0, 0, 1, 0, 0, 1]
+
+
+def test_a_backward_wall_clock_step_never_freezes_a_space(tmp_path: Path, store: Store) -> None:
+    """The wall clock jumps an hour back after the first cycle: cycles go on at their
+    period, because every delay is measured on the monotonic clock."""
+    cdir = config(tmp_path, {"a.example": {}})
+    loaded = load_config_dir(cdir)
+    assert loaded.settings is not None
+    calls = [0]
+
+    def stepping() -> float:
+        calls[0] += 1
+        return time.time() - (3600.0 if calls[0] > 5 else 0.0)
+
+    metrics = EngineMetrics()
+    tools = CycleTools(store, metrics, clock=stepping)
+    daemon = Daemon(ConfigSource(cdir), loaded.settings, tools, CloudFactory(metrics))
+
+    async def scenario() -> int:
+        runner = asyncio.create_task(daemon.run())
+        deadline = time.monotonic() + 60
+        while daemon.spaces.get("a.example") is None or daemon.spaces["a.example"].cycles < 6:
+            assert time.monotonic() < deadline, "the space stopped cycling"
+            await asyncio.sleep(0.1)
+        daemon.stop()
+        await asyncio.wait_for(runner, 30)
+        return daemon.spaces["a.example"].cycles
+
+    assert asyncio.run(scenario()) >= 6
+    assert calls[0] > 5  # the step did happen

@@ -108,13 +108,13 @@ def test_migrations_downgrade_to_nothing_and_upgrade_back(store: Store, db: Path
     try:
         with engine.begin() as connection:
             config = alembic_config(connection)
-            assert ScriptDirectory.from_config(config).get_heads() == ["0004"]
+            assert ScriptDirectory.from_config(config).get_heads() == ["0005"]
             command.downgrade(config, "base")
         assert table_names(db) == {"alembic_version"}
         with engine.begin() as connection:
             command.upgrade(alembic_config(connection), "head")
         with engine.connect() as connection:
-            assert MigrationContext.configure(connection).get_current_revision() == "0004"
+            assert MigrationContext.configure(connection).get_current_revision() == "0005"
     finally:
         engine.dispose()
     assert schema_diff(db) == []

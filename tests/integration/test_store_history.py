@@ -260,3 +260,21 @@ def test_upgrade_from_0003_turns_intents_into_machine_rows(tmp_path: Path) -> No
         engine.dispose()
     assert [tuple(row) for row in intents] == [("vm-new", 4, 40.0, 10.0)]
     assert [tuple(row) for row in states] == [("vm-answered", "starting")]
+
+
+def test_a_counter_below_what_was_seen_reads_as_restored(db: Path) -> None:
+    """The store going backwards (a restored file) is said once, even after forget()."""
+    store = Store(url_of(db))
+    try:
+        store.apply("a", [running("vm-1")], {}, NOW)
+        store.apply("a", [running("vm-2")], {}, NOW)
+        assert not store.history("a").restored
+        engine = sa.create_engine(url_of(db))
+        with engine.begin() as connection:
+            connection.exec_driver_sql("UPDATE space_revisions SET rev = 1 WHERE space = 'a'")
+        engine.dispose()
+        store.histories.forget("a")
+        assert store.history("a").restored
+        assert not store.history("a").restored
+    finally:
+        store.close()

@@ -67,6 +67,13 @@ def run(space: Space, machines: list[ObservedMachine] | None = None,
     return Result(decide(space, obs, history or SpaceHistory(), NOW))
 
 
+def run_at(now: float, space: Space, machines: list[ObservedMachine],
+           history: SpaceHistory) -> Result:
+    """The decision at ``now`` (the small flavor, no cloud limits)."""
+    obs = Observation(machines, Limits(), flavors(space))
+    return Result(decide(space, obs, history, now))
+
+
 def intent(name: str, created: float, mt: str = "belle", processors: int = 1,
            hs06: float | None = None) -> MachineRecord:
     return MachineRecord(space="s.example", name=name, machinetype=mt, state=S.INTENT,
@@ -180,15 +187,60 @@ def test_shutdown_codes_and_fizzle(code: int | None, ran: float, abort: bool) ->
         assert result.creates == [] and result.status["belle"].blocked.startswith("backoff")
 
 
-def test_machine_that_vanished_is_gone_and_evaluated_once() -> None:
+def test_machine_that_vanished_is_gone_after_two_listings_and_evaluated_once() -> None:
+    """One listing can miss a server (moving from its build request into its cell between
+    two pages): the first miss only marks it; the second makes it gone, judged once."""
     space = make_space({"belle": {"target_share": 1, "fizzle_seconds": 600}})
     hist = SpaceHistory(machines={"m": record("m", started_at=NOW - 10)})
-    result = run(space, [], hist)
-    update = result.records["m"]
-    assert update.state is S.GONE and update.stopped_at == NOW
-    assert "belle" in result.aborts
+    first = run(space, [], hist)
+    missing = first.records["m"]
+    assert missing.state is S.RUNNING and missing.missing_since == NOW
+    assert first.aborts == {} and [e.kind for e in first.events] == ["missing"]
+    assert first.status["belle"].machines == {"running": 1}  # still holds capacity
+    second = run_at(NOW + 60, space, [], SpaceHistory(machines={"m": missing}))
+    update = second.records["m"]
+    assert update.state is S.GONE and update.stopped_at == NOW + 60
+    assert "belle" in second.aborts
     hist2 = SpaceHistory(machines={"m": record("m", S.STOPPED, stopped_at=NOW - 5)})
     assert run(space, [observed("m", S.STOPPED)], hist2).aborts == {}
+
+
+def test_a_machine_listed_again_is_no_longer_missing() -> None:
+    space = make_space()
+    hist = SpaceHistory(machines={"m": record("m", heartbeat_at=NOW, missing_since=NOW - 60)})
+    result = run(space, [observed("m")], hist)
+    assert result.records["m"].missing_since is None
+    assert result.records["m"].state is S.RUNNING
+
+
+def test_a_machine_we_deleted_is_gone_at_its_first_absence() -> None:
+    space = make_space()
+    hist = SpaceHistory(machines={"m": record("m", S.STOPPED, stopped_at=NOW - 30,
+                                              delete_requested_at=NOW - 20)})
+    result = run(space, [], hist)
+    assert result.records["m"].state is S.GONE
+
+
+def test_adopted_machines_get_a_fresh_grace() -> None:
+    """A lost store must never delete healthy VMs: a running VM adopted without a
+    heartbeat, and a VM starting for longer than max_starting_seconds, are kept; their
+    clocks run from the adoption.  The wallclock still counts from the cloud's start."""
+    space = make_space({"belle": {**MT_OPTS, "max_wallclock_seconds": 10_000}})
+    beating = observed("a", started=NOW - 5000, created=NOW - 5010)
+    starting = observed("b", S.STARTING, created=NOW - 5000)
+    ancient = observed("c", started=NOW - 10_001, created=NOW - 10_010)
+    first = run(space, [beating, starting, ancient])
+    assert [(d.name, d.reason) for d in first.deletes] == [("c", "wallclock")]
+    adopted = {n: r for n, r in first.records.items() if n != "c"}
+    assert all(r.adopted_at == NOW for r in adopted.values())
+    events = [e for e in first.events if e.kind == "listed"]
+    assert len(events) == 3 and all("adopted" in e.message for e in events)
+    # Within the grace nothing changes; past it, the usual rules apply again.
+    later = run_at(NOW + 100, space, [beating, starting], SpaceHistory(machines=adopted))
+    assert later.deletes == []
+    expired = run_at(NOW + 400, space, [beating, starting], SpaceHistory(machines=adopted))
+    assert {d.name: d.reason for d in expired.deletes} == {"a": "heartbeat",
+                                                          "b": "starting_too_long"}
 
 
 BACKOFF = {"target_share": 1, "backoff_seconds": 1000, "fizzle_seconds": 100}
@@ -392,3 +444,16 @@ def test_plan_is_deterministic() -> None:
     first = run(space)
     assert [c.machinetype for c in first.creates] == [c.machinetype for c in run(space).creates]
     assert {c.machinetype for c in first.creates} == {"a", "b"}
+
+
+def test_a_store_that_went_backwards_deletes_nothing_on_old_evidence() -> None:
+    """A restored store holds heartbeats older than the VMs' real ones: every listed
+    machine is treated as adopted, so the stale heartbeat kills nothing."""
+    space = make_space({"belle": MT_OPTS})
+    stale = record("m", heartbeat_at=NOW - 3000, started_at=NOW - 500)
+    plain = run(space, [observed("m", started=NOW - 500)], SpaceHistory(machines={"m": stale}))
+    assert [d.reason for d in plain.deletes] == ["heartbeat"]  # what a real stale VM gets
+    restored = run(space, [observed("m", started=NOW - 500)],
+                   SpaceHistory(machines={"m": stale}, restored=True))
+    assert restored.deletes == [] and restored.records["m"].adopted_at == NOW
+    assert any(e.kind == "error" and "went backwards" in e.message for e in restored.events)

@@ -68,6 +68,7 @@ records = st.builds(
     stopped_at=times, heartbeat_at=times,
     shutdown=st.none() | st.builds(ShutdownMessage, st.integers(100, 799), text),
     shutdown_at=times, delete_requested_at=times, delete_reason=text, fault=text,
+    adopted_at=times, missing_since=times,
     address=text)
 
 
