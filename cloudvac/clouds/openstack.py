@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -36,7 +37,7 @@ from cloudvac.auth.checkin import CheckinTokenSource
 from cloudvac.auth.discovery import SiteDiscovery
 from cloudvac.auth.keystone import checkin_source, make_plugin, make_session
 from cloudvac.clouds import nova
-from cloudvac.clouds.novalist import ServerListing
+from cloudvac.clouds.novalist import ServerListing, observe
 from cloudvac.config.models import Settings, Space
 from cloudvac.config.openstack import UUID_RE, OpenStackSpace
 from cloudvac.config.secrets import SecretError
@@ -48,7 +49,7 @@ from cloudvac.model.cloud import (
     MachineSpec,
     ObservedMachine,
 )
-from cloudvac.model.errors import AuthFailed, CloudError, Misconfigured, Retryable
+from cloudvac.model.errors import AuthFailed, CloudError, Gone, Misconfigured, NotSent, Retryable
 from cloudvac.model.naming import name_prefix
 from cloudvac.model.observer import Observer
 
@@ -244,7 +245,12 @@ class OpenStackCloud:
 
     async def create_machine(self, spec: MachineSpec) -> str:
         options = self.options
-        image_id = await self._image_id(spec.image)
+        try:
+            image_id = await self._image_id(spec.image)
+        except Gone:
+            raise Misconfigured(f"image {spec.image!r} not found") from None
+        except Retryable as exc:  # no image service, a timeout: the POST was never made
+            raise NotSent(f"image {spec.image!r} lookup failed: {exc}") from None
         networks: Any = options.networks[0] if options.networks[0] in ("auto", "none") \
             else [{"uuid": n} for n in options.networks]
         attrs: dict[str, Any] = {
@@ -266,6 +272,15 @@ class OpenStackCloud:
             attrs["availability_zone"] = options.availability_zone
         server = await self._call("create", lambda: self.conn.compute.create_server(**attrs))
         return str(server.id)
+
+    async def find_machine(self, name: str) -> ObservedMachine | None:
+        params = {"name": f"^{re.escape(name)}$"}
+        page = await self._call("lookup", partial(self._page, params))
+        for server in page.servers:
+            if server.name == name and self.listing.ours(server) \
+                    and server.status.upper() != "DELETED":
+                return observe(server)
+        return None
 
     async def delete_machine(self, cloud_id: str) -> None:
         await self._call("delete", lambda: self.conn.compute.delete_server(
@@ -291,6 +306,9 @@ def _next_marker(page: nova.ServerPage) -> str | None:
 
 def _translate(exc: BaseException, kind: str) -> CloudError:
     """openstacksdk / keystoneauth exceptions to the taxonomy; the message is the cloud's."""
+    if kind == "create" and isinstance(exc, ks_exc.ConnectFailure | ks_exc.ConnectTimeout):
+        return NotSent(f"{kind}: cannot connect to the cloud ({type(exc).__name__}); "
+                       "the create was not sent")
     if isinstance(exc, ks_exc.Unauthorized):
         return AuthFailed(f"{kind}: Keystone refused the credentials (HTTP 401): check the "
                           "user, project and secret")

@@ -386,6 +386,11 @@ class SimCloud:
         await self._call("create")
         return self.project.create(spec, self._files.get(spec.machinetype, HEARTBEAT_FILE))
 
+    async def find_machine(self, name: str) -> ObservedMachine | None:
+        await self._call("lookup")
+        return next((srv.observe() for srv in self.project.owned(self._owner)
+                     if srv.name == name), None)
+
     async def delete_machine(self, cloud_id: str) -> None:
         await self._call("delete")
         self.project.delete(cloud_id)

@@ -2,8 +2,9 @@
 
 Crash safety: every create is recorded as a machine row in state ``intent`` (committed)
 before the cloud is asked, and its name and tags let the next listing recognise it; a
-definite refusal (quota, misconfiguration, credentials) marks the row gone at once, an
-unknown outcome (timeout, 5xx) leaves it for the listing to settle.  Deletions were
+definite refusal (quota, misconfiguration, credentials) or a create that was never sent
+(``NotSent``: an image lookup failed) marks the row gone at once, an unknown outcome
+(timeout, 5xx) leaves it for the listing to settle.  Deletions were
 recorded by the cycle before this step runs.  At most ``api_concurrency`` calls are in
 flight; each call's events are returned with its outcome, never shared.
 """
@@ -27,7 +28,14 @@ from cloudvac.model.cloud import (
     Cloud,
     MachineSpec,
 )
-from cloudvac.model.errors import AuthFailed, CloudError, Gone, Misconfigured, QuotaExceeded
+from cloudvac.model.errors import (
+    AuthFailed,
+    CloudError,
+    Gone,
+    Misconfigured,
+    NotSent,
+    QuotaExceeded,
+)
 from cloudvac.model.records import Event, MachineRecord
 from cloudvac.model.states import MachineState
 
@@ -107,13 +115,14 @@ class Actor:
         await asyncio.to_thread(tools.store.apply, space.name, [intent], {}, now)
         try:
             await self.cloud.create_machine(self._spec(space, create, intent, user_data))
-        except (QuotaExceeded, Misconfigured, AuthFailed) as exc:
-            # A definite refusal: nothing was created, so the intent must not hold capacity.
-            gone = replace(intent, state=MachineState.GONE, fault=f"create refused: {exc}")
+        except (QuotaExceeded, Misconfigured, AuthFailed, NotSent) as exc:
+            # Definitely nothing created (refused, or never sent): free the intent now.
+            gone = replace(intent, state=MachineState.GONE, fault=f"create failed: {exc}")
             await asyncio.to_thread(tools.store.apply, space.name, [gone], {}, now)
-            refused.add("*" if not isinstance(exc, Misconfigured) else mt.name)
+            refused.add(mt.name if isinstance(exc, Misconfigured | NotSent) else "*")
             count(space.name, mt.name, type(exc).__name__).inc()
-            return error(f"create refused ({type(exc).__name__}): {exc}")
+            verb = "not sent" if isinstance(exc, NotSent) else "refused"
+            return error(f"create {verb} ({type(exc).__name__}): {exc}")
         except CloudError as exc:  # outcome unknown (timeout, 5xx): the listing will tell
             count(space.name, mt.name, type(exc).__name__).inc()
             return error(f"create outcome unknown ({type(exc).__name__}): {exc}")

@@ -69,7 +69,7 @@ class SpaceCycle:
 
     def __init__(self, cloud: Cloud, settings: Settings, tools: CycleTools) -> None:
         self.cloud, self.settings, self.tools = cloud, settings, tools
-        self.reader = CloudReader(cloud)
+        self.reader = CloudReader(cloud, tools.clock())
         self.actor = Actor(cloud, settings, tools)
         self.credentials = CredentialWatch(cloud, tools.store)
 
@@ -93,11 +93,15 @@ class SpaceCycle:
         store = self.tools.store
         observation, seen = await self.reader.observe(space, now, self.tools.monotonic())
         history = await asyncio.to_thread(store.history, space.name)
+        observation = await self.reader.settle_intents(observation, history, now)
         decision = decide(space, observation, history, now)
         await self._record(space, decision.changes, now)
+        # The decisions' events are stored before acting: a manager killed while acting
+        # loses only what acting itself would have said (the next listing says the rest).
+        await self._log(space, (*seen, *decision.changes.events))
         acted = await self.actor.act(space, decision.plan.deletes, decision.plan.creates)
         notes = await self.credentials.check(space, now)
-        await self._log(space, (*seen, *decision.changes.events, *acted.events, *notes))
+        await self._log(space, (*acted.events, *notes))
         self._gauges(space, decision.plan.status, decision.changes.aborts)
         return CycleReport(space.name, now, created=acted.created,
                            create_failures=acted.create_failures, deleted=acted.deleted,

@@ -37,7 +37,7 @@ class Decision:
 
 def decide(space: Space, observation: Observation, history: SpaceHistory,
            now: float) -> Decision:
-    seen = reconcile(space, observation.machines, history, now)
+    seen = reconcile(space, observation.machines, history, now, observation.absent)
     chosen = plan(space, observation, seen, history, now)
     records = dict(seen.changed)
     events = list(seen.events)

@@ -1,20 +1,29 @@
 """The cycle's first step: what one space's cloud says now.
 
 One listing every cycle; flavors from the adapter (which caches its flavor list); the
-cloud's limits only when they can matter (``CloudReader.limits``).  Holds the one cache
-that is the engine's own: the last quota answer that left no room.
+cloud's limits only when they can matter (``CloudReader.limits``); and, for intents an
+earlier incarnation left behind, a direct lookup by name (``CloudReader.settle_intents``).
+Holds the engine's own caches: the last quota answer that left no room, and the intents
+already looked up.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from cloudvac.config.models import Space
 from cloudvac.engine.planner import Observation
 from cloudvac.model.cloud import Cloud, Flavor, Limits, ObservedMachine
 from cloudvac.model.errors import Misconfigured
-from cloudvac.model.records import Event
+from cloudvac.model.records import Event, SpaceHistory
+from cloudvac.model.states import MachineState
+
+#: An intent left by an earlier incarnation is looked up once it is this old: by then a
+#: create request still in flight when that incarnation died has been answered.
+LOOKUP_AFTER_SECONDS = 60.0
+#: Lookups per cycle at most (one request each), so a crash loop cannot flood the cloud.
+LOOKUPS_PER_CYCLE = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,9 +36,34 @@ class _FullQuota:
 class CloudReader:
     """Observes one space's cloud, cycle after cycle."""
 
-    def __init__(self, cloud: Cloud) -> None:
-        self.cloud = cloud
+    def __init__(self, cloud: Cloud, born: float) -> None:
+        """``born``: when this reader started (the engine's clock); intents written before
+        then are an earlier incarnation's."""
+        self.cloud, self.born = cloud, born
         self._full: _FullQuota | None = None
+        self._looked_up: set[str] = set()
+
+    async def settle_intents(self, observation: Observation, history: SpaceHistory,
+                             now: float) -> Observation:
+        """Ask the cloud directly about intents an earlier incarnation left unlisted: a
+        server found joins the observation, a name the cloud has none of is ``absent``
+        (its intent is freed at once instead of holding capacity for intent_seconds)."""
+        listed = {m.name for m in observation.machines}
+        stale = [r.name for r in history.machines.values()
+                 if r.state is MachineState.INTENT and r.name not in listed
+                 and r.name not in self._looked_up and r.created_at is not None
+                 and r.created_at < self.born and now - r.created_at >= LOOKUP_AFTER_SECONDS]
+        found, absent = list(observation.machines), set(observation.absent)
+        for name in stale[:LOOKUPS_PER_CYCLE]:
+            self._looked_up.add(name)
+            machine = await self.cloud.find_machine(name)
+            if machine is None:
+                absent.add(name)
+            else:
+                found.append(machine)
+        if not stale:
+            return observation
+        return replace(observation, machines=found, absent=frozenset(absent))
 
     async def observe(self, space: Space, now: float,
                       tick: float) -> tuple[Observation, tuple[Event, ...]]:

@@ -44,6 +44,9 @@ class Observation:
     limits: Limits = field(default_factory=Limits)
     flavors: Mapping[str, Flavor] = field(default_factory=dict)
     """Resolved flavor per machinetype; a machinetype missing here cannot create."""
+    absent: frozenset[str] = frozenset()
+    """Names the cloud, asked directly, said it has no server for (intents left by a
+    crash): their intents are freed at once."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,7 +58,8 @@ class Reconciled:
 
 
 def reconcile(space: Space, observed: Sequence[ObservedMachine], history: SpaceHistory,
-              now: float) -> Reconciled:
+              now: float, absent: frozenset[str] = frozenset()) -> Reconciled:
+    """``absent``: names the cloud said, when asked directly, it has no server for."""
     views: list[MachineView] = []
     changed: dict[str, MachineRecord] = {}
     events: list[Event] = []
@@ -88,7 +89,8 @@ def reconcile(space: Space, observed: Sequence[ObservedMachine], history: SpaceH
         views.append(MachineView(record, True))
     for name, old in machines.items():
         if name not in listed:
-            record = _unlisted(space, old, now, events, aborts)
+            record = _unlisted(space, old, now, events, aborts) if name not in absent \
+                else _never_created(old, now, events)
             if record is not old:
                 changed[name] = record
             if record.state is not _GONE:
@@ -134,6 +136,13 @@ def _unlisted(space: Space, old: MachineRecord, now: float, events: list[Event],
         record = _ended(space, record, now, events, aborts)
     events.append(event(now, record, "gone", "no longer listed by the cloud"))
     return record
+
+
+def _never_created(old: MachineRecord, now: float, events: list[Event]) -> MachineRecord:
+    """An intent the cloud has no server for: forgotten now, not after intent_seconds."""
+    events.append(event(now, old, "intent-expired", "the cloud has no server of this name: "
+                        "the create never reached it; forgotten"))
+    return replace(old, state=_GONE)
 
 
 def _merge(space: str, seen: ObservedMachine, old: MachineRecord | None,

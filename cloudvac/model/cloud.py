@@ -12,10 +12,14 @@ Contract for adapters:
   remembers a created machine until it is listed; adapters keep no such memory.
 * ``delete_machine(cloud_id)`` requests deletion; a server that is already gone is
   success (idempotent).
+* ``find_machine(name)`` looks one of our servers up by its exact name (None: the cloud
+  has none), for creates whose outcome a crash left unknown.
 * ``limits()`` returns what the project may still use, counting foreign servers.
 * ``flavor(names, min_processors, max_processors)`` resolves the first flavor in
   ``names`` whose vCPU count lies in the range (VCycle's rule); the adapter caches what
   it lists, so asking every cycle costs no request.
+* ``create_machine`` raises ``NotSent`` for anything that failed before the create
+  request left (an image lookup, a refused connection): the engine frees the intent.
 
 Errors are translated into ``model.errors``; nothing else may escape an adapter except
 ``CloudError`` subclasses (anything else is a bug, reported as such by the cycle).
@@ -103,6 +107,8 @@ class Cloud(Protocol):
     async def create_machine(self, spec: MachineSpec) -> str: ...
 
     async def delete_machine(self, cloud_id: str) -> None: ...
+
+    async def find_machine(self, name: str) -> ObservedMachine | None: ...
 
     async def limits(self) -> Limits: ...
 

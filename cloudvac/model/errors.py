@@ -32,3 +32,9 @@ class AuthFailed(CloudError):
 class Misconfigured(CloudError):
     """The request itself is wrong (400: bad flavor, image, network).  Carries the cloud's
     own message so the operator sees what to fix."""
+
+
+class NotSent(CloudError):
+    """A create that never left cloudvac: a lookup it needed failed (image, network), or
+    the cloud could not be connected to.  Nothing was created, so its intent is freed at
+    once; ``str()`` says what failed."""

@@ -12,6 +12,7 @@ import pytest
 from cloudvac.clouds.factory import CloudFactory
 from cloudvac.config import load_config_dir
 from cloudvac.config.models import SimMachinetype
+from cloudvac.engine import observe
 from cloudvac.engine.cycle import SpaceCycle
 from cloudvac.engine.daemon import ConfigSource, Daemon
 from cloudvac.engine.metrics import EngineMetrics
@@ -127,6 +128,9 @@ class ExplodingCloud:
         raise RuntimeError("adapter bug")
 
     async def delete_machine(self, cloud_id: str) -> None:
+        raise RuntimeError("adapter bug")
+
+    async def find_machine(self, name: str) -> ObservedMachine | None:
         raise RuntimeError("adapter bug")
 
     async def limits(self) -> Limits:
@@ -361,3 +365,25 @@ def test_a_backward_wall_clock_step_never_freezes_a_space(tmp_path: Path, store:
 
     assert asyncio.run(scenario()) >= 6
     assert calls[0] > 5  # the step did happen
+
+
+def test_intents_left_by_a_dead_manager_are_looked_up_and_freed(
+        tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A manager dies after recording its intents, before asking the cloud.  The next one
+    looks each up by name once they are old enough for any create to have been answered,
+    frees those the cloud has none of at once (not after intent_seconds), and fills the
+    space in the same cycle."""
+    cdir = config(tmp_path, {"a.example": {"intent": 3600}})
+    daemon = make_daemon(cdir, store)
+    real_get = daemon.clouds.get
+    daemon.clouds.get = lambda space, settings: NeverCreates(real_get(space, settings))  # type: ignore
+    asyncio.run(daemon.run(cycles=1))
+    assert len(intents(store, "a.example")) == 4
+    monkeypatch.setattr(observe, "LOOKUP_AFTER_SECONDS", 0.0)
+    restarted = make_daemon(cdir, store)
+    asyncio.run(restarted.run(cycles=1))
+    project = restarted.clouds.project("a.example")
+    assert project is not None and project.calls["lookup"] == 4
+    assert len(project.servers) == 4  # created in the first cycle after the restart
+    forgotten = [e for e in store.events("a.example") if e.kind == "intent-expired"]
+    assert len(forgotten) == 4 and all("never reached" in e.message for e in forgotten)

@@ -82,6 +82,9 @@ class ExpiringCloud:
     async def delete_machine(self, cloud_id: str) -> None:
         return None
 
+    async def find_machine(self, name: str) -> ObservedMachine | None:
+        return None
+
     async def close(self) -> None:
         return None
 
