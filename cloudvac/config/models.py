@@ -141,6 +141,17 @@ class Machinetype(_Model):
                                     "(without a 100/200 code) sets the backoff.")
     backoff_seconds: Seconds = Field(3600, description="No new machines this long after an "
                                      "abort (codes 300-699 or a fizzle).")
+    vm_unreachable_poweroff_seconds: Seconds = Field(
+        14400, description="The in-VM agent ends its pilot and powers the VM off when the "
+        "manager has not answered it for this long, or answers that it no longer knows or "
+        "accepts the VM (401/403/404/410): a dead manager, a revoked token or a deleted "
+        "project cannot leave VMs running. Long enough to ride out a manager restart or a "
+        "network outage; at least three heartbeat periods; 0 disables.")
+    vm_deadline_grace_seconds: Seconds = Field(
+        3600, description="The in-VM agent ends its pilot and powers the VM off at the "
+        "latest max_wallclock_seconds + this after its user_data was rendered (its creation), "
+        "even if the manager never deletes it; longer than the slowest boot, so that the "
+        "manager's own deletion normally comes first.")
     heartbeat_file: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]{1,64}$",
                                        description="File VMs upload to say they are alive "
                                        "(default: heartbeat).")
@@ -209,6 +220,11 @@ class Machinetype(_Model):
                              f"({self.min_processors})")
         if bool(self.heartbeat_seconds) and not self.heartbeat_file:
             raise ValueError("heartbeat_seconds needs heartbeat_file")
+        if 0 < self.vm_unreachable_poweroff_seconds < 3 * self.heartbeat_period:
+            # Fewer chances to be heard would power healthy VMs off after a missed beat or two.
+            raise ValueError(f"vm_unreachable_poweroff_seconds "
+                             f"({self.vm_unreachable_poweroff_seconds}) must be 0 or at least "
+                             f"three heartbeat periods ({3 * self.heartbeat_period})")
         return self
 
     @property

@@ -28,6 +28,15 @@ On SIGTERM/SIGINT the pilot's process group gets SIGTERM, and SIGKILL after
 SIGTERM/SIGINT, then ends the same way. Exit status 0; 2 for a bad command line or config, in
 which case nothing runs and nothing is powered off.
 
+So that a dead manager, a revoked token or a deleted project cannot leave a VM running, the agent
+also ends it as on SIGTERM once the wall clock reaches ``deadline`` (unix time), sending ``700
+Exceeded max_wallclock_seconds``, or once ``unreachable_poweroff_seconds`` passed without an
+answer from the manager (counted from the start), sending ``700 Manager unreachable``; null or
+absent: no such limit. An answer is a 2xx or a non-retried 4xx other than 401/403/404/410 (those
+say the manager no longer knows or accepts this VM: token expired or revoked, machine ended or
+unknown); retried failures are no answer. The pilot's own line is then ignored (cut short, it
+cannot say why the VM stopped) and the final uploads get at most ``SELF_END_UPLOAD_SECONDS``.
+
 The token is a secret: never logged, never given to a child process (argv or environment;
 environment variables containing it are dropped), never written, and replaced by ``***`` in
 uploaded logs.
@@ -53,7 +62,7 @@ import time
 import urllib.error
 import urllib.request
 from types import FrameType
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 FILE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # The server takes codes 100-799; control characters would break its one-line format.
@@ -62,14 +71,16 @@ MAX_SHUTDOWN_LINE = 4 + 200  # "NNN " and the text the server keeps
 TOKEN_RE = re.compile(r"[\x21-\x7e]+")  # no whitespace: it goes verbatim into a header
 SHUTDOWN_FILE = "shutdown_message"
 FAILED_TEXT = "Failed, probably JobAgent or Application problem"
-RETRY_BASE_SECONDS = 0.5
-RETRY_MAX_SECONDS = 30.0
+REQUESTED = "100 Shutdown as requested"
+LOST = (401, 403, 404, 410)  # the manager no longer knows or accepts this VM
+SELF_END_UPLOAD_SECONDS = 60.0  # the manager is likely gone: don't linger
+RETRY_BASE_SECONDS, RETRY_MAX_SECONDS = 0.5, 30.0
 DEFAULTS: Dict[str, Any] = {
     "heartbeat_period_seconds": 60.0, "heartbeat_file": "heartbeat", "logs": [],
     "max_log_bytes": 1048576, "shutdown_message_path": None,
     "poweroff_command": ["systemctl", "poweroff"], "final_upload_seconds": 300.0,
     "request_timeout_seconds": 20.0, "ca_file": None, "terminate_grace_seconds": 30.0,
-}
+    "unreachable_poweroff_seconds": None, "deadline": None}
 
 _secrets: List[str] = []
 _log_lock = threading.Lock()
@@ -78,10 +89,13 @@ _log_lock = threading.Lock()
 def log(message: str) -> None:
     for secret in _secrets:
         message = message.replace(secret, "***")
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     with _log_lock:
-        sys.stderr.write(f"{stamp} cloudvac-agent: {message}\n")
+        sys.stderr.write(f"{_utc(time.time())} cloudvac-agent: {message}\n")
         sys.stderr.flush()
+
+
+def _utc(when: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
 
 
 class ConfigError(Exception):
@@ -117,6 +131,9 @@ class Config:
         self.request_timeout_seconds = _number(raw, "request_timeout_seconds")
         self.ca_file = _string(raw, "ca_file", None)
         self.terminate_grace_seconds = _number(raw, "terminate_grace_seconds")
+        self.unreachable_poweroff_seconds, self.deadline = (
+            None if raw.get(key) is None else _number(raw, key)
+            for key in ("unreachable_poweroff_seconds", "deadline"))
 
 
 def _string(raw: Dict[str, Any], key: str, default: Optional[str]) -> Optional[str]:
@@ -162,38 +179,37 @@ class Uploader:
             context = ssl.create_default_context(cafile=config.ca_file)
             handlers.append(urllib.request.HTTPSHandler(context=context))
         self.opener = urllib.request.build_opener(*handlers)
+        # The manager's last answer (monotonic); starting counts. A float swap is atomic.
+        self.answered_at = time.monotonic()
 
     def put(self, name: str, body: bytes, deadline: float,
             stop: Optional[threading.Event] = None) -> Tuple[Optional[int], str]:
         """Upload until stored, refused for good, past deadline or stopped: (status, problem).
-
-        Only the heartbeat passes ``stop``; it logs state changes itself, so this stays quiet.
-        """
-        attempt = 0
+        Only the heartbeat passes ``stop``; it logs state changes itself, so this stays quiet."""
+        say: Callable[[str], None] = log if stop is None else (lambda message: None)
+        attempt, what = 0, "not tried"
         status: Optional[int] = None
-        what = "not tried"
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0.05 or (stop is not None and stop.is_set()):
-                if stop is None:
-                    log(f"PUT {name}: gave up after {attempt} tries: {what}")
+                say(f"PUT {name}: gave up after {attempt} tries: {what}")
                 return status, what
             status, detail = self._once(name, body, min(self.config.request_timeout_seconds,
                                                         remaining))
             what = f"HTTP {status} {detail}" if status else detail
             if status is not None and 200 <= status < 300:
-                if stop is None:
-                    log(f"PUT {name}: stored ({len(body)} bytes)")
+                self.answered_at = time.monotonic()
+                say(f"PUT {name}: stored ({len(body)} bytes)")
                 return status, ""
             if status is not None and status < 500 and status not in (408, 429):
-                if stop is None:
-                    log(f"PUT {name}: refused, not retried: {what}")
+                if status >= 400 and status not in LOST:  # see the module docstring
+                    self.answered_at = time.monotonic()
+                say(f"PUT {name}: refused, not retried: {what}")
                 return status, what
             delay = min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2 ** attempt)
             delay = min(delay * random.uniform(0.5, 1.5), deadline - time.monotonic())
             attempt += 1
-            if stop is None:
-                log(f"PUT {name}: {what}; retry {attempt} in {max(delay, 0):.1f}s")
+            say(f"PUT {name}: {what}; retry {attempt} in {max(delay, 0):.1f}s")
             if delay > 0:
                 (stop or threading.Event()).wait(delay)
 
@@ -221,48 +237,13 @@ class Uploader:
             return None, f"{type(cause).__name__}: {cause}"
 
 
-class Heartbeat(threading.Thread):
-    def __init__(self, config: Config, uploader: Uploader) -> None:
-        super().__init__(name="heartbeat", daemon=True)
-        self.config = config
-        self.uploader = uploader
-        self.stopped = threading.Event()
-
-    def run(self) -> None:
-        period = self.config.heartbeat_period_seconds
-        due = time.monotonic()
-        last = "not tried"
-        while not self.stopped.is_set():
-            try:
-                load = os.getloadavg()[0]
-            except OSError:
-                load = 0.0
-            body = f"{int(time.time())} {load:.2f}\n".encode("ascii")
-            try:
-                # Never past the next heartbeat's slot: a stale retry is worth less than it.
-                _, what = self.uploader.put(self.config.heartbeat_file, body, due + period,
-                                            self.stopped)
-            except Exception as exc:  # a bug here must not end the heartbeats
-                what = f"internal error {exc!r}"
-            # Once per change, not per try: an outage of hours must not flood the journal.
-            if what != last and not self.stopped.is_set():
-                log(f"heartbeat failing: {what}" if what else "heartbeat accepted")
-            last = what
-            due = max(due + period, time.monotonic())
-            self.stopped.wait(due - time.monotonic())
-
-    def stop(self) -> None:
-        self.stopped.set()
-        # The in-flight PUT may hold the thread for a while; it is a daemon, so don't wait long.
-        self.join(1.0)
-
-
 class Agent:
     def __init__(self, config: Config, command: List[str]) -> None:
         self.config = config
         self.command = command
         self.uploader = Uploader(config)
-        self.signal_name: Optional[str] = None
+        # (why, shutdown line) once the VM is to end before its pilot does; the first stays.
+        self.ending: Optional[Tuple[str, str]] = None
         # Popen[bytes] is not subscriptable on 3.6, but annotations in functions are not evaluated.
         self.proc: Optional[subprocess.Popen[bytes]] = None
         self.terminated_at: Optional[float] = None
@@ -272,9 +253,19 @@ class Agent:
 
     def _on_signal(self, signum: int, frame: Optional[FrameType]) -> None:
         # Only flags and kill here: logging could re-enter a half-done stderr write.
-        if self.signal_name is None:
-            self.signal_name = signal.Signals(signum).name
+        if self.ending is None:
+            self.ending = ("got " + signal.Signals(signum).name, REQUESTED)
         self._terminate()
+
+    def _check_lease(self) -> Optional[Tuple[str, str]]:
+        """``ending``, first set if the VM must end on its own (see the module docstring)."""
+        end, limit = self.config.deadline, self.config.unreachable_poweroff_seconds
+        if self.ending is None and end is not None and time.time() >= end:
+            self.ending = (f"deadline {_utc(end)} passed", "700 Exceeded max_wallclock_seconds")
+        silent = time.monotonic() - self.uploader.answered_at
+        if self.ending is None and limit is not None and silent > limit:
+            self.ending = (f"no answer from the manager for {limit:g}s", "700 Manager unreachable")
+        return self.ending
 
     def _terminate(self) -> None:
         if self.proc is not None and self.proc.returncode is None and self.terminated_at is None:
@@ -284,9 +275,11 @@ class Agent:
     def run(self) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
-        log(f"started; joboutputs {self.config.joboutputs_url}, "
-            f"heartbeat every {self.config.heartbeat_period_seconds}s")
-        heartbeat = Heartbeat(self.config, self.uploader)
+        log(f"started; joboutputs {self.config.joboutputs_url}, heartbeat every "
+            f"{self.config.heartbeat_period_seconds}s, deadline {self.config.deadline}, "
+            f"unreachable_poweroff_seconds {self.config.unreachable_poweroff_seconds}")
+        stopped = threading.Event()
+        heartbeat = threading.Thread(target=self._heartbeat, args=(stopped,), daemon=True)
         heartbeat.start()
         try:
             fallback = self._run_pilot() if self.command else self._idle()
@@ -294,21 +287,47 @@ class Agent:
         except Exception as exc:  # whatever went wrong, the VM must still stop
             log(f"internal error: {exc!r}")
         finally:
-            heartbeat.stop()
+            stopped.set()
+            # The in-flight PUT may hold the thread a while; it is a daemon, so don't wait long.
+            heartbeat.join(1.0)
             self._poweroff()
         return 0
 
+    def _heartbeat(self, stopped: threading.Event) -> None:
+        period = self.config.heartbeat_period_seconds
+        due, last = time.monotonic(), "not tried"
+        while not stopped.is_set():
+            try:
+                load = os.getloadavg()[0]
+            except OSError:
+                load = 0.0
+            body = f"{int(time.time())} {load:.2f}\n".encode("ascii")
+            try:
+                # Never past the next heartbeat's slot: a stale retry is worth less than it.
+                _, what = self.uploader.put(self.config.heartbeat_file, body, due + period,
+                                            stopped)
+            except Exception as exc:  # a bug here must not end the heartbeats
+                what = f"internal error {exc!r}"
+            # Once per change, not per try: an outage of hours must not flood the journal.
+            if what != last and not stopped.is_set():
+                log(f"heartbeat failing: {what}" if what else "heartbeat accepted")
+            last = what
+            due = max(due + period, time.monotonic())
+            stopped.wait(due - time.monotonic())
+
     def _idle(self) -> str:
-        while self.signal_name is None:
+        ending = self._check_lease()
+        while ending is None:
             time.sleep(0.2)
-        log(f"got {self.signal_name}; no pilot to stop")
-        return "100 Shutdown as requested"
+            ending = self._check_lease()
+        log(f"{ending[0]}; no pilot to stop")
+        return ending[1]
 
     def _run_pilot(self) -> str:
         for key in set(os.environ) - set(self.child_env):
             log(f"not passing environment variable {key} to child processes")
-        if self.signal_name is not None:
-            return "100 Shutdown as requested"
+        if self._check_lease() is not None:  # a signal or the lease: never start the pilot
+            return self._idle()
         log("starting pilot: " + " ".join(shlex.quote(arg) for arg in self.command))
         try:
             # Own process group, so SIGTERM/SIGKILL also reach whatever the pilot spawned.
@@ -326,10 +345,11 @@ class Agent:
                 break
             except subprocess.TimeoutExpired:
                 pass
-            if self.signal_name is not None:
+            ending = self._check_lease()
+            if ending is not None:
                 self._terminate()  # a signal may have come before self.proc was set
                 if not announced:
-                    log(f"got {self.signal_name}; sent SIGTERM to pilot {proc.pid}")
+                    log(f"{ending[0]}; sent SIGTERM to pilot {proc.pid}")
                     announced = True
                 grace = self.config.terminate_grace_seconds
                 if (not killed and self.terminated_at is not None
@@ -338,10 +358,10 @@ class Agent:
                     _kill_group(proc.pid, signal.SIGKILL)
                     killed = True
         how = f"killed by signal {-code}" if code < 0 else f"exit {code}"
-        log("pilot ended: " + how + (f" (agent got {self.signal_name})"
-                                     if self.signal_name else ""))
-        if self.signal_name is not None:
-            return "100 Shutdown as requested"
+        ending = self.ending
+        log("pilot ended: " + how + (f" ({ending[0]})" if ending else ""))
+        if ending is not None:
+            return ending[1]
         return "200 Success" if code == 0 else f"700 {FAILED_TEXT} ({how})"
 
     def _pilot_message(self) -> Optional[str]:
@@ -361,11 +381,13 @@ class Agent:
         return None
 
     def _final_uploads(self, fallback: str) -> None:
-        deadline = time.monotonic() + self.config.final_upload_seconds
-        messages = [fallback]
-        own = self._pilot_message()
-        if own is not None and own != fallback:
-            messages.insert(0, own)
+        seconds, messages = self.config.final_upload_seconds, [fallback]
+        if self.ending is not None and self.ending[1] != REQUESTED:  # the agent's own decision
+            seconds = min(seconds, SELF_END_UPLOAD_SECONDS)
+        else:
+            own = self._pilot_message() or fallback
+            messages = [own, fallback] if own != fallback else messages
+        deadline = time.monotonic() + seconds
         for message in messages:
             log("shutdown_message: " + message)
             status, _ = self.uploader.put(SHUTDOWN_FILE, message.encode("utf-8"), deadline)
@@ -410,20 +432,15 @@ def _kill_group(pid: int, signum: int) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     # Split by hand: argparse would try to read the pilot's own --options.
-    command: List[str] = []
-    if "--" in args:
-        command = args[args.index("--") + 1:]
-        args = args[:args.index("--")]
+    split = args.index("--") if "--" in args else len(args)
+    args, command = args[:split], args[split + 1:]
     parser = argparse.ArgumentParser(prog="agent.py", description="cloudvac in-VM agent")
     parser.add_argument("--config", required=True, help="JSON config file")
     options = parser.parse_args(args)
     try:
         agent = Agent(load_config(options.config), command)
-    except ConfigError as exc:
-        log(f"bad config: {exc}")
-        return 2
-    except OSError as exc:  # from ssl: ca_file missing or not PEM
-        log(f"bad config: ca_file: {exc}")
+    except (ConfigError, OSError) as exc:  # OSError: from ssl, ca_file missing or not PEM
+        log(f"bad config: {'' if isinstance(exc, ConfigError) else 'ca_file: '}{exc}")
         return 2
     return agent.run()
 

@@ -8,8 +8,10 @@
   ``dirac`` and ``vo``), then reports its shutdown code and powers off;
 * an absolute path: an operator's template with VCycle's ``##user_data_*##`` placeholders.
 
-Every render is validated (``validate.py``); secrets (the VM token, host key, proxy) appear
-only in the returned text, and ``mask_secrets`` replaces them for display.
+Every render is validated (``validate.py``); secrets appear only in the returned text, and
+``render(..., mask=True)`` replaces each with ``MASK`` for display: the VM token, host key and
+proxy, and in operator templates the contents of every ``user_data_file_*`` and each
+``user_data_option_*`` that looks secret (``looks_secret``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import math
+import re
 import shlex
 import socket
 import time
@@ -44,6 +48,11 @@ COMMON_REPOSITORIES = ("grid.cern.ch", "dirac.egi.eu")
 PILOT_LOG = "/var/lib/cloudvac/pilot/pilot.log"
 SHUTDOWN_MESSAGE_PATH = "/var/run/cloudvac/shutdown_message"
 SQUID_PORT = 3128
+# Option names and values that hold secrets: a password, token or key by name; a PEM private
+# key (an X.509 proxy holds one too), a JWT, or credentials inside a URL by value.
+SECRET_NAME = re.compile(r"pass|secret|token|key|credential|private", re.IGNORECASE)
+SECRET_VALUE = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY|eyJ[\w-]+\.eyJ[\w-]+\."
+                          r"|://[^/\s:@]+:[^/\s@]+@")
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,11 +111,17 @@ class ContextRenderer:
 
     def agent_config(self, space: Space, mt: Machinetype, name: str,
                      mask: bool = False) -> dict[str, Any]:
+        """The in-VM agent's JSON config (``agent.py`` documents the keys); the VM powers
+        itself off at ``deadline`` = now + ``max_wallclock_seconds`` +
+        ``vm_deadline_grace_seconds`` at the latest."""
+        deadline = self.clock() + mt.max_wallclock_seconds + mt.vm_deadline_grace_seconds
         config: dict[str, Any] = {
             "joboutputs_url": self.urls(space, mt, name)["joboutputs_url"],
             "token": MASK if mask else self.token(space, mt, name),
             "heartbeat_period_seconds": mt.heartbeat_period,
-            "heartbeat_file": mt.heartbeat_file or HEARTBEAT_FILE}
+            "heartbeat_file": mt.heartbeat_file or HEARTBEAT_FILE,
+            "deadline": math.ceil(deadline),
+            "unreachable_poweroff_seconds": mt.vm_unreachable_poweroff_seconds or None}
         if mt.dirac is not None:
             config.update(logs=[PILOT_LOG], shutdown_message_path=SHUTDOWN_MESSAGE_PATH)
         return config
@@ -201,12 +216,19 @@ class ContextRenderer:
         if mt.root_image and mt.root_image.startswith(("http://", "https://")):
             values["root_image_url"] = mt.root_image
         for key, value in mt.user_data_options.items():
-            values[f"option_{key}"] = value
+            values[f"option_{key}"] = MASK if mask and looks_secret(key, value) else value
         for key, file in mt.user_data_files.items():
-            values[f"option_{key}"] = values[f"file_{key}"] = file.read_text()
+            content = file.read_text()  # read even when masked: a missing file is an error
+            # Files are where operators put keys and passwords: shown masked, every one.
+            values[f"option_{key}"] = values[f"file_{key}"] = MASK if mask else content
         if space.squid_proxies or space.squid_machinetype:
             values.setdefault("option_cvmfs_proxy", self.cvmfs_http_proxy(space))
         return substitute(path.read_text(), values)
+
+
+def looks_secret(name: str, value: str) -> bool:
+    """Whether a ``user_data_option_NAME`` is masked for display (``SECRET_NAME``/``_VALUE``)."""
+    return bool(SECRET_NAME.search(name) or SECRET_VALUE.search(value))
 
 
 def check_space(space: Space, settings: Settings) -> list[str]:

@@ -47,22 +47,34 @@ class Acted:
     created: int = 0
     create_failures: int = 0
     deleted: int = 0
+    deferred: int = 0
+    """Creates not started because the act step's deadline had passed (planned again)."""
     events: tuple[Event, ...] = ()
+    refused: frozenset[str] = frozenset()
+    """Flavors the cloud refused for quota or capacity this cycle."""
+    accepted: frozenset[str] = frozenset()
+    """Flavors the cloud created a machine of this cycle."""
+    auth_refused: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class _Done:
     ok: bool
     events: tuple[Event, ...] = ()
+    error: type[CloudError] | None = None
+    flavor: str = ""
+    deferred: bool = False
 
 
 class Actor:
     def __init__(self, cloud: Cloud, settings: Settings, tools: CycleTools) -> None:
         self.cloud, self.settings, self.tools = cloud, settings, tools
 
-    async def act(self, space: Space, deletes: Sequence[Deletion],
-                  creates: Sequence[Create]) -> Acted:
-        """Deletes first (they free capacity), then creates."""
+    async def act(self, space: Space, deletes: Sequence[Deletion], creates: Sequence[Create],
+                  deadline: float) -> Acted:
+        """Deletes first (they free capacity), then creates; no create starts after
+        ``deadline`` (monotonic), so a large burst spreads over cycles instead of
+        overrunning the cycle's own deadline."""
         sem = asyncio.Semaphore(self.settings.api_concurrency)
         refused: set[str] = set()  # machinetypes (or "*") refused this cycle: stop asking
 
@@ -74,13 +86,13 @@ class Actor:
             async with sem:
                 if "*" in refused or c.machinetype in refused:
                     return _Done(False)
+                if self.tools.monotonic() > deadline:
+                    return _Done(False, deferred=True)
                 return await self._create(space, c, refused)
 
         deleted = await asyncio.gather(*(limited(self._delete(space, d)) for d in deletes))
         created = await asyncio.gather(*(create(c) for c in creates))
-        events = tuple(e for done in (*deleted, *created) for e in done.events)
-        ok = sum(done.ok for done in created)
-        return Acted(ok, len(created) - ok, sum(done.ok for done in deleted), events)
+        return _acted(deleted, created)
 
     async def _delete(self, space: Space, d: Deletion) -> _Done:
         count = self.tools.metrics.deletes.labels
@@ -122,14 +134,16 @@ class Actor:
             refused.add(mt.name if isinstance(exc, Misconfigured | NotSent) else "*")
             count(space.name, mt.name, type(exc).__name__).inc()
             verb = "not sent" if isinstance(exc, NotSent) else "refused"
-            return error(f"create {verb} ({type(exc).__name__}): {exc}")
+            return replace(error(f"create {verb} ({type(exc).__name__}): {exc}"),
+                           error=type(exc), flavor=create.flavor.name)
         except CloudError as exc:  # outcome unknown (timeout, 5xx): the listing will tell
             count(space.name, mt.name, type(exc).__name__).inc()
             return error(f"create outcome unknown ({type(exc).__name__}): {exc}")
         count(space.name, mt.name, "ok").inc()
         return _Done(True, (Event(now, space.name, mt.name, name, "create",
                                   f"created with flavor {create.flavor.name} "
-                                  f"({create.flavor.processors} processors)"),))
+                                  f"({create.flavor.processors} processors)"),),
+                     flavor=create.flavor.name)
 
     def _spec(self, space: Space, create: Create, intent: MachineRecord,
               user_data: str) -> MachineSpec:
@@ -140,3 +154,19 @@ class Actor:
             metadata={TAG_SPACE: space.name, TAG_MACHINETYPE: mt.name,
                       TAG_MANAGER: self.settings.manager_id,
                       TAG_CREATED: f"{intent.created_at or 0:.0f}"})
+
+
+def _acted(deleted: Sequence[_Done], created: Sequence[_Done]) -> Acted:
+    done = [c for c in created if not c.deferred]
+    ok = sum(c.ok for c in done)
+    return Acted(
+        created=ok, create_failures=len(done) - ok, deleted=sum(d.ok for d in deleted),
+        deferred=len(created) - len(done),
+        events=tuple(e for d in (*deleted, *created) for e in d.events),
+        refused=frozenset(c.flavor for c in done if _is(c.error, QuotaExceeded)),
+        accepted=frozenset(c.flavor for c in done if c.ok),
+        auth_refused=any(_is(c.error, AuthFailed) for c in done))
+
+
+def _is(error: type[CloudError] | None, kind: type[CloudError]) -> bool:
+    return error is not None and issubclass(error, kind)

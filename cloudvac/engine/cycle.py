@@ -26,18 +26,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from cloudvac.config.models import Settings, Space
-from cloudvac.engine.act import Actor
+from cloudvac.engine.act import Acted, Actor
 from cloudvac.engine.credentials import CredentialWatch
-from cloudvac.engine.decide import Changes, decide
+from cloudvac.engine.decide import Changes, Starts, decide
 from cloudvac.engine.observe import CloudReader
-from cloudvac.engine.planner import TypeStatus
+from cloudvac.engine.planner import Observation, TypeStatus
+from cloudvac.engine.pressure import BREAKER_SECONDS, Pressure
 from cloudvac.engine.tools import CycleTools
 from cloudvac.model.cloud import Cloud
-from cloudvac.model.errors import CloudError
+from cloudvac.model.errors import AuthFailed, CloudError
 from cloudvac.model.records import Event
 from cloudvac.model.states import MachineState
 
 log = logging.getLogger("cloudvac.engine.cycle")
+#: Creates start only in the first half of a cycle's deadline (``space_timeout_seconds``);
+#: those left are planned again next cycle, so a burst never gets a cycle cancelled.
+ACT_SHARE = 0.5
 
 
 def log_event(event: Event) -> None:
@@ -56,6 +60,8 @@ class CycleReport:
     created: int = 0
     create_failures: int = 0
     deleted: int = 0
+    deferred: int = 0
+    """Creates left for the next cycle because acting reached its deadline."""
     status: Mapping[str, TypeStatus] = field(default_factory=dict)
     config_ok: bool = True
     listed: int = 0
@@ -72,40 +78,84 @@ class SpaceCycle:
         self.reader = CloudReader(cloud, tools.clock())
         self.actor = Actor(cloud, settings, tools)
         self.credentials = CredentialWatch(cloud, tools.store)
+        self.pressure = Pressure()
 
     async def run(self, space: Space) -> CycleReport:
-        metrics, now, begun = self.tools.metrics, self.tools.clock(), self.tools.monotonic()
+        """One cycle; while the cloud refuses the space's credentials, no call at all
+        until the backoff (``pressure.py``) has passed."""
+        metrics, now, tick = self.tools.metrics, self.tools.clock(), self.tools.monotonic()
+        wait = self.pressure.auth.left(tick)
+        if wait > 0:
+            metrics.cycles.labels(space.name, "auth_backoff").inc()
+            return CycleReport(space.name, now, ok=False, error=(
+                f"credentials refused {self.pressure.auth.failures} time(s): next attempt "
+                f"in {wait:.0f}s (not before, to spare the account a lockout)"))
         before = metrics.requests_of(space.name)
         try:
-            report = await self._cycle(space, now)
+            report = await self._cycle(space, now, tick)
+            self.pressure.auth_accepted()
         except CloudError as exc:
-            report = CycleReport(space.name, now, ok=False,
-                                 error=f"{type(exc).__name__}: {exc}")
-            metrics.cloud_errors.labels(space.name, type(exc).__name__).inc()
+            report = self._failed(space, now, tick, exc)
         after = metrics.requests_of(space.name)
         used = {k: n - before.get(k, 0) for k, n in after.items() if n != before.get(k, 0)}
-        duration = self.tools.monotonic() - begun
+        duration = self.tools.monotonic() - tick
         metrics.cycles.labels(space.name, "ok" if report.ok else "error").inc()
         metrics.cycle_seconds.labels(space.name).observe(max(duration, 0.0))
+        self._waits(space, self.tools.monotonic())
         return replace(report, duration=duration, api_requests=used)
 
-    async def _cycle(self, space: Space, now: float) -> CycleReport:
-        store = self.tools.store
-        observation, seen = await self.reader.observe(space, now, self.tools.monotonic())
+    def _failed(self, space: Space, now: float, tick: float, exc: CloudError) -> CycleReport:
+        error = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, AuthFailed):
+            error += f"; next attempt in {self.pressure.auth_refused(tick):.0f}s"
+        self.tools.metrics.cloud_errors.labels(space.name, type(exc).__name__).inc()
+        return CycleReport(space.name, now, ok=False, error=error)
+
+    async def _cycle(self, space: Space, now: float, tick: float) -> CycleReport:
+        store, pressure = self.tools.store, self.pressure
+        observation, seen = await self.reader.observe(space, now, tick)
+        observation = replace(observation, blocked_flavors=pressure.blocked_flavors(tick),
+                              stopped=pressure.breaker(tick))
         history = await asyncio.to_thread(store.history, space.name)
         observation = await self.reader.settle_intents(observation, history, now)
         decision = decide(space, observation, history, now)
+        opened = self._note_starts(space, observation, decision.starts, now, tick)
         await self._record(space, decision.changes, now)
         # The decisions' events are stored before acting: a manager killed while acting
         # loses only what acting itself would have said (the next listing says the rest).
-        await self._log(space, (*seen, *decision.changes.events))
-        acted = await self.actor.act(space, decision.plan.deletes, decision.plan.creates)
-        notes = await self.credentials.check(space, now)
-        await self._log(space, (*acted.events, *notes))
+        await self._log(space, (*seen, *decision.changes.events, *opened))
+        deadline = tick + ACT_SHARE * self.settings.space_timeout_seconds
+        creates = () if opened else decision.plan.creates  # the breaker opened just now
+        acted = await self.actor.act(space, decision.plan.deletes, creates, deadline)
+        self._note_acted(acted, self.tools.monotonic())
+        warnings = await self.credentials.check(space, now)
+        await self._log(space, (*acted.events, *warnings))
         self._gauges(space, decision.plan.status, decision.changes.aborts)
         return CycleReport(space.name, now, created=acted.created,
                            create_failures=acted.create_failures, deleted=acted.deleted,
-                           status=decision.plan.status, listed=len(observation.machines))
+                           deferred=acted.deferred, status=decision.plan.status,
+                           listed=len(observation.machines))
+
+    def _note_starts(self, space: Space, observation: Observation, starts: Starts,
+                     now: float, tick: float) -> tuple[Event, ...]:
+        """Feed this cycle's start outcomes to the breaker and the flavor backoff."""
+        for mt in starts.no_host:
+            flavor = observation.flavors.get(mt)
+            if flavor is not None:
+                self.pressure.flavor_refused(flavor.name, tick)
+        why = self.pressure.note_starts(starts.ok, starts.failed, tick)
+        if not why:
+            return ()
+        return (Event(now, space.name, "", "", "error", f"circuit breaker open: {why}; "
+                      f"no creation for {BREAKER_SECONDS:.0f}s"),)
+
+    def _note_acted(self, acted: Acted, tick: float) -> None:
+        for flavor in acted.refused:
+            self.pressure.flavor_refused(flavor, tick)
+        for flavor in acted.accepted:
+            self.pressure.flavor_accepted(flavor)
+        if acted.auth_refused:
+            self.pressure.auth_refused(tick)
 
     async def _record(self, space: Space, changes: Changes, now: float) -> None:
         if changes.records or changes.aborts:  # a steady cycle changes nothing: no thread hop
@@ -117,6 +167,13 @@ class SpaceCycle:
             log_event(event)
         if events:
             await asyncio.to_thread(self.tools.store.add_events, events)
+
+    def _waits(self, space: Space, tick: float) -> None:
+        waits = self.tools.metrics.space_waits
+        waits.labels(space.name, "credentials").set(self.pressure.auth.left(tick))
+        waits.labels(space.name, "breaker").set(max(0.0, self.pressure.breaker_until - tick))
+        flavors = self.pressure.blocked_flavors(tick)
+        waits.labels(space.name, "flavors").set(len(flavors))
 
     def _gauges(self, space: Space, status: Mapping[str, TypeStatus],
                 aborts: Mapping[str, float]) -> None:

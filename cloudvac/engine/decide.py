@@ -30,9 +30,25 @@ class Changes:
 
 
 @dataclass(frozen=True, slots=True)
+class Starts:
+    """How this cycle's starts went: for the circuit breaker and the per-flavor backoff."""
+
+    ok: int = 0
+    failed: int = 0
+    no_host: frozenset[str] = frozenset()
+    """Machinetypes whose machine failed for want of a host (a capacity refusal)."""
+
+
+#: Deletion rules that mean a start failed.
+FAILED_START_RULES = frozenset({"starting_too_long"})
+NO_HOST = "no valid host"
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     plan: Plan
     changes: Changes
+    starts: Starts = field(default_factory=Starts)
 
 
 def decide(space: Space, observation: Observation, history: SpaceHistory,
@@ -47,4 +63,7 @@ def decide(space: Space, observation: Observation, history: SpaceHistory,
             events.append(deletion.abort)
         events.append(deletion.event)
     aborts = aborts_of([*seen.aborts, *(d.abort for d in chosen.deletes)])
-    return Decision(chosen, Changes(tuple(records.values()), aborts, tuple(events)))
+    starts = Starts(seen.started, len(seen.failed_starts) + sum(
+        d.reason in FAILED_START_RULES for d in chosen.deletes), frozenset(
+        r.machinetype for r in seen.failed_starts if NO_HOST in r.fault.lower()))
+    return Decision(chosen, Changes(tuple(records.values()), aborts, tuple(events)), starts)

@@ -19,8 +19,9 @@ not ended   ended        first seen finished or gone, or deleted by cloudvac  ``
 Ending a machine (``end``) sets ``stopped_at`` and keeps the VM's own shutdown message, or
 else records cloudvac's reason; it is judged once, and the judgement is an *abort* (which
 sets the machinetype's backoff) when the shutdown code is 300-699, or when the machine ran
-shorter than ``fizzle_seconds`` without reporting success (100/200).  A deletion requested
-by the planner ends the machine at that moment (VCycle lost those ends).
+shorter than ``fizzle_seconds`` without reporting success (100/200).  A machine that never
+ran and reported nothing is not an abort: the cloud failed to start it (``pressure.py``).
+A deletion requested by the planner ends the machine at that moment (VCycle lost those).
 
 Pure: no I/O, the clock is an argument.
 """
@@ -52,7 +53,9 @@ def end(space: Space, record: MachineRecord, now: float,
     effective = record.shutdown or reason
     ended = replace(record, stopped_at=now, shutdown=effective)
     mt = space.machinetypes.get(record.machinetype)
-    if mt is None:
+    if mt is None or (record.started_at is None and record.shutdown is None):
+        # Never ran and the VM said nothing: the cloud failed to start it (ERROR, BUILD),
+        # which is the circuit breaker's and the flavor backoff's business, not the VO's.
         return Ending(ended)
     ran = (now - record.started_at) if record.started_at is not None else 0.0
     why = ""

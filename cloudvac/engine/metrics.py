@@ -40,6 +40,11 @@ class EngineMetrics:
             "(keystone, or the Check-in access token)", ["space", "kind"], registry=r)
         self.config_errors = Gauge("cloudvac_config_errors", "Configuration issues at the "
                                    "last reload", registry=r)
+        self.space_waits = Gauge("cloudvac_space_wait", "Backoff by cause: seconds before "
+                                 "the space's credentials are tried again (credentials), "
+                                 "before creations resume (breaker); flavors waiting after "
+                                 "quota or capacity refusals (flavors)", ["space", "cause"],
+                                 registry=r)
         self.space_config_ok = Gauge("cloudvac_space_config_ok", "1 if the space's current "
                                      "configuration validated, 0 if its last good one is used",
                                      ["space"], registry=r)

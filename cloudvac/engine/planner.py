@@ -47,6 +47,10 @@ class Observation:
     absent: frozenset[str] = frozenset()
     """Names the cloud, asked directly, said it has no server for (intents left by a
     crash): their intents are freed at once."""
+    blocked_flavors: Mapping[str, str] = field(default_factory=dict)
+    """Flavor name -> why the cloud's recent refusals keep it from being created now."""
+    stopped: str = ""
+    """Why no create may happen in the space now (the circuit breaker), or ""."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +73,9 @@ class TypeStatus:
     actual_share: float = 0.0
     backoff_until: float | None = None
     blocked: str = ""
+    held: bool = False
+    """Waiting on a backoff of any cause: the VO's (fizzle, codes 300-699), the cloud's
+    refusals of its flavor, or the space's circuit breaker."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +251,8 @@ def _closed(inputs: _Inputs, mt: Machinetype, tally: _Tally) -> str:
     abort = inputs.last_abort.get(mt.name)
     if "*" in history.drained:
         return "space drained"
+    if inputs.observation.stopped:
+        return inputs.observation.stopped
     if space.shutdown_time is not None and now >= space.shutdown_time:
         return "space shutdown_time passed"
     if mt.target_share <= 0:
@@ -252,8 +261,11 @@ def _closed(inputs: _Inputs, mt: Machinetype, tally: _Tally) -> str:
         return "drained"
     if mt.shutdown_time is not None and now >= mt.shutdown_time:
         return "shutdown_time passed"
-    if mt.name not in inputs.observation.flavors:
+    flavor = inputs.observation.flavors.get(mt.name)
+    if flavor is None:
         return "no usable flavor"
+    if flavor.name in inputs.observation.blocked_flavors:
+        return inputs.observation.blocked_flavors[flavor.name]
     if abort is not None:
         if now < abort + mt.backoff_seconds:
             return f"backoff for {abort + mt.backoff_seconds - now:.0f}s more"
@@ -293,8 +305,15 @@ def _status(inputs: _Inputs, tallies: Mapping[str, _Tally],
         starting_processors=tally.starting, weight=tally.weight,
         target_share=fractions[name].target, actual_share=fractions[name].actual,
         backoff_until=inputs.backoff_until(space.machinetypes[name]),
-        blocked=blocked.get(name, ""))
+        blocked=blocked.get(name, ""), held=_held(inputs, space.machinetypes[name]))
         for name, tally in tallies.items()}
+
+
+def _held(inputs: _Inputs, mt: Machinetype) -> bool:
+    until = inputs.backoff_until(mt)
+    flavor = inputs.observation.flavors.get(mt.name)
+    return (until is not None and inputs.now < until) or bool(inputs.observation.stopped) or (
+        flavor is not None and flavor.name in inputs.observation.blocked_flavors)
 
 
 __all__ = ["Capacity", "Create", "Deletion", "Observation", "Plan", "TypeStatus", "plan"]

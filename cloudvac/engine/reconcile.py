@@ -29,7 +29,7 @@ from cloudvac.engine.lifecycle import end, event
 from cloudvac.model.cloud import ObservedMachine
 from cloudvac.model.records import Event, MachineRecord, SpaceHistory
 from cloudvac.model.states import FINISHED as _FINISHED
-from cloudvac.model.states import MachineState
+from cloudvac.model.states import STARTING, MachineState
 
 _INTENT, _GONE = MachineState.INTENT, MachineState.GONE
 
@@ -55,47 +55,72 @@ class Reconciled:
     """Abort events of the machines this listing showed ended."""
     events: tuple[Event, ...] = ()
     """What was seen, in order (listed, state changes, gone, forgotten, aborts)."""
+    started: int = 0
+    """Machines this listing showed running for the first time (starts that worked)."""
+    failed_starts: tuple[MachineRecord, ...] = ()
+    """Machines this listing showed in ERROR before they ever ran (starts that failed)."""
+
+
+@dataclass(slots=True)
+class _Found:
+    """What one reconciliation gathers, in order."""
+
+    views: list[MachineView] = field(default_factory=list)
+    changed: dict[str, MachineRecord] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+    aborts: list[Event] = field(default_factory=list)
+    started: int = 0
+    failed: list[MachineRecord] = field(default_factory=list)
+
+    def result(self) -> Reconciled:
+        return Reconciled(tuple(self.views), self.changed, tuple(self.aborts),
+                          tuple(self.events), self.started, tuple(self.failed))
 
 
 def reconcile(space: Space, observed: Sequence[ObservedMachine], history: SpaceHistory,
               now: float, absent: frozenset[str] = frozenset()) -> Reconciled:
     """``absent``: names the cloud said, when asked directly, it has no server for."""
-    views: list[MachineView] = []
-    changed: dict[str, MachineRecord] = {}
-    events: list[Event] = []
-    aborts: list[Event] = []
-    listed: set[str] = set()
-    machines = history.machines
+    found = _Found()
     if history.restored:
-        events.append(Event(now, space.name, "", "", "error", "the store went backwards "
-                            "(restored, replaced or lost): every listed machine is treated "
-                            "as adopted, with a fresh grace"))
+        found.events.append(Event(now, space.name, "", "", "error", "the store went "
+                                  "backwards (restored, replaced or lost): every listed "
+                                  "machine is treated as adopted, with a fresh grace"))
+    listed: set[str] = set()
     for seen in observed:
         listed.add(seen.name)
-        old = machines.get(seen.name)
-        record = _merge(space.name, seen, old, now)
-        if history.restored and old is not None:
-            record = replace(record, adopted_at=now)
-        # ``record is old``, the common case cycle after cycle, means nothing changed: no
-        # event, no write, and no field-by-field comparison (benchmarks/scale.py).
-        if record is not old:
-            note = _listing_event(old, record, now)
-            if note is not None:
-                events.append(note)
-        if record.stopped_at is None and record.state in _FINISHED:
-            record = _ended(space, record, now, events, aborts)
-        if record is not old and record != old:
-            changed[record.name] = record
-        views.append(MachineView(record, True))
-    for name, old in machines.items():
+        _listed(space, seen, history, now, found)
+    for name, old in history.machines.items():
         if name not in listed:
-            record = _unlisted(space, old, now, events, aborts) if name not in absent \
-                else _never_created(old, now, events)
+            record = _unlisted(space, old, now, found.events, found.aborts) \
+                if name not in absent else _never_created(old, now, found.events)
             if record is not old:
-                changed[name] = record
+                found.changed[name] = record
             if record.state is not _GONE:
-                views.append(MachineView(record, False))
-    return Reconciled(tuple(views), changed, tuple(aborts), tuple(events))
+                found.views.append(MachineView(record, False))
+    return found.result()
+
+
+def _listed(space: Space, seen: ObservedMachine, history: SpaceHistory, now: float,
+            found: _Found) -> None:
+    old = history.machines.get(seen.name)
+    record = _merge(space.name, seen, old, now)
+    if history.restored and old is not None:
+        record = replace(record, adopted_at=now)
+    # ``record is old``, the common case cycle after cycle, means nothing changed: no
+    # event, no write, and no field-by-field comparison (benchmarks/scale.py).
+    if record is not old:
+        note = _listing_event(old, record, now)
+        if note is not None:
+            found.events.append(note)
+        if old is not None and old.state in STARTING and record.state is not old.state:
+            found.started += record.state is MachineState.RUNNING
+            if record.state is MachineState.FAILED:
+                found.failed.append(record)
+    if record.stopped_at is None and record.state in _FINISHED:
+        record = _ended(space, record, now, found.events, found.aborts)
+    if record is not old and record != old:
+        found.changed[record.name] = record
+    found.views.append(MachineView(record, True))
 
 
 def _listing_event(old: MachineRecord | None, record: MachineRecord, now: float) -> Event | None:

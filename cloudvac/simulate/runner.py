@@ -113,8 +113,7 @@ async def simulate(scenario: Scenario, store: Store, start: float) -> list[Row]:
                     running=status.machines.get("running", 0), processors=status.processors,
                     actual_share=round(status.actual_share, 4),
                     target_share=round(status.target_share, 4),
-                    backoff=status.backoff_until is not None
-                    and status.backoff_until > clock.now,
+                    backoff=status.held,
                     created=report.created, deleted=report.deleted))
         clock.now += scenario.cycle_seconds
     return rows

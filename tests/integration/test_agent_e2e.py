@@ -70,3 +70,24 @@ def test_agent_with_another_machines_url_writes_nothing_and_still_powers_off(
         assert not (web.settings.state_dir / "joboutputs" / SPACE / B).exists()
         record = web.store.machine(SPACE, B)
         assert record is not None and record.shutdown is None and record.heartbeat_at is None
+
+
+def test_agent_ends_a_vm_the_manager_does_not_know(tmp_path: Path) -> None:
+    """A machine the manager has no row for (lost database, pruned row) is answered 404: no
+    answer to the agent, which ends the VM once ``unreachable_poweroff_seconds`` passed."""
+    with web_server(tmp_path / "state") as web:
+        renderer = ContextRenderer(web.settings.model_copy(update={"web_url": web.url}),
+                                   web.signer)
+        config = renderer.agent_config(web.space, web.space.machinetypes["belle"], A)
+        now = time.time()  # rendered: max_wallclock_seconds (7200) + the default grace (3600)
+        assert now + 7200 < config["deadline"] <= now + 7200 + 3600 + 1
+        marker = tmp_path / "powered-off"
+        config.update(heartbeat_period_seconds=0.2, unreachable_poweroff_seconds=1.5,
+                      final_upload_seconds=2, poweroff_command=["touch", str(marker)])
+        started = time.monotonic()
+        code, stderr = run_agent(tmp_path, config, "import time; time.sleep(120)")
+        assert code == 0 and marker.exists(), stderr
+        assert time.monotonic() - started > 1.5
+        assert "HTTP 404 no such machine" in stderr and "sent SIGTERM to pilot" in stderr
+        assert "shutdown_message: 700 Manager unreachable" in stderr
+        assert web.store.machine(SPACE, A) is None

@@ -11,6 +11,7 @@ import re
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -374,3 +375,100 @@ def test_retries_end_at_the_deadline(server: FakeJoboutputs) -> None:
     assert (status, what) == (503, "HTTP 503 injected")
     assert 0.9 < time.monotonic() - started < 1.3
     assert 2 <= len(server.of("heartbeat")) <= 5
+
+
+# The VM ending itself: short limits, generous bounds on when (CI is a loaded machine).
+LIMIT = 1.5
+
+
+def sleeping_pilot(pid_file: Path) -> str:
+    return f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
+
+
+def assert_pilot_stopped(pid_file: Path, err: str) -> None:
+    assert "sent SIGTERM to pilot" in err
+    if pid_file.exists() and pid_file.read_text():  # it may not have got that far
+        with pytest.raises(ProcessLookupError):
+            os.kill(int(pid_file.read_text()), 0)
+
+
+@pytest.mark.parametrize("how", ["refused", "stops", "404", "silent"])
+def test_manager_gone_ends_the_vm_after_unreachable_poweroff_seconds(tmp_path: Path,
+                                                                     how: str) -> None:
+    fake, silent = FakeJoboutputs(), socket.create_server(("127.0.0.1", 0))  # silent: no answer
+    url = f"http://127.0.0.1:{silent.getsockname()[1]}/j" if how == "silent" else fake.joboutputs()
+    started, pid_file = time.time(), tmp_path / "pilot.pid"
+    try:
+        if how in ("stops", "404"):
+            fake.start()
+        proc = start_agent(tmp_path, url, sleeping_pilot(pid_file), final_upload_seconds=1,
+                           request_timeout_seconds=0.5, unreachable_poweroff_seconds=LIMIT)
+        if how in ("stops", "404"):
+            wait_for(lambda: len(fake.of("heartbeat")) >= 2, timeout=30)
+            if how == "stops":
+                fake.stop()  # connections refused from now on
+            else:  # the manager forgot this machine (deleted, pruned): 404 for its own path
+                fake.machines[TOKEN] = (SPACE, "vm-gone")
+        err = finish(proc, timeout=60)
+    finally:
+        fake.stop()
+        silent.close()
+    last = max([p.at for p in fake.of("heartbeat") if p.status == 204], default=started)
+    assert last + LIMIT <= powered_off_at(tmp_path) < last + LIMIT + 30
+    assert "shutdown_message: 700 Manager unreachable" in err
+    assert [(p.status, p.body) for p in fake.of("shutdown_message")] == (
+        [(404, b"700 Manager unreachable")] if how == "404" else [])
+    assert_pilot_stopped(pid_file, err)
+
+
+@pytest.mark.parametrize("offset", [2.0, -60.0])
+def test_deadline_ends_the_vm_though_the_manager_answers(tmp_path: Path, server: FakeJoboutputs,
+                                                         offset: float) -> None:
+    pid_file, message = tmp_path / "pilot.pid", tmp_path / "msg"
+    message.write_text("300 Nothing to do")  # the pilot's own word is not why the VM stopped
+    started = time.time()
+    deadline = started + offset
+    err = finish(start_agent(tmp_path, server.joboutputs(), sleeping_pilot(pid_file),
+                             deadline=deadline, shutdown_message_path=str(message),
+                             unreachable_poweroff_seconds=None), timeout=60)
+    assert [(p.status, p.body) for p in server.of("shutdown_message")] == [
+        (204, b"700 Exceeded max_wallclock_seconds")]
+    assert deadline <= powered_off_at(tmp_path) < max(deadline, started) + 30
+    if offset < 0:  # already past at boot: the pilot never starts
+        assert not pid_file.exists() and "starting pilot" not in err
+    else:
+        assert_pilot_stopped(pid_file, err)
+
+
+def test_a_manager_that_answers_keeps_the_vm(tmp_path: Path, server: FakeJoboutputs) -> None:
+    done = tmp_path / "done"
+    pilot = f"import os, time\nwhile not os.path.exists({str(done)!r}): time.sleep(0.05)\n"
+    proc = start_agent(tmp_path, server.joboutputs(), pilot, unreachable_poweroff_seconds=2.5,
+                       deadline=time.time() + 3600)
+    # Heartbeats answered for twice the limit, then the pilot is done.
+    wait_for(lambda: (beats := server.of("heartbeat")) and beats[-1].at - beats[0].at > 5,
+             timeout=60)
+    done.touch()
+    err = finish(proc)
+    assert [p.body for p in server.of("shutdown_message")] == [b"200 Success"]
+    assert "no answer from the manager" not in err
+
+
+@pytest.mark.parametrize(("status", "answered"), [
+    (204, True), (400, True), (413, True), (401, False), (403, False), (404, False),
+    (410, False), (429, False), (503, False)])
+def test_what_counts_as_an_answer_from_the_manager(server: FakeJoboutputs, status: int,
+                                                   answered: bool) -> None:
+    server.inject["heartbeat"] = [status] * 100
+    config = agent_module.Config({"joboutputs_url": server.joboutputs(), "token": TOKEN})
+    uploader = agent_module.Uploader(config)
+    before = uploader.answered_at
+    uploader.put("heartbeat", b"1 0.00\n", time.monotonic() + 0.3, threading.Event())
+    assert (uploader.answered_at > before) is answered
+
+
+@pytest.mark.parametrize("bad", [{"deadline": "soon"}, {"deadline": True},
+                                 {"unreachable_poweroff_seconds": 0}])
+def test_end_keys_are_checked(bad: dict[str, object]) -> None:
+    with pytest.raises(agent_module.ConfigError, match=next(iter(bad))):
+        agent_module.Config({"joboutputs_url": "http://manager", "token": TOKEN, **bad})

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "cloudvac"
 #: always allowed).  Parts are the sub-packages and the top-level modules.
 MAY_IMPORT: dict[str, frozenset[str]] = {
     "model": frozenset(),
-    "logs": frozenset(),
+    "logs": frozenset({"model"}),
     "config": frozenset({"model"}),
     "auth": frozenset({"model", "config"}),
     "store": frozenset({"model"}),

@@ -13,11 +13,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from cloudvac.auth.vmtokens import TokenSigner
 from cloudvac.config import Settings, Space, load_config_dir
+from cloudvac.config.models import Machinetype
 from cloudvac.context.errors import RenderError
-from cloudvac.context.userdata import ContextRenderer, check_space
+from cloudvac.context.userdata import MASK, ContextRenderer, check_space
 from cloudvac.context.validate import UserDataInvalid, schema_found, validate_user_data
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -165,6 +167,22 @@ def test_secrets_masked_for_display_and_present_for_the_vm(space: tuple[Space, S
     assert agent_b64 in real and token not in shown and agent_b64 not in shown
 
 
+def test_agent_config_carries_the_vms_own_end(space: tuple[Space, Settings]) -> None:
+    the_space, settings = space
+    mt, name = the_space.machinetypes["t2k"], NAME.format(mt="t2k")
+    config = renderer(settings).agent_config(the_space, mt, name)
+    assert config["deadline"] == 1_800_000_000 + mt.max_wallclock_seconds + 3600
+    assert config["unreachable_poweroff_seconds"] == 4 * 3600
+    changed = mt.model_copy(update={"vm_unreachable_poweroff_seconds": 0,
+                                    "vm_deadline_grace_seconds": 60})
+    config = renderer(settings).agent_config(the_space, changed, name)
+    assert config["deadline"] == 1_800_000_000 + mt.max_wallclock_seconds + 60
+    assert config["unreachable_poweroff_seconds"] is None  # 0 disables
+    with pytest.raises(ValidationError, match="at least three heartbeat periods"):
+        Machinetype(name="t2k", space="s", heartbeat_period_seconds=60,
+                    vm_unreachable_poweroff_seconds=120)
+
+
 def test_check_space_reports_broken_machinetypes(space: tuple[Space, Settings]) -> None:
     the_space, settings = space
     assert check_space(the_space, settings) == []
@@ -206,6 +224,32 @@ def test_operator_template_placeholders(space: tuple[Space, Settings], tmp_path:
     template.write_text(OPERATOR + "      oops=##user_data_nosuchthing##\n")
     with pytest.raises(RenderError, match=r"##user_data_nosuchthing##"):
         renderer(settings)(the_space, mt, NAME.format(mt="squid"))
+
+
+def test_operator_template_masks_files_and_secret_options(space: tuple[Space, Settings],
+                                                         tmp_path: Path) -> None:
+    the_space, settings = space
+    template, motd = tmp_path / "user_data", tmp_path / "motd"
+    template.write_text("#!/bin/sh\n"
+                        "key='##user_data_file_hostkey##' opt='##user_data_option_hostkey##'\n"
+                        "motd=##user_data_file_motd## colour=##user_data_option_colour##\n"
+                        "pw=##user_data_option_db_password## pem='##user_data_option_blob##'\n"
+                        "mirror=##user_data_option_mirror## token=##user_data_joboutputs_token##\n")
+    motd.write_text("hello")
+    pem = "-----BEGIN EC PRIVATE KEY-----\nMIIoptionkey\n-----END EC PRIVATE KEY-----"
+    mt = the_space.machinetypes["squid"].model_copy(update={
+        "user_data": str(template),
+        "user_data_options": {"colour": "blue", "db_password": "hunter2", "blob": pem,
+                              "mirror": "https://user:pw@mirror.example/repo"},
+        "user_data_files": {"hostkey": tmp_path / "hostkey.pem", "motd": motd}})
+    r, name = renderer(settings), NAME.format(mt="squid")
+    shown = r.render(the_space, mt, name, mask=True)
+    real = r(the_space, mt, name)
+    for secret in ("MIIsecretkey", "hello", "hunter2", "MIIoptionkey", "user:pw@",
+                   r.token(the_space, mt, name)):
+        assert secret in real and secret not in shown
+    assert "colour=blue" in shown and "colour=blue" in real  # nothing secret about it
+    assert shown.count(MASK) == 7
 
 
 @pytest.mark.parametrize(("text", "words"), [
