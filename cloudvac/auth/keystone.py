@@ -15,6 +15,7 @@ from keystoneauth1 import session as ks_session
 from keystoneauth1.identity import v3
 
 from cloudvac import __version__
+from cloudvac.auth.cancel import CancellableHTTP
 from cloudvac.auth.checkin import CheckinClient, CheckinTokenSource
 from cloudvac.auth.discovery import SiteEndpoint
 from cloudvac.auth.federation import CheckinAuth, Federation
@@ -98,5 +99,5 @@ def make_session(options: OpenStackSpace, on_auth: Callable[[], None],
                  site: SiteEndpoint | None = None) -> ks_session.Session:
     return ks_session.Session(
         auth=make_plugin(options, on_auth, checkin, site),
-        verify=str(options.ca_file) if options.ca_file else True,
+        verify=str(options.ca_file) if options.ca_file else True, session=CancellableHTTP(),
         timeout=options.api_timeout_seconds, app_name="cloudvac", app_version=__version__)

@@ -7,8 +7,9 @@ short page, see ``novalist``); limits are one ``GET /limits``, skipped by the cy
 the space is already full; flavors are listed once and cached; creates and deletes are
 one call each.  Authentication happens when the token nears expiry, not per cycle.
 
-Blocking SDK calls run in worker threads, at most ``api_concurrency`` at a time per space,
-each bounded by ``api_timeout_seconds``; so one slow cloud never stalls another space.
+Blocking SDK calls run in daemon threads (``auth/cancel.py``), at most ``api_concurrency``
+at a time per space, each bounded by ``api_timeout_seconds``; so one slow cloud never
+stalls another space, and a cancelled cycle's calls stop retrying and never delay exit.
 Creates are never retried automatically (the engine's intents handle unknown outcomes);
 listing, limits and deletes are retried on connection errors and 5xx by keystoneauth.
 """
@@ -17,12 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlparse
@@ -33,6 +34,7 @@ import openstack.exceptions as sdk_exc
 from keystoneauth1 import exceptions as ks_exc
 from keystoneauth1 import session as ks_session
 
+from cloudvac.auth.cancel import run_cancellable
 from cloudvac.auth.checkin import CheckinTokenSource
 from cloudvac.auth.discovery import SiteDiscovery
 from cloudvac.auth.keystone import checkin_source, make_plugin, make_session
@@ -56,6 +58,7 @@ from cloudvac.model.observer import Observer
 log = logging.getLogger("cloudvac.clouds.openstack")
 T = TypeVar("T")
 RETRIABLE = [500, 502, 503, 504]
+CLOSE_SECONDS = 5.0
 #: What the libraries raise for a cloud's or the network's failures.  Anything else raised
 #: while talking to the cloud is a bug in cloudvac: it is not translated, the cycle fails
 #: visibly with its traceback (``model/errors.py``).
@@ -69,10 +72,6 @@ class OpenStackCloud:
         self.space, self.options, self.settings = space.name, space.openstack, settings
         self.observer = observer
         self._sem = asyncio.Semaphore(settings.api_concurrency)
-        # Its own threads: a hanging cloud must not starve the shared default pool that
-        # every other space's store calls use (benchmarks/isolation.py, thread mode).
-        self._pool = ThreadPoolExecutor(max_workers=settings.api_concurrency,
-                                        thread_name_prefix=f"os-{space.name}")
         self._flavors: dict[str, Flavor] = {}
         self._flavors_at = 0.0
         self._images: dict[str, str] = {}
@@ -147,9 +146,11 @@ class OpenStackCloud:
         errors come out translated (``LIBRARY_ERRORS``), anything else unchanged."""
         async with self._sem:
             try:
-                loop = asyncio.get_running_loop()
-                result = await asyncio.wait_for(loop.run_in_executor(self._pool, fn),
-                                                self.options.api_timeout_seconds * 2)
+                # A thread of its own per call (auth/cancel.py): a hanging cloud never
+                # starves the default pool the store's calls use, and a cancelled cycle's
+                # call sends no more requests.
+                result = await run_cancellable(fn, self.options.api_timeout_seconds * 2,
+                                               f"os-{self.space}-{kind}")
             except TimeoutError:
                 self.observer.cloud_request(self.space, kind, "timeout")
                 raise Retryable(f"{kind}: no answer within "
@@ -288,8 +289,8 @@ class OpenStackCloud:
 
     async def close(self) -> None:
         if self._conn is not None:
-            await asyncio.get_running_loop().run_in_executor(self._pool, self._conn.close)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+            with contextlib.suppress(Exception):  # a hung cloud must not hold up a stop
+                await run_cancellable(self._conn.close, CLOSE_SECONDS, f"os-{self.space}-close")
         for closable in (self.checkin, self.discovery):
             if closable is not None:
                 closable.close()
