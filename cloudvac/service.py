@@ -160,7 +160,8 @@ def build(config: ConfigSource, settings: Settings, store: Store, engine: bool =
         daemon = Daemon(config, configured, CycleTools(store, metrics, render=renderer),
                         CloudFactory(metrics, pilots), keep_reports)
     spaces = daemon.current_spaces if daemon is not None else FileSpaces(config.directory)
-    web = WebContext(settings, store, signer, files, spaces, registry, render=renderer)
+    web = WebContext(settings, store, signer, files, spaces, registry, render=renderer,
+                     wake=daemon.wake if daemon is not None else None)
     return Service(settings, store, registry, files, web, sock,
                    make_server(create_app(web), settings), daemon, pilots)
 

@@ -10,6 +10,11 @@ Contract:
   daemon or delay another space.
 * ``stop()`` (SIGTERM) lets cycles in progress finish within their deadline, then returns.
 * With ``cycles=N`` each space runs N cycles and ``run()`` returns (demo, tests).
+* ``wake(space)`` (a VM's shutdown message; also after a cycle that deleted machines)
+  brings the space's next cycle forward to ``wake_seconds`` from now when its budget
+  allows: a budget holds at most two cycles and refills one per ``cycle_seconds``, so an
+  hour never has more than ``3600 / cycle_seconds + 2`` cycles (and listings).
+* Every delay is on the monotonic clock: a wall-clock step never freezes a space.
 """
 
 from __future__ import annotations
@@ -49,6 +54,27 @@ class ConfigSource:
         return loaded
 
 
+BUDGET_CYCLES = 2.0
+
+
+@dataclass(slots=True)
+class Budget:
+    """Cycles a space may still run ahead of its schedule: refills one per period, holds
+    at most BUDGET_CYCLES; every cycle spends one."""
+
+    tokens: float = BUDGET_CYCLES
+    at: float | None = None
+
+    def refill(self, tick: float, period: float) -> float:
+        if self.at is not None:
+            self.tokens = min(BUDGET_CYCLES, self.tokens + (tick - self.at) / period)
+        self.at = tick
+        return self.tokens
+
+    def spend(self, tick: float, period: float) -> None:
+        self.tokens = self.refill(tick, period) - 1.0
+
+
 @dataclass(slots=True)
 class SpaceState:
     config: Space
@@ -56,6 +82,8 @@ class SpaceState:
     task: asyncio.Task[None] | None = None
     cycles: int = 0
     reports: list[CycleReport] = field(default_factory=list)
+    woken: asyncio.Event = field(default_factory=asyncio.Event)
+    budget: Budget = field(default_factory=Budget)
 
 
 class Daemon:
@@ -75,6 +103,13 @@ class Daemon:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def wake(self, space: str) -> None:
+        """Bring ``space``'s next cycle forward to ``wake_seconds`` from now (budget
+        permitting).  Called from the event loop (the web side's handlers run there)."""
+        state, delay = self.spaces.get(space), self.settings.wake_seconds
+        if state is not None and delay > 0 and not self._stop.is_set():
+            asyncio.get_running_loop().call_later(delay, state.woken.set)
 
     async def run(self, cycles: int | None = None) -> None:
         # A cycle of 100 spaces x 1,000 machines builds ~10^6 short-lived objects; the default
@@ -177,15 +212,33 @@ class Daemon:
             if state is None:
                 return
             started = clock()
+            state.budget.spend(started, self.settings.cycle_seconds)
             report, cycle = await self._one_cycle(name, state, cycle)
             state.cycles += 1
             if self.keep_reports:
                 state.reports = [*state.reports[-(self.keep_reports - 1):], report]
             if self._cycles is not None and state.cycles >= self._cycles:
                 return
-            delay = max(0.0, started + self.settings.cycle_seconds - clock())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), delay)
+            if report.deleted:  # capacity frees once the cloud has removed them
+                self.wake(name)
+            await self._until_next(state, started + self.settings.cycle_seconds)
+
+    async def _until_next(self, state: SpaceState, scheduled: float) -> None:
+        """Wait for the scheduled cycle, or a wake the budget allows, or the stop."""
+        clock, period = self.tools.monotonic, self.settings.cycle_seconds
+        while not self._stop.is_set():
+            delay = max(0.0, scheduled - clock())
+            waits = {asyncio.ensure_future(self._stop.wait()),
+                     asyncio.ensure_future(state.woken.wait())}
+            done, pending = await asyncio.wait(waits, timeout=delay,
+                                               return_when=asyncio.FIRST_COMPLETED)
+            for waiter in pending:
+                waiter.cancel()
+            if not done or not state.woken.is_set():
+                return  # the scheduled time, or the stop
+            state.woken.clear()
+            if state.budget.refill(clock(), period) >= 1.0:
+                return  # an early cycle the budget allows
 
     def _cycle_for(self, space: Space, cycle: SpaceCycle | None) -> SpaceCycle:
         """The space's cycle: the same object while its cloud adapter and the settings

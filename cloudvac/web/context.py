@@ -70,6 +70,8 @@ class WebContext:
     registry: CollectorRegistry
     render: Renderer | None = None
     clock: Callable[[], float] = time.time
+    wake: Callable[[str], None] | None = None
+    """Told the space of each shutdown message (the daemon's ``wake``), if engine runs."""
     heartbeats: HeartbeatBuffer = field(init=False)
     metrics: WebMetrics = field(init=False)
     machines: MachineCache = field(init=False)

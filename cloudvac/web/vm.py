@@ -92,6 +92,8 @@ async def _shutdown_message(ctx: WebContext, space: str, name: str, data: bytes,
         raise UploadRejected(400, f"malformed shutdown_message: {exc}") from None
     await asyncio.to_thread(ctx.files.write, space, name, layout.SHUTDOWN_FILE, data, True)
     await asyncio.to_thread(ctx.store.record_shutdown, space, name, message, now)
+    if ctx.wake is not None:  # a slot is about to free: refill it soon
+        ctx.wake(space)
 
 
 async def _features(ctx: WebContext, space: str, name: str, key: str,

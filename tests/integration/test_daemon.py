@@ -387,3 +387,38 @@ def test_intents_left_by_a_dead_manager_are_looked_up_and_freed(
     assert len(project.servers) == 4  # created in the first cycle after the restart
     forgotten = [e for e in store.events("a.example") if e.kind == "intent-expired"]
     assert len(forgotten) == 4 and all("never reached" in e.message for e in forgotten)
+
+
+def test_a_wake_brings_the_next_cycle_forward_within_its_budget(tmp_path: Path,
+                                                                 store: Store) -> None:
+    """cycle_seconds is 30 here: a wake (a shutdown message) gets a cycle in
+    wake_seconds; the budget allows one such cycle ahead of the schedule, not more."""
+    cdir = tmp_path / "conf"
+    cdir.mkdir()
+    (cdir / "00.conf").write_text("[settings]\ncycle_seconds = 30\nwake_seconds = 0.2\n")
+    (cdir / "10.conf").write_text(SPACE.format(name="a.example", limit=4, intent=600,
+                                                latency=0, extra=""))
+    daemon = make_daemon(cdir, store)
+
+    async def cycles_after(wakes: int) -> int:
+        for _ in range(wakes):
+            daemon.wake("a.example")
+            await asyncio.sleep(2.0)  # far longer than wake_seconds, far shorter than 30 s
+        return daemon.spaces["a.example"].cycles
+
+    async def scenario() -> tuple[int, int, int]:
+        runner = asyncio.create_task(daemon.run())
+        deadline = time.monotonic() + 60
+        while daemon.spaces.get("a.example") is None or \
+                daemon.spaces["a.example"].cycles < 1:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        first = daemon.spaces["a.example"].cycles
+        woken = await cycles_after(1)
+        refused = await cycles_after(2)
+        daemon.stop()
+        await asyncio.wait_for(runner, 30)
+        return first, woken, refused
+
+    first, woken, refused = asyncio.run(scenario())
+    assert (first, woken, refused) == (1, 2, 2)

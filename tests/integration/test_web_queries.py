@@ -110,3 +110,20 @@ def test_heartbeat_list_horizon_is_its_own_option(tmp_path: Path) -> None:
                                      (SPACE, "cloudvac-x-belle-older"): time.time() - 120})
         listed = httpx.get(f"{web.url}/heartbeatlists/{SPACE}/belle").text.split()
     assert "cloudvac-x-belle-fresh" in listed and "cloudvac-x-belle-older" not in listed
+
+
+def test_a_shutdown_message_wakes_its_space(tmp_path: Path) -> None:
+    """The slot of a VM that says it ended is refilled soon: the upload wakes the engine."""
+    with web_server(tmp_path) as web:
+        woken: list[str] = []
+        web.context.wake = woken.append
+        name = "cloudvac-x-belle-ending"
+        web.add_machine(name)
+        response = httpx.put(f"{web.url}/machines/{SPACE}/{name}/joboutputs/shutdown_message",
+                             content=b"200 Success\n",
+                             headers={"Authorization": f"Bearer {web.token(name)}"})
+        bad = httpx.put(f"{web.url}/machines/{SPACE}/{name}/joboutputs/shutdown_message",
+                        content=b"not a code\n",
+                        headers={"Authorization": f"Bearer {web.token(name)}"})
+    assert response.status_code == 204 and bad.status_code == 400
+    assert woken == [SPACE]
