@@ -29,6 +29,8 @@ from cloudvac.model.naming import machine_name
 from cloudvac.service import build, run_service
 from cloudvac.status import read_view, status_rows, status_table
 from cloudvac.store import Store
+from cloudvac.store.engine import StoreUnavailable
+from cloudvac.store.lock import StoreLock, StoreLocked
 from cloudvac.web.server import WebConfigError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -43,6 +45,44 @@ LogLevel = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING
 def _print_issues(loaded: LoadedConfig) -> None:
     for issue in loaded.issues:
         err.print(f"[red]error[/red] {escape(str(issue))}", highlight=False, soft_wrap=True)
+    for issue in loaded.warnings:
+        err.print(f"[yellow]warning[/yellow] {escape(str(issue))}", highlight=False,
+                  soft_wrap=True)
+
+
+def _open_store(url: str, writable: bool = False) -> Store:
+    """The store at ``url`` (accepting writes if ``writable``), or exit 2 with the
+    database and the system's reason."""
+    try:
+        return Store(url, writable=writable)
+    except (StoreUnavailable, ValueError) as exc:
+        message = str(exc) if isinstance(exc, StoreUnavailable) else \
+            f"cannot open the store: {exc}"
+        err.print(f"[red]{'cannot start' if writable else 'error'}:[/red] {escape(message)}",
+                  highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def _hold_store(url: str) -> StoreLock | None:
+    """This daemon's lock on the store at ``url`` (None for PostgreSQL), or exit 2 naming
+    the process that holds it."""
+    lock = StoreLock.for_url(url)
+    if lock is None:
+        logging.getLogger("cloudvac.store.lock").warning(
+            "space=- machinetype=- machine=- the store is not a SQLite file: nothing stops a "
+            "second cloudvac run on it yet (leases come with HA); run only one")
+        return None
+    try:
+        lock.acquire()
+    except StoreLocked as exc:
+        err.print(f"[red]cannot start:[/red] {escape(str(exc))}", highlight=False,
+                  soft_wrap=True)
+        raise typer.Exit(2) from None
+    except OSError as exc:
+        err.print(f"[red]cannot start:[/red] cannot lock the store: {escape(str(lock.path))}: "
+                  f"{escape(exc.strerror or str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    return lock
 
 
 @app.command()
@@ -59,14 +99,15 @@ def validate(config_dir: ConfigDir = DEFAULT_CONFIG_DIR) -> None:
     rendering = [p for s in loaded.spaces.values() if loaded.settings is not None
                  for p in check_space(s, loaded.settings)]
     for problem in rendering:
-        err.print(f"[red]error[/red] user_data {escape(problem)}", highlight=False)
+        err.print(f"[red]error[/red] user_data {escape(problem)}", highlight=False,
+                  soft_wrap=True)
     if not schema_found():
         err.print("[yellow]warning:[/yellow] cloud-init's schema is not installed (Debian "
                   "package cloud-init): user_data got structural checks only")
     mts = sum(len(s.machinetypes) for s in loaded.spaces.values())
     typer.echo(f"{len(loaded.spaces)} valid spaces ({mts} machinetypes), "
-               f"{len(loaded.broken)} invalid, {len(loaded.issues)} problems in "
-               f"{len(loaded.files)} files")
+               f"{len(loaded.broken)} invalid, {len(loaded.issues)} problems, "
+               f"{len(loaded.warnings)} warnings in {len(loaded.files)} files")
     raise typer.Exit(1 if loaded.issues or rendering else 0)
 
 
@@ -94,15 +135,23 @@ def _serve(config_dir: Path, log_level: str, engine: bool, cycles: int | None) -
     if engine and not loaded.spaces:
         err.print("[red]cannot start:[/red] no valid space in the configuration")
         raise typer.Exit(2)
-    store = Store(loaded.settings.database_url)
+    url = loaded.settings.database_url
+    # the engine alone owns the store's machines: one per store; the web side only reads
+    # and records what VMs send, so any number may share it
+    lock = _hold_store(url) if engine else None
     try:
-        service = build(ConfigSource(config_dir), loaded.settings, store, engine=engine)
-        asyncio.run(run_service(service, cycles))
-    except (WebConfigError, SecretFileError) as exc:
-        err.print(f"[red]cannot start:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from None
+        store = _open_store(url, writable=True)
+        try:
+            service = build(ConfigSource(config_dir), loaded.settings, store, engine=engine)
+            asyncio.run(run_service(service, cycles))
+        except (WebConfigError, SecretFileError) as exc:
+            err.print(f"[red]cannot start:[/red] {escape(str(exc))}")
+            raise typer.Exit(2) from None
+        finally:
+            store.close()
     finally:
-        store.close()
+        if lock is not None:
+            lock.release()
 
 
 @app.command()
@@ -114,7 +163,7 @@ def status(config_dir: ConfigDir = DEFAULT_CONFIG_DIR,
     if loaded.settings is None:
         _print_issues(loaded)
         raise typer.Exit(2)
-    store = Store(loaded.settings.database_url)
+    store = _open_store(loaded.settings.database_url)
     try:
         rows = status_rows(loaded.spaces, read_view(store, events=500), time.time())
     finally:
@@ -123,7 +172,7 @@ def status(config_dir: ConfigDir = DEFAULT_CONFIG_DIR,
         typer.echo(json.dumps([r.as_dict() for r in rows], indent=2))
     else:
         Console().print(status_table(rows))
-    if loaded.issues:
+    if loaded.issues or loaded.warnings:
         _print_issues(loaded)
 
 
@@ -159,8 +208,10 @@ def _space_or_exit(config_dir: Path, space: str) -> tuple[LoadedConfig, Space]:
 
 @app.command()
 def render(space: str, machinetype: str, config_dir: ConfigDir = DEFAULT_CONFIG_DIR,
-           show_secrets: Annotated[bool, typer.Option(help="Print the VM token, host key "
-                                                      "and proxy instead of masking them.")]
+           show_secrets: Annotated[bool, typer.Option(help="Print the VM token, host key, "
+                                                      "proxy, user_data_file_* contents and "
+                                                      "secret-looking user_data_option_* "
+                                                      "values instead of masking them.")]
            = False,
            name: Annotated[str | None, typer.Option(help="Machine name to render for.")]
            = None) -> None:
@@ -177,7 +228,8 @@ def render(space: str, machinetype: str, config_dir: ConfigDir = DEFAULT_CONFIG_
         text = renderer.render(found, mt, machine, mask=not show_secrets)
         validate_user_data(renderer.render(found, mt, machine), f"{space}/{machinetype}")
     except RenderError as exc:
-        err.print(f"[red]invalid user_data:[/red] {escape(str(exc))}")
+        err.print(f"[red]invalid user_data:[/red] {escape(str(exc))}", highlight=False,
+                  soft_wrap=True)
         raise typer.Exit(1) from None
     if not schema_found():
         err.print("[yellow]warning:[/yellow] cloud-init's schema is not installed "
@@ -203,7 +255,7 @@ def dirac_cs(space: str, config_dir: ConfigDir = DEFAULT_CONFIG_DIR) -> None:
     processors: dict[str, int] = {}
     if loaded.settings is not None and Path(loaded.settings.state_dir).is_dir():
         # queues advertise the processors the machines really got, when cloudvac has run
-        store = Store(loaded.settings.database_url)
+        store = _open_store(loaded.settings.database_url)
         try:
             for machine in store.machines(space, include_gone=True):
                 processors[machine.machinetype] = max(processors.get(machine.machinetype, 0),

@@ -14,7 +14,9 @@ refused the token).  Failures are classified:
 
 Rotated refresh tokens are written (atomically, mode 0600) before the new access token is
 handed out.  Tokens are never logged: log lines carry the issuer, client, grant, HTTP status,
-``expires_in`` and a short SHA-256 prefix at most.
+``expires_in`` and a short SHA-256 prefix at most.  What the provider says in a refusal
+(``error``, ``error_description``) is redacted before it enters a message: a provider may
+echo the request, refresh token and ``Authorization: Basic`` header included.
 """
 
 from __future__ import annotations
@@ -37,10 +39,12 @@ import httpx
 
 from cloudvac.config.secrets import read_secret
 from cloudvac.model.errors import AuthFailed, Retryable
+from cloudvac.model.redact import redact
 
 log = logging.getLogger("cloudvac.auth.checkin")
 MIN_LIFETIME = 60.0
 BACKOFF_START, BACKOFF_MAX = 5.0, 300.0
+ERROR_CHARS, DESCRIPTION_CHARS = 100, 200  # the provider's words in a message, redacted
 
 
 class CredentialDead(AuthFailed):
@@ -223,12 +227,13 @@ class CheckinTokenSource:
         return token
 
     def _refused(self, status: int, body: dict[str, Any]) -> AccessToken:
-        error = str(body.get("error") or f"HTTP {status}")
-        description = str(body.get("error_description") or "")[:200]
-        if error in ("invalid_grant", "invalid_client", "unauthorized_client"):
+        code = str(body.get("error") or f"HTTP {status}")
+        error = redact(code, ERROR_CHARS)
+        description = redact(str(body.get("error_description") or ""), DESCRIPTION_CHARS)
+        if code in ("invalid_grant", "invalid_client", "unauthorized_client"):
             what = ("refresh token expired or revoked: obtain a new one (Check-in token "
                     "portal or oidc-agent) and replace egi_checkin_refresh_token_file"
-                    if error == "invalid_grant" and self.grant == "refresh_token"
+                    if code == "invalid_grant" and self.grant == "refresh_token"
                     else "client id/secret refused: check egi_checkin_client_id and the secret")
             message = f"Check-in {self.issuer} refused the {self.grant} grant ({error}" + \
                 (f": {description}" if description else "") + f"); {what}"

@@ -8,6 +8,8 @@
 
 Answers are cached for ``ttl`` seconds and, when every source fails, the last answer is used
 however old (stale-if-error): a site whose information system is down keeps working.
+Failures are reported with the libraries' messages redacted (``model.redact``: URL queries,
+token-shaped values) and bounded.
 """
 
 from __future__ import annotations
@@ -22,8 +24,11 @@ import httpx
 from defusedxml import ElementTree
 
 from cloudvac.model.errors import Misconfigured, Retryable
+from cloudvac.model.redact import redact
 
 log = logging.getLogger("cloudvac.auth.discovery")
+PROBLEM_CHARS = 120
+"""What one source's failure adds to a message, redacted, at most."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,9 +56,10 @@ class SiteDiscovery:
             for source in (self._from_is, self._from_gocdb):
                 try:
                     found = source(site, vo)
-                except (httpx.HTTPError, ValueError) as exc:
+                except (httpx.HTTPError, ValueError, ElementTree.ParseError) as exc:
+                    # httpx and parser errors quote URLs (GOCDB's query) and answers
                     problems.append(f"{source.__name__[6:]}: {type(exc).__name__}: "
-                                    f"{str(exc)[:120]}")
+                                    f"{redact(str(exc), PROBLEM_CHARS)}")
                     continue
                 if found is not None:
                     self._cache[(site, vo)] = (self.clock(), found)

@@ -21,6 +21,7 @@ from keystoneauth1.identity.v3 import FederationBaseAuth
 
 from cloudvac.auth.checkin import CheckinTokenSource, fingerprint
 from cloudvac.model.errors import AuthFailed
+from cloudvac.model.redact import redact
 
 log = logging.getLogger("cloudvac.auth.federation")
 VM_OPERATOR = "urn:mace:egi.eu:group:{vo}:role=vm_operator#aai.egi.eu"
@@ -54,7 +55,8 @@ class CheckinAuth(FederationBaseAuth):
             token = self.source.access_token(force=True)  # maybe only that token was stale
             response = self._federate(session, token.value)
         if response.status_code != 201:
-            raise AuthFailed(self._diagnose(response.status_code, token))
+            # The Keystone URL in it may come from site discovery (a remote answer).
+            raise AuthFailed(redact(self._diagnose(response.status_code, token)))
         info = access.create(resp=response)
         assert isinstance(info, access.AccessInfoV3)
         log.info("space=- machinetype=- machine=- Keystone %s federated token via %s/%s "

@@ -19,10 +19,15 @@ from cloudvac.model.errors import (
     QuotaExceeded,
     Retryable,
 )
+from cloudvac.model.redact import redact
 from cloudvac.model.states import MachineState
 
 S = MachineState
 MICROVERSION = "2.47"  # flavor details (vcpus) embedded in each server record
+MESSAGE_CHARS = 300
+"""The cloud's own message is kept to this length, after redaction."""
+ERROR_CHARS = 500
+"""An error's whole text (what failed, the cloud's message) is kept to this length."""
 
 
 class Flavor(msgspec.Struct):
@@ -121,24 +126,28 @@ def first_address(server: Server) -> str:
 
 
 def error_message(body: bytes | str | None) -> str:
-    """The message inside Nova's ``{"<name>": {"code": N, "message": "..."}}`` wrapping."""
+    """The message inside Nova's ``{"<name>": {"code": N, "message": "..."}}`` wrapping (or
+    the body itself when it is not JSON), redacted and at most ``MESSAGE_CHARS`` long: an
+    error body may quote the request, user_data and tokens included."""
     if not body:
         return ""
     try:
         doc: Any = msgspec.json.decode(body)
     except msgspec.DecodeError:
         text = body.decode(errors="replace") if isinstance(body, bytes) else body
-        return text.strip()[:300]
+        return redact(text.strip(), MESSAGE_CHARS)
     if isinstance(doc, dict):
         for value in doc.values():
             if isinstance(value, dict) and "message" in value:
-                return str(value["message"])[:300]
+                return redact(str(value["message"]), MESSAGE_CHARS)
     return ""
 
 
 def translate(status: int, message: str, what: str) -> CloudError:
-    """An HTTP status from Nova (or Keystone) to the adapter error taxonomy."""
-    text = f"{what}: {message}" if message else f"{what}: HTTP {status}"
+    """An HTTP status from Nova (or Keystone) to the adapter error taxonomy.  The error's
+    text is redacted and at most ``ERROR_CHARS`` long (``message`` may be any library's
+    rendering of the answer)."""
+    text = redact(f"{what}: {message}" if message else f"{what}: HTTP {status}", ERROR_CHARS)
     if status == 401:
         return AuthFailed(f"{text} (credentials refused after re-authentication)")
     if status == 413 or (status == 403 and "quota" in message.lower()):

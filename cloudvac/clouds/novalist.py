@@ -30,8 +30,10 @@ from dataclasses import dataclass, field
 
 from cloudvac.clouds import nova
 from cloudvac.model.cloud import TAG_MACHINETYPE, TAG_MANAGER, TAG_SPACE, ObservedMachine
+from cloudvac.model.redact import redact
 
 FULL_LISTING_SECONDS = 600.0
+FAULT_LIMIT = 300  # a server's fault message, as stored and shown
 OVERLAP_SECONDS = 120.0
 _GONE_STATUSES = frozenset({"DELETED"})
 
@@ -45,7 +47,7 @@ def observe(server: nova.Server) -> ObservedMachine:
         processors=server.flavor.vcpus, created_at=nova.timestamp(server.created),
         started_at=nova.timestamp(server.launched_at) if state is nova.S.RUNNING else None,
         cloud_status=f"{server.status}/{server.task_state or '-'}",
-        fault=server.fault.message.strip() if server.fault else "",
+        fault=redact(server.fault.message.strip(), FAULT_LIMIT) if server.fault else "",
         address=nova.first_address(server))
 
 

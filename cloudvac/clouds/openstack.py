@@ -54,6 +54,7 @@ from cloudvac.model.cloud import (
 from cloudvac.model.errors import AuthFailed, CloudError, Gone, Misconfigured, NotSent, Retryable
 from cloudvac.model.naming import name_prefix
 from cloudvac.model.observer import Observer
+from cloudvac.model.redact import redact
 
 log = logging.getLogger("cloudvac.clouds.openstack")
 T = TypeVar("T")
@@ -251,7 +252,7 @@ class OpenStackCloud:
         except Gone:
             raise Misconfigured(f"image {spec.image!r} not found") from None
         except Retryable as exc:  # no image service, a timeout: the POST was never made
-            raise NotSent(f"image {spec.image!r} lookup failed: {exc}") from None
+            raise NotSent(redact(f"image {spec.image!r} lookup failed: {exc}")) from None
         networks: Any = options.networks[0] if options.networks[0] in ("auto", "none") \
             else [{"uuid": n} for n in options.networks]
         attrs: dict[str, Any] = {
@@ -306,7 +307,13 @@ def _next_marker(page: nova.ServerPage) -> str | None:
 
 
 def _translate(exc: BaseException, kind: str) -> CloudError:
-    """openstacksdk / keystoneauth exceptions to the taxonomy; the message is the cloud's."""
+    """openstacksdk / keystoneauth exceptions to the taxonomy; the message is the cloud's,
+    redacted (a cloud's error may quote the request: tokens, user_data)."""
+    error = _classify(exc, kind)
+    return type(error)(redact(str(error)))
+
+
+def _classify(exc: BaseException, kind: str) -> CloudError:
     if kind == "create" and isinstance(exc, ks_exc.ConnectFailure | ks_exc.ConnectTimeout):
         return NotSent(f"{kind}: cannot connect to the cloud ({type(exc).__name__}); "
                        "the create was not sent")
@@ -326,6 +333,4 @@ def _translate(exc: BaseException, kind: str) -> CloudError:
         return nova.translate(exc.status_code or 500, message, kind)
     if isinstance(exc, msgspec.DecodeError):
         return Retryable(f"{kind}: the cloud's answer is not what Nova sends: {exc}")
-    if isinstance(exc, sdk_exc.SDKException):
-        return Retryable(f"{kind}: {type(exc).__name__}: {str(exc)[:200]}")
     return Retryable(f"{kind}: {type(exc).__name__}: {str(exc)[:200]}")

@@ -5,6 +5,13 @@ promise is that every configuration error names both.  This reader keeps configp
 dialect (``key = value`` or ``key: value``, ``#``/``;`` comment lines, `` ;``/`` #``
 inline comments, indented continuation lines, case-insensitive section words and option
 names, later files overriding earlier ones) and records a ``Location`` per value.
+
+What configparser would hide is said: a file that cannot be read (or is not UTF-8) is an
+issue at that file and listed in ``unreadable``; a file with nothing but blanks is listed
+in ``empty`` (the loader decides what that means for the spaces it held); a section
+header met again (in another file, or later in the same one) is a warning naming both
+places and the options the later one overrides — the sections are merged and the later
+value wins, as documented.
 """
 
 from __future__ import annotations
@@ -53,6 +60,10 @@ class Section:
     header: Location
     values: dict[str, tuple[str, Location]] = field(default_factory=dict)
     files: set[Path] = field(default_factory=set)
+    headers: list[Location] = field(default_factory=list)
+    """Every place the header appears, in reading order (the first is ``header``)."""
+    overrides: list[tuple[str, Location]] = field(default_factory=list)
+    """(option, where) for every value that replaced one set in another file."""
 
     @property
     def title(self) -> str:
@@ -73,6 +84,13 @@ class IniDocument:
     """Sections that had a syntax problem."""
     tainted_files: dict[Path, list[Issue]] = field(default_factory=dict)
     """Files with a syntax problem outside any section: all their sections are suspect."""
+    warnings: list[Issue] = field(default_factory=list)
+    """Worth saying, nothing refused: a section defined in more than one place."""
+    unreadable: list[Path] = field(default_factory=list)
+    """Files that could not be read or decoded: their sections, whatever they were, are
+    missing from ``sections``."""
+    empty: list[Path] = field(default_factory=list)
+    """Files with nothing but blanks."""
 
 
 def read_files(paths: list[Path]) -> IniDocument:
@@ -80,14 +98,48 @@ def read_files(paths: list[Path]) -> IniDocument:
     doc = IniDocument()
     for path in paths:
         doc.files.append(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            _syntax(doc, Issue(Location(path, 0), None, None,
-                               f"cannot read file: {exc.__class__.__name__}"), None)
+        text = _text(doc, path)
+        if text is None:
             continue
+        if not text.strip():
+            doc.empty.append(path)
         _read_text(doc, path, text)
+    doc.warnings.extend(_repeated_sections(doc))
     return doc
+
+
+def _text(doc: IniDocument, path: Path) -> str | None:
+    """The file's text, or None after recording why it cannot be had."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        issue = Issue(Location(path, 0), None, None,
+                      f"cannot read file: {exc.strerror or exc.__class__.__name__}")
+    else:
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            # where, never what: the bytes may be part of a secret
+            line = data.count(b"\n", 0, exc.start) + 1
+            issue = Issue(Location(path, line), None, None,
+                          "cannot read file: not UTF-8 (the file is ignored as a whole)")
+    doc.unreadable.append(path)
+    _syntax(doc, issue, None)
+    return None
+
+
+def _repeated_sections(doc: IniDocument) -> list[Issue]:
+    """A warning for every header met again, naming the place before it and the options
+    this file overrides (values are merged; the later file wins)."""
+    found = []
+    for section in doc.sections.values():
+        for before, again in zip(section.headers, section.headers[1:], strict=False):
+            replaced = sorted({o for o, where in section.overrides if where.file == again.file})
+            found.append(Issue(again, section.title, None, (
+                f"also defined at {before}: the two are merged, later files overriding "
+                f"earlier ones" + (f"; this file overrides {', '.join(replaced)}"
+                                   if replaced else ""))))
+    return found
 
 
 def _read_text(doc: IniDocument, path: Path, text: str) -> None:
@@ -116,6 +168,7 @@ def _read_text(doc: IniDocument, path: Path, text: str) -> None:
             if current is None:
                 current = doc.sections[key] = Section(key, where)
             current.files.add(path)
+            current.headers.append(where)
             continue
         option_match = _OPTION.match(stripped)
         if option_match is None:
@@ -135,6 +188,8 @@ def _read_text(doc: IniDocument, path: Path, text: str) -> None:
                     current)
             continue
         seen_here.add((current.key, name))
+        if name in current.values and current.values[name][1].file != path:
+            current.overrides.append((name, where))
         current.values[name] = (_strip_comment(option_match.group("value")), where)
         last_key = name
 

@@ -5,6 +5,30 @@ could validate, the names of spaces it could not, and one ``Issue`` per problem 
 file, line, section and option.  A problem in one space never hides another space; a
 problem in ``[settings]`` makes ``settings`` ``None`` (the daemon keeps its last good one).
 Values are never copied into messages, because some options hold secrets.
+
+Files that lose their content.  A file that cannot be read (permissions, I/O error, not
+UTF-8) or holds nothing but blanks cannot say which spaces it defined, so the loader
+takes ``previous``, the ``LoadedConfig`` of the last load, whose ``sources`` (and
+``settings_sources``) remember which files each space's sections came from:
+
+* a space with a section in a file now unreadable or empty is in ``broken`` (never in
+  ``spaces``), with an error ``Issue`` located at that file naming the space, and keeps
+  its ``sources``, so the next load still knows (the caller keeps the space's last good
+  configuration, as for any broken space);
+* ``[settings]`` likewise: ``settings`` is ``None`` when a file that held it is lost, or,
+  without ``previous``, when ``[settings]`` was read nowhere and some file is unreadable
+  (it may be in that file: starting on defaults could mean another database);
+* an empty file that held nothing known is a warning; an unreadable one is always an
+  error at the file (``unreadable`` lists them).
+
+So "the operator removed the space" is: its sections deleted from a file that still has
+content, or its file deleted; an emptied file (a truncated write, a full disk, a
+``> file`` by mistake) keeps the space on its last good configuration until the file
+is restored or deleted.  Without ``previous`` (``validate``, the first load at start-up)
+nothing can be attributed: the issues are all there is.
+
+A section repeated in another file is merged (later files override earlier ones, as
+configparser does); it is reported as a warning in ``warnings``, never refused.
 """
 
 from __future__ import annotations
@@ -32,6 +56,9 @@ LIST_OPTIONS = frozenset({"flavor_names", "sim_flavors", "sim_unschedulable_flav
 PLACEHOLDER_KEYS = (("user_data_option_", "user_data_options"),
                     ("user_data_file_", "user_data_files"))
 SECTION_KINDS = "[settings], [dirac NAME], [space NAME] and [machinetype SPACE NAME]"
+OPENSTACK_SECRETS = ("password_file", "application_credential_secret_file",
+                     "egi_checkin_client_secret_file", "egi_checkin_refresh_token_file")
+MACHINETYPE_SECRETS = ("host_key_file", "pilot_proxy_file")
 
 
 @dataclass(slots=True)
@@ -39,10 +66,25 @@ class LoadedConfig:
     settings: Settings | None
     spaces: dict[str, Space] = field(default_factory=dict)
     broken: set[str] = field(default_factory=set)
-    """Spaces named in the files that failed validation."""
+    """Spaces named in the files that failed validation, and spaces that had a section in
+    a file now unreadable or empty (see the module docstring)."""
     issues: list[Issue] = field(default_factory=list)
+    """Errors: something was refused."""
     files: list[Path] = field(default_factory=list)
     dirac: dict[str, DiracInstance] = field(default_factory=dict)
+    warnings: list[Issue] = field(default_factory=list)
+    """Worth telling the operator, nothing refused (a section repeated across files, an
+    empty file that held nothing known)."""
+    unreadable: list[Path] = field(default_factory=list)
+    """Files that could not be read or decoded (each also an issue)."""
+    empty: list[Path] = field(default_factory=list)
+    """Files with nothing but blanks."""
+    sources: dict[str, frozenset[Path]] = field(default_factory=dict)
+    """For every space in ``spaces`` or ``broken``: the files its ``[space]`` and
+    ``[machinetype]`` sections came from (carried over from ``previous`` for a space
+    broken by a lost file).  Pass this LoadedConfig as the next load's ``previous``."""
+    settings_sources: frozenset[Path] = frozenset()
+    """The files ``[settings]`` came from, likewise."""
 
     def issues_for(self, space: str) -> list[Issue]:
         return [i for i in self.issues if _space_of(i.section) == space]
@@ -53,7 +95,8 @@ def config_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.glob("*.conf") if p.is_file())
 
 
-def load_config_dir(directory: Path) -> LoadedConfig:
+def load_config_dir(directory: Path, previous: LoadedConfig | None = None) -> LoadedConfig:
+    """Load ``directory``; ``previous``: the caller's last load (see the module docstring)."""
     if not directory.is_dir():
         issue = Issue(Location(directory, 0), None, None, "configuration directory not found")
         return LoadedConfig(settings=None, issues=[issue])
@@ -61,7 +104,7 @@ def load_config_dir(directory: Path) -> LoadedConfig:
     if not files:
         issue = Issue(Location(directory, 0), None, None, "no *.conf files in directory")
         return LoadedConfig(settings=None, issues=[issue], files=files)
-    return build(read_files(files))
+    return build(read_files(files), previous)
 
 
 @dataclass(slots=True)
@@ -83,10 +126,15 @@ class _Dirac:
     broken: frozenset[str]
 
 
-def build(doc: IniDocument) -> LoadedConfig:
-    result = LoadedConfig(settings=None, issues=list(doc.issues), files=list(doc.files))
+def build(doc: IniDocument, previous: LoadedConfig | None = None) -> LoadedConfig:
+    """Validate ``doc``; ``previous``: see the module docstring."""
+    result = LoadedConfig(settings=None, issues=list(doc.issues), files=list(doc.files),
+                          warnings=list(doc.warnings), unreadable=list(doc.unreadable),
+                          empty=list(doc.empty))
     sections = _sort(doc, result.issues)
     result.settings = _settings(sections.settings, doc, result.issues)
+    if sections.settings is not None:
+        result.settings_sources = frozenset(sections.settings.files)
     dirac = _dirac(sections.dirac, doc, result.issues)
     result.dirac = dict(dirac.instances)
     for space_name, mts in sections.machinetypes.items():
@@ -102,7 +150,58 @@ def build(doc: IniDocument) -> LoadedConfig:
             result.broken.add(name)
         else:
             result.spaces[name] = space
+        result.sources[name] = frozenset(section.files.union(*(s.files for s in mts)))
+    _lost_files(doc, previous, result)
     return result
+
+
+def _lost_files(doc: IniDocument, previous: LoadedConfig | None, result: LoadedConfig) -> None:
+    """Break the spaces (and ``[settings]``) that had sections in a file now unreadable or
+    empty; warn about empty files that held nothing known (module docstring)."""
+    lost = {path: "cannot be read" for path in doc.unreadable}
+    lost |= {path: "is empty" for path in doc.empty}
+    if not lost:
+        return
+    known = previous.sources if previous is not None else {}
+    held: set[Path] = set()
+    for name, files in sorted(known.items()):
+        gone = sorted(files & lost.keys())
+        if not gone:
+            continue
+        result.spaces.pop(name, None)
+        result.broken.add(name)
+        result.sources[name] = files | result.sources.get(name, frozenset())
+        held.update(gone)
+        result.issues.extend(
+            Issue(Location(path, 0), f"space {name}", None, f"this file {lost[path]} and "
+                  "held sections of this space: keeping its last good configuration until "
+                  "the file is restored (or deleted, to stop managing the space)")
+            for path in gone)
+    held.update(_lost_settings(doc, previous, result, lost))
+    result.warnings.extend(Issue(Location(path, 0), None, None, "the file is empty")
+                           for path in doc.empty if path not in held)
+
+
+def _lost_settings(doc: IniDocument, previous: LoadedConfig | None, result: LoadedConfig,
+                   lost: Mapping[Path, str]) -> set[Path]:
+    """Make ``settings`` None if ``[settings]`` may have been in a lost file; the files
+    that held it."""
+    if previous is not None:
+        gone = set(previous.settings_sources & lost.keys())
+    elif result.settings_sources:
+        gone = set()
+    else:
+        gone = set(doc.unreadable)  # nothing is known: any unreadable file may hold it
+    if not gone:
+        return set()
+    result.settings = None
+    if previous is not None:
+        result.settings_sources |= previous.settings_sources
+    result.issues.extend(
+        Issue(Location(path, 0), "settings", None, f"this file {lost[path]} and may hold "
+              "[settings]: keeping the last good settings (none at start-up)")
+        for path in sorted(gone))
+    return gone
 
 
 def _sort(doc: IniDocument, issues: list[Issue]) -> _Sections:
@@ -197,7 +296,7 @@ def _machinetypes(space: str, sections: list[Section],
             data["sim"] = _validate(SimMachinetype, sim, section, "sim_", issues)
             ok = ok and data["sim"] is not None
         mt = _validate(Machinetype, data, section, None, issues)
-        if mt is None:
+        if mt is None or not _check_secret_files(mt, MACHINETYPE_SECRETS, section, issues):
             ok = False
         else:
             machinetypes[mt.name] = mt
@@ -236,15 +335,16 @@ def _space(name: str, section: Section, mt_sections: list[Section], doc: IniDocu
     space = _validate(Space, {"name": name, **values, "machinetypes": machinetypes}, section,
                       None, issues)
     if space is not None and space.openstack is not None:
-        ok = _check_secret_files(space.openstack, section, issues) and ok
+        ok = _check_secret_files(space.openstack, OPENSTACK_SECRETS, section, issues) and ok
     return space if ok else None
 
 
-def _check_secret_files(options: OpenStackSpace, section: Section, issues: list[Issue]) -> bool:
-    """Secret files must exist and be private now, not at the first cloud call."""
+def _check_secret_files(options: BaseModel, names: Iterable[str], section: Section,
+                        issues: list[Issue]) -> bool:
+    """Secret files must exist and be private now, not at the first cloud call or the
+    first machine's user_data."""
     good = True
-    for option in ("password_file", "application_credential_secret_file",
-                   "egi_checkin_client_secret_file", "egi_checkin_refresh_token_file"):
+    for option in names:
         path = getattr(options, option)
         if path is None:
             continue

@@ -35,6 +35,7 @@ from cloudvac.engine.cycle import CycleReport, SpaceCycle
 from cloudvac.engine.tools import CycleTools
 from cloudvac.model.errors import CloudError
 from cloudvac.model.records import Event
+from cloudvac.model.redact import redact
 
 log = logging.getLogger("cloudvac.engine.daemon")
 
@@ -47,8 +48,10 @@ class ConfigSource:
     directory: Path
     overrides: Mapping[str, Any] = field(default_factory=dict)
 
-    def load(self) -> LoadedConfig:
-        loaded = load_config_dir(self.directory)
+    def load(self, previous: LoadedConfig | None = None) -> LoadedConfig:
+        """The configuration now; ``previous`` (the last load) lets the loader tell a file
+        that became unreadable or empty from a space the operator removed."""
+        loaded = load_config_dir(self.directory, previous)
         if loaded.settings is not None and self.overrides:
             loaded.settings = loaded.settings.model_copy(update=dict(self.overrides))
         return loaded
@@ -135,10 +138,14 @@ class Daemon:
 
     def reload(self) -> LoadedConfig:
         """Re-read the configuration; start, update or stop space tasks accordingly."""
-        loaded = self.config.load()
+        loaded = self.config.load(self.last_load)
+        if self.last_load is None or loaded.warnings != self.last_load.warnings:
+            for warning in loaded.warnings:
+                log.warning("config: %s", warning)
         self.last_load = loaded
         metrics = self.tools.metrics
         metrics.config_errors.set(len(loaded.issues))
+        metrics.store_reopened.set(self.tools.store.reopened)
         for issue in loaded.issues:
             log.error("config: %s", issue)
         if loaded.settings is not None and loaded.settings != self.settings:
@@ -268,7 +275,9 @@ class Daemon:
             report = CycleReport(name, started, ok=False,
                                  error=f"internal error {type(exc).__name__}: {exc}")
             metrics.cycles.labels(name, "crash").inc()
-        report = replace(report, config_ok=state.config_ok,
+        # Error texts carry what clouds and identity providers answered: redacted here,
+        # where every cycle report passes, before logs, the store, the demo's summary.
+        report = replace(report, config_ok=state.config_ok, error=redact(report.error),
                          duration=self.tools.monotonic() - begun)
         if not report.ok:
             await self._report_failure(name, report)

@@ -45,6 +45,9 @@ class EngineMetrics:
                                  "before creations resume (breaker); flavors waiting after "
                                  "quota or capacity refusals (flavors)", ["space", "cause"],
                                  registry=r)
+        self.store_reopened = Gauge("cloudvac_store_reopened", "Times the store's database "
+                                    "file was found removed or replaced under the running "
+                                    "manager (every machine then adopted afresh)", registry=r)
         self.space_config_ok = Gauge("cloudvac_space_config_ok", "1 if the space's current "
                                      "configuration validated, 0 if its last good one is used",
                                      ["space"], registry=r)

@@ -170,3 +170,11 @@ class HistoryCache:
         """Drop what is cached for ``space`` (its next read is a full one)."""
         with self._lock(space):
             self._snapshots.pop(space, None)
+
+    def clear(self) -> None:
+        """Drop what is cached for every space (each next read is a full one): the
+        database the snapshots came from is not the one being read any more."""
+        with self._guard:
+            spaces = list(self._locks)
+        for space in spaces:
+            self.forget(space)

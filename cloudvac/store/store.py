@@ -16,9 +16,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
 
-from alembic import command
 from sqlalchemy import (
     CursorResult,
+    Engine,
     Float,
     Integer,
     Update,
@@ -35,8 +35,17 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from cloudvac.model.records import Event, MachineRecord, SpaceHistory
+from cloudvac.model.redact import redact
 from cloudvac.model.states import MachineState, ShutdownMessage
-from cloudvac.store.engine import IMMEDIATE, alembic_config, open_engine
+from cloudvac.store.engine import (
+    IMMEDIATE,
+    DatabaseFile,
+    Gate,
+    StoreMoved,
+    follow,
+    open_migrated,
+    sqlite_path,
+)
 from cloudvac.store.history import FULL_READ_SECONDS, HistoryCache, bump_revisions
 from cloudvac.store.tables import (
     ENGINE_COLUMNS,
@@ -94,15 +103,30 @@ class Store:
     """Persistent memory of cloudvac.  All methods are synchronous and thread-safe; each
     commits before returning, so a returned call is durable."""
 
-    def __init__(self, url: str, history_full_seconds: float = FULL_READ_SECONDS) -> None:
+    def __init__(self, url: str, history_full_seconds: float = FULL_READ_SECONDS,
+                 writable: bool = False) -> None:
         """Open (creating if needed) the database at ``url`` and migrate it to head.
 
         SQLite: the parent directory is created, and connections use WAL and a busy
-        timeout.  Raises ValueError for in-memory SQLite or backends other than SQLite
-        and PostgreSQL.  ``history_full_seconds``: see ``store/history.py``.
+        timeout.  Raises StoreUnavailable (naming the database and the system's reason)
+        when it cannot be opened, or with ``writable`` when it refuses a write (the
+        daemon's and the web side's start-up; ``status`` can read a read-only store);
+        ValueError for in-memory SQLite or backends other than SQLite and PostgreSQL.
+        ``history_full_seconds``: see ``store/history.py``.
+
+        A SQLite file removed or replaced while the Store is open is noticed before the
+        next session (one ``os.stat``): one ERROR, the file at the path opened (created and
+        migrated if missing), the history cache dropped, ``reopened`` counted.  See
+        ``_session``.
         """
         self.histories = HistoryCache(history_full_seconds)
-        self._engine = open_engine(url)
+        self.reopened = 0
+        """How many times the database file was found removed or replaced and reopened."""
+        path = sqlite_path(url)
+        self._file = DatabaseFile(path) if path is not None else None
+        self._gate = Gate()
+        self._engine = open_migrated(url, writable,
+                                     self._file.check if self._file is not None else None)
         self._dialect = self._engine.dialect.name
         self._writer = self._engine.execution_options(**{IMMEDIATE: True})
         # history() must see one consistent snapshot; SQLite's BEGIN already gives one.
@@ -111,27 +135,44 @@ class Store:
             if self._dialect == "postgresql"
             else self._engine
         )
-        try:
-            # One transaction around the whole upgrade; on SQLite BEGIN IMMEDIATE also
-            # serialises two processes that open the same fresh file at once.
-            with self._writer.begin() as connection:
-                command.upgrade(alembic_config(connection), "head")
-        except BaseException:
-            self._engine.dispose()
-            raise
 
     def close(self) -> None:
         """Release every pooled connection.  The Store must not be used afterwards."""
         self._engine.dispose()
 
     @contextmanager
+    def _session(self, bind: Engine) -> Iterator[Session]:
+        """A session on ``bind`` in a transaction, on the SQLite file now at the path.
+
+        Before it: ``engine.follow`` (one ``os.stat``; a removed or replaced file is
+        reopened, the history cache cleared, ``reopened`` counted).  Its connection is
+        checked out before the caller gets it: a new connection that finds the file
+        changed since (``DatabaseFile.check``) is refused, and the session starts again
+        once the file is reopened.
+        """
+        for attempt in (1, 2):
+            if self._file is not None and follow(self._engine, self._file, self._gate,
+                                                 self.histories.clear):
+                self.reopened += 1
+            entered = False
+            try:
+                with self._gate.shared(), Session(bind) as session, session.begin():
+                    session.connection()
+                    entered = True
+                    yield session
+                return
+            except StoreMoved:
+                if entered or attempt == 2:
+                    raise
+
+    @contextmanager
     def _write(self) -> Iterator[Session]:
-        with Session(self._writer) as session, session.begin():
+        with self._session(self._writer) as session:
             yield session
 
     @contextmanager
     def _read(self) -> Iterator[Session]:
-        with Session(self._reader) as session, session.begin():
+        with self._session(self._reader) as session:
             yield session
 
     def _insert(self, entity: type[Base] | Any) -> sqlite.Insert | postgresql.Insert:
@@ -277,12 +318,15 @@ class Store:
                 )
 
     def add_events(self, events: Sequence[Event]) -> None:
-        """Append events to the log, in one transaction."""
+        """Append events to the log, in one transaction.  Messages are stored redacted and
+        bounded (``model.redact``): whatever a cloud or identity provider put into an
+        error's text, the event log (which status and the CLI show) holds no
+        secret-shaped value."""
         if not events:
             return
         rows = [
             {"at": e.at, "space": e.space, "machinetype": e.machinetype, "machine": e.machine,
-             "kind": e.kind, "message": e.message}
+             "kind": e.kind, "message": redact(e.message)}
             for e in events
         ]  # fmt: skip
         with self._write() as session:

@@ -23,6 +23,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeEngine
 
 from cloudvac.model.records import ENGINE_FIELDS, KEY_FIELDS, MACHINE_FIELDS, Event, MachineRecord
+from cloudvac.model.redact import redact
 from cloudvac.model.states import MachineState, ShutdownMessage
 
 # Named constraints keep future migrations deterministic: PostgreSQL otherwise invents
@@ -124,6 +125,9 @@ def engine_values(record: MachineRecord, now: float, rev: int) -> dict[str, Any]
     values: dict[str, Any] = {name: getattr(record, name) for name in (*KEY_FIELDS,
                                                                        *ENGINE_FIELDS)}
     values["state"] = record.state.value
+    # The one text the engine copies from the cloud (a server's fault, a refusal): the
+    # adapters redact it; redacted again here, where every machine row is written.
+    values["fault"] = redact(record.fault)
     message = record.shutdown
     values.update(shutdown_code=None if message is None else message.code,
                   shutdown_text=None if message is None else message.text,

@@ -4,10 +4,18 @@ Layout: ``STATE_DIR/joboutputs/<space>/<machine>/<file>``.  A write goes to a te
 file in the same directory and is renamed into place, so readers never see half a file
 and a failed upload leaves the previous version intact.  Names are checked against a
 strict pattern before any path is built, so no upload can leave its machine's directory.
+
+A write the file system refuses (full disk, quota, read-only, I/O error) is answered 507
+Insufficient Storage, logged, and leaves nothing behind: the temporary file is removed and
+the previous version stays.  507 rather than 503: it names the cause (503 says the
+service is overloaded or down, and balancers act on that), and the in-VM agent retries
+every 5xx alike, so the upload is tried again once there is room.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
 import shutil
@@ -17,6 +25,8 @@ from pathlib import Path
 
 from cloudvac.model.naming import MACHINE_NAME, SPACE_NAME
 
+log = logging.getLogger("cloudvac.web.files")
+REFUSAL_LOG_SECONDS = 60.0
 FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -37,6 +47,9 @@ class UploadLimits:
 class JoboutputsDir:
     def __init__(self, root: Path, limits: UploadLimits) -> None:
         self.root, self.limits = root, limits
+        # a full disk refuses every VM's upload: one log line a minute says it
+        self._refusals = 0
+        self._logged_at = -1e9
 
     def machine_dir(self, space: str, name: str) -> Path:
         if not SPACE_NAME.match(space) or not MACHINE_NAME.match(name):
@@ -45,12 +58,32 @@ class JoboutputsDir:
 
     def write(self, space: str, name: str, file: str, data: bytes, durable: bool) -> None:
         """Write ``data`` as ``file`` atomically; ``durable`` also fsyncs (shutdown messages
-        and logs; heartbeats are rewritten every minute and need not survive a crash)."""
+        and logs; heartbeats are rewritten every minute and need not survive a crash).
+        UploadRejected: 400/404/413 for the request, 507 when the file system refuses
+        the write; either way nothing is written."""
         if not FILE_RE.match(file):
             raise UploadRejected(400, "file name must match " + FILE_RE.pattern)
         if len(data) > self.limits.max_file_bytes:
             raise UploadRejected(413, f"file larger than {self.limits.max_file_bytes} bytes")
         directory = self.machine_dir(space, name)
+        try:
+            self._write(directory, file, data, durable)
+        except OSError as exc:
+            self._refused(space, name, file, exc)
+            # the VM is told the cause, not the server's paths
+            raise UploadRejected(507, "the server cannot store the upload now: "
+                                 f"{exc.strerror or type(exc).__name__}") from None
+
+    def _refused(self, space: str, name: str, file: str, exc: OSError) -> None:
+        self._refusals += 1
+        now = time.monotonic()
+        if now - self._logged_at >= REFUSAL_LOG_SECONDS:
+            log.error("space=%s machinetype=- machine=%s cannot store upload %s: %s (%d "
+                      "uploads refused since the last such line)", space, name, file, exc,
+                      self._refusals)
+            self._logged_at, self._refusals = now, 0
+
+    def _write(self, directory: Path, file: str, data: bytes, durable: bool) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         used = sum(e.stat().st_size for e in os.scandir(directory)
                    if e.is_file() and e.name != file and not e.name.startswith("."))
@@ -66,7 +99,8 @@ class JoboutputsDir:
                     os.fsync(handle.fileno())
             os.replace(tmp, directory / file)
         finally:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # the write's own error is the one to report
+                tmp.unlink(missing_ok=True)
 
     def read(self, space: str, name: str, file: str) -> bytes | None:
         if not FILE_RE.match(file):

@@ -5,10 +5,12 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -140,6 +142,26 @@ def test_render_each_vo_masked_and_valid() -> None:
     assert missing.returncode == 2 and "no machinetype atlas" in missing.stderr
 
 
+def test_render_masks_operator_files_and_secret_options_unless_asked(tmp_path: Path) -> None:
+    key, template = tmp_path / "hostkey.pem", tmp_path / "user_data"
+    key.write_text("-----BEGIN PRIVATE KEY-----\nMIIclisecret\n-----END PRIVATE KEY-----\n")
+    template.write_text("#!/bin/sh\ncat > /etc/key <<'EOF'\n##user_data_file_hostkey##\nEOF\n"
+                        "echo ##user_data_option_db_password## ##user_data_joboutputs_token## "
+                        "##user_data_option_colour##\n")
+    (tmp_path / "10.conf").write_text(
+        f"[settings]\nstate_dir = {tmp_path / 'state'}\n\n[space op.example]\napi = sim\n"
+        "flavor_names = m1.small\n\n[machinetype op.example custom]\ntarget_share = 1\n"
+        f"user_data = {template}\nuser_data_file_hostkey = {key}\n"
+        "user_data_option_db_password = hunter2\nuser_data_option_colour = blue\n")
+    render = ("render", "op.example", "custom", "--config-dir", str(tmp_path))
+    masked, shown = cli(*render), cli(*render, "--show-secrets")
+    assert masked.returncode == 0 and shown.returncode == 0, masked.stderr + shown.stderr
+    assert "MIIclisecret" not in masked.stdout and "hunter2" not in masked.stdout
+    assert masked.stdout.count("***MASKED***") == 3 and "blue" in masked.stdout  # key, pw, token
+    assert "MIIclisecret" in shown.stdout and "hunter2" in shown.stdout
+    assert "***MASKED***" not in shown.stdout
+
+
 def test_dirac_cs_parses_with_diraccfg() -> None:
     from diraccfg import CFG
 
@@ -164,3 +186,183 @@ def test_dirac_cs_parses_with_diraccfg() -> None:
                 queues = section(all_sites, domain, site, "CEs", "sim-a.example", "Queues")
                 sites[site] = sorted(queues.listSections())
     assert sites == {"VCYCLE.SIM-A.eu": ["belle"], "CLOUD.SIM-A.eu": ["hyperk", "t2k"]}
+
+
+# --- one daemon per store; stores and secrets that cannot be used (issue 13) ---
+
+ANY_PORT = GOOD.replace("cycle_seconds = 0.5\n", "cycle_seconds = 0.5\nweb_listen = 127.0.0.1:0\n")
+"""GOOD with the web side on a free port: other test runs on this host may hold 8080."""
+STEADY = ANY_PORT.replace("target_share = 1\n", "target_share = 1\nsim_job_seconds = 3600\n")
+"""With pilots that run at least half an hour: its machines stay as they are."""
+
+
+def store_rows(db: Path) -> set[tuple[str, str, str | None]]:
+    """(name, state, cloud id) of every machine in the store at ``db``, read by this test."""
+    from cloudvac.store import Store
+
+    store = Store(f"sqlite:///{db}")
+    try:
+        return {(m.name, m.state.value, m.cloud_id) for m in store.machines(include_gone=True)}
+    finally:
+        store.close()
+
+
+def wait_until_all_running(db: Path, first: subprocess.Popen[bytes], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and first.poll() is None:
+        rows = store_rows(db) if db.exists() else set()
+        if rows and all(state == "running" for _, state, _ in rows):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the first daemon's machines never all ran (exit {first.poll()})")
+
+
+def test_second_run_on_the_same_store_is_refused_naming_the_holder(tmp_path: Path) -> None:
+    import socket
+
+    cdir, db = tmp_path / "cloudvac.d", tmp_path / "state" / "cloudvac.db"
+    cdir.mkdir()
+    (cdir / "10-good.conf").write_text(STEADY.format(state=tmp_path / "state"))
+    with open(tmp_path / "first.log", "wb") as log:
+        first = subprocess.Popen([*CLOUDVAC, "run", "--config-dir", str(cdir)], stderr=log)
+    try:
+        wait_until_all_running(db, first, seconds=90)
+        before = store_rows(db)
+        second = cli("run", "--config-dir", str(cdir), "--cycles", "2")
+        assert second.returncode == 2, second.stderr
+        one_line = second.stderr.replace("\n", "")
+        assert (f"cannot start: the store {db} is in use by cloudvac run (pid {first.pid} on "
+                f"{socket.gethostname()} since ") in one_line
+        assert "one daemon per store" in one_line and "Traceback" not in second.stderr
+        assert store_rows(db) == before, "the second daemon touched nothing"
+        assert first.poll() is None, "the first one runs on"
+        # readers never take the lock
+        status = cli("status", "--config-dir", str(cdir), "--json")
+        assert status.returncode == 0, status.stderr
+    finally:
+        first.send_signal(signal.SIGTERM)
+        try:
+            assert first.wait(timeout=60) == 0
+        finally:
+            if first.poll() is None:
+                first.kill()
+                first.wait()
+    after = cli("run", "--config-dir", str(cdir), "--cycles", "1")
+    assert after.returncode == 0, after.stderr
+
+
+@pytest.mark.parametrize("command", ["run", "status"])
+def test_store_that_cannot_be_created_is_named_without_a_traceback(tmp_path: Path,
+                                                                   command: str) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    (tmp_path / "10.conf").write_text(GOOD.format(state=blocker / "state"))
+    result = cli(command, "--config-dir", str(tmp_path), *(["--cycles", "1"]
+                                                            if command == "run" else []))
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert str(blocker / "state") in result.stderr.replace("\n", "")
+    assert "Not a directory" in result.stderr
+
+
+def test_store_that_cannot_be_opened_is_named_for_every_command(tmp_path: Path) -> None:
+    conf = tmp_path / "conf"
+    shutil.copytree(DEMO, conf)
+    state = tmp_path / "state"
+    (state / "cloudvac.db").mkdir(parents=True)  # where the database file should be
+    (conf / "00-settings.conf").write_text(f"[settings]\nstate_dir = {state}\n")
+    for args in (("run", "--cycles", "1"), ("status",), ("dirac-cs", "sim-a.example")):
+        result = cli(*args, "--config-dir", str(conf))
+        one_line = result.stderr.replace("\n", "")
+        assert result.returncode == 2, (args, result.stderr)
+        assert "Traceback" not in result.stderr, args
+        assert f"cannot open the store {state / 'cloudvac.db'}: unable to open database " \
+               f"file ({state / 'cloudvac.db'} is a directory)" in one_line, args
+
+
+@pytest.fixture
+def read_only(tmp_path: Path) -> Iterator[Callable[[Path], None]]:
+    """Make a file read-only for this process: its mode, or (as root, whom modes do not
+    stop) the immutable attribute; skips where neither works.  Undone at the end."""
+    made: list[Path] = []
+
+    def make(path: Path) -> None:
+        if os.geteuid() != 0:
+            path.chmod(0o444)
+            return
+        if shutil.which("chattr") is None or subprocess.run(
+                ["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+            pytest.skip("root, and no immutable attribute on this file system")
+        made.append(path)
+
+    yield make
+    for path in made:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def test_read_only_store_refuses_the_daemon_clearly(confdir: Path, tmp_path: Path,
+                                                    read_only: Callable[[Path], None]) -> None:
+    (confdir / "20-broken.conf").unlink()
+    (confdir / "10-good.conf").write_text(ANY_PORT.format(state=tmp_path / "state"))
+    assert cli("run", "--config-dir", str(confdir), "--cycles", "1").returncode == 0
+    db = tmp_path / "state" / "cloudvac.db"
+    read_only(db)
+    result = cli("run", "--config-dir", str(confdir), "--cycles", "1")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert f"cannot open the store {db}: attempt to write a readonly database" in \
+        result.stderr.replace("\n", "")
+    status = cli("status", "--config-dir", str(confdir), "--json")
+    assert status.returncode == 0, "status only reads: " + status.stderr
+
+
+KEYED = """\
+[space keyed.example]
+api = sim
+flavor_names = m1.small
+processors_limit = 4
+
+[machinetype keyed.example t2k]
+target_share = 1
+host_cert_file = {cert}
+host_key_file = {key}
+"""
+
+
+def test_secret_file_with_a_bad_mode_is_located_everywhere(confdir: Path,
+                                                           tmp_path: Path) -> None:
+    (confdir / "20-broken.conf").unlink()
+    (confdir / "10-good.conf").write_text(ANY_PORT.format(state=tmp_path / "state"))
+    cert, key = tmp_path / "hostcert.pem", tmp_path / "hostkey.pem"
+    cert.write_text("-----BEGIN CERTIFICATE-----\nMIIcert\n-----END CERTIFICATE-----\n")
+    key.write_text("-----BEGIN PRIVATE KEY-----\nMIIkeysecret\n-----END PRIVATE KEY-----\n")
+    key.chmod(0o644)
+    keyed = confdir / "30-keyed.conf"
+    keyed.write_text(KEYED.format(cert=cert, key=key))
+    located = (f"error {keyed}:9: [machinetype keyed.example t2k] host_key_file: "
+               f"host_key_file file {key} is accessible by group or others (mode 0644); "
+               f"run chmod 600 {key}")
+
+    validate = cli("validate", "--config-dir", str(confdir))
+    assert validate.returncode == 1 and "Traceback" not in validate.stderr
+    assert located in validate.stderr.splitlines(), validate.stderr
+    render = cli("render", "keyed.example", "t2k", "--config-dir", str(confdir))
+    assert render.returncode == 2 and "Traceback" not in render.stderr
+    assert located in render.stderr.splitlines(), render.stderr
+    assert "MIIkeysecret" not in validate.stderr + render.stderr + render.stdout
+
+    run = cli("run", "--config-dir", str(confdir), "--cycles", "3")
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
+    assert f"{keyed}:9: [machinetype keyed.example t2k] host_key_file:" in run.stderr
+    rows = json.loads(cli("status", "--config-dir", str(confdir), "--json").stdout)
+    assert [(r["space"], r["processors"]) for r in rows] == [("good.example", 6)]
+
+
+def test_render_error_is_one_line_without_a_traceback(tmp_path: Path) -> None:
+    (tmp_path / "10.conf").write_text(
+        f"[settings]\nstate_dir = {tmp_path / 'state'}\n\n[space op.example]\napi = sim\n"
+        "flavor_names = m1.small\n\n[machinetype op.example custom]\ntarget_share = 1\n"
+        f"user_data = {tmp_path / 'no-such-template'}\n")
+    result = cli("render", "op.example", "custom", "--config-dir", str(tmp_path))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("invalid user_data:")]
+    assert "op.example/custom" in line and "no-such-template" in line

@@ -422,3 +422,41 @@ def test_a_wake_brings_the_next_cycle_forward_within_its_budget(tmp_path: Path,
 
     first, woken, refused = asyncio.run(scenario())
     assert (first, woken, refused) == (1, 2, 2)
+
+
+def test_an_unreadable_or_emptied_file_keeps_its_space_on_its_last_config(
+        tmp_path: Path, store: Store) -> None:
+    """A non-UTF-8 or emptied file must not unmanage its space silently nor look fine:
+    the space keeps its last good configuration, is reported invalid (metric 0), and the
+    error names the file.  Deleting the file is what removes a space."""
+    cdir = config(tmp_path, {"a.example": {}, "b.example": {}})
+    daemon = make_daemon(cdir, store)
+    path = cdir / "10-a.example.conf"
+
+    def state_after(content: bytes | None) -> tuple[bool, float, list[str]]:
+        if content is None:
+            path.unlink()
+        else:
+            path.write_bytes(content)
+        loaded = daemon.reload()
+        ok = daemon.tools.metrics.space_config_ok.labels("a.example")._value.get()
+        state = daemon.spaces.get("a.example")
+        return (state is not None and state.config_ok, ok,
+                [str(i) for i in loaded.issues if str(path) in str(i)])
+
+    async def scenario() -> list[tuple[bool, float, list[str]]]:
+        daemon.reload()
+        found = [state_after(b"[space a.example]\napi = sim\n\xff\xfe broken\n"),
+                 state_after(b"")]
+        daemon.stop()
+        found.append(state_after(None))
+        for state in daemon.spaces.values():
+            if state.task is not None:
+                state.task.cancel()
+        return found
+
+    unreadable, emptied, deleted = asyncio.run(scenario())
+    assert unreadable[:2] == (False, 0) and unreadable[2]
+    assert emptied[:2] == (False, 0) and emptied[2]
+    assert "a.example" not in daemon.spaces and "b.example" in daemon.spaces
+    assert deleted[2] == []

@@ -326,3 +326,61 @@ def test_housekeeping_removes_only_old_uploads_of_ended_machines(web: Running) -
     assert removed >= 1
     assert web.joboutput(A, "job.log").exists()  # alive: kept however old
     assert not web.joboutput(B, "job.log").parent.exists()
+
+
+@pytest.fixture
+def full_dir(web: Running) -> Iterator[Path]:
+    """Machine A's upload directory on a file system with no room left: a tiny tmpfs
+    (needs root), else a directory this process may not write; skips where neither is
+    possible.  Undone at the end."""
+    import os
+    import subprocess
+
+    directory = web.joboutput(A, "x").parent
+    directory.mkdir(parents=True)
+    if os.geteuid() != 0:
+        directory.chmod(0o555)
+        try:
+            yield directory
+        finally:
+            directory.chmod(0o755)
+        return
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs",
+                              str(directory)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"root, but cannot mount a tmpfs: {mounted.stderr!r}")
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", str(directory)], check=True)
+
+
+def test_upload_to_a_full_disk_is_507_and_writes_nothing(web: Running, full_dir: Path) -> None:
+    import errno
+    import os
+
+    token = web.token(A)
+    if os.geteuid() == 0:  # a tmpfs: store a first version, then fill it up
+        assert put(web, A, "job.log", b"first\n", token).status_code == 204
+        # unbuffered: the write itself meets the full disk, closing has nothing left to flush
+        with open(full_dir / ".filler", "wb", buffering=0) as filler, \
+                pytest.raises(OSError) as full:
+            while True:
+                filler.write(b"x" * 4096)
+        assert full.value.errno == errno.ENOSPC
+        reason = "No space left on device"
+    else:
+        reason = "Permission denied"
+    before = sorted(p.name for p in full_dir.iterdir())
+    response = put(web, A, "job.log", b"y" * 4000, token)
+    assert response.status_code == 507, response.text
+    assert response.json()["detail"] == f"the server cannot store the upload now: {reason}"
+    assert sorted(p.name for p in full_dir.iterdir()) == before, "no temporary file left"
+    if os.geteuid() == 0:
+        assert (full_dir / "job.log").read_bytes() == b"first\n", "the old version stays"
+    response = put(web, A, "shutdown_message", b"200 ok", token)
+    assert response.status_code == 507
+    record = web.store.machine(SPACE, A)
+    assert record is not None and record.shutdown is None, "refused means not recorded"
+    metrics = httpx.get(f"{web.url}/metrics", timeout=10).text
+    assert 'cloudvac_uploads_total{kind="log",status="507"} 1.0' in metrics

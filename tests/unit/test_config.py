@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudvac.config import load_config_dir
+from cloudvac.config import Location, load_config_dir
 
 GOOD_SPACE = """\
 [space a.example]
@@ -191,3 +191,142 @@ def test_openstack_bad_options(tmp_path: Path, extra: str, line: int, option: st
     assert (matching[0].location.line, matching[0].option) == (line, option)
     assert "hunter2" not in " ".join(str(i) for i in loaded.issues)
     assert loaded.broken == {"os.example"}
+
+
+# --- files that lose their content, sections met twice, machinetype secrets (issue 13) ---
+
+SPACE_B = "[space b.example]\napi = sim\nflavor_names = m1.small\n\n" \
+          "[machinetype b.example t2k]\ntarget_share = 1\n"
+
+
+def spoil(path: Path, how: str) -> None:
+    """Make ``path`` unreadable: not UTF-8 (at line 3), or no permission (skips when
+    this process reads it anyway: root with its capabilities)."""
+    if how == "not-utf-8":
+        path.write_bytes(b"[space b.example]\napi = sim\n\xff\xfe\n")
+        return
+    path.chmod(0)
+    try:
+        path.read_bytes()
+    except PermissionError:
+        return
+    path.chmod(0o644)
+    pytest.skip("this process reads files whatever their mode")
+
+
+@pytest.mark.parametrize("how", ["not-utf-8", "no-permission"])
+def test_unreadable_file_breaks_the_spaces_it_held(tmp_path: Path, how: str) -> None:
+    conf = write(tmp_path, {"00-settings.conf": "[settings]\ncycle_seconds = 5\n",
+                            "10-a.conf": GOOD_SPACE, "20-b.conf": SPACE_B})
+    first = load_config_dir(conf)
+    assert set(first.spaces) == {"a.example", "b.example"} and first.issues == []
+    assert first.sources["b.example"] == frozenset({conf / "20-b.conf"})
+
+    spoil(conf / "20-b.conf", how)
+    second = load_config_dir(conf, previous=first)
+    assert second.unreadable == [conf / "20-b.conf"]
+    assert set(second.spaces) == {"a.example"} and second.broken == {"b.example"}
+    read_issue = next(i for i in second.issues if "cannot read file" in i.message)
+    assert read_issue.location == Location(conf / "20-b.conf", 3 if how == "not-utf-8" else 0)
+    (held,) = second.issues_for("b.example")
+    assert str(held).startswith(f"{conf / '20-b.conf'}:0: [space b.example] this file "
+                                "cannot be read and held sections of this space")
+    assert second.settings is not None and second.settings.cycle_seconds == 5
+    # remembered: the next load still knows, until the file can be read again
+    third = load_config_dir(conf, previous=second)
+    assert third.broken == {"b.example"}
+    (conf / "20-b.conf").chmod(0o644)
+    (conf / "20-b.conf").write_text(SPACE_B)
+    assert set(load_config_dir(conf, previous=third).spaces) == {"a.example", "b.example"}
+
+
+def test_unreadable_file_may_hold_the_settings(tmp_path: Path) -> None:
+    conf = write(tmp_path, {"00-settings.conf": "[settings]\ncycle_seconds = 5\n",
+                            "10-a.conf": GOOD_SPACE})
+    first = load_config_dir(conf)
+    spoil(conf / "00-settings.conf", "not-utf-8")
+    for previous in (first, None):  # known to hold them, or nothing known
+        loaded = load_config_dir(conf, previous=previous)
+        assert loaded.settings is None, "not the defaults: they may name another database"
+        assert any(i.section == "settings" and i.location.file == conf / "00-settings.conf"
+                   for i in loaded.issues)
+        assert "a.example" in loaded.spaces
+
+
+def test_emptied_file_keeps_its_space_until_the_file_is_deleted(tmp_path: Path) -> None:
+    conf = write(tmp_path, {"10-a.conf": GOOD_SPACE, "20-b.conf": SPACE_B})
+    first = load_config_dir(conf)
+    (conf / "20-b.conf").write_text("\n  \n")  # a truncated write, a full disk, "> file"
+
+    emptied = load_config_dir(conf, previous=first)
+    assert emptied.empty == [conf / "20-b.conf"]
+    assert emptied.broken == {"b.example"} and "b.example" not in emptied.spaces
+    (issue,) = emptied.issues_for("b.example")
+    assert "this file is empty and held sections of this space" in issue.message
+    assert emptied.warnings == []
+
+    unknown = load_config_dir(conf)  # nothing to go by: said, not acted on
+    assert "b.example" not in set(unknown.spaces) | unknown.broken
+    assert unknown.issues == []
+    assert [str(w) for w in unknown.warnings] == [f"{conf / '20-b.conf'}:0: the file is empty"]
+
+    (conf / "20-b.conf").unlink()  # the operator's way to stop managing it
+    removed = load_config_dir(conf, previous=emptied)
+    assert set(removed.spaces) == {"a.example"} and removed.broken == set()
+    assert removed.issues == [] and removed.warnings == []
+
+
+def test_section_removed_from_a_file_with_content_is_a_removal(tmp_path: Path) -> None:
+    conf = write(tmp_path, {"10-a.conf": GOOD_SPACE + "\n" + SPACE_B})
+    first = load_config_dir(conf)
+    (conf / "10-a.conf").write_text(GOOD_SPACE)
+    again = load_config_dir(conf, previous=first)
+    assert set(again.spaces) == {"a.example"} and again.broken == set() and again.issues == []
+
+
+def test_repeated_sections_are_merged_and_said(tmp_path: Path) -> None:
+    conf = write(tmp_path, {
+        "05-dirac.conf": "[dirac gridpp]\nformat = operations\nsite_prefix = CLOUD\n"
+                         "setup = GridPP\nconfiguration_servers = "
+                         "dips://a.example:9135/Configuration/Server\n",
+        "10-a.conf": GOOD_SPACE,
+        "90-local.conf": "[space a.example]\nprocessors_limit = 7\n\n"
+                         "[machinetype a.example belle]\nmin_processors = 2\n\n"
+                         "[dirac gridpp]\nsetup = GridPP-test\n"})
+    loaded = load_config_dir(conf)
+    assert loaded.issues == []
+    assert loaded.spaces["a.example"].processors_limit == 7, "the later file wins"
+    assert loaded.spaces["a.example"].machinetypes["belle"].min_processors == 2
+    assert loaded.dirac["gridpp"].setup == "GridPP-test"
+    local = conf / "90-local.conf"
+    assert sorted(str(w) for w in loaded.warnings) == sorted([
+        f"{local}:1: [space a.example] also defined at {conf / '10-a.conf'}:1: the two are "
+        "merged, later files overriding earlier ones; this file overrides processors_limit",
+        f"{local}:4: [machinetype a.example belle] also defined at {conf / '10-a.conf'}:7: "
+        "the two are merged, later files overriding earlier ones",
+        f"{local}:7: [dirac gridpp] also defined at {conf / '05-dirac.conf'}:1: the two are "
+        "merged, later files overriding earlier ones; this file overrides setup",
+    ])
+    assert loaded.sources["a.example"] == frozenset({conf / "10-a.conf", local})
+
+
+@pytest.mark.parametrize(("option", "mode", "words"), [
+    ("host_key_file", 0o644, "accessible by group or others (mode 0644); run chmod 600"),
+    ("pilot_proxy_file", 0o640, "accessible by group or others (mode 0640)"),
+    ("pilot_proxy_file", None, "No such file or directory"),
+])
+def test_machinetype_secret_files_must_be_private(tmp_path: Path, option: str,
+                                                  mode: int | None, words: str) -> None:
+    secret = tmp_path / "secret.pem"
+    if mode is not None:
+        secret.write_text("-----BEGIN PRIVATE KEY-----\nMIIsecret\n-----END PRIVATE KEY-----\n")
+        secret.chmod(mode)
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    write(conf, {"10-a.conf": GOOD_SPACE, "20-b.conf": SPACE_B + f"{option} = {secret}\n"})
+    loaded = load_config_dir(conf)
+    (issue,) = loaded.issues
+    assert (issue.location.file.name, issue.location.line, issue.option) == (
+        "20-b.conf", 7, option)
+    assert words in issue.message and "MIIsecret" not in str(issue)
+    assert loaded.broken == {"b.example"} and set(loaded.spaces) == {"a.example"}
