@@ -102,6 +102,8 @@ class Service:
 
     async def serve(self, cycles: int | None = None) -> None:
         """Run until ``stop()`` (or, with ``cycles``, until every space ran that many)."""
+        if self.daemon is not None:
+            self.daemon.load()  # before serving: an upload must find its machine's space
         web_task = asyncio.create_task(self.server.serve(sockets=[self.sock]), name="web")
         while not self.server.started and not web_task.done():
             await asyncio.sleep(0.05)

@@ -57,10 +57,9 @@ class Settings(_Model):
     token_grace_seconds: int = Field(86400, ge=0, description="VM tokens stay valid this long "
                                      "after max_wallclock_seconds.")
     wake_seconds: float = Field(10.0, ge=0, description="A VM's shutdown_message, or a "
-                                "deletion, wakes its space's cycle this much later (when its "
-                                "cycle budget allows: at most one cycle per cycle_seconds on "
-                                "average), so a freed slot is refilled in seconds; 0: never "
-                                "early.")
+                                "deletion, brings its space's next cycle forward to this much "
+                                "later (it takes that cycle's slot: no more cycles per hour), "
+                                "so a freed slot is refilled in seconds; 0: never early.")
 
     @property
     def web_base_url(self) -> str:

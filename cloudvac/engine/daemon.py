@@ -11,9 +11,10 @@ Contract:
 * ``stop()`` (SIGTERM) lets cycles in progress finish within their deadline, then returns.
 * With ``cycles=N`` each space runs N cycles and ``run()`` returns (demo, tests).
 * ``wake(space)`` (a VM's shutdown message; also after a cycle that deleted machines)
-  brings the space's next cycle forward to ``wake_seconds`` from now when its budget
-  allows: a budget holds at most two cycles and refills one per ``cycle_seconds``, so an
-  hour never has more than ``3600 / cycle_seconds + 2`` cycles (and listings).
+  brings the space's next cycle forward to ``wake_seconds`` from now.  The early cycle
+  takes the place of the next scheduled one (the one after comes a full period after
+  that slot), and never a slot more than one period ahead: a space runs one cycle per
+  ``cycle_seconds`` slot, woken or not, so wakes never add listings.
 * Every delay is on the monotonic clock: a wall-clock step never freezes a space.
 """
 
@@ -57,27 +58,6 @@ class ConfigSource:
         return loaded
 
 
-BUDGET_CYCLES = 2.0
-
-
-@dataclass(slots=True)
-class Budget:
-    """Cycles a space may still run ahead of its schedule: refills one per period, holds
-    at most BUDGET_CYCLES; every cycle spends one."""
-
-    tokens: float = BUDGET_CYCLES
-    at: float | None = None
-
-    def refill(self, tick: float, period: float) -> float:
-        if self.at is not None:
-            self.tokens = min(BUDGET_CYCLES, self.tokens + (tick - self.at) / period)
-        self.at = tick
-        return self.tokens
-
-    def spend(self, tick: float, period: float) -> None:
-        self.tokens = self.refill(tick, period) - 1.0
-
-
 @dataclass(slots=True)
 class SpaceState:
     config: Space
@@ -86,7 +66,6 @@ class SpaceState:
     cycles: int = 0
     reports: list[CycleReport] = field(default_factory=list)
     woken: asyncio.Event = field(default_factory=asyncio.Event)
-    budget: Budget = field(default_factory=Budget)
 
 
 class Daemon:
@@ -108,8 +87,8 @@ class Daemon:
         self._stop.set()
 
     def wake(self, space: str) -> None:
-        """Bring ``space``'s next cycle forward to ``wake_seconds`` from now (budget
-        permitting).  Called from the event loop (the web side's handlers run there)."""
+        """Bring ``space``'s next cycle forward to ``wake_seconds`` from now (if its next
+        slot is not taken yet).  Called from the event loop (the web handlers run there)."""
         state, delay = self.spaces.get(space), self.settings.wake_seconds
         if state is not None and delay > 0 and not self._stop.is_set():
             asyncio.get_running_loop().call_later(delay, state.woken.set)
@@ -138,6 +117,13 @@ class Daemon:
 
     def reload(self) -> LoadedConfig:
         """Re-read the configuration; start, update or stop space tasks accordingly."""
+        loaded = self.load()
+        self._start_tasks()
+        return loaded
+
+    def load(self) -> LoadedConfig:
+        """Re-read the configuration and update the spaces, starting no task: the web
+        side must know the spaces before it serves a VM (``current_spaces``)."""
         loaded = self.config.load(self.last_load)
         if self.last_load is None or loaded.warnings != self.last_load.warnings:
             for warning in loaded.warnings:
@@ -165,7 +151,6 @@ class Daemon:
             metrics.space_config_ok.labels(name).set(1)
         self._mark_broken(loaded.broken)
         self._drop_removed(loaded)
-        self._start_tasks()
         return loaded
 
     def _render_problems(self, space: Space) -> list[str]:
@@ -214,12 +199,11 @@ class Daemon:
     async def _space_loop(self, name: str) -> None:
         cycle: SpaceCycle | None = None
         clock = self.tools.monotonic
+        slot = clock()  # the scheduled time of the cycle about to run
         while not self._stop.is_set():
             state = self.spaces.get(name)
             if state is None:
                 return
-            started = clock()
-            state.budget.spend(started, self.settings.cycle_seconds)
             report, cycle = await self._one_cycle(name, state, cycle)
             state.cycles += 1
             if self.keep_reports:
@@ -228,24 +212,27 @@ class Daemon:
                 return
             if report.deleted:  # capacity frees once the cloud has removed them
                 self.wake(name)
-            await self._until_next(state, started + self.settings.cycle_seconds)
+            # The next slot a period on; a cycle that overran re-anchors the grid.
+            slot = max(slot + self.settings.cycle_seconds, clock())
+            slot = await self._until_next(state, slot)
 
-    async def _until_next(self, state: SpaceState, scheduled: float) -> None:
-        """Wait for the scheduled cycle, or a wake the budget allows, or the stop."""
+    async def _until_next(self, state: SpaceState, slot: float) -> float:
+        """Wait for ``slot``, or a wake (which takes that slot early, but never a slot
+        more than one period ahead), or the stop; returns the slot the coming cycle
+        fills."""
         clock, period = self.tools.monotonic, self.settings.cycle_seconds
+        state.woken.clear()  # wakes before this cycle were served by it
         while not self._stop.is_set():
-            delay = max(0.0, scheduled - clock())
             waits = {asyncio.ensure_future(self._stop.wait()),
                      asyncio.ensure_future(state.woken.wait())}
-            done, pending = await asyncio.wait(waits, timeout=delay,
+            done, pending = await asyncio.wait(waits, timeout=max(0.0, slot - clock()),
                                                return_when=asyncio.FIRST_COMPLETED)
             for waiter in pending:
                 waiter.cancel()
-            if not done or not state.woken.is_set():
-                return  # the scheduled time, or the stop
-            state.woken.clear()
-            if state.budget.refill(clock(), period) >= 1.0:
-                return  # an early cycle the budget allows
+            if not done or not state.woken.is_set() or slot - clock() <= period:
+                break  # the slot's time, the stop, or a wake this slot may serve
+            state.woken.clear()  # this slot was taken early already: wait for its time
+        return slot
 
     def _cycle_for(self, space: Space, cycle: SpaceCycle | None) -> SpaceCycle:
         """The space's cycle: the same object while its cloud adapter and the settings

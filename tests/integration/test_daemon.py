@@ -389,10 +389,11 @@ def test_intents_left_by_a_dead_manager_are_looked_up_and_freed(
     assert len(forgotten) == 4 and all("never reached" in e.message for e in forgotten)
 
 
-def test_a_wake_brings_the_next_cycle_forward_within_its_budget(tmp_path: Path,
+def test_a_wake_brings_the_next_cycle_forward_taking_its_slot(tmp_path: Path,
                                                                  store: Store) -> None:
     """cycle_seconds is 30 here: a wake (a shutdown message) gets a cycle in
-    wake_seconds; the budget allows one such cycle ahead of the schedule, not more."""
+    wake_seconds; that cycle takes the next slot, so further wakes wait for that slot's
+    time (never more than one cycle per slot: no extra listings)."""
     cdir = tmp_path / "conf"
     cdir.mkdir()
     (cdir / "00.conf").write_text("[settings]\ncycle_seconds = 30\nwake_seconds = 0.2\n")

@@ -12,6 +12,7 @@ from cloudvac.auth.vmtokens import TokenSigner, load_or_create_secret
 from cloudvac.config import load_config_dir
 from cloudvac.demo import prepare
 from cloudvac.engine.daemon import ConfigSource
+from cloudvac.model.records import MachineRecord
 from cloudvac.model.states import MachineState
 from cloudvac.service import build, run_service
 from cloudvac.store import Store
@@ -135,3 +136,43 @@ def test_squid_machinetype_vms_become_the_cvmfs_proxies(tmp_path: Path) -> None:
     assert len(squids) == 2
     group = "|".join(f"http://{address}:3128" for address in squids)
     assert f'CVMFS_HTTP_PROXY="{group};http://fallback.example:3128"' in text
+
+
+def test_the_web_side_knows_the_spaces_from_its_first_request(tmp_path: Path) -> None:
+    """The web door opened before the daemon had read its configuration: for a moment a
+    VM's upload got 404 (a lost shutdown message).  The spaces are loaded first now."""
+    config_dir = prepare(tmp_path)
+    loaded = load_config_dir(config_dir)
+    assert loaded.settings is not None
+    overrides = {"state_dir": tmp_path, "database": None, "web_listen": "127.0.0.1:0"}
+    settings = loaded.settings.model_copy(update=overrides)
+    store = Store(settings.database_url)
+    name = "cloudvac-abcdef-belle-0123456789"
+    store.apply("sim-a.example", [MachineRecord("sim-a.example", name, "belle",
+                                                MachineState.RUNNING, cloud_id="x")], {}, 1.0)
+    service = build(ConfigSource(config_dir, overrides), settings, store)
+    token = TokenSigner(load_or_create_secret(tmp_path)).token("sim-a.example", name,
+                                                               time.time() + 600)
+
+    async def scenario() -> tuple[list[str], int]:
+        runner = asyncio.create_task(run_service(service))
+        try:
+            deadline = time.monotonic() + 60
+            while not service.server.started:
+                assert time.monotonic() < deadline and not runner.done()
+                await asyncio.sleep(0)
+            known = sorted(service.web.spaces())  # what the first request would see
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{service.port}") as http:
+                response = await http.put(
+                    f"/machines/sim-a.example/{name}/joboutputs/shutdown_message",
+                    content=b"200 Success\n", headers={"Authorization": f"Bearer {token}"})
+            return known, response.status_code
+        finally:
+            service.stop()
+            await asyncio.wait_for(runner, 30)
+
+    try:
+        known, status = asyncio.run(scenario())
+    finally:
+        store.close()
+    assert "sim-a.example" in known and status == 204
