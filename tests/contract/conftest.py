@@ -34,6 +34,33 @@ def _load_launch() -> Any:
 
 launch = _load_launch()
 
+# -- timeouts (pytest-timeout; the global one is in pyproject.toml) ------------------------
+# What it costs to start an oracle on a quiet 2-core machine, in seconds (wall-clock time is
+# about the server's CPU time there; launch.Timeouts bounds each start-up by that CPU time).
+KEYSTONE_START_S = 15.0
+NOVA_START_S = 5.0
+# The contract tests must hold on a machine this many times slower than a quiet one (a
+# shared CI machine under load).
+SLOWDOWN = 5.0
+
+
+def budget(quiet_s: float) -> pytest.MarkDecorator:
+    """The timeout of a contract test whose body waits ``quiet_s`` on a quiet machine (the
+    servers it starts itself, the daemon runs it drives): ``SLOWDOWN`` times that. As for
+    every contract test, fixture set-up is not counted (see pytest_collection_modifyitems)."""
+    return pytest.mark.timeout(SLOWDOWN * quiet_s, func_only=True)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Contract tests are timed on their body only (``func_only``): a session oracle starts in
+    whichever test happens to need it first, and launch.py bounds every start-up by the
+    server's own progress (and every stop). Bodies keep the global timeout unless marked
+    with their own (:func:`budget`). Items of other directories are left alone."""
+    here = Path(__file__).resolve().parent
+    for item in items:
+        if item.path.is_relative_to(here) and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(func_only=True))
+
 # The shim-mode Nova used by most smoke tests: a page holds at most 2 servers, so 3 servers
 # already need pagination; 6 cores, so an 8-vCPU flavor (m1.xlarge) is over quota.
 SHIM_QUOTA_CORES = 6

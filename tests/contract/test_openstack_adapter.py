@@ -24,7 +24,7 @@ from cloudvac.engine.metrics import EngineMetrics
 from cloudvac.model.cloud import TAG_MACHINETYPE, TAG_MANAGER, TAG_SPACE, Cloud, MachineSpec
 from cloudvac.model.errors import AuthFailed, Misconfigured, QuotaExceeded
 from cloudvac.model.states import MachineState
-from tests.contract.conftest import launch
+from tests.contract.conftest import KEYSTONE_START_S, NOVA_START_S, budget, launch
 
 pytestmark = pytest.mark.contract
 SPACE = "contract.example"
@@ -190,6 +190,7 @@ def test_inline_or_loose_secrets_are_refused(nova: Any, tmp_path: Path) -> None:
         OpenStackCloud(space, Settings(), EngineMetrics())
 
 
+@budget(KEYSTONE_START_S + NOVA_START_S + 5)  # starts its own Keystone and Nova
 def test_application_credential_through_real_keystone(oracle_ready: None, tmp_path: Path,
                                                       caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)

@@ -14,7 +14,7 @@ from cloudvac.config import load_config_dir
 from cloudvac.engine.daemon import Daemon
 from cloudvac.service import build_daemon
 from cloudvac.store import Store
-from tests.contract.conftest import launch
+from tests.contract.conftest import NOVA_START_S, budget, launch
 
 pytestmark = pytest.mark.contract
 MAX_LIMIT = 2
@@ -52,6 +52,8 @@ root_image = {image}
 """
 
 
+# starts its own Nova, then drives the daemon until the quota is full, a server replaced
+@budget(NOVA_START_S + 20)
 @pytest.mark.parametrize("full_listing", [0, 600])
 def test_run_fills_quota_replaces_stopped_and_counts_calls(oracle_ready: None, tmp_path: Path,
                                                            full_listing: int) -> None:
@@ -126,13 +128,24 @@ async def _drive(daemon: Daemon, sdk: Any) -> tuple[dict[str, int], str, bool, i
         victim = (await asyncio.to_thread(_servers, sdk))[0]
         await asyncio.to_thread(sdk.compute.stop_server, victim)
         replaced = await _until_replaced(sdk, victim.id)
-        await asyncio.sleep(1.5)  # let the cycle in progress end
-        settled = len(daemon.spaces["nova.example"].reports)
-        await asyncio.sleep(4)  # a few idle cycles for the call-count check
+        settled = await _after_cycles(daemon, 1)  # the cycle in progress ends
+        await _after_cycles(daemon, 3)  # a few idle cycles for the call-count check
         return full, victim.id, replaced, settled
     finally:
         daemon.stop()
         await asyncio.wait_for(runner, 60)
+
+
+async def _after_cycles(daemon: Daemon, cycles: int, seconds: float = 60) -> int:
+    """Wait until ``cycles`` more cycle reports are in (bounded): how many there are then."""
+    def count() -> int:
+        return len(daemon.spaces["nova.example"].reports)
+
+    target = count() + cycles
+    deadline = time.monotonic() + seconds
+    while count() < target and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    return count()
 
 
 def _servers(sdk: Any) -> list[Any]:

@@ -5,7 +5,9 @@ removed on exit. Bootstraps with keystone-manage (db_sync, fernet/credential key
 serves Keystone's public WSGI app with a threaded wsgiref server, then creates through the
 real API: a project, a user with the member role on it, optionally an application credential
 of that user, and optionally a compute service + endpoints (``--compute-url``) so clients
-find Nova in the catalog.
+find Nova in the catalog. Provisioning uses tokens of an hour whatever ``--token-expiration``
+says; that lifetime applies to every token issued after it (see
+``provisioning_token_lifetime``).
 
 ``--federation`` adds OIDC federation as at an EGI FedCloud site (see
 launch.py ``keystone_oracle(oidc=..., federation=...)``): auth methods
@@ -26,6 +28,7 @@ and exits 0. Logs go to stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -39,6 +42,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any
@@ -163,6 +167,31 @@ class Api:
         if r.status_code not in expect:
             raise RuntimeError(f"{method} {path} -> {r.status_code} {r.text[:500]}")
         return r
+
+
+# Tokens the oracle issues to itself while provisioning live at least this long (seconds).
+PROVISIONING_TOKEN_LIFETIME = 3600
+
+
+@contextlib.contextmanager
+def provisioning_token_lifetime(expiration: int) -> Iterator[Callable[[], int]]:
+    """Issue tokens of at least :data:`PROVISIONING_TOKEN_LIFETIME` inside the block, then
+    restore ``[token] expiration`` (``--token-expiration``) for every token issued after.
+
+    Provisioning is ~20 admin API calls, each authorised by a token issued at its start; a
+    test asking for 4 s tokens (``--token-expiration 4``) must not make the oracle race its
+    own token: on a loaded machine those calls take longer than 4 s (seen in CI:
+    ``PUT /v3/OS-FEDERATION/.../protocols/oidc -> 401``). Fernet tokens carry their expiry,
+    so the admin's token stays valid; it is never handed out. Yields a function that reads
+    the lifetime Keystone applies now (for the ready line)."""
+    import keystone.conf
+
+    conf = keystone.conf.CONF
+    conf.set_override("expiration", max(expiration, PROVISIONING_TOKEN_LIFETIME), group="token")
+    try:
+        yield lambda: int(conf.token.expiration)
+    finally:
+        conf.clear_override("expiration", group="token")
 
 
 def password_token(
@@ -555,9 +584,12 @@ def main(argv: list[str] | None = None) -> int:
         threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True
         ).start()
-        extra = provision(base, args)
-        if args.federation:
-            extra.update(provision_federation(base, args))
+        t_prov = time.monotonic()
+        with provisioning_token_lifetime(args.token_expiration) as in_effect:
+            extra = provision(base, args)
+            if args.federation:
+                extra.update(provision_federation(base, args))
+        extra["provision_s"] = round(time.monotonic() - t_prov, 2)
         ready = {
             "ready": True,
             "kind": "keystone",
@@ -574,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
             "admin_username": "admin",
             "admin_password": args.admin_password,
             "compute_url": args.compute_url,
-            "token_expiration": args.token_expiration,
+            "token_expiration": in_effect(),
             **extra,
             "bootstrap_s": round(t_boot, 2),
             "startup_s": round(time.monotonic() - T0, 2),

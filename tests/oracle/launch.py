@@ -13,8 +13,10 @@ as subprocesses with ``.venv-oracle/bin/python`` (built by ``tests/oracle/setup.
         tokens = op.mint_tokens("alice", {"eduperson_entitlement": [op["entitlement"]]})
         ...   # refresh at op.info["token_endpoint"], POST ks["federation"]["auth_urls"]
 
-Every context manager waits for the server's ready line (bounded), and on exit - also when
-the body raised - sends SIGTERM, waits a bounded time, SIGKILLs if needed and reaps.
+Every context manager waits for the server's ready line - bounded by the CPU time the server
+spends, so a loaded machine stretches the wait instead of failing a slow but healthy start-up
+(see :class:`Timeouts`) - and on exit, also when the body raised, sends SIGTERM, waits a
+bounded time, SIGKILLs if needed and reaps.
 """
 
 from __future__ import annotations
@@ -103,14 +105,68 @@ class OracleInfo:
 
 @dataclass(frozen=True)
 class Timeouts:
-    """Seconds to wait for a server's ready line, and for it to exit after SIGTERM."""
+    """How long to wait for a server's ready line, and for it to exit after SIGTERM.
+
+    A start-up is measured in what it does, not in wall-clock time: ``ready`` is the CPU
+    time (seconds) the server's process session - the server and whatever it runs, e.g.
+    keystone-manage - may use before its ready line. A loaded machine gives it fewer CPU
+    seconds per second, so the wait stretches with the load (on a quiet 2-core machine
+    Keystone needs ~12 s of CPU, Nova ~4 s, the OIDC provider < 1 s; wall time is about the
+    same there, three times that or more on a loaded one). A start-up that gains less than
+    :data:`MIN_PROGRESS_CPU_S` in ``stall`` seconds is hung, not slow, and fails then;
+    ``wall`` caps the wait whatever the progress. ``stop``: seconds between SIGTERM and
+    SIGKILL. Without /proc, ``ready`` is wall-clock seconds."""
 
     ready: float
     stop: float
+    stall: float = 60.0
+    wall: float = 600.0
 
 
 OPENSTACK_TIMEOUTS = Timeouts(ready=120.0, stop=20.0)  # Nova, Keystone
 OIDC_TIMEOUTS = Timeouts(ready=60.0, stop=10.0)
+MIN_PROGRESS_CPU_S = 0.5  # per Timeouts.stall: a slow start-up still gets a few percent
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def session_cpu_seconds(sid: int) -> float | None:
+    """User + system CPU seconds of the processes in session ``sid`` (each with the children
+    it reaped); an oracle server leads its own session. None without Linux's /proc."""
+    proc = Path("/proc")
+    if not (proc / "self" / "stat").exists():
+        return None
+    ticks = 0
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:  # after "(comm)": state ppid pgrp session ... utime stime cutime cstime
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        if int(fields[3]) == sid:
+            ticks += sum(int(x) for x in fields[11:15])
+    return ticks / _CLOCK_TICKS
+
+
+def _await_ready(proc: subprocess.Popen[str], got_ready: threading.Event, t: Timeouts) -> str:
+    """Wait for the ready line (or the end of the process): "" then, else why we gave up."""
+    t0 = time.monotonic()
+    cpu = 0.0
+    progress_at, progress_cpu = t0, 0.0
+    while not got_ready.wait(0.5):
+        now = time.monotonic()
+        measured = session_cpu_seconds(proc.pid)
+        cpu = max(cpu, now - t0 if measured is None else measured)
+        if cpu >= progress_cpu + MIN_PROGRESS_CPU_S:
+            progress_at, progress_cpu = now, cpu
+        if cpu > t.ready:
+            return f"not ready after {cpu:.1f} s of CPU ({now - t0:.0f} s)"
+        if now - progress_at > t.stall:
+            return f"hung: under {MIN_PROGRESS_CPU_S} s of CPU in {t.stall:.0f} s (at {cpu:.1f} s)"
+        if now - t0 > t.wall:
+            return f"not ready after {now - t0:.0f} s ({cpu:.0f} s of CPU)"
+    return ""
 
 
 def free_port() -> int:
@@ -169,19 +225,19 @@ def _run_oracle(script: str, args: list[str], timeouts: Timeouts) -> Iterator[Or
     reader.start()
     keep_log = True
     try:
-        got_ready.wait(timeouts.ready)
+        gave_up = _await_ready(proc, got_ready, timeouts)
         if not ready:
-            state = (
-                (f"exited with code {proc.poll()}")
-                if proc.poll() is not None
-                else f"not ready after {timeouts.ready:.0f} s"
-            )
+            if not gave_up:  # its stdout closed: it is exiting
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=10)
+            state = gave_up or f"exited with code {proc.poll()}"
             raise OracleError(
                 f"{script} {state}; stdout tail: {''.join(tail)[-2000:]!r}\n"
                 f"log {log.name} tail:\n{_tail(log.name)}"
             )
         data = json.loads(ready[0])
         data.setdefault("launch_s", round(time.monotonic() - t0, 2))
+        data.setdefault("launch_cpu_s", session_cpu_seconds(proc.pid))
         yield OracleInfo(
             kind=data["kind"],
             pid=proc.pid,
