@@ -16,6 +16,7 @@ import base64
 import hashlib
 import hmac
 import os
+import re
 import secrets
 import stat
 from dataclasses import dataclass
@@ -84,21 +85,35 @@ class TokenSigner:
 
     def verify(self, token: str, space: str, name: str, now: float) -> None:
         """Raise TokenError unless ``token`` was issued for this machine and is unexpired:
-        401 for a forged, malformed or expired token, 403 for another machine's token."""
-        parts = token.split(".")
-        if len(parts) != 4 or parts[0] != VERSION or not parts[2].isdigit():
+        401 for a forged, malformed or expired token, 403 for another machine's token.
+
+        A token has exactly one spelling, the one ``token`` writes (ASCII only, no
+        padding, no leading zero, bounded length); any other is malformed."""
+        match = _TOKEN.fullmatch(token)
+        if match is None:
             raise TokenError(401, "malformed token")
+        encoded, expiry, signature = match.groups()
         try:
-            subject = base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)).decode()
+            subject = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
         except (ValueError, UnicodeDecodeError):
             raise TokenError(401, "malformed token") from None
-        expected = self._signature(subject, int(parts[2]))
-        if not hmac.compare_digest(expected.encode(), parts[3].encode()):
+        if _b64(subject.encode()) != encoded:  # unused trailing bits: another spelling
+            raise TokenError(401, "malformed token")
+        expires = int(expiry)
+        if not hmac.compare_digest(self._signature(subject, expires).encode(),
+                                   signature.encode()):
             raise TokenError(401, "token signature invalid")
-        if int(parts[2]) < now:
+        if expires < now:
             raise TokenError(401, "token expired")
         if subject != f"{space}/{name}":
             raise TokenError(403, "token belongs to another machine")
+
+
+#: ``v1.<subject>.<expiry>.<signature>``: subject base64url without padding (a space and a
+#: machine name of at most 63 characters each), expiry in whole unix seconds without a
+#: leading zero (12 digits reach the year 33658), HMAC-SHA256 in base64url (43 characters).
+_TOKEN = re.compile(rf"{VERSION}\.([A-Za-z0-9_-]{{2,172}})\.([1-9][0-9]{{0,11}})"
+                    r"\.([A-Za-z0-9_-]{43})", re.ASCII)
 
 
 def _b64(data: bytes) -> str:

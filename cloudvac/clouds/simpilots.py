@@ -18,6 +18,7 @@ import httpx
 from cloudvac.auth.vmtokens import TokenSigner
 from cloudvac.model.layout import SHUTDOWN_FILE, joboutput_url
 from cloudvac.model.naming import machinetype_of
+from cloudvac.model.records import Recorded
 from cloudvac.model.states import ShutdownMessage
 
 log = logging.getLogger("cloudvac.clouds.simpilots")
@@ -50,7 +51,7 @@ class ReportSink(Protocol):
     def record_heartbeat(self, space: str, name: str, at: float) -> bool: ...
 
     def record_shutdown(self, space: str, name: str, message: ShutdownMessage,
-                        at: float) -> bool: ...
+                        at: float) -> Recorded: ...
 
 
 class StorePilots:
@@ -66,7 +67,8 @@ class StorePilots:
                       space, machinetype_of(name), name)
 
     async def shutdown(self, space: str, name: str, message: ShutdownMessage, at: float) -> None:
-        if await asyncio.to_thread(self.sink.record_shutdown, space, name, message, at):
+        recorded = await asyncio.to_thread(self.sink.record_shutdown, space, name, message, at)
+        if recorded is not Recorded.UNKNOWN:
             log.info("space=%s machinetype=%s machine=%s shutdown_message: %s", space,
                      machinetype_of(name), name, message)
         else:

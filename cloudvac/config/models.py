@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from cloudvac.config.dirac import DiracInstance
 from cloudvac.config.openstack import OpenStackSpace
+from cloudvac.model.layout import FILE_NAME, SHUTDOWN_FILE
 from cloudvac.model.naming import MACHINETYPE_NAME, SPACE_NAME
 
 PositiveSeconds = Annotated[float, Field(gt=0)]
@@ -156,7 +157,7 @@ class Machinetype(_Model):
         "latest max_wallclock_seconds + this after its user_data was rendered (its creation), "
         "even if the manager never deletes it; longer than the slowest boot, so that the "
         "manager's own deletion normally comes first.")
-    heartbeat_file: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]{1,64}$",
+    heartbeat_file: str | None = Field(None, pattern=FILE_NAME.pattern,
                                        description="File VMs upload to say they are alive "
                                        "(default: heartbeat).")
     heartbeat_seconds: Seconds | None = Field(None, description="Staleness limit: delete "
@@ -208,6 +209,13 @@ class Machinetype(_Model):
         bad = [k for k in value if not re.match(r"^[a-z0-9_]+$", k)]
         if bad:
             raise ValueError(f"user_data option names use a-z, 0-9 and '_', got {bad[0]!r}")
+        return value
+
+    @field_validator("heartbeat_file")
+    @classmethod
+    def _heartbeat_file(cls, value: str | None) -> str | None:
+        if value == SHUTDOWN_FILE:
+            raise ValueError(f"{SHUTDOWN_FILE} is the VM's shutdown message, not a heartbeat")
         return value
 
     @field_validator("name")

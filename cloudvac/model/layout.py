@@ -6,6 +6,11 @@ pilots build URLs from the same templates, so the three cannot disagree.
 
 from __future__ import annotations
 
+import re
+
+#: A file name a VM may upload (and a machinetype's ``heartbeat_file``): ASCII only, no
+#: leading dot (temporary files are dot files), at most 64 characters.  Use ``fullmatch``.
+FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", re.ASCII)
 #: The file a VM uploads to say it is alive, unless its machinetype names another.
 HEARTBEAT_FILE = "heartbeat"
 #: The file a VM uploads to say how it ended (``NNN text``, HSF-TN-2016-04).

@@ -13,6 +13,7 @@ that row in state ``intent``, and nothing else.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
@@ -48,6 +49,21 @@ class MachineRecord:
     missing_since: float | None = None
     """When a listing first failed to show the machine; a second listing without it (or
     our own delete) makes it gone."""
+    reported_at: float | None = None
+    """When the VM's own shutdown_message was recorded: the first one is kept, never
+    overwritten (``shutdown_at`` also dates cloudvac's own reasons)."""
+    user_data_at: float | None = None
+    """When the web side first served the machine's user_data."""
+
+    @property
+    def ended_at(self) -> float | None:
+        """When cloudvac saw the machine end (stopped, failed or gone) or asked for its
+        deletion, whichever came first; None while it is alive.  A machine in a finished
+        state with no such time (an old row) ended at 0."""
+        times = [t for t in (self.stopped_at, self.delete_requested_at) if t is not None]
+        if times:
+            return min(times)
+        return 0.0 if self.state in FINISHED else None
 
     @property
     def holds_share(self) -> bool:
@@ -62,7 +78,8 @@ MACHINE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(MachineRecord))
 KEY_FIELDS: tuple[str, ...] = ("space", "name")
 #: Written by the VM-facing side only.  The engine's writes leave them alone, except that
 #: cloudvac's own reason for ending a machine is stored when the VM has sent none.
-VM_FIELDS: frozenset[str] = frozenset({"heartbeat_at", "shutdown", "shutdown_at"})
+VM_FIELDS: frozenset[str] = frozenset({"heartbeat_at", "shutdown", "shutdown_at",
+                                        "reported_at", "user_data_at"})
 #: Written by the engine: every field that is neither key nor the VM's.
 ENGINE_FIELDS: tuple[str, ...] = tuple(
     name for name in MACHINE_FIELDS if name not in VM_FIELDS and name not in KEY_FIELDS
@@ -93,3 +110,16 @@ class Event:
     machine: str
     kind: str
     message: str
+
+
+class Recorded(enum.Enum):
+    """What recording a VM's shutdown message did (``Store.record_shutdown``)."""
+
+    RECORDED = "recorded"
+    """The message is now the machine's (and ``before_commit`` ran)."""
+    SAME = "same"
+    """The VM had sent this very message before (a retry): nothing changed."""
+    CONFLICT = "conflict"
+    """The VM had sent another message: it stays, nothing changed."""
+    UNKNOWN = "unknown"
+    """No such machine."""

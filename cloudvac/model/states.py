@@ -60,7 +60,10 @@ ABORT_CLASSES = frozenset(
     {ShutdownClass.NO_WORK, ShutdownClass.BANNED, ShutdownClass.ENVIRONMENT, ShutdownClass.GRID}
 )
 
-_MESSAGE = re.compile(r"^\s*([1-7]\d\d)(?:[ \t]+([^\r\n]*))?\s*$")
+# ASCII digits and blanks (``\d`` and ``\s`` would take any script's digits and spaces);
+# the text is any printable characters.
+_MESSAGE = re.compile(r"[ \t]*([1-7][0-9][0-9])(?:[ \t]+([^\x00-\x1f\x7f]*))?[ \t]*",
+                      re.ASCII)
 MAX_MESSAGE_TEXT = 200
 
 
@@ -96,16 +99,19 @@ class ShutdownMessage:
     def parse(cls, raw: str | bytes) -> ShutdownMessage:
         """Parse the first line of an uploaded ``shutdown_message``.
 
-        Raises ShutdownMessageError for anything that is not a 3-digit code in 100-799
-        optionally followed by text; the text is truncated to MAX_MESSAGE_TEXT characters.
+        Raises ShutdownMessageError for anything that is not three ASCII digits 100-799
+        optionally followed by printable text, or that holds a NUL anywhere (no store keeps
+        it as text); the text is truncated to MAX_MESSAGE_TEXT characters.
         """
         if isinstance(raw, bytes):
             try:
                 raw = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise ShutdownMessageError("shutdown_message is not UTF-8 text") from exc
-        first = raw.splitlines()[0] if raw.strip() else ""
-        match = _MESSAGE.match(first)
+        if "\x00" in raw:
+            raise ShutdownMessageError("shutdown_message holds a NUL character")
+        first = raw.split("\n", 1)[0].removesuffix("\r") if raw.strip() else ""
+        match = _MESSAGE.fullmatch(first)
         if match is None:
             raise ShutdownMessageError(
                 f"expected 'NNN text' with a code 100-799, got {first[:40]!r}"

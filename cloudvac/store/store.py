@@ -12,31 +12,27 @@ no dialect-only SQL is written by hand.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
 
 from sqlalchemy import (
     CursorResult,
     Engine,
-    Float,
-    Integer,
     Update,
-    bindparam,
     case,
     delete,
     func,
     insert,
-    or_,
     select,
-    update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from cloudvac.model.records import Event, MachineRecord, SpaceHistory
+from cloudvac.model.records import Event, MachineRecord, Recorded, SpaceHistory
 from cloudvac.model.redact import redact
 from cloudvac.model.states import MachineState, ShutdownMessage
+from cloudvac.store import uploads
 from cloudvac.store.engine import (
     IMMEDIATE,
     DatabaseFile,
@@ -59,44 +55,20 @@ from cloudvac.store.tables import (
     engine_values,
     record_from_values,
 )
+from cloudvac.store.uploads import (
+    HEARTBEAT,
+    HEARTBEATING,
+    HEARTBEATING_LIMIT,
+    Beating,
+)
 
 _GONE = MachineState.GONE.value
 _RUNNING = MachineState.RUNNING.value
 _MACHINES = MACHINES
 _RECORD = select(_MACHINES.c.space, *(_MACHINES.c[name] for name in RECORD_COLUMNS))
-_BEAT_AT = bindparam("b_at", type_=Float())
-# Built once: SQLAlchemy caches their compiled form (the web side and the simulator's pilots
-# write one of these per heartbeat).
-_HEARTBEAT = (
-    update(_MACHINES)
-    .where(_MACHINES.c.space == bindparam("b_space"), _MACHINES.c.name == bindparam("b_name"),
-           _MACHINES.c.state != _GONE)
-    .values(heartbeat_at=case((or_(_MACHINES.c.heartbeat_at.is_(None),
-                                   _MACHINES.c.heartbeat_at < _BEAT_AT), _BEAT_AT),
-                              else_=_MACHINES.c.heartbeat_at),
-            rev=bindparam("b_rev", type_=Integer()))
-)
-_SHUTDOWN = (
-    update(_MACHINES)
-    .where(_MACHINES.c.space == bindparam("b_space"), _MACHINES.c.name == bindparam("b_name"))
-    .values(shutdown_code=bindparam("b_code"), shutdown_text=bindparam("b_text"),
-            shutdown_at=bindparam("b_at"), rev=bindparam("b_rev"))
-)
-
-
 def _record(row: Sequence[Any]) -> MachineRecord:
     """A record from a row of ``_RECORD`` (space, then RECORD_COLUMNS)."""
     return record_from_values(row[0], row[1:])
-
-
-# Answered from ix_machines_space_machinetype_heartbeat_at.
-_HEARTBEATING = (
-    _RECORD.where(_MACHINES.c.space == bindparam("b_space"),
-                  _MACHINES.c.machinetype == bindparam("b_mt"),
-                  _MACHINES.c.heartbeat_at >= bindparam("b_since", type_=Float()),
-                  _MACHINES.c.state == _RUNNING)
-    .order_by(_MACHINES.c.heartbeat_at.desc(), _MACHINES.c.name.desc())
-)
 
 
 class Store:
@@ -251,7 +223,7 @@ class Store:
     def record_heartbeat(self, space: str, name: str, at: float) -> bool:
         """Note a heartbeat at ``at``.  The stored time only moves forward (an older
         heartbeat is accepted and ignored).  False if no non-GONE machine has this name."""
-        return self._update_one(space, _HEARTBEAT, {"b_name": name, "b_at": at})
+        return self._update_one(space, HEARTBEAT, {"b_name": name, "b_at": at})
 
     def record_heartbeats(self, beats: Mapping[tuple[str, str], float]) -> int:
         """Many heartbeats in one transaction and one prepared statement (the web side
@@ -263,7 +235,7 @@ class Store:
             revs = bump_revisions(session.connection(), (space for space, _ in beats))
             rows = [{"b_space": space, "b_name": name, "b_at": when, "b_rev": revs[space]}
                     for (space, name), when in beats.items()]
-            result = session.connection().execute(_HEARTBEAT, rows)
+            result = session.connection().execute(HEARTBEAT, rows)
             dialect = session.get_bind().dialect
             return int(result.rowcount) if dialect.supports_sane_multi_rowcount else -1
 
@@ -274,12 +246,14 @@ class Store:
             row = session.execute(query).first()
             return None if row is None else _record(row)
 
-    def heartbeating(self, space: str, machinetype: str, since: float) -> list[MachineRecord]:
+    def heartbeating(self, space: str, machinetype: str, since: float,
+                     limit: int = HEARTBEATING_LIMIT) -> list[Beating]:
         """The running machines of ``machinetype`` in ``space`` whose last heartbeat is at
-        or after ``since``, newest heartbeat first (heartbeat lists, squid discovery)."""
-        params = {"b_space": space, "b_mt": machinetype, "b_since": since}
+        or after ``since``, newest heartbeat first, at most ``limit`` (heartbeat lists,
+        squid discovery): three columns from one index range."""
+        params = {"b_space": space, "b_mt": machinetype, "b_since": since, "b_limit": limit}
         with self._read() as session:
-            return [_record(row) for row in session.execute(_HEARTBEATING, params)]
+            return [Beating(*row) for row in session.execute(HEARTBEATING, params)]
 
     def drained(self, space: str) -> frozenset[str]:
         """The drained machinetypes of ``space`` (``"*"``: the whole space)."""
@@ -287,12 +261,25 @@ class Store:
         with self._read() as session:
             return frozenset(session.scalars(query))
 
-    def record_shutdown(self, space: str, name: str, message: ShutdownMessage, at: float) -> bool:
-        """Store the VM's own shutdown message, received at ``at``.  It replaces any
-        earlier message (the VM's or a default).  A GONE machine still known to the store
-        accepts it, for accounting.  False if the store has no such machine."""
-        return self._update_one(space, _SHUTDOWN, {
-            "b_name": name, "b_code": message.code, "b_text": message.text, "b_at": at})
+    def record_shutdown(self, space: str, name: str, message: ShutdownMessage, at: float,
+                        before_commit: Callable[[], None] | None = None) -> Recorded:
+        """Store the VM's own shutdown message, received at ``at``, unless the VM sent one
+        before (that one is kept: see ``store/uploads.py``).  It replaces cloudvac's own
+        reason, if any; a GONE machine still known to the store accepts it, for
+        accounting.  ``before_commit``: runs inside the transaction once the row is
+        written; if it raises, nothing is recorded."""
+        with self._write() as session:
+            key = {"b_space": space, "b_name": name,
+                   "b_rev": bump_revisions(session.connection(), [space])[space]}
+            return uploads.record_shutdown(session.connection(), key, message, at,
+                                           before_commit)
+
+    def claim_user_data(self, space: str, name: str, at: float) -> bool:
+        """Note that the machine's user_data is served at ``at``: True the first time."""
+        with self._write() as session:
+            key = {"b_space": space, "b_name": name,
+                   "b_rev": bump_revisions(session.connection(), [space])[space]}
+            return uploads.claim_user_data(session.connection(), key, at)
 
     def _update_one(self, space: str, stmt: Update, values: dict[str, Any]) -> bool:
         """Run ``stmt``, an UPDATE of one of ``space``'s machines with ``b_space`` and

@@ -17,17 +17,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from cloudvac.model.layout import FILE_NAME
 from cloudvac.model.naming import MACHINE_NAME, SPACE_NAME
 
 log = logging.getLogger("cloudvac.web.files")
 REFUSAL_LOG_SECONDS = 60.0
-FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+FILE_RE = FILE_NAME
 
 
 class UploadRejected(Exception):
@@ -52,7 +52,7 @@ class JoboutputsDir:
         self._logged_at = -1e9
 
     def machine_dir(self, space: str, name: str) -> Path:
-        if not SPACE_NAME.match(space) or not MACHINE_NAME.match(name):
+        if not SPACE_NAME.fullmatch(space) or not MACHINE_NAME.fullmatch(name):
             raise UploadRejected(404, "no such machine")
         return self.root / space / name
 
@@ -61,7 +61,7 @@ class JoboutputsDir:
         and logs; heartbeats are rewritten every minute and need not survive a crash).
         UploadRejected: 400/404/413 for the request, 507 when the file system refuses
         the write; either way nothing is written."""
-        if not FILE_RE.match(file):
+        if not FILE_RE.fullmatch(file):
             raise UploadRejected(400, "file name must match " + FILE_RE.pattern)
         if len(data) > self.limits.max_file_bytes:
             raise UploadRejected(413, f"file larger than {self.limits.max_file_bytes} bytes")
@@ -103,7 +103,7 @@ class JoboutputsDir:
                 tmp.unlink(missing_ok=True)
 
     def read(self, space: str, name: str, file: str) -> bytes | None:
-        if not FILE_RE.match(file):
+        if not FILE_RE.fullmatch(file):
             return None
         path = self.machine_dir(space, name) / file
         try:

@@ -17,7 +17,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from cloudvac.model.records import Event, MachineRecord
+from cloudvac.model.records import Event, MachineRecord, Recorded
 from cloudvac.model.states import MachineState, ShutdownMessage
 from cloudvac.store import Store
 from cloudvac.store.engine import alembic_config
@@ -108,13 +108,13 @@ def test_migrations_downgrade_to_nothing_and_upgrade_back(store: Store, db: Path
     try:
         with engine.begin() as connection:
             config = alembic_config(connection)
-            assert ScriptDirectory.from_config(config).get_heads() == ["0005"]
+            assert ScriptDirectory.from_config(config).get_heads() == ["0006"]
             command.downgrade(config, "base")
         assert table_names(db) == {"alembic_version"}
         with engine.begin() as connection:
             command.upgrade(alembic_config(connection), "head")
         with engine.connect() as connection:
-            assert MigrationContext.configure(connection).get_current_revision() == "0005"
+            assert MigrationContext.configure(connection).get_current_revision() == "0006"
     finally:
         engine.dispose()
     assert schema_diff(db) == []
@@ -217,26 +217,52 @@ def test_default_shutdown_is_stored_when_the_vm_sent_none(store: Store) -> None:
 
 def test_default_shutdown_never_overwrites_the_vm_message(store: Store) -> None:
     store.apply("a", [running("vm-1")], {}, NOW)
-    assert store.record_shutdown("a", "vm-1", VM_MESSAGE, 1700.0)
+    assert store.record_shutdown("a", "vm-1", VM_MESSAGE, 1700.0) is Recorded.RECORDED
     store.apply("a", [running("vm-1", state=MachineState.STOPPED, shutdown=DEFAULT)], {}, NOW)
     record = only(store, "a", "vm-1")
     assert (record.shutdown, record.shutdown_at) == (VM_MESSAGE, 1700.0)
     assert record.state is MachineState.STOPPED
 
 
-def test_vm_message_overwrites_default_and_earlier_vm_message(store: Store) -> None:
+def test_vm_message_overwrites_default_but_never_an_earlier_vm_message(store: Store) -> None:
     store.apply("a", [running("vm-1", shutdown=DEFAULT)], {}, NOW)
-    assert store.record_shutdown("a", "vm-1", ShutdownMessage(200, "done"), 1800.0)
-    assert only(store, "a", "vm-1").shutdown == ShutdownMessage(200, "done")
-    assert store.record_shutdown("a", "vm-1", VM_MESSAGE, 1900.0)
+    done = ShutdownMessage(200, "done")
+    assert store.record_shutdown("a", "vm-1", done, 1800.0) is Recorded.RECORDED
+    assert only(store, "a", "vm-1").shutdown == done
+    assert store.record_shutdown("a", "vm-1", VM_MESSAGE, 1900.0) is Recorded.CONFLICT
+    assert store.record_shutdown("a", "vm-1", done, 1950.0) is Recorded.SAME
     record = only(store, "a", "vm-1")
-    assert (record.shutdown, record.shutdown_at) == (VM_MESSAGE, 1900.0)
+    assert (record.shutdown, record.shutdown_at, record.reported_at) == (done, 1800.0, 1800.0)
+
+
+def test_a_failing_before_commit_records_nothing(store: Store) -> None:
+    store.apply("a", [running("vm-1", shutdown=DEFAULT)], {}, NOW)
+
+    def file_refused() -> None:
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        store.record_shutdown("a", "vm-1", VM_MESSAGE, 1800.0, before_commit=file_refused)
+    record = only(store, "a", "vm-1")
+    assert (record.shutdown, record.reported_at) == (DEFAULT, None)
+    ran: list[bool] = []
+    assert store.record_shutdown("a", "vm-1", VM_MESSAGE, 1900.0,
+                                 before_commit=lambda: ran.append(True)) is Recorded.RECORDED
+    assert ran == [True] and only(store, "a", "vm-1").shutdown == VM_MESSAGE
+
+
+def test_user_data_is_claimed_once(store: Store) -> None:
+    store.apply("a", [running("vm-1")], {}, NOW)
+    assert store.claim_user_data("a", "vm-1", 10.0)
+    assert not store.claim_user_data("a", "vm-1", 20.0)
+    assert not store.claim_user_data("a", "vm-2", 20.0)
+    assert only(store, "a", "vm-1").user_data_at == 10.0
 
 
 def test_shutdown_for_unknown_machine_is_refused(store: Store) -> None:
     store.apply("a", [running("vm-1")], {}, NOW)
-    assert not store.record_shutdown("a", "vm-2", VM_MESSAGE, 1.0)
-    assert not store.record_shutdown("b", "vm-1", VM_MESSAGE, 1.0)
+    assert store.record_shutdown("a", "vm-2", VM_MESSAGE, 1.0) is Recorded.UNKNOWN
+    assert store.record_shutdown("b", "vm-1", VM_MESSAGE, 1.0) is Recorded.UNKNOWN
     assert store.machines() == [only(store, "a", "vm-1")]
     assert only(store, "a", "vm-1").shutdown is None
 

@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 
-from cloudvac.model.records import MachineRecord, SpaceHistory
+from cloudvac.model.records import MachineRecord, Recorded, SpaceHistory
 from cloudvac.model.states import MachineState, ShutdownMessage
 from cloudvac.store import Store
 from cloudvac.store.engine import alembic_config
@@ -87,7 +87,8 @@ def test_every_writer_is_seen_incrementally(store: Store, db: Path) -> None:
     store.apply("a", [running("vm-1", state=MachineState.GONE, stopped_at=1500.0)], {}, NOW)
     store.apply("a", [running("vm-9")], {}, NOW)
     assert store.record_heartbeats({("a", "vm-2"): 1600.0, ("b", "nope"): 1.0}) >= 1
-    assert store.record_shutdown("a", "vm-3", ShutdownMessage(300, "No more work"), 1700.0)
+    recorded = store.record_shutdown("a", "vm-3", ShutdownMessage(300, "No more work"), 1700.0)
+    assert recorded is Recorded.RECORDED
     store.set_drain("a", "belle", True)
     store.apply("a", [], {"belle": 1800.0}, NOW)
     got = store.history("a")
@@ -109,7 +110,8 @@ def test_writes_of_another_store_on_the_same_file_are_seen(store: Store, db: Pat
     web = Store(url_of(db))
     try:
         assert web.record_heartbeats({("a", "vm-1"): 3000.0})
-        assert web.record_shutdown("a", "vm-2", ShutdownMessage(200, "Done"), 3001.0)
+        recorded = web.record_shutdown("a", "vm-2", ShutdownMessage(200, "Done"), 3001.0)
+        assert recorded is Recorded.RECORDED
     finally:
         web.close()
     got = store.history("a")

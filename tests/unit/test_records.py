@@ -49,7 +49,8 @@ def test_every_field_has_its_columns_and_no_column_is_unexplained() -> None:
 
 def test_engine_writes_never_touch_what_the_vm_owns() -> None:
     vm_columns = {c for c, f in column_fields().items() if f in VM_FIELDS}
-    assert vm_columns == {"heartbeat_at", "shutdown_code", "shutdown_text", "shutdown_at"}
+    assert vm_columns == {"heartbeat_at", "shutdown_code", "shutdown_text", "shutdown_at",
+                          "reported_at", "user_data_at"}
     assert not vm_columns & set(ENGINE_COLUMNS)
     assert set(ENGINE_COLUMNS) == set(ENGINE_FIELDS) | STORE_ONLY
 
