@@ -13,8 +13,10 @@ Contract:
 * ``wake(space)`` (a VM's shutdown message; also after a cycle that deleted machines)
   brings the space's next cycle forward to ``wake_seconds`` from now.  The early cycle
   takes the place of the next scheduled one (the one after comes a full period after
-  that slot), and never a slot more than one period ahead: a space runs one cycle per
-  ``cycle_seconds`` slot, woken or not, so wakes never add listings.
+  that slot), and never a slot more than ``WAKE_AHEAD`` (2) periods ahead: a space runs
+  one cycle per ``cycle_seconds`` slot, woken or not, so wakes never add listings.  Two,
+  because refilling a freed slot takes two cycles (one deletes the stopped VM, the next
+  sees it gone and creates); the price is one gap of up to two periods after them.
 * Every delay is on the monotonic clock: a wall-clock step never freezes a space.
 """
 
@@ -39,6 +41,7 @@ from cloudvac.model.records import Event
 from cloudvac.model.redact import redact
 
 log = logging.getLogger("cloudvac.engine.daemon")
+WAKE_AHEAD = 2  # a wake may take a slot this many periods ahead, no further
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,7 +221,7 @@ class Daemon:
 
     async def _until_next(self, state: SpaceState, slot: float) -> float:
         """Wait for ``slot``, or a wake (which takes that slot early, but never a slot
-        more than one period ahead), or the stop; returns the slot the coming cycle
+        more than WAKE_AHEAD periods ahead), or the stop; returns the slot the coming cycle
         fills."""
         clock, period = self.tools.monotonic, self.settings.cycle_seconds
         state.woken.clear()  # wakes before this cycle were served by it
@@ -229,7 +232,7 @@ class Daemon:
                                                return_when=asyncio.FIRST_COMPLETED)
             for waiter in pending:
                 waiter.cancel()
-            if not done or not state.woken.is_set() or slot - clock() <= period:
+            if not done or not state.woken.is_set() or slot - clock() <= WAKE_AHEAD * period:
                 break  # the slot's time, the stop, or a wake this slot may serve
             state.woken.clear()  # this slot was taken early already: wait for its time
         return slot

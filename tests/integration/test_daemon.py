@@ -392,8 +392,9 @@ def test_intents_left_by_a_dead_manager_are_looked_up_and_freed(
 def test_a_wake_brings_the_next_cycle_forward_taking_its_slot(tmp_path: Path,
                                                                  store: Store) -> None:
     """cycle_seconds is 30 here: a wake (a shutdown message) gets a cycle in
-    wake_seconds; that cycle takes the next slot, so further wakes wait for that slot's
-    time (never more than one cycle per slot: no extra listings)."""
+    wake_seconds, taking the next slot; a second wake takes the slot after (two periods
+    ahead: a refill needs two cycles); further wakes wait for those slots' time (never
+    more than one cycle per slot: no extra listings)."""
     cdir = tmp_path / "conf"
     cdir.mkdir()
     (cdir / "00.conf").write_text("[settings]\ncycle_seconds = 30\nwake_seconds = 0.2\n")
@@ -416,13 +417,13 @@ def test_a_wake_brings_the_next_cycle_forward_taking_its_slot(tmp_path: Path,
             await asyncio.sleep(0.05)
         first = daemon.spaces["a.example"].cycles
         woken = await cycles_after(1)
+        woken_again = await cycles_after(1)
         refused = await cycles_after(2)
         daemon.stop()
         await asyncio.wait_for(runner, 30)
-        return first, woken, refused
+        return first, woken, woken_again, refused
 
-    first, woken, refused = asyncio.run(scenario())
-    assert (first, woken, refused) == (1, 2, 2)
+    assert asyncio.run(scenario()) == (1, 2, 3, 3)
 
 
 def test_an_unreadable_or_emptied_file_keeps_its_space_on_its_last_config(
