@@ -170,6 +170,7 @@ class Options:
     cycle_seconds: float = 2.0
     refill_cycle_seconds: float = 30.0
     refill_samples: int = 10
+    refill_spacing: tuple[float, float] = (0.5, 1.5)
     processors_limit: int = 6
     kill_min: float = 0.5
     kill_max: float = 6.0
@@ -187,6 +188,11 @@ class Manager:
 
     def __init__(self, code: Path, cdir: Path, log_path: Path, port: int) -> None:
         self.code, self.cdir, self.log_path, self.port = code, cdir, log_path, port
+        # /metrics is on the operator's door where the code has one (issue 14), else on
+        # the web port
+        self.operator_door = "operator_listen" in \
+            (code / "cloudvac" / "config" / "models.py").read_text()
+        self.operator_port = free_port() if self.operator_door else port
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self.env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -405,7 +411,7 @@ class Watch:
         if pid is None:
             return
         try:
-            with OPENER.open(f"http://127.0.0.1:{self.manager.port}/metrics",
+            with OPENER.open(f"http://127.0.0.1:{self.manager.operator_port}/metrics",
                              timeout=0.5) as resp:
                 text = resp.read().decode()
         except (OSError, ValueError):
@@ -534,6 +540,9 @@ class Bench:
                              limit=opts.processors_limit)
         text += "".join(MACHINETYPE.format(space=SPACE, name=n, image=nova["image_id"])
                         for n in MACHINETYPES)
+        if self.manager.operator_door:
+            text = text.replace("[settings]\n", "[settings]\noperator_listen = 127.0.0.1:"
+                                f"{self.manager.operator_port}\n", 1)
         (self.cdir / "10-faults.conf").write_text(text)
 
     def start_manager(self, note: str) -> float:
@@ -726,7 +735,7 @@ class Bench:
             self.notes.append("refill: the space was not full at the start")
         phase = self.begin("refill")
         for _ in range(self.opts.refill_samples):
-            self.sleep(self.rng.uniform(0.5, 1.5) * cycle)
+            self.sleep(self.rng.uniform(*self.opts.refill_spacing) * cycle)
             self.finish_pilot("refill")
         self.settle(phase, max(self.opts.settle_seconds, 5 * cycle), cycle)
         phase.ended = time.monotonic()
@@ -1029,7 +1038,9 @@ def options(args: argparse.Namespace) -> Options:
     return Options(code=args.code.resolve(), rounds=args.rounds, seed=args.seed,
                    cycle_seconds=args.cycle_seconds,
                    refill_cycle_seconds=args.refill_cycle_seconds,
-                   refill_samples=args.refill_samples, processors_limit=args.processors_limit,
+                   refill_samples=args.refill_samples,
+                   refill_spacing=(args.refill_spacing[0], args.refill_spacing[1]),
+                   processors_limit=args.processors_limit,
                    kill_min=args.kill_min, kill_max=args.kill_max,
                    settle_seconds=args.settle, deadline_seconds=args.deadline,
                    sample_seconds=args.sample)
@@ -1131,6 +1142,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--refill-cycle-seconds", type=float, default=30.0)
     parser.add_argument("--refill-samples", type=int, default=10,
                         help="pilots finished in the refill phase (0: no refill phase)")
+    parser.add_argument("--refill-spacing", type=float, nargs=2, default=[0.5, 1.5],
+                        metavar=("MIN", "MAX"), help="refill phase: cycles between two "
+                        "pilots' ends, drawn uniformly")
     parser.add_argument("--processors-limit", type=int, default=6)
     parser.add_argument("--kill-min", type=float, default=0.5)
     parser.add_argument("--kill-max", type=float, default=6.0)
@@ -1144,7 +1158,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if not 0 < args.processors_limit < QUOTA_CORES:
         parser.error(f"--processors-limit must be 1-{QUOTA_CORES - 1} (the quota is "
                      f"{QUOTA_CORES} cores, so that an overshoot is visible)")
-    if args.rounds < 0 or args.refill_samples < 0 or not 0 < args.kill_min <= args.kill_max:
+    if args.rounds < 0 or args.refill_samples < 0 or not 0 < args.kill_min <= args.kill_max \
+            or not 0 < args.refill_spacing[0] <= args.refill_spacing[1]:
         parser.error("counts must be >= 0 and 0 < --kill-min <= --kill-max")
     if not (args.code / "cloudvac" / "__init__.py").is_file():
         parser.error(f"--code {args.code}: no cloudvac/ package there")

@@ -19,6 +19,7 @@ from rich.markup import escape
 from cloudvac import __version__
 from cloudvac.auth.vmtokens import SecretFileError, TokenSigner, load_or_create_secret
 from cloudvac.config import DEFAULT_CONFIG_DIR, LoadedConfig, Settings, Space, load_config_dir
+from cloudvac.config.secrets import SecretError
 from cloudvac.context.dirac import cs_snippet
 from cloudvac.context.errors import RenderError
 from cloudvac.context.userdata import ContextRenderer, check_space
@@ -31,7 +32,8 @@ from cloudvac.status import read_view, status_rows, status_table
 from cloudvac.store import Store
 from cloudvac.store.engine import StoreUnavailable
 from cloudvac.store.lock import StoreLock, StoreLocked
-from cloudvac.web.server import WebConfigError
+from cloudvac.web.listen import WebConfigError
+from cloudvac.web.protocols import loop_factory
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Keep IaaS clouds full of VMs running DIRAC pilots (vacuum model).")
@@ -143,8 +145,10 @@ def _serve(config_dir: Path, log_level: str, engine: bool, cycles: int | None) -
         store = _open_store(url, writable=True)
         try:
             service = build(ConfigSource(config_dir), loaded.settings, store, engine=engine)
-            asyncio.run(run_service(service, cycles))
-        except (WebConfigError, SecretFileError) as exc:
+            # uvloop when installed: the start-up line of each listener names the loop
+            with asyncio.Runner(loop_factory=loop_factory()) as runner:
+                runner.run(run_service(service, cycles))
+        except (WebConfigError, SecretFileError, SecretError) as exc:
             err.print(f"[red]cannot start:[/red] {escape(str(exc))}")
             raise typer.Exit(2) from None
         finally:

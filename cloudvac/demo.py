@@ -48,7 +48,10 @@ def run_demo(cycles: int | None, state_dir: Path | None, live: bool) -> dict[str
     if loaded.settings is None or loaded.issues:
         return {"ok": False, "errors": [str(i) for i in loaded.issues]}
     overrides = {"state_dir": state, "database": None, "web_listen": "127.0.0.1:0",
-                 "web_url": None, "web_tls_cert": None, "web_tls_key": None}
+                 "web_url": None, "web_tls_cert": None, "web_tls_key": None,
+                 "operator_listen": "127.0.0.1:0", "operator_token_file": None,
+                 "operator_tls_cert": None, "operator_tls_key": None,
+                 "operator_tls_client_ca": None}
     settings = loaded.settings.model_copy(update=overrides)
     store = Store(settings.database_url)
     try:

@@ -35,6 +35,9 @@ from cloudvac.store import Store
 from cloudvac.web.app import create_app
 from cloudvac.web.context import WebContext
 from cloudvac.web.files import JoboutputsDir, UploadLimits
+from cloudvac.web.guard import WebLimits
+from cloudvac.web.listen import WebConfigError, bind
+from cloudvac.web.operator import create_operator_app, operator_access, operator_server
 from cloudvac.web.server import listen_socket, make_server, socket_port
 
 log = logging.getLogger("cloudvac.service")
@@ -50,6 +53,17 @@ def housekeeping(settings: Settings, store: Store, files: JoboutputsDir, now: fl
     removed = files.cleanup(now - settings.log_retention_hours * 3600.0, alive)
     removed += store.prune(now - max(HISTORY_SECONDS, settings.log_retention_hours * 3600.0))
     return removed
+
+
+async def _started(tasks: list[asyncio.Task[None]],
+                   servers: tuple[uvicorn.Server, ...]) -> None:
+    """Wait until every server listens; the first start-up error is raised."""
+    while not all(server.started for server in servers):
+        for task in tasks:
+            if task.done():
+                task.result()  # raises the start-up error
+                raise RuntimeError(f"{task.get_name()} door stopped while starting")
+        await asyncio.sleep(0.05)
 
 
 @dataclass
@@ -87,6 +101,8 @@ class Service:
     web: WebContext
     sock: socket.socket
     server: uvicorn.Server
+    operator_sock: socket.socket
+    operator_server: uvicorn.Server
     daemon: Daemon | None
     pilots: HttpPilots | None
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
@@ -94,6 +110,10 @@ class Service:
     @property
     def port(self) -> int:
         return socket_port(self.sock)
+
+    @property
+    def operator_port(self) -> int:
+        return socket_port(self.operator_sock)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -104,27 +124,36 @@ class Service:
         """Run until ``stop()`` (or, with ``cycles``, until every space ran that many)."""
         if self.daemon is not None:
             self.daemon.load()  # before serving: an upload must find its machine's space
-        web_task = asyncio.create_task(self.server.serve(sockets=[self.sock]), name="web")
-        while not self.server.started and not web_task.done():
-            await asyncio.sleep(0.05)
-        if web_task.done():
-            web_task.result()  # raises the start-up error
-        keeper = asyncio.create_task(self._housekeeping(), name="housekeeping")
-        log.info("space=- machinetype=- machine=- web service on %s",
-                 self.settings.web_base_url)
+        doors = [asyncio.create_task(self.server.serve(sockets=[self.sock]), name="web"),
+                 asyncio.create_task(self.operator_server.serve(sockets=[self.operator_sock]),
+                                     name="operator")]
         try:
-            if self.daemon is not None:
-                await self.daemon.run(cycles)
-            else:
-                await self.stopping.wait()
+            await _started(doors, (self.server, self.operator_server))
+            keeper = asyncio.create_task(self._housekeeping(), name="housekeeping")
+            log.info("space=- machinetype=- machine=- web service on %s, operator door on "
+                     "%s", self.settings.web_base_url, self._operator_url())
+            try:
+                if self.daemon is not None:
+                    await self.daemon.run(cycles)
+                else:
+                    await self.stopping.wait()
+            finally:
+                keeper.cancel()
         finally:
-            keeper.cancel()
-            self.server.should_exit = True
-            with contextlib.suppress(Exception):
-                await web_task
+            for server in (self.server, self.operator_server):
+                server.should_exit = True
+            for task in doors:
+                with contextlib.suppress(Exception):
+                    await task
             if self.pilots is not None:
                 await self.pilots.close()
             self.sock.close()
+            self.operator_sock.close()
+
+    def _operator_url(self) -> str:
+        host = self.settings.operator_listen.rpartition(":")[0]
+        scheme = "https" if self.settings.operator_tls_cert else "http"
+        return f"{scheme}://{host}:{self.operator_port}"
 
     async def _housekeeping(self) -> None:
         while True:
@@ -147,7 +176,13 @@ def build(config: ConfigSource, settings: Settings, store: Store, engine: bool =
     files = JoboutputsDir(settings.state_dir / "joboutputs",
                           UploadLimits(settings.upload_max_file_bytes,
                                        settings.upload_max_machine_bytes))
+    access = operator_access(settings)
     sock = listen_socket(settings)
+    try:
+        operator_sock = bind(access.door.listen, "operator_listen")
+    except WebConfigError:
+        sock.close()
+        raise
     configured, port = settings, socket_port(sock)
     if settings.web_url is None:  # tell VMs the port really bound (web_listen may say 0)
         base = settings.web_base_url
@@ -162,10 +197,15 @@ def build(config: ConfigSource, settings: Settings, store: Store, engine: bool =
         daemon = Daemon(config, configured, CycleTools(store, metrics, render=renderer),
                         CloudFactory(metrics, pilots), keep_reports)
     spaces = daemon.current_spaces if daemon is not None else FileSpaces(config.directory)
-    web = WebContext(settings, store, signer, files, spaces, registry, render=renderer,
+    web = WebContext(settings, store, signer, files, spaces, registry,
+                     render=lambda space, mt, name, at: renderer.as_of(at)(space, mt, name),
                      wake=daemon.wake if daemon is not None else None)
-    return Service(settings, store, registry, files, web, sock,
-                   make_server(create_app(web), settings), daemon, pilots)
+    vm_app = create_app(web)
+    return Service(settings, store, registry, files, web, sock, make_server(vm_app, settings),
+                   operator_sock,
+                   operator_server(create_operator_app(vm_app, access), access.door,
+                                   WebLimits.from_settings(settings)),
+                   daemon, pilots)
 
 
 def build_daemon(config_dir: Path, settings: Settings, store: Store, keep_reports: int = 0,

@@ -1,13 +1,24 @@
 #!/usr/bin/env bash
 # Debian packages the test suite uses as real components: cloud-init (its JSON schema and
-# `cloud-init schema` validate rendered user_data). Idempotent; needs root and apt.
+# `cloud-init schema` validate rendered user_data) and the PostgreSQL server (the store's
+# tests start their own server with initdb/postgres from it, as an unprivileged user; the
+# package's own cluster and service are never used).  Idempotent; needs root and apt.
 set -euo pipefail
 missing=()
 command -v cloud-init >/dev/null || missing+=(cloud-init)
+# Debian keeps the server's binaries under /usr/lib/postgresql/<version>/bin, off PATH.
+if ! command -v initdb >/dev/null && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null
+then
+    missing+=(postgresql)
+fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then
     echo "system-deps.sh: need root to apt-get install ${missing[*]}" >&2
     exit 1
 fi
+echo "system-deps.sh: installing ${missing[*]} with apt-get (Debian packages the tests use)" >&2
+export DEBIAN_FRONTEND=noninteractive
+# An install interrupted earlier leaves dpkg half-configured: finish it first.
+dpkg --configure -a >/dev/null
 apt-get update -qq
-DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -85,7 +85,13 @@ class TokenSigner:
 
     def verify(self, token: str, space: str, name: str, now: float) -> None:
         """Raise TokenError unless ``token`` was issued for this machine and is unexpired:
-        401 for a forged, malformed or expired token, 403 for another machine's token.
+        401 for a forged, malformed or expired token, 403 for another machine's token."""
+        if self.subject(token, now) != (space, name):
+            raise TokenError(403, "token belongs to another machine")
+
+    def subject(self, token: str, now: float) -> tuple[str, str]:
+        """The (space, machine name) ``token`` was issued for; TokenError 401 unless it is
+        genuine and unexpired.
 
         A token has exactly one spelling, the one ``token`` writes (ASCII only, no
         padding, no leading zero, bounded length); any other is malformed."""
@@ -105,8 +111,8 @@ class TokenSigner:
             raise TokenError(401, "token signature invalid")
         if expires < now:
             raise TokenError(401, "token expired")
-        if subject != f"{space}/{name}":
-            raise TokenError(403, "token belongs to another machine")
+        space, _, name = subject.partition("/")
+        return space, name
 
 
 #: ``v1.<subject>.<expiry>.<signature>``: subject base64url without padding (a space and a

@@ -50,6 +50,29 @@ class Settings(_Model):
                                 "VMs use to reach cloudvac; default from web_listen.")
     web_tls_cert: Path | None = Field(None, description="PEM certificate (chain) for HTTPS.")
     web_tls_key: Path | None = Field(None, description="PEM private key for HTTPS.")
+    web_header_timeout_seconds: float = Field(
+        10.0, gt=0, le=300, description="A client must send a request's line and headers "
+        "within this long of connecting (or of its first byte on a kept-alive connection); "
+        "else it gets 408 and the connection is closed (slow-loris).")
+    web_body_timeout_seconds: float = Field(
+        30.0, gt=0, le=3600, description="A request's whole body must arrive within this long "
+        "of its headers (time the application spends not reading is not counted); else 408 "
+        "and the connection is closed. upload_max_file_bytes over this is the slowest upload "
+        "accepted: 1 MiB in 30 s is 35 kB/s.")
+    web_keepalive_seconds: int = Field(5, ge=1, le=300, description="An idle kept-alive "
+                                       "connection is closed after this long.")
+    web_max_connections: int = Field(
+        0, ge=0, le=1_000_000, description="Open connections per listener. At the limit, a "
+        "connection that has waited over a second without sending a whole request is closed "
+        "to admit the new one, else the new one gets 503 and is closed unread. 0: 75 % of the "
+        "open-file limit (raised to the hard limit at start-up), at most 4096.")
+    web_rate_per_client: float = Field(
+        200.0, ge=0, le=1_000_000, description="Requests per second one client address may "
+        "sustain (token bucket); over it, 429 with Retry-After. Generous on purpose: many VMs "
+        "may share one NAT address, and 200/s is 12,000 VMs heartbeating once a minute. "
+        "0: no limit.")
+    web_rate_burst: int = Field(2000, ge=1, le=1_000_000, description="Requests one client "
+                                "address may send at once above web_rate_per_client.")
     upload_max_file_bytes: int = Field(1 << 20, ge=1024, description="Largest upload per file.")
     upload_max_machine_bytes: int = Field(16 << 20, ge=1024, description="Largest total of "
                                           "one machine's uploads.")
@@ -61,6 +84,26 @@ class Settings(_Model):
                                 "deletion, brings its space's next cycle forward to this much "
                                 "later (it takes that cycle's slot: no more cycles per hour), "
                                 "so a freed slot is refilled in seconds; 0: never early.")
+    ended_upload_grace_seconds: float = Field(
+        900.0, ge=0, description="Once cloudvac saw a machine end (stopped, failed, or its "
+        "deletion asked), the machine's token still uploads its final shutdown_message and "
+        "logs for this long, and nothing else; then it is refused (410).")
+    operator_listen: str = Field("127.0.0.1:8081", pattern=r"^[^:\s]+:\d{1,5}$",
+                                 description="HOST:PORT of the operator's door (status, "
+                                 "metrics, health, the OpenAPI document), never the VMs' "
+                                 "port. Anything but loopback needs operator_tls_cert/_key and "
+                                 "operator_token_file or operator_tls_client_ca.")
+    operator_token_file: Path | None = Field(None, description="File (mode 0600) holding the "
+                                             "bearer token operators send "
+                                             "(Authorization: Bearer); required on every "
+                                             "operator request when set.")
+    operator_tls_cert: Path | None = Field(None, description="PEM certificate (chain) of the "
+                                           "operator's door.")
+    operator_tls_key: Path | None = Field(None, description="PEM private key of the operator's "
+                                          "door.")
+    operator_tls_client_ca: Path | None = Field(None, description="PEM CA bundle: the "
+                                                "operator's door then requires a client "
+                                                "certificate it signed.")
 
     @property
     def web_base_url(self) -> str:

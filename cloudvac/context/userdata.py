@@ -102,6 +102,11 @@ class ContextRenderer:
         self.settings, self.signer, self.clock = settings, signer, clock
         self.squids = squids
 
+    def as_of(self, issued_at: float) -> ContextRenderer:
+        """The same renderer with its clock stopped at ``issued_at`` (a machine's creation):
+        the token and deadline it writes are the ones the machine got then."""
+        return ContextRenderer(self.settings, self.signer, lambda: issued_at, self.squids)
+
     def token(self, space: Space, mt: Machinetype, name: str) -> str:
         expires = self.clock() + mt.max_wallclock_seconds + self.settings.token_grace_seconds
         return self.signer.token(space.name, name, expires)

@@ -100,9 +100,12 @@ _RUN_LETTERS = string.ascii_letters + string.digits + "+/_-="
 
 def redact(text: str, limit: int = LIMIT) -> str:
     """``text`` with secret-shaped values replaced by ``MARK`` (the shapes are listed in the
-    module docstring), cut to at most ``limit`` characters (at least ``MIN_LIMIT``).
-    Idempotent, never raises."""
+    module docstring), cut to at most ``limit`` characters (at least ``MIN_LIMIT``); a NUL
+    becomes U+FFFD, as the store keeps it (so a redacted text compares equal to its stored
+    copy).  Idempotent, never raises."""
     limit = max(limit, MIN_LIMIT)
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
     scan = max(SCAN_FACTOR * limit, SCAN_MIN)
     if len(text) > scan:  # drop the run the cut went through: part of a blob is no word
         text = text[:scan].rstrip(_RUN_LETTERS)

@@ -16,13 +16,24 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import URL, Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 log = logging.getLogger("cloudvac.store")
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 BUSY_TIMEOUT_MS = 30_000
+CONNECT_TIMEOUT_S = 30
+"""PostgreSQL: how long a connection attempt may take (libpq waits forever by default, so
+an unreachable server would hang the open and every later session); the URL's own
+``connect_timeout`` wins."""
+POSTGRESQL_DRIVERS = {"postgresql": "postgresql+psycopg", "postgresql+psycopg": None}
+"""The PostgreSQL URLs accepted, and the driver a plain ``postgresql://`` gets: psycopg 3
+(a dependency of cloudvac), not SQLAlchemy 2.0's default psycopg2."""
+MIGRATION_LOCK_KEY = 0x636C6F7564766163  # "cloudvac"
+"""PostgreSQL advisory lock that serialises migrations of one database."""
+_MIGRATING = threading.Lock()
+"""alembic's ``context`` and ``op`` are process-wide: one migration at a time per process."""
 IMMEDIATE = "cloudvac_begin_immediate"
 """Execution option: this engine's transactions take the write lock at BEGIN."""
 
@@ -39,9 +50,15 @@ class StoreMoved(StoreUnavailable):
 
 def describe(url: str) -> str:
     """The database of ``url`` as an operator knows it: the SQLite file's path, else the
-    URL with its password hidden."""
+    URL with its password hidden (also one given as a ``password`` query parameter)."""
     path = sqlite_path(url)
-    return str(path) if path is not None else make_url(url).render_as_string(hide_password=True)
+    if path is not None:
+        return str(path)
+    parsed = make_url(url)
+    hidden = [key for key in parsed.query if key.lower() in ("password", "sslpassword")]
+    if hidden:
+        parsed = parsed.update_query_dict(dict.fromkeys(hidden, "***"))
+    return parsed.render_as_string(hide_password=True)
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -87,10 +104,11 @@ def _sqlite_begin(connection: Connection) -> None:
 
 
 def open_engine(url: str, guard: Callable[[], None] | None = None) -> Engine:
-    """An Engine for ``url``; creates a SQLite file's directory.  ValueError for in-memory
-    SQLite or other backends.  ``guard`` (SQLite): called on every new connection once it
-    has opened the file and before any statement, and again if its set-up fails; what it
-    raises refuses the connection."""
+    """An Engine for ``url``; creates a SQLite file's directory.  PostgreSQL through
+    psycopg 3 (``postgresql://`` or ``postgresql+psycopg://``).  ValueError for in-memory
+    SQLite, other PostgreSQL drivers or other backends.  ``guard`` (SQLite): called on
+    every new connection once it has opened the file and before any statement, and again
+    if its set-up fails; what it raises refuses the connection."""
     parsed = make_url(url)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
@@ -118,8 +136,18 @@ def open_engine(url: str, guard: Callable[[], None] | None = None) -> Engine:
         event.listen(engine, "begin", _sqlite_begin)
         return engine
     if backend == "postgresql":
-        return create_engine(parsed, pool_pre_ping=True)
+        return _postgresql_engine(parsed)
     raise ValueError(f"unsupported store backend {backend!r}: use sqlite or postgresql")
+
+
+def _postgresql_engine(parsed: URL) -> Engine:
+    if parsed.drivername not in POSTGRESQL_DRIVERS:
+        raise ValueError(f"unsupported PostgreSQL driver {parsed.drivername!r}: use "
+                         "postgresql:// or postgresql+psycopg:// (psycopg 3)")
+    parsed = parsed.set(drivername=POSTGRESQL_DRIVERS[parsed.drivername] or parsed.drivername)
+    connect_args = {} if "connect_timeout" in parsed.query else {
+        "connect_timeout": CONNECT_TIMEOUT_S}
+    return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
 
 
 def open_migrated(url: str, writable: bool = False,
@@ -185,9 +213,14 @@ def _file_problem(path: Path) -> str | None:
 
 def migrate(engine: Engine) -> None:
     """Create or upgrade the database of ``engine`` to the packaged head revision."""
-    # One transaction around the whole upgrade; on SQLite BEGIN IMMEDIATE also serialises
-    # two processes that open the same fresh file at once.
-    with engine.execution_options(**{IMMEDIATE: True}).begin() as connection:
+    # One transaction around the whole upgrade, which also serialises two processes that
+    # open the same fresh database at once (or upgrade it): on SQLite BEGIN IMMEDIATE, on
+    # PostgreSQL an advisory lock (the second would find no alembic_version, create it
+    # too, and fail).
+    with _MIGRATING, engine.execution_options(**{IMMEDIATE: True}).begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                               {"key": MIGRATION_LOCK_KEY})
         command.upgrade(alembic_config(connection), "head")
 
 

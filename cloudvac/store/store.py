@@ -29,10 +29,10 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+import cloudvac.store.uploads as uploads
 from cloudvac.model.records import Event, MachineRecord, Recorded, SpaceHistory
 from cloudvac.model.redact import redact
 from cloudvac.model.states import MachineState, ShutdownMessage
-from cloudvac.store import uploads
 from cloudvac.store.engine import (
     IMMEDIATE,
     DatabaseFile,
@@ -54,6 +54,7 @@ from cloudvac.store.tables import (
     EventRow,
     engine_values,
     record_from_values,
+    storable,
 )
 from cloudvac.store.uploads import (
     HEARTBEAT,
@@ -313,7 +314,7 @@ class Store:
             return
         rows = [
             {"at": e.at, "space": e.space, "machinetype": e.machinetype, "machine": e.machine,
-             "kind": e.kind, "message": redact(e.message)}
+             "kind": e.kind, "message": storable(redact(e.message))}
             for e in events
         ]  # fmt: skip
         with self._write() as session:

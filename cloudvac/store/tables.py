@@ -118,6 +118,12 @@ def record_from_values(space: str, values: Sequence[Any]) -> MachineRecord:
     return MachineRecord(*args)
 
 
+def storable(text: str) -> str:
+    """``text`` as both backends store it: PostgreSQL refuses a NUL character in text (the
+    whole write would fail), so NUL becomes U+FFFD, on SQLite too."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
 def engine_values(record: MachineRecord, now: float, rev: int) -> dict[str, Any]:
     """The row an engine write upserts: key and engine fields, ``updated_at``, ``rev``,
     and the record's shutdown message stamped ``now`` (kept only where the row has none:
@@ -128,9 +134,11 @@ def engine_values(record: MachineRecord, now: float, rev: int) -> dict[str, Any]
     # The one text the engine copies from the cloud (a server's fault, a refusal): the
     # adapters redact it; redacted again here, where every machine row is written.
     values["fault"] = redact(record.fault)
+    for name in TEXT_FIELDS:
+        values[name] = storable(values[name])
     message = record.shutdown
     values.update(shutdown_code=None if message is None else message.code,
-                  shutdown_text=None if message is None else message.text,
+                  shutdown_text=None if message is None else storable(message.text),
                   shutdown_at=None if message is None else now, updated_at=now, rev=rev)
     return values
 

@@ -18,7 +18,9 @@ from cloudvac.store import Store
 from cloudvac.web.files import JoboutputsDir
 from cloudvac.web.heartbeats import HeartbeatBuffer
 
-Renderer = Callable[[Space, Machinetype, str], str]
+Renderer = Callable[[Space, Machinetype, str, float], str]
+"""``(space, machinetype, name, issued_at) -> user_data``, its token and deadline counted
+from ``issued_at`` (the machine's creation)."""
 MACHINE_CACHE_SECONDS = 5.0
 MACHINE_CACHE_SIZE = 200_000
 
@@ -29,6 +31,10 @@ class WebMetrics:
                                ["kind", "status"], registry=registry)
         self.upload_bytes = Counter("cloudvac_upload_bytes", "Bytes accepted from VMs",
                                     registry=registry)
+        self.disconnects = Counter("cloudvac_upload_disconnects", "Uploads whose client left "
+                                   "before its body was complete", registry=registry)
+        self.store_errors = Counter("cloudvac_web_store_errors", "Requests answered 503 "
+                                    "because the store failed", registry=registry)
 
 
 class MachineCache:
@@ -75,11 +81,14 @@ class WebContext:
     heartbeats: HeartbeatBuffer = field(init=False)
     metrics: WebMetrics = field(init=False)
     machines: MachineCache = field(init=False)
+    heartbeat_lists: dict[tuple[str, str], tuple[float, str]] = field(init=False)
+    """Per (space, machinetype): when read (monotonic) and the list's text."""
 
     def __post_init__(self) -> None:
         self.heartbeats = HeartbeatBuffer(self.store, self.files)
         self.metrics = WebMetrics(self.registry)
         self.machines = MachineCache(self.store)
+        self.heartbeat_lists = {}
 
 
 def context(request: Request) -> WebContext:

@@ -34,6 +34,7 @@ class HeartbeatBuffer:
         self.store, self.files, self.flush_seconds = store, files, flush_seconds
         self._pending: dict[tuple[str, str], _Beat] = {}
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     def note(self, space: str, name: str, at: float, file: str = HEARTBEAT_FILE,
              body: bytes = b"") -> None:
@@ -67,19 +68,24 @@ class HeartbeatBuffer:
             return 0
 
     async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.flush_seconds)
+        # Never cancelled mid-flush: a cancelled await leaves its worker thread writing
+        # while a later flush writes beside it, and older bodies could land last.
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.flush_seconds)
             await self.flush()
 
     def start(self) -> None:
         if self._task is None:
+            self._stopping.clear()
             self._task = asyncio.get_running_loop().create_task(self._run(),
                                                                 name="heartbeat-flush")
 
     async def stop(self) -> None:
+        """Let the flush in progress finish, then write what is still pending: every
+        machine's file ends with the newest body it sent."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            self._stopping.set()
+            await self._task
             self._task = None
         await self.flush()

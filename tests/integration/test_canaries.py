@@ -255,6 +255,7 @@ state_dir = {state}
 cycle_seconds = 0.5
 space_timeout_seconds = 30
 web_listen = 127.0.0.1:0
+operator_listen = 127.0.0.1:0
 """
 COMMON = """\
 api = openstack
@@ -376,7 +377,8 @@ async def run_until_failed_twice(service: Service, spaces: Collection[str],
             await asyncio.sleep(0.1)
         assert _failed_twice(service, spaces), {n: [r.error for r in s.reports]
                                                 for n, s in daemon.spaces.items()}
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{service.port}") as client:
+        operator = f"http://127.0.0.1:{service.operator_port}"
+        async with httpx.AsyncClient(base_url=operator) as client:
             shown.status = (await client.get("/status", timeout=30)).text
             shown.metrics = (await client.get("/metrics", timeout=30)).text
     finally:

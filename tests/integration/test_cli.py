@@ -190,7 +190,8 @@ def test_dirac_cs_parses_with_diraccfg() -> None:
 
 # --- one daemon per store; stores and secrets that cannot be used (issue 13) ---
 
-ANY_PORT = GOOD.replace("cycle_seconds = 0.5\n", "cycle_seconds = 0.5\nweb_listen = 127.0.0.1:0\n")
+ANY_PORT = GOOD.replace("cycle_seconds = 0.5\n", "cycle_seconds = 0.5\nweb_listen = 127.0.0.1:0\n"
+                                                  "operator_listen = 127.0.0.1:0\n")
 """GOOD with the web side on a free port: other test runs on this host may hold 8080."""
 STEADY = ANY_PORT.replace("target_share = 1\n", "target_share = 1\nsim_job_seconds = 3600\n")
 """With pilots that run at least half an hour: its machines stay as they are."""

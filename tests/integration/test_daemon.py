@@ -408,7 +408,7 @@ def test_a_wake_brings_the_next_cycle_forward_taking_its_slot(tmp_path: Path,
             await asyncio.sleep(2.0)  # far longer than wake_seconds, far shorter than 30 s
         return daemon.spaces["a.example"].cycles
 
-    async def scenario() -> tuple[int, int, int]:
+    async def scenario() -> tuple[int, int, int, int]:
         runner = asyncio.create_task(daemon.run())
         deadline = time.monotonic() + 60
         while daemon.spaces.get("a.example") is None or \

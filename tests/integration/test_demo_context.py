@@ -25,7 +25,8 @@ def test_demo_machines_fetch_their_user_data(tmp_path: Path) -> None:
     config_dir = prepare(tmp_path)
     loaded = load_config_dir(config_dir)
     assert loaded.settings is not None
-    overrides = {"state_dir": tmp_path, "database": None, "web_listen": "127.0.0.1:0"}
+    overrides = {"state_dir": tmp_path, "database": None, "web_listen": "127.0.0.1:0",
+                 "operator_listen": "127.0.0.1:0"}
     settings = loaded.settings.model_copy(update=overrides)
     store = Store(settings.database_url)
     service = build(ConfigSource(config_dir, overrides), settings, store)
@@ -106,7 +107,8 @@ def test_squid_machinetype_vms_become_the_cvmfs_proxies(tmp_path: Path) -> None:
     (config_dir / "10.conf").write_text(SQUID_CONFIG)
     loaded = load_config_dir(config_dir)
     assert loaded.settings is not None and not loaded.issues, loaded.issues
-    overrides = {"state_dir": tmp_path, "web_listen": "127.0.0.1:0"}
+    overrides = {"state_dir": tmp_path, "web_listen": "127.0.0.1:0",
+                 "operator_listen": "127.0.0.1:0"}
     settings = loaded.settings.model_copy(update=overrides)
     store = Store(settings.database_url)
     service = build(ConfigSource(config_dir, overrides), settings, store)
@@ -123,7 +125,7 @@ def test_squid_machinetype_vms_become_the_cvmfs_proxies(tmp_path: Path) -> None:
             assert service.web.render is not None
             space = service.daemon.current_spaces()["squids.example"]  # type: ignore[union-attr]
             text = service.web.render(space, space.machinetypes["t2k"],
-                                      "cloudvac-000000-t2k-0000000000")
+                                      "cloudvac-000000-t2k-0000000000", time.time())
             return squids, text
         finally:
             service.stop()
@@ -144,7 +146,8 @@ def test_the_web_side_knows_the_spaces_from_its_first_request(tmp_path: Path) ->
     config_dir = prepare(tmp_path)
     loaded = load_config_dir(config_dir)
     assert loaded.settings is not None
-    overrides = {"state_dir": tmp_path, "database": None, "web_listen": "127.0.0.1:0"}
+    overrides = {"state_dir": tmp_path, "database": None, "web_listen": "127.0.0.1:0",
+                 "operator_listen": "127.0.0.1:0"}
     settings = loaded.settings.model_copy(update=overrides)
     store = Store(settings.database_url)
     name = "cloudvac-abcdef-belle-0123456789"

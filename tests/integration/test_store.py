@@ -1,4 +1,5 @@
-"""The store against a real SQLite file: schema, semantics, concurrency and restarts."""
+"""The store against a real SQLite file and a real PostgreSQL database (``store_url``,
+tests/postgres.py): schema, semantics, concurrency and restarts."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from alembic.script import ScriptDirectory
 from cloudvac.model.records import Event, MachineRecord, Recorded
 from cloudvac.model.states import MachineState, ShutdownMessage
 from cloudvac.store import Store
-from cloudvac.store.engine import alembic_config
+from cloudvac.store.engine import alembic_config, sqlite_path
 from cloudvac.store.tables import Base
 
 TABLES = {"machines", "backoff", "drains", "events", "credentials",
@@ -32,24 +33,27 @@ DEFAULT = ShutdownMessage(700, "Heartbeat file not updated")
 NOW = 5000.0
 
 
-def url_of(path: Path) -> str:
-    return f"sqlite:///{path}"
+sqlite_only = pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+"""For tests of the SQLite file itself; every other test runs on both backends."""
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "state" / "cloudvac.db"
+def db(store_url: str) -> Path:
+    """The SQLite file of a ``sqlite_only`` test."""
+    path = sqlite_path(store_url)
+    assert path is not None, "a test using the file must be marked sqlite_only"
+    return path
 
 
 @pytest.fixture
-def store(db: Path) -> Iterator[Store]:
-    opened = Store(url_of(db))
+def store(store_url: str) -> Iterator[Store]:
+    opened = Store(store_url)
     yield opened
     opened.close()
 
 
-def schema_diff(db: Path, metadata: sa.MetaData = Base.metadata) -> list[object]:
-    engine = sa.create_engine(url_of(db))
+def schema_diff(url: str, metadata: sa.MetaData = Base.metadata) -> list[object]:
+    engine = sa.create_engine(url)
     try:
         with engine.connect() as connection:
             return list(compare_metadata(MigrationContext.configure(connection), metadata))
@@ -57,8 +61,8 @@ def schema_diff(db: Path, metadata: sa.MetaData = Base.metadata) -> list[object]
         engine.dispose()
 
 
-def table_names(db: Path) -> set[str]:
-    engine = sa.create_engine(url_of(db))
+def table_names(url: str) -> set[str]:
+    engine = sa.create_engine(url)
     try:
         return set(sa.inspect(engine).get_table_names())
     finally:
@@ -87,39 +91,40 @@ def only(store: Store, space: str, name: str) -> MachineRecord:
 # --- schema and migrations -------------------------------------------------------------
 
 
-def test_migration_produces_exactly_the_declared_schema(store: Store, db: Path) -> None:
-    assert TABLES | {"alembic_version"} == table_names(db)
-    assert schema_diff(db) == []
+def test_migration_produces_exactly_the_declared_schema(store: Store, store_url: str) -> None:
+    assert TABLES | {"alembic_version"} == table_names(store_url)
+    assert schema_diff(store_url) == []
 
 
-def test_schema_comparison_would_notice_a_difference(store: Store, db: Path) -> None:
+def test_schema_comparison_would_notice_a_difference(store: Store, store_url: str) -> None:
     # Guards the test above: an empty diff must not be the comparison's only possible answer.
     drifted = sa.MetaData()
     for table in Base.metadata.tables.values():
         table.to_metadata(drifted)
     drifted.tables["machines"].append_column(sa.Column("extra", sa.Integer()))
-    diff = schema_diff(db, drifted)
+    diff = schema_diff(store_url, drifted)
     assert [entry[0] for entry in diff if isinstance(entry, tuple)] == ["add_column"]
 
 
-def test_migrations_downgrade_to_nothing_and_upgrade_back(store: Store, db: Path) -> None:
+def test_migrations_downgrade_to_nothing_and_upgrade_back(store: Store, store_url: str) -> None:
     store.close()
-    engine = sa.create_engine(url_of(db))
+    engine = sa.create_engine(store_url)
     try:
         with engine.begin() as connection:
             config = alembic_config(connection)
             assert ScriptDirectory.from_config(config).get_heads() == ["0006"]
             command.downgrade(config, "base")
-        assert table_names(db) == {"alembic_version"}
+        assert table_names(store_url) == {"alembic_version"}
         with engine.begin() as connection:
             command.upgrade(alembic_config(connection), "head")
         with engine.connect() as connection:
             assert MigrationContext.configure(connection).get_current_revision() == "0006"
     finally:
         engine.dispose()
-    assert schema_diff(db) == []
+    assert schema_diff(store_url) == []
 
 
+@sqlite_only
 def test_sqlite_file_uses_wal_and_parent_directory_is_created(store: Store, db: Path) -> None:
     assert db.parent.is_dir()
     with sqlite3.connect(db) as raw:
@@ -397,8 +402,8 @@ def test_concurrent_apply_on_four_spaces_loses_nothing(store: Store) -> None:
         assert len(beats) == cycles
 
 
-def test_reopening_the_same_file_keeps_everything(db: Path) -> None:
-    first = Store(url_of(db))
+def test_reopening_the_same_database_keeps_everything(store_url: str) -> None:
+    first = Store(store_url)
     first.apply("a", [intent("vm-9")], {}, NOW)
     first.apply("a", [running("vm-1")], {"belle": 42.0}, NOW)
     first.record_heartbeat("a", "vm-1", 123.0)
@@ -408,7 +413,7 @@ def test_reopening_the_same_file_keeps_everything(db: Path) -> None:
     before = (first.history("a"), first.events(), first.last_aborts())
     first.close()
 
-    second = Store(url_of(db))
+    second = Store(store_url)
     try:
         after = (second.history("a"), second.events(), second.last_aborts())
         assert after == before
@@ -416,11 +421,11 @@ def test_reopening_the_same_file_keeps_everything(db: Path) -> None:
         assert after[0].machines["vm-9"].state is MachineState.INTENT
     finally:
         second.close()
-    assert schema_diff(db) == []
+    assert schema_diff(store_url) == []
 
 
-def test_credentials_upsert(tmp_path: Path) -> None:
-    store = Store(f"sqlite:///{tmp_path / 'c.db'}")
+def test_credentials_upsert(store_url: str) -> None:
+    store = Store(store_url)
     store.set_credentials("a.example", {"keystone": 100.0, "checkin_access": 50.0}, NOW)
     store.set_credentials("a.example", {"keystone": 200.0}, NOW)
     store.set_credentials("b.example", {}, NOW)

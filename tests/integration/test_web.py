@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cloudvac.model.states import MachineState, ShutdownMessage
-from cloudvac.web.server import WebConfigError, check_tls
+from cloudvac.web.listen import WebConfigError
+from cloudvac.web.server import check_tls
 from tests.integration.webserver import SPACE, Running, web_server
 
 A = "cloudvac-aaaaaa-belle-aaaaaaaaaa"
@@ -87,8 +88,8 @@ def test_other_machines_token_is_forbidden_and_writes_nothing(web: Running) -> N
     (None, 401, "missing bearer token"),
     ("Basic abc", 401, "missing bearer token"),
     ("Bearer nonsense", 401, "malformed token"),
-    ("Bearer v1.d2ViLmV4YW1wbGUvY2xvdWR2YWMtYWFhYWFhLWJlbGxlLWFhYWFhYWFhYWE.9999999999.forged",
-     401, "token signature invalid"),
+    ("Bearer v1.d2ViLmV4YW1wbGUvY2xvdWR2YWMtYWFhYWFhLWJlbGxlLWFhYWFhYWFhYWE.9999999999."
+     + "f" * 43, 401, "token signature invalid"),
 ])
 def test_bad_tokens(web: Running, auth: str | None, status: int, detail: str) -> None:
     response = put_raw(upload_url(web, A, "heartbeat"), b"x", auth)
@@ -181,13 +182,18 @@ def test_machine_and_job_features_match_config_and_store(web: Running) -> None:
     assert other.status_code == 403
 
 
-def test_heartbeat_list_is_public_and_lists_live_machines(web: Running) -> None:
+def test_heartbeat_list_is_for_machines_of_the_space_and_lists_live_machines(
+        web: Running) -> None:
     assert put(web, A, "heartbeat", b"1", web.token(A)).status_code == 204
     url = f"{web.url}/heartbeatlists/{SPACE}/belle"
-    assert wait_for(lambda: A in httpx.get(url).text)
-    lines = httpx.get(url).text.splitlines()
+    own = {"Authorization": f"Bearer {web.token(B)}"}
+    assert wait_for(lambda: A in httpx.get(url, headers=own).text, seconds=30)
+    lines = httpx.get(url, headers=own).text.splitlines()
     assert len(lines) == 1 and lines[0].split()[1] == A
-    assert httpx.get(f"{web.url}/heartbeatlists/{SPACE}/nope").status_code == 404
+    assert httpx.get(f"{web.url}/heartbeatlists/{SPACE}/nope", headers=own).status_code == 404
+    assert httpx.get(url).status_code == 401
+    stranger = {"Authorization": f"Bearer {web.signer.token('other.example', A, 2e9)}"}
+    assert httpx.get(url, headers=stranger).status_code == 403
 
 
 def test_user_data_metrics_health_status(web: Running) -> None:
@@ -197,16 +203,18 @@ def test_user_data_metrics_health_status(web: Running) -> None:
     assert "cloudvac-agent.py" in response.text
     assert httpx.get(f"{web.url}/machines/{SPACE}/{A}/user_data").status_code == 401
     put(web, A, "heartbeat", b"1", web.token(A))
-    metrics = httpx.get(f"{web.url}/metrics").text
+    metrics = httpx.get(f"{web.operator_url}/metrics").text
     assert 'cloudvac_uploads_total{kind="heartbeat",status="204"} 1.0' in metrics
-    assert httpx.get(f"{web.url}/healthz").json() == {"status": "ok"}
-    rows = httpx.get(f"{web.url}/status").json()
+    assert httpx.get(f"{web.operator_url}/healthz").json() == {"status": "ok"}
+    rows = httpx.get(f"{web.operator_url}/status").json()
     assert rows[0]["machinetype"] == "belle" and rows[0]["running"] == 2
+    for path in ("/metrics", "/status", "/openapi.json", "/docs"):  # not on the VMs' door
+        assert httpx.get(web.url + path).status_code == 404, path
 
 
 def test_gone_machine_refuses_heartbeats(web: Running) -> None:
     web.add_machine(A, state=MachineState.GONE)
-    assert put(web, A, "heartbeat", b"1", web.token(A)).status_code == 404
+    assert put(web, A, "heartbeat", b"1", web.token(A)).status_code == 410
 
 
 @settings(max_examples=150, deadline=None,
@@ -382,5 +390,5 @@ def test_upload_to_a_full_disk_is_507_and_writes_nothing(web: Running, full_dir:
     assert response.status_code == 507
     record = web.store.machine(SPACE, A)
     assert record is not None and record.shutdown is None, "refused means not recorded"
-    metrics = httpx.get(f"{web.url}/metrics", timeout=10).text
+    metrics = httpx.get(f"{web.operator_url}/metrics", timeout=10).text
     assert 'cloudvac_uploads_total{kind="log",status="507"} 1.0' in metrics

@@ -108,7 +108,9 @@ def test_heartbeat_list_horizon_is_its_own_option(tmp_path: Path) -> None:
         web.add_machine("cloudvac-x-belle-older")
         web.store.record_heartbeats({(SPACE, "cloudvac-x-belle-fresh"): time.time() - 5,
                                      (SPACE, "cloudvac-x-belle-older"): time.time() - 120})
-        listed = httpx.get(f"{web.url}/heartbeatlists/{SPACE}/belle").text.split()
+        own = {"Authorization": f"Bearer {web.token('cloudvac-x-belle-fresh')}"}
+        listed = httpx.get(f"{web.url}/heartbeatlists/{SPACE}/belle",
+                           headers=own).text.split()
     assert "cloudvac-x-belle-fresh" in listed and "cloudvac-x-belle-older" not in listed
 
 
