@@ -157,15 +157,7 @@ cycle_seconds = {period}
 space_timeout_seconds = 120
 
 [space nova.bench]
-api = openstack
-auth_url = {auth_url}
-username = {username}
-password_file = {password_file}
-project_name = {project}
-region_name = RegionOne
-networks = none
-flavor_names = m1.small
-{limit_line}
+{openstack}{limit_line}
 full_listing_seconds = {full_listing}
 quota_reread_seconds = {quota_reread}
 creation_burst_processors = {burst}
@@ -275,13 +267,10 @@ def write_nova_config(root: Path, nova: Any, args: argparse.Namespace,
     servers, period = args.nova_servers, args.nova_period
     full_listing = variant.full_listing_cycles * period
     secret = root / "password"
-    secret.write_text(nova.password)
-    secret.chmod(0o600)
     cdir = root / "cloudvac.d"
     cdir.mkdir()
     (cdir / "10-nova.conf").write_text(NOVA_CONFIG.format(
-        state=root / "state", period=period, auth_url=nova.auth_url,
-        username=nova.username, password_file=secret, project=nova.project_name,
+        state=root / "state", period=period, openstack=nova.space_options(secret),
         limit_line=f"processors_limit = {servers}" if variant.processors_limit else "",
         full_listing=full_listing, burst=args.nova_burst, image=nova["image_id"],
         quota_reread=int(full_listing or 600)))

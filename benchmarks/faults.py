@@ -137,15 +137,7 @@ web_listen = 127.0.0.1:{port}
 manager_id = {manager}
 
 [space {space}]
-api = openstack
-auth_url = {auth_url}
-username = {username}
-password_file = {password_file}
-project_name = {project}
-region_name = RegionOne
-networks = none
-flavor_names = m1.small
-processors_limit = {limit}
+{openstack}processors_limit = {limit}
 creation_burst_processors = {limit}
 """
 
@@ -531,12 +523,9 @@ class Bench:
     def write_config(self, cycle: float) -> None:
         nova, opts = self.nova, self.opts
         secret = self.root / "password"
-        secret.write_text(nova.password)
-        secret.chmod(0o600)
         self.cdir.mkdir(exist_ok=True)
         text = CONFIG.format(state=self.state, cycle=cycle, port=self.port, manager=MANAGER_ID,
-                             space=SPACE, auth_url=nova.auth_url, username=nova.username,
-                             password_file=secret, project=nova.project_name,
+                             space=SPACE, openstack=nova.space_options(secret),
                              limit=opts.processors_limit)
         text += "".join(MACHINETYPE.format(space=SPACE, name=n, image=nova["image_id"])
                         for n in MACHINETYPES)

@@ -27,15 +27,7 @@ cycle_seconds = 1
 space_timeout_seconds = 60
 
 [space faults.example]
-api = openstack
-auth_url = {auth_url}
-username = {username}
-password_file = {password_file}
-project_name = {project}
-region_name = RegionOne
-networks = none
-flavor_names = m1.small
-processors_limit = 3
+{openstack}processors_limit = 3
 full_listing_seconds = 0
 
 [machinetype faults.example belle]
@@ -55,13 +47,11 @@ def nova(oracle_ready: None) -> Iterator[Any]:
 
 def write_config(root: Path, nova: Any, image: str, heartbeat: int) -> Path:
     secret = root / "password"
-    secret.write_text(nova.password)
-    secret.chmod(0o600)
     cdir = root / "conf"
     cdir.mkdir(exist_ok=True)
     (cdir / "10-faults.conf").write_text(CONFIG.format(
-        state=root / "state", auth_url=nova.auth_url, username=nova.username,
-        password_file=secret, project=nova.project_name, image=image, heartbeat=heartbeat))
+        state=root / "state", openstack=nova.space_options(secret),
+        image=image, heartbeat=heartbeat))
     return cdir
 
 

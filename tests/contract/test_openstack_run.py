@@ -26,15 +26,7 @@ cycle_seconds = 1
 space_timeout_seconds = 60
 
 [space nova.example]
-api = openstack
-auth_url = {auth_url}
-username = {username}
-password_file = {password_file}
-project_name = {project}
-region_name = RegionOne
-networks = none
-flavor_names = m1.small
-full_listing_seconds = {full_listing}
+{openstack}full_listing_seconds = {full_listing}
 creation_burst_processors = 6
 max_starting_seconds = 300
 
@@ -62,13 +54,11 @@ def test_run_fills_quota_replaces_stopped_and_counts_calls(oracle_ready: None, t
     options = launch.NovaOptions(quota_cores=6, quota_instances=20, max_limit=MAX_LIMIT)
     with launch.nova_oracle(options) as nova:
         secret = tmp_path / "password"
-        secret.write_text(nova.password)
-        secret.chmod(0o600)
         cdir = tmp_path / "conf"
         cdir.mkdir()
         (cdir / "10-nova.conf").write_text(CONFIG.format(
-            state=tmp_path / "state", auth_url=nova.auth_url, username=nova.username,
-            password_file=secret, project=nova.project_name, image=nova["image_id"],
+            state=tmp_path / "state", openstack=nova.space_options(secret),
+            image=nova["image_id"],
             full_listing=full_listing))
         loaded = load_config_dir(cdir)
         assert loaded.settings is not None and not loaded.issues, loaded.issues

@@ -90,6 +90,17 @@ class OracleInfo:
             return None
         return None
 
+    def space_options(self, password_file: Path) -> str:
+        """The lines of a cloudvac ``[space]`` on this Nova with its Keystone password, which
+        is written to ``password_file`` (mode 0600): api, credentials, region, no network,
+        flavor m1.small."""
+        password_file.write_text(self.password)
+        password_file.chmod(0o600)
+        return (f"api = openstack\nauth_url = {self.auth_url}\nusername = {self.username}\n"
+                f"password_file = {password_file}\nproject_name = {self.project_name}\n"
+                f"region_name = {self.data.get('region_name', 'RegionOne')}\n"
+                "networks = none\nflavor_names = m1.small\n")
+
     def connect_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``openstack.connect`` (password auth)."""
         return {
