@@ -54,6 +54,7 @@ from cloudvac.model.cloud import (
     Limits,
     MachineSpec,
     ObservedMachine,
+    metadata_problem,
 )
 from cloudvac.model.errors import Misconfigured, QuotaExceeded, Retryable
 from cloudvac.model.layout import HEARTBEAT_FILE
@@ -128,7 +129,9 @@ class SimProject:
         return srv.id
 
     def create(self, spec: MachineSpec, heartbeat_file: str = HEARTBEAT_FILE) -> str:
-        """Nova's create: validate, check quota, start BUILD; returns the new id.  The
+        """Nova's create: validate (name, user_data size, metadata keys and values as
+        Nova's schema), check quota, start BUILD; returns the new id.  The server keeps
+        ``spec.metadata`` as given, provenance included, as Nova does.  The
         pilot uploads its heartbeats as ``heartbeat_file`` (a real VM learns the name from
         its user_data)."""
         flavor = self.flavors.get(spec.flavor.name)
@@ -136,6 +139,8 @@ class SimProject:
             raise Misconfigured(f"Flavor {spec.flavor.name} could not be found.")
         if not spec.name:
             raise Misconfigured("Invalid input for field/attribute name: should be non-empty")
+        if (problem := metadata_problem(spec.metadata)) is not None:
+            raise Misconfigured(f"Invalid input for field/attribute metadata: {problem}")
         if (encoded := 4 * math.ceil(len(spec.user_data.encode()) / 3)) > USER_DATA_MAX:
             raise Misconfigured(f"User data too large. User data must be no larger than "
                                 f"{USER_DATA_MAX} bytes once base64 encoded. Your data is "

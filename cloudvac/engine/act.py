@@ -20,14 +20,7 @@ from cloudvac.context.errors import RenderError
 from cloudvac.engine.lifecycle import Deletion
 from cloudvac.engine.planner import Create
 from cloudvac.engine.tools import CycleTools
-from cloudvac.model.cloud import (
-    TAG_CREATED,
-    TAG_MACHINETYPE,
-    TAG_MANAGER,
-    TAG_SPACE,
-    Cloud,
-    MachineSpec,
-)
+from cloudvac.model.cloud import Cloud, MachineSpec, machine_metadata
 from cloudvac.model.errors import (
     AuthFailed,
     CloudError,
@@ -151,9 +144,9 @@ class Actor:
         return MachineSpec(
             name=intent.name, space=space.name, machinetype=mt.name, flavor=create.flavor,
             image=mt.root_image or "", user_data=user_data,
-            metadata={TAG_SPACE: space.name, TAG_MACHINETYPE: mt.name,
-                      TAG_MANAGER: self.settings.manager_id,
-                      TAG_CREATED: f"{intent.created_at or 0:.0f}"})
+            metadata=machine_metadata(
+                space=space.name, machinetype=mt.name, manager_id=self.settings.manager_id,
+                created_at=intent.created_at, manager_url=self.settings.web_base_url))
 
 
 def _acted(deleted: Sequence[_Done], created: Sequence[_Done]) -> Acted:
