@@ -19,12 +19,14 @@ from rich.markup import escape
 from cloudvac import __version__
 from cloudvac.auth.vmtokens import SecretFileError, TokenSigner, load_or_create_secret
 from cloudvac.config import DEFAULT_CONFIG_DIR, LoadedConfig, Settings, Space, load_config_dir
+from cloudvac.config.dirac import DiracInstance
 from cloudvac.config.secrets import SecretError
-from cloudvac.context.dirac import cs_snippet
+from cloudvac.context.diraccs import cs_text, host_identity
 from cloudvac.context.errors import RenderError
 from cloudvac.context.userdata import ContextRenderer, check_space
 from cloudvac.context.validate import schema_found, validate_user_data
 from cloudvac.engine.daemon import ConfigSource
+from cloudvac.engine.queuesizes import resolve_sizes
 from cloudvac.logs import setup_logging
 from cloudvac.model.naming import machine_name
 from cloudvac.service import build, run_service
@@ -250,23 +252,49 @@ def _secret(settings: Settings) -> bytes:
 
 
 @app.command(name="dirac-cs")
-def dirac_cs(space: str, config_dir: ConfigDir = DEFAULT_CONFIG_DIR) -> None:
-    """Print the DIRAC Configuration Service snippet (sites, CEs, queues) for SPACE."""
+def dirac_cs(space: str, config_dir: ConfigDir = DEFAULT_CONFIG_DIR,
+             dirac: Annotated[str | None, typer.Option(
+                 "--dirac", help="The [dirac NAME] instance to print the CFG for; required "
+                 "when the space reports to more than one (each has its own CS).")] = None
+             ) -> None:
+    """Print the DIRAC Configuration Service CFG (site, CE, queues sized from the cloud's
+    flavors, host DNs) registering SPACE in one DIRAC instance; loadable as printed."""
     loaded, found = _space_or_exit(config_dir, space)
+    names = ", ".join(found.dirac_instances) or "none"
     if not found.dirac_instances:
         err.print(f"[red]space {escape(space)} has no machinetype with dirac = ...[/red]")
         raise typer.Exit(2)
-    processors: dict[str, int] = {}
-    if loaded.settings is not None and Path(loaded.settings.state_dir).is_dir():
-        # queues advertise the processors the machines really got, when cloudvac has run
-        store = _open_store(loaded.settings.database_url)
-        try:
-            for machine in store.machines(space, include_gone=True):
-                processors[machine.machinetype] = max(processors.get(machine.machinetype, 0),
-                                                      machine.processors)
-        finally:
-            store.close()
-    typer.echo(cs_snippet(found, processors), nl=False)
+    if dirac is None and len(found.dirac_instances) > 1:
+        err.print(f"[red]space {escape(space)} reports to {len(found.dirac_instances)} DIRAC "
+                  f"instances ({escape(names)}), each with its own CS:[/red] choose one with "
+                  "--dirac NAME", highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+    instance = found.dirac_instances.get(dirac or next(iter(found.dirac_instances)))
+    if instance is None:
+        err.print(f"[red]space {escape(space)} does not report to DIRAC instance "
+                  f"{escape(str(dirac))}[/red] (it reports to: {escape(names)})",
+                  highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+    if loaded.settings is None:
+        _print_issues(loaded)
+        raise typer.Exit(2)
+    try:
+        typer.echo(_cs_text(found, loaded.settings, instance), nl=False)
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+def _cs_text(space: Space, settings: Settings, instance: DiracInstance) -> str:
+    """The CFG of ``space`` for ``instance``; problems finding sizes go to stderr, and a
+    queue whose size cannot be told raises ``ValueError``."""
+    mts = [mt for mt in space.machinetypes.values() if mt.dirac == instance.name]
+    sizes, problems = asyncio.run(resolve_sizes(space, settings, mts))
+    for problem in problems:
+        err.print(f"[yellow]warning:[/yellow] {escape(problem)}", highlight=False,
+                  soft_wrap=True)
+    hosts = {mt.name: host_identity(mt.host_cert_file) for mt in mts if mt.host_cert_file}
+    return cs_text(instance, space, sizes, hosts)
 
 
 @app.command()

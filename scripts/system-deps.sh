@@ -3,9 +3,13 @@
 # `cloud-init schema` validate rendered user_data) and the PostgreSQL server (the store's
 # tests start their own server with initdb/postgres from it, as an unprivileged user; the
 # package's own cluster and service are never used).  Idempotent; needs root and apt.
+# The packages shellcheck and systemd (its systemd-analyze verify works offline: no systemd
+# has to run) check the shell parts and units of rendered user_data (tests/unit/userdata_tools.py).
 set -euo pipefail
 missing=()
 command -v cloud-init >/dev/null || missing+=(cloud-init)
+command -v shellcheck >/dev/null || missing+=(shellcheck)
+command -v systemd-analyze >/dev/null || missing+=(systemd)
 # Debian keeps the server's binaries under /usr/lib/postgresql/<version>/bin, off PATH.
 if ! command -v initdb >/dev/null && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null
 then

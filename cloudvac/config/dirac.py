@@ -4,8 +4,17 @@ The Belle II DIRAC at KEK reads the "Setups" pilot.json format and names cloud s
 ``VCYCLE.<site>.<cc>``; the GridPP multi-VO DIRAC (T2K, Hyper-K) reads the "Operations
 mirror" format and names them ``CLOUD.<site>.<cc>`` (shared/reference/research-dirac.md
 §1.2, §4.1).  Versions hard-coded here go stale at the VO's next upgrade, so ``version``
-is optional and the VO's published pilot.json is preferred when ``pilot_files_url`` serves
-one.
+is optional.  Only the pilot's code (``pilot.tar``, checked against ``checksums.sha512``)
+comes from ``pilot_files_url``; the pilot.json is always cloudvac's own, written from this
+section (it names this space's CE and site, which the VO's published one lists only once
+the CS does).
+
+A space's site is ``<site_prefix>.<site_name>`` with the space's ``site_name_<NAME>`` (for
+``[dirac NAME]``) taking precedence over its ``site_name``: a cloud is a site of each
+DIRAC instance it serves, and each instance may know it by another name (the paper's
+Napoli project is VCYCLE.Napoli.it in Belle II DIRAC and CLOUD.RECAS-NAPOLI.it in GridPP
+DIRAC).  The names live in the ``[space]`` section, next to ``site_name``, because they
+belong to the cloud, not to the DIRAC instance every space shares.
 """
 
 from __future__ import annotations

@@ -41,7 +41,8 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from cloudvac.config.dirac import DiracInstance, dirac_site
+from cloudvac.config.dirac import DiracInstance
+from cloudvac.config.diracsites import SITE_NAME_KEY, DiracSections, attach_dirac
 from cloudvac.config.ini import IniDocument, Issue, Location, Section, read_files
 from cloudvac.config.models import Machinetype, Settings, SimMachinetype, SimSpace, Space
 from cloudvac.config.openstack import OpenStackSpace
@@ -118,14 +119,6 @@ class _Sections:
     """By space name."""
 
 
-@dataclass(frozen=True, slots=True)
-class _Dirac:
-    """The valid ``[dirac NAME]`` instances, and the names of the invalid ones."""
-
-    instances: Mapping[str, DiracInstance]
-    broken: frozenset[str]
-
-
 def build(doc: IniDocument, previous: LoadedConfig | None = None) -> LoadedConfig:
     """Validate ``doc``; ``previous``: see the module docstring."""
     result = LoadedConfig(settings=None, issues=list(doc.issues), files=list(doc.files),
@@ -145,7 +138,7 @@ def build(doc: IniDocument, previous: LoadedConfig | None = None) -> LoadedConfi
         mts = sections.machinetypes.get(name, [])
         space = _space(name, section, mts, doc, result.issues)
         if space is not None:
-            space = _attach_dirac(space, section, mts, dirac, result.issues)
+            space = attach_dirac(space, section, mts, dirac, result.issues)
         if space is None:
             result.broken.add(name)
         else:
@@ -222,45 +215,14 @@ def _sort(doc: IniDocument, issues: list[Issue]) -> _Sections:
     return found
 
 
-def _dirac(sections: Mapping[str, Section], doc: IniDocument, issues: list[Issue]) -> _Dirac:
+def _dirac(sections: Mapping[str, Section], doc: IniDocument, issues: list[Issue]) -> DiracSections:
     instances: dict[str, DiracInstance] = {}
     for name, section in sections.items():
         instance = None if _tainted([section], doc) else _validate(
             DiracInstance, {"name": name, **_plain(section)}, section, None, issues)
         if instance is not None:
             instances[name] = instance
-    return _Dirac(instances, frozenset(sections) - frozenset(instances))
-
-
-def _attach_dirac(space: Space, section: Section, mt_sections: list[Section], dirac: _Dirac,
-                  issues: list[Issue]) -> Space | None:
-    """Resolve each machinetype's ``dirac`` instance and check the DIRAC site name."""
-    used: dict[str, DiracInstance] = {}
-    ok = True
-    by_name = {s.key[2]: s for s in mt_sections}
-    for mt in space.machinetypes.values():
-        if mt.dirac is None:
-            continue
-        mt_section = by_name[mt.name]
-        instance = dirac.instances.get(mt.dirac)
-        if instance is None:
-            why = "is invalid (see its errors)" if mt.dirac in dirac.broken else "is not defined"
-            issues.append(Issue(mt_section.where("dirac"), mt_section.title, "dirac",
-                                f"[dirac {mt.dirac}] {why}"))
-            ok = False
-            continue
-        if space.site_name is None:
-            issues.append(Issue(section.header, section.title, "site_name",
-                                "required when machinetypes report to DIRAC (<Site>.<cc>)"))
-            return None
-        try:
-            dirac_site(instance.site_prefix, space.site_name)
-        except ValueError as exc:
-            issues.append(Issue(section.where("site_name"), section.title, "site_name",
-                                str(exc)))
-            return None
-        used[instance.name] = instance
-    return space.model_copy(update={"dirac_instances": used}) if ok else None
+    return DiracSections(instances, frozenset(sections) - frozenset(instances))
 
 
 def _tainted(sections: Iterable[Section], doc: IniDocument) -> list[Issue]:
@@ -307,6 +269,10 @@ def _space_options(section: Section, issues: list[Issue]) -> dict[str, Any] | No
     """The space's own options with its cloud's (``openstack``, ``sim``) validated, or
     None if those are invalid."""
     values, sim = _split_sim(section)
+    prefix, target = SITE_NAME_KEY
+    names = [k for k in values if k.startswith(prefix)]
+    if names:
+        values[target] = {k[len(prefix):]: values.pop(k) for k in names}
     if values.get("api") == "openstack":
         cloud = {k: values.pop(k) for k in list(values) if k in OpenStackSpace.model_fields}
         values["openstack"] = _validate(OpenStackSpace, cloud, section, None, issues)
@@ -386,7 +352,7 @@ def _validate(model: type[M], data: Mapping[str, Any], section: Section,
 def _issue(model: type[BaseModel], error: Any, section: Section, prefix: str) -> Issue:
     loc = [str(part) for part in error["loc"]]
     option = prefix + loc[0] if loc and loc[0] in model.model_fields else None
-    placeholder = {target: key for key, target in PLACEHOLDER_KEYS}
+    placeholder = {target: key for key, target in (*PLACEHOLDER_KEYS, SITE_NAME_KEY)}
     if loc and loc[0] in placeholder:
         option = placeholder[loc[0]] + loc[1] if len(loc) > 1 else None
     message = str(error["msg"])

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from cloudvac.config.dirac import DiracInstance
 from cloudvac.config.openstack import OpenStackSpace
+from cloudvac.config.proxies import normalize_proxy_list
 from cloudvac.model.layout import FILE_NAME, SHUTDOWN_FILE
 from cloudvac.model.naming import MACHINETYPE_NAME, SPACE_NAME
 
@@ -337,10 +338,19 @@ class Space(_Model):
                                           "/limits) again only this often; 0: every cycle.")
     shutdown_time: float | None = Field(None, description="Drain the whole space at this time.")
     site_name: str | None = Field(None, description="<Site>.<cc> (GOCDB name and country), "
-                                  "e.g. RECAS-NAPOLI.it: DIRAC sites are <prefix>.<site_name>.")
+                                  "e.g. RECAS-NAPOLI.it: DIRAC sites are <prefix>.<site_name> "
+                                  "in every [dirac] without a site_name_<dirac>.")
+    site_names: dict[str, str] = Field(default_factory=dict, description="From "
+                                       "site_name_<dirac>: the <Site>.<cc> of this space in "
+                                       "[dirac <dirac>] only, over site_name. A space option, "
+                                       "not a [dirac] one: the name belongs to this cloud, "
+                                       "and one project serving two DIRACs may have two "
+                                       "(VCYCLE.Napoli.it in Belle II, CLOUD.RECAS-NAPOLI.it "
+                                       "in GridPP).")
     squid_proxies: list[str] = Field(default_factory=list, description="CVMFS proxies of this "
-                                     "cloud (http://host:port); '|' balances within a group, "
-                                     "';' fails over between groups.")
+                                     "cloud, http://host[:port] (port 3128 if not given; "
+                                     "written so); '|' balances within a group, ';' fails "
+                                     "over between groups.")
     squid_machinetype: str | None = Field(None, pattern=r"^[a-z0-9-]+(:\d{1,5})?$",
                                           description="NAME[:PORT] of a machinetype whose "
                                           "heartbeating VMs are used as squids (port 3128).")
@@ -357,6 +367,11 @@ class Space(_Model):
         if not SPACE_NAME.match(value):
             raise ValueError("space names are DNS-like: a-z, 0-9, '.' and '-'")
         return value
+
+    @field_validator("squid_proxies")
+    @classmethod
+    def _squid_proxies(cls, value: list[str]) -> list[str]:
+        return [normalize_proxy_list(v) for v in value]
 
     @model_validator(mode="after")
     def _consistent(self) -> Space:
@@ -392,3 +407,7 @@ class Space(_Model):
 
     def flavors_for(self, mt: Machinetype) -> list[str]:
         return mt.flavor_names or self.flavor_names
+
+    def site_name_for(self, dirac: str) -> str | None:
+        """The ``<Site>.<cc>`` of this space in DIRAC instance ``dirac``."""
+        return self.site_names.get(dirac, self.site_name)

@@ -10,16 +10,15 @@ Contracts:
 * Every function is pure: same config in, same output out (no clock, no randomness).
 * Anything the pilot or DIRAC would reject (bad site name, missing VO, over-long stamp,
   characters that would break the CS format) raises ``ValueError`` naming the culprit.
-* ``pilot_json`` output is accepted by ``validate_pilot_json``; ``cs_snippets`` blocks each
-  parse with ``diraccfg``.
+* ``pilot_json`` output is accepted by ``validate_pilot_json``.
+
+The CS snippet that registers the space is in ``context/diraccs.py``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import re
-from collections.abc import Mapping
 from typing import Any
 
 import jsonschema
@@ -37,14 +36,8 @@ STANDARD_COMMANDS: tuple[str, ...] = (
 
 MAX_STAMP = 32  # PilotAgentsDB.PilotStamp VARCHAR(32) (§1.8)
 MAX_REFERENCE = 255  # PilotAgentsDB.PilotJobReference VARCHAR(255) (§1.8)
-ARCHITECTURE = "x86_64"
-SI00_PER_HS06 = 250  # DIRAC's SI00 = 250 x HS06 convention
 
 SITE_PATTERN = r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$"
-# A CS value we write on one line: no braces (section syntax), no '=' (option syntax), no
-# ',' (list separator), no '#' (comment), no control characters; not empty (§4.3 rules).
-_CFG_EDGE = r"[^\s{}=,#\x00-\x1f\x7f]"
-_CFG_VALUE = re.compile(rf"^{_CFG_EDGE}([^{{}}=,#\x00-\x1f\x7f]*{_CFG_EDGE})?$")
 _REFERENCE = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII: the DB column is latin1
 
 # --------------------------------------------------------------------------------------------
@@ -52,14 +45,16 @@ _REFERENCE = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII: the DB column is 
 
 
 def site_of(instance: DiracInstance, space: Space) -> str:
-    """The DIRAC site of ``space`` in ``instance``: ``<site_prefix>.<site_name>``.
+    """The DIRAC site of ``space`` in ``instance``: ``<site_prefix>.<site_name>``, where
+    ``site_name`` is the space's ``site_name_<instance>`` if set, else its ``site_name``.
 
-    Raises ``ValueError`` if the space has no ``site_name`` or the result is not
+    Raises ``ValueError`` if the space has neither or the result is not
     ``<Domain>.<Site>.<cc>`` (§4.1)."""
-    if not space.site_name:
+    site_name = space.site_name_for(instance.name)
+    if not site_name:
         raise ValueError(f"space {space.name!r} needs site_name (<Site>.<cc>) to report to "
                          f"DIRAC instance {instance.name!r}")
-    return dirac_site(instance.site_prefix, space.site_name)
+    return dirac_site(instance.site_prefix, site_name)
 
 
 def pilot_stamp(machine_name: str) -> str:
@@ -271,95 +266,3 @@ def pilot_command(instance: DiracInstance, space: Space, mt: Machinetype, stamp:
     for option in mt.pilot_options:
         args += ["-o", option]
     return args
-
-
-# --------------------------------------------------------------------------------------------
-# CS snippet
-
-_Tree = dict[str, "str | _Tree"]
-
-
-def _value(key: str, value: str) -> str:
-    if not _CFG_VALUE.match(value):
-        raise ValueError(f"CS value of {key} {value!r} cannot be written in the CS format")
-    return value
-
-
-def _emit(tree: _Tree, depth: int, out: list[str]) -> None:
-    pad = "  " * depth
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out += [f"{pad}{_value('section', key)}", f"{pad}{{"]
-            _emit(value, depth + 1, out)
-            out.append(f"{pad}}}")
-        else:
-            out.append(f"{pad}{key} = {value}")
-
-
-def _processors(mt: Machinetype, processors: Mapping[str, int] | None) -> int:
-    count = (processors or {}).get(mt.name) or mt.max_processors or mt.min_processors
-    if count < 1:
-        raise ValueError(f"machinetype {mt.name!r}: processors must be >= 1, got {count}")
-    return count
-
-
-def _queue(mt: Machinetype, count: int) -> _Tree:
-    queue: _Tree = {
-        # minutes of CPU the pilot may advertise: the whole lifetime on every processor
-        "maxCPUTime": str(max(1, math.ceil(mt.max_wallclock_seconds * count / 60))),
-    }
-    if mt.hs06_per_processor is not None:
-        queue["SI00"] = str(round(mt.hs06_per_processor * SI00_PER_HS06))
-    queue["NumberOfProcessors"] = str(count)
-    queue["MaxRAM"] = str(mt.mb_per_processor * count)
-    if mt.vo:
-        queue["VO"] = _value(f"{mt.name} VO", mt.vo)
-    if count > 1:
-        queue["Tag"] = "MultiProcessor"
-    return queue
-
-
-def _instance_snippet(instance: DiracInstance, space: Space,
-                      processors: Mapping[str, int] | None) -> str:
-    site = site_of(instance, space)
-    domain, gocdb_name, _ = site.split(".")
-    ce: _Tree = {
-        "CEType": _value("CEType", instance.ce_type),
-        "architecture": ARCHITECTURE,
-        "OS": _value("OS", instance.os),
-        "LocalCEType": _value("LocalCEType", instance.local_ce_type),
-    }
-    vos = [_value("VO", vo) for vo in _vos(instance, space)]
-    if vos:
-        ce["VO"] = ", ".join(vos)
-    ce["Queues"] = {mt.name: _queue(mt, _processors(mt, processors))
-                    for mt in _machinetypes(instance, space)}
-    tree: _Tree = {"Resources": {"Sites": {domain: {site: {
-        "Name": gocdb_name, "CE": space.name, "CEs": {space.name: ce}}}}}}
-    out = [f"# DIRAC instance {instance.name}: site {site}, CE {space.name} "
-           f"(setup {instance.setup})"]
-    _emit(tree, 0, out)
-    return "\n".join(out) + "\n"
-
-
-def cs_snippets(space: Space, processors: Mapping[str, int] | None = None) -> dict[str, str]:
-    """Instance name -> CS snippet for that DIRAC instance (§4.2, §4.3), in
-    ``space.dirac_instances`` order: ``/Resources/Sites/<Domain>/<Site>`` with ``Name``,
-    ``CE`` and ``CEs/<space>`` (``CEType``, ``architecture``, ``OS``, ``LocalCEType``, ``VO``
-    list), one ``Queues/<machinetype>`` per machinetype of that instance with ``maxCPUTime``
-    (minutes: ceil(max_wallclock_seconds x processors / 60)), ``SI00`` (250 x HS06 per
-    processor, if known), ``NumberOfProcessors`` (``processors[mt]``, else ``max_processors``,
-    else ``min_processors``), ``MaxRAM`` (MB), ``VO`` and ``Tag = MultiProcessor`` above one
-    processor.  Each text starts with a ``#`` line naming the instance and parses on its own
-    with ``diraccfg``."""
-    return {name: _instance_snippet(instance, space, processors)
-            for name, instance in space.dirac_instances.items()}
-
-
-def cs_snippet(space: Space, processors: Mapping[str, int] | None = None) -> str:
-    """All of ``cs_snippets`` joined by blank lines, for display: one block per instance,
-    each headed by its ``# DIRAC instance ...`` comment.  Each block goes into a different
-    CS; with two instances the joined text is NOT one loadable CFG (``diraccfg`` rejects the
-    repeated ``Resources`` section), so load the blocks of ``cs_snippets`` separately.  Empty
-    if the space uses no DIRAC instance."""
-    return "\n".join(cs_snippets(space, processors).values())

@@ -6,7 +6,9 @@
 * ``builtin:belle``, ``builtin:t2k``, ``builtin:hyperk``: a CernVM/EL VM that mounts CVMFS
   through the space's squids and runs one DIRAC pilot for that VO (the machinetype needs
   ``dirac`` and ``vo``), then reports its shutdown code and powers off;
-* an absolute path: an operator's template with VCycle's ``##user_data_*##`` placeholders.
+* an absolute path: an operator's template with VCycle's ``##user_data_*##`` placeholders
+  (``vcycle.py``: which ones, how ``##user_data_option_cvmfs_proxy##`` is combined, the
+  token uploads need).
 
 Every render is validated (``validate.py``); secrets appear only in the returned text, and
 ``render(..., mask=True)`` replaces each with ``MASK`` for display: the VM token, host key and
@@ -36,18 +38,18 @@ import jinja2
 from cloudvac import __version__
 from cloudvac.auth.vmtokens import TokenSigner
 from cloudvac.config.models import Machinetype, Settings, Space
+from cloudvac.config.proxies import SQUID_PORT
 from cloudvac.config.secrets import SecretError, check_secret_file
 from cloudvac.context import dirac
 from cloudvac.context.errors import RenderError
 from cloudvac.context.validate import validate_user_data
-from cloudvac.context.vcycle import substitute
+from cloudvac.context.vcycle import check_uploads, substitute
 from cloudvac.model.layout import HEARTBEAT_FILE, machine_urls
 
 MASK = "***MASKED***"
 COMMON_REPOSITORIES = ("grid.cern.ch", "dirac.egi.eu")
 PILOT_LOG = "/var/lib/cloudvac/pilot/pilot.log"
 SHUTDOWN_MESSAGE_PATH = "/var/run/cloudvac/shutdown_message"
-SQUID_PORT = 3128
 # Option names and values that hold secrets: a password, token or key by name; a PEM private
 # key (an X.509 proxy holds one too), a JWT, or credentials inside a URL by value.
 SECRET_NAME = re.compile(r"pass|secret|token|key|credential|private", re.IGNORECASE)
@@ -131,19 +133,24 @@ class ContextRenderer:
             config.update(logs=[PILOT_LOG], shutdown_message_path=SHUTDOWN_MESSAGE_PATH)
         return config
 
-    def cvmfs_http_proxy(self, space: Space) -> str:
-        """VMs of the squid machinetype first (load-balanced), then the configured list."""
-        groups = []
-        if space.squid_machinetype and self.squids is not None:
-            mt_name, _, port = space.squid_machinetype.partition(":")
-            squid = space.machinetypes.get(mt_name)
-            horizon = squid.heartbeat_list_horizon if squid is not None else 3600
-            found = self.squids(space.name, mt_name, self.clock() - horizon)
-            if found:
-                groups.append("|".join(f"http://{a}:{port or SQUID_PORT}" for a in found))
-        if space.squid_proxies:
-            groups.append("|".join(space.squid_proxies))
-        return ";".join(groups) or "DIRECT"
+    def cvmfs_http_proxy(self, space: Space, fallback: str | None = None) -> str:
+        """VMs of the squid machinetype first (one load-balanced group), then ``;`` and the
+        fallback group: ``fallback`` if given (an operator template's
+        ``user_data_option_cvmfs_proxy``, as VCycle combined it), else the space's
+        ``squid_proxies``; ``DIRECT`` when there is neither."""
+        groups = [self.discovered_squids(space)]
+        groups.append("|".join(space.squid_proxies) if fallback is None else fallback)
+        return ";".join(g for g in groups if g) or "DIRECT"
+
+    def discovered_squids(self, space: Space) -> str:
+        """``http://IP:PORT|...`` for the heartbeating VMs of ``squid_machinetype``."""
+        if not space.squid_machinetype or self.squids is None:
+            return ""
+        mt_name, _, port = space.squid_machinetype.partition(":")
+        squid = space.machinetypes.get(mt_name)
+        horizon = squid.heartbeat_list_horizon if squid is not None else 3600
+        found = self.squids(space.name, mt_name, self.clock() - horizon)
+        return "|".join(f"http://{a}:{port or SQUID_PORT}" for a in found)
 
     def __call__(self, space: Space, mt: Machinetype, name: str) -> str:
         text = self.render(space, mt, name)
@@ -226,9 +233,12 @@ class ContextRenderer:
             content = file.read_text()  # read even when masked: a missing file is an error
             # Files are where operators put keys and passwords: shown masked, every one.
             values[f"option_{key}"] = values[f"file_{key}"] = MASK if mask else content
-        if space.squid_proxies or space.squid_machinetype:
-            values.setdefault("option_cvmfs_proxy", self.cvmfs_http_proxy(space))
-        return substitute(path.read_text(), values)
+        configured = values.get("option_cvmfs_proxy")  # already masked if it looks secret
+        if configured is not None or space.squid_proxies or space.squid_machinetype:
+            values["option_cvmfs_proxy"] = self.cvmfs_http_proxy(space, configured)
+        template = path.read_text()
+        check_uploads(template)
+        return substitute(template, values)
 
 
 def looks_secret(name: str, value: str) -> bool:

@@ -5,7 +5,10 @@
 * cloud-config parts: YAML that validates against cloud-init's own JSON schema (the one
   Debian's ``cloud-init`` package ships; the path can be given), and whose top-level keys
   are all known to cloud-init (the schema alone lets a typo like ``write_file`` through).
-  Multipart MIME user_data is split and each ``text/cloud-config`` part checked.
+  Multipart MIME user_data is split and each cloud-config part checked; ``user_data_parts``
+  finds and types the parts the way cloud-init 22.4 does (``user_data.convert_string`` and
+  ``handlers.type_from_starts_with``), so a VCycle template whose MIME headers follow mail
+  headers (``From nobody ...``, ``Comments:``) is split too.
 
 When no cloud-init schema is installed, only the structural checks run; ``schema_found()``
 tells callers (``cloudvac validate`` prints a warning then).
@@ -17,6 +20,7 @@ import base64
 import email
 import json
 import re
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -32,10 +36,32 @@ SCHEMA_PATHS = (
     Path("/usr/share/cloud-init/schema-cloud-config-v1.json"),
 )
 UNRESOLVED = re.compile(r"\{\{|\{%|##user_data_[A-Za-z0-9_]*##")
+# cloud-init reads user_data as MIME when this appears (any case) in its first 4096 bytes.
+MIME_MARKER, MIME_WINDOW = b"mime-version:", 4096
+# cloud-init's types by how a text starts (handlers.INCLUSION_TYPES_MAP), longest first; it
+# applies them to a whole non-MIME text and to MIME parts of these types:
+STARTS_WITH = tuple(sorted({
+    "#include": "text/x-include-url", "#include-once": "text/x-include-once-url",
+    "#!": "text/x-shellscript", "#cloud-config": "text/cloud-config",
+    "#part-handler": "text/part-handler", "#cloud-boothook": "text/cloud-boothook",
+    "#cloud-config-archive": "text/cloud-config-archive",
+    "#cloud-config-jsonp": "text/cloud-config-jsonp", "## template: jinja": "text/jinja2",
+}.items(), key=lambda item: -len(item[0])))
+RETYPED = frozenset({"text/plain", "text/x-not-multipart", "text/x-shellscript"})
 
 
 class UserDataInvalid(RenderError):
     """Rendered user_data that must not be sent; ``str()`` says which part and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """One part of user_data as cloud-init sees it."""
+
+    name: str
+    """``user_data`` for a whole non-MIME text, else ``MIME part N`` (and its filename)."""
+    content_type: str
+    text: str
 
 
 @cache
@@ -65,23 +91,37 @@ def validate_user_data(text: str, where: str) -> None:
         line = text.count("\n", 0, match.start()) + 1
         raise UserDataInvalid(f"{where}: unresolved template text {match.group(0)!r} at line "
                               f"{line}")
-    for part_name, part in _cloud_config_parts(text):
-        _check_cloud_config(part, f"{where} ({part_name})")
+    for part in user_data_parts(text):
+        if part.content_type == "text/cloud-config":
+            _check_cloud_config(part.text, f"{where} ({part.name})")
 
 
-def _cloud_config_parts(text: str) -> list[tuple[str, str]]:
-    if text.startswith("#cloud-config"):
-        return [("cloud-config", text)]
-    if text.startswith("Content-Type: multipart/") or text.startswith("MIME-Version"):
-        message = email.message_from_string(text)
-        parts = []
-        for index, part in enumerate(message.walk()):
-            if part.get_content_type() == "text/cloud-config":
-                payload = part.get_payload(decode=True)
-                body = payload.decode() if isinstance(payload, bytes) else str(payload)
-                parts.append((f"MIME part {index}", body))
-        return parts
-    return []  # a shell script or other format: nothing cloud-config to check
+def user_data_parts(text: str) -> list[Part]:
+    """The parts cloud-init finds in ``text``, typed as it types them: MIME when
+    ``MIME_MARKER`` is in the first ``MIME_WINDOW`` bytes (whatever headers come before the
+    MIME ones), each non-multipart part by its Content-Type, re-typed by how its text starts
+    when that type is in ``RETYPED``; else the whole text, typed by how it starts."""
+    if MIME_MARKER not in text.encode()[:MIME_WINDOW].lower():
+        return [Part("user_data", _type_from_start(text) or "text/x-not-multipart", text)]
+    parts = []
+    for index, part in enumerate(email.message_from_string(text).walk()):
+        if part.get_content_maintype() == "multipart":
+            continue
+        payload = part.get_payload(decode=True)
+        body = (payload.decode(part.get_content_charset() or "utf-8", errors="replace")
+                if isinstance(payload, bytes) else str(payload or ""))
+        content_type = part.get_content_type()
+        if content_type in RETYPED:
+            content_type = _type_from_start(body) or content_type
+        filename = part.get_filename()
+        name = f"MIME part {index}" + (f" {filename}" if filename else "")
+        parts.append(Part(name, content_type, body))
+    return parts
+
+
+def _type_from_start(text: str) -> str | None:
+    start = text.lstrip().lower()
+    return next((kind for prefix, kind in STARTS_WITH if start.startswith(prefix)), None)
 
 
 def _check_cloud_config(text: str, where: str) -> None:

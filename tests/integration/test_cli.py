@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -162,30 +164,89 @@ def test_render_masks_operator_files_and_secret_options_unless_asked(tmp_path: P
     assert "***MASKED***" not in shown.stdout
 
 
-def test_dirac_cs_parses_with_diraccfg() -> None:
+def _cfg_section(cfg: Any, *path: str) -> Any:
     from diraccfg import CFG
 
-    result = cli("dirac-cs", "sim-a.example", "--config-dir", str(DEMO))
+    for key in path:
+        child = cfg[key]
+        assert isinstance(child, CFG), f"{key} is not a section"
+        cfg = child
+    return cfg
+
+
+def _dirac_cs_sites(args: tuple[str, ...]) -> tuple[dict[str, dict[str, str]], Any]:
+    """Run dirac-cs; load its whole stdout with diraccfg: site -> queue -> "processors tag",
+    and the CFG."""
+    from diraccfg import CFG
+
+    result = cli("dirac-cs", *args)
     assert result.returncode == 0, result.stderr
-    blocks = [b for b in result.stdout.split("\n# DIRAC instance ") if b.strip()]
-    assert len(blocks) == 2
+    cfg = CFG().loadFromBuffer(result.stdout)  # as printed: one loadable CFG
+    sites: dict[str, dict[str, str]] = {}
+    all_sites = _cfg_section(cfg, "Resources", "Sites")
+    for domain in all_sites.listSections():
+        for site in _cfg_section(all_sites, domain).listSections():
+            ces = _cfg_section(all_sites, domain, site, "CEs")
+            queues = _cfg_section(ces, *ces.listSections(), "Queues")
+            sites[site] = {q: f"{queues[q]['NumberOfProcessors']} "
+                              f"{queues[q].getOption('Tag')}" for q in queues.listSections()}
+    return sites, cfg
 
-    def section(cfg: CFG, *path: str) -> CFG:
-        for key in path:
-            child = cfg[key]
-            assert isinstance(child, CFG), f"{key} is not a section"
-            cfg = child
-        return cfg
 
-    sites: dict[str, list[str]] = {}
-    for block in blocks:
-        cfg = CFG().loadFromBuffer("\n".join(block.splitlines()[1:]))
-        all_sites = section(cfg, "Resources", "Sites")
-        for domain in all_sites.listSections():
-            for site in section(all_sites, domain).listSections():
-                queues = section(all_sites, domain, site, "CEs", "sim-a.example", "Queues")
-                sites[site] = sorted(queues.listSections())
-    assert sites == {"VCYCLE.SIM-A.eu": ["belle"], "CLOUD.SIM-A.eu": ["hyperk", "t2k"]}
+def test_dirac_cs_one_loadable_cfg_per_instance() -> None:
+    base = ("sim-a.example", "--config-dir", str(DEMO))
+    assert _dirac_cs_sites((*base, "--dirac", "belle2"))[0] == {
+        "VCYCLE.SIM-A.eu": {"belle": "4 MultiProcessor"}}  # m1.large: 4 vCPUs
+    assert _dirac_cs_sites((*base, "--dirac", "gridpp"))[0] == {
+        "CLOUD.SIM-A.eu": {"t2k": "2 MultiProcessor", "hyperk": "2 MultiProcessor"}}
+    ambiguous = cli("dirac-cs", *base)
+    assert ambiguous.returncode == 2 and ambiguous.stdout == ""
+    assert "reports to 2 DIRAC instances (belle2, gridpp)" in ambiguous.stderr
+    assert "--dirac NAME" in ambiguous.stderr
+    unknown = cli("dirac-cs", *base, "--dirac", "lhcb")
+    assert unknown.returncode == 2 and "does not report to DIRAC instance lhcb" in unknown.stderr
+
+
+def test_dirac_cs_never_guesses_one_processor(tmp_path: Path) -> None:
+    """A cloud that does not answer: max_processors if set, else no CFG at all."""
+    conf = tmp_path / "conf"
+    shutil.copytree(DEMO, conf)
+    path = conf / "10-sim-a.conf"
+    path.write_text(path.read_text().replace("sim_seed = 1\n",
+                                             "sim_seed = 1\nsim_fail_api = true\n"))
+    result = cli("dirac-cs", "sim-a.example", "--dirac", "belle2", "--config-dir", str(conf))
+    assert result.returncode == 1 and result.stdout == ""
+    assert "the cloud of space sim-a.example did not answer" in result.stderr
+    assert "machinetype belle: cannot tell its processors (set max_processors" in result.stderr
+    path.write_text(path.read_text().replace("flavor_names = m1.large\n",
+                                             "flavor_names = m1.large\nmax_processors = 4\n"))
+    found, _ = _dirac_cs_sites(("sim-a.example", "--dirac", "belle2", "--config-dir",
+                                str(conf)))
+    assert found == {"VCYCLE.SIM-A.eu": {"belle": "4 MultiProcessor"}}
+
+
+def test_dirac_cs_on_the_shipped_config_gives_the_papers_sites(tmp_path: Path) -> None:
+    from tests.unit.test_dirac import HOST_DN, PAPER_BELLE2, PAPER_GRIDPP, shipped_config
+
+    conf = shipped_config(tmp_path)
+    for path in conf.glob("*.conf"):  # no cloud to ask here: a refused connection, at once
+        text = re.sub(r"auth_url = \S+", "auth_url = http://127.0.0.1:9/v3", path.read_text())
+        text = text.replace("auth = egi_checkin\n", "auth = egi_checkin\n"
+                            "egi_checkin_url = http://127.0.0.1:9/auth\n"
+                            "egi_is_url = http://127.0.0.1:9\negi_gocdb_url = http://127.0.0.1:9\n")
+        path.write_text(text.replace("networks = auto\n", "networks = auto\napi_retries = 0\n"))
+    spaces = {"napoli.infn.it": ("belle2", "gridpp"), "lal.in2p3.fr": ("belle2",),
+              "lpnhe.in2p3.fr": ("belle2", "gridpp"), "ires.fedcloud.egi.eu": ("belle2",)}
+    sites: dict[str, set[str]] = {"belle2": set(), "gridpp": set()}
+    for space, instances in spaces.items():
+        for instance in instances:
+            found, cfg = _dirac_cs_sites((space, "--dirac", instance, "--config-dir",
+                                          str(conf)))
+            sites[instance] |= set(found)
+            # m1.xlarge's 8 vCPUs (max_processors) when the cloud does not answer, never 1
+            assert all(q == "8 MultiProcessor" for qs in found.values() for q in qs.values())
+            assert cfg.getOption("/Registry/Hosts/vm-pilot.na.infn.it/DN") == HOST_DN
+    assert sites == {"belle2": PAPER_BELLE2, "gridpp": PAPER_GRIDPP}
 
 
 # --- one daemon per store; stores and secrets that cannot be used (issue 13) ---
@@ -272,7 +333,7 @@ def test_store_that_cannot_be_opened_is_named_for_every_command(tmp_path: Path) 
     state = tmp_path / "state"
     (state / "cloudvac.db").mkdir(parents=True)  # where the database file should be
     (conf / "00-settings.conf").write_text(f"[settings]\nstate_dir = {state}\n")
-    for args in (("run", "--cycles", "1"), ("status",), ("dirac-cs", "sim-a.example")):
+    for args in (("run", "--cycles", "1"), ("status",)):
         result = cli(*args, "--config-dir", str(conf))
         one_line = result.stderr.replace("\n", "")
         assert result.returncode == 2, (args, result.stderr)

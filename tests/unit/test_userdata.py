@@ -1,12 +1,12 @@
-"""Contextualization: VO templates (golden files, cloud-init schema), VCycle placeholders,
-validation, squids and secret masking."""
+"""Contextualization: VO templates (cloud-init schema), VCycle placeholders, validation,
+squids and secret masking.  The golden renders and the shell/systemd checks of every shipped
+template are in test_rendered_user_data.py, operators' VCycle templates in
+test_vcycle_templates.py."""
 
 from __future__ import annotations
 
 import base64
 import json
-import os
-import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,100 +15,17 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from cloudvac.auth.vmtokens import TokenSigner
-from cloudvac.config import Settings, Space, load_config_dir
+from cloudvac.config import Settings, Space
 from cloudvac.config.models import Machinetype
 from cloudvac.context.errors import RenderError
-from cloudvac.context.userdata import MASK, ContextRenderer, check_space
+from cloudvac.context.userdata import MASK, check_space
 from cloudvac.context.validate import UserDataInvalid, schema_found, validate_user_data
-
-GOLDEN = Path(__file__).parent / "golden"
-NAME = "cloudvac-abcdef-{mt}-0123456789"
-CONFIG = """\
-[settings]
-web_url = https://cloudvac.example.org:8443
-
-[dirac belle2]
-format = setups
-site_prefix = VCYCLE
-setup = Belle-KEK
-configuration_servers = dips://dirac.cc.kek.jp:9135/Configuration/Server
-project = Belle
-
-[dirac gridpp]
-format = operations
-site_prefix = CLOUD
-setup = GridPP
-configuration_servers = dips://dirac01.grid.hep.ph.ic.ac.uk:9135/Configuration/Server
-
-[space napoli.infn.it]
-api = sim
-site_name = RECAS-NAPOLI.it
-flavor_names = m1.large
-squid_proxies = http://squid1.na.infn.it:3128 http://squid2.na.infn.it:3128
-squid_machinetype = squid
-
-[machinetype napoli.infn.it belle]
-dirac = belle2
-vo = belle
-user_data = builtin:belle
-target_share = 2
-host_cert_file = {cert}
-host_key_file = {key}
-heartbeat_file = heartbeat
-heartbeat_seconds = 900
-
-[machinetype napoli.infn.it t2k]
-dirac = gridpp
-vo = t2k.org
-user_data = builtin:t2k
-target_share = 1
-pilot_options = /Resources/Computing/CEDefaults/NumberOfProcessors=4
-
-[machinetype napoli.infn.it hyperk]
-dirac = gridpp
-vo = hyperk.org
-user_data = builtin:hyperk
-target_share = 1
-block_metadata = false
-
-[machinetype napoli.infn.it squid]
-target_share = 0
-"""
+from tests.unit.userdata_support import NAME, napoli, renderer
 
 
 @pytest.fixture
 def space(tmp_path: Path) -> tuple[Space, Settings]:
-    cert, key = tmp_path / "hostcert.pem", tmp_path / "hostkey.pem"
-    cert.write_text("-----BEGIN CERTIFICATE-----\nMIIcert\n-----END CERTIFICATE-----\n")
-    key.write_text("-----BEGIN PRIVATE KEY-----\nMIIsecretkey\n-----END PRIVATE KEY-----\n")
-    key.chmod(0o600)
-    (tmp_path / "10.conf").write_text(CONFIG.format(cert=cert, key=key))
-    loaded = load_config_dir(tmp_path)
-    assert loaded.issues == [] and loaded.settings is not None, loaded.issues
-    return loaded.spaces["napoli.infn.it"], loaded.settings
-
-
-def renderer(settings: Settings, squids: list[str] | None = None) -> ContextRenderer:
-    return ContextRenderer(settings, TokenSigner(b"k" * 32), clock=lambda: 1_800_000_000.0,
-                           squids=lambda space, mt, since: list(squids or []))
-
-
-@pytest.mark.parametrize("vo", ["belle", "t2k", "hyperk"])
-def test_golden_user_data_per_vo(space: tuple[Space, Settings], vo: str,
-                                 tmp_path: Path) -> None:
-    the_space, settings = space
-    text = renderer(settings).render(the_space, the_space.machinetypes[vo], NAME.format(mt=vo),
-                                     mask=True)
-    # the test's temporary paths differ run to run, and the packed agent scripts change with
-    # their own code (tested on their own): golden files hold neither
-    text = text.replace(str(tmp_path), "/etc/cloudvac.d/secrets")
-    text = re.sub(r"(encoding: gz\+b64\n\s+content: )\S+", r"\1<packed script>", text)
-    golden = GOLDEN / f"{vo}.yaml"
-    if os.environ.get("UPDATE_GOLDEN") == "1":
-        golden.parent.mkdir(exist_ok=True)
-        golden.write_text(text)
-    assert text == golden.read_text()
+    return napoli(tmp_path)
 
 
 def _cloud_init_schema(path: Path) -> subprocess.CompletedProcess[str]:
