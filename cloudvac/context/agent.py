@@ -22,18 +22,6 @@ connection errors are retried with exponential backoff and jitter until a deadli
   rejects the pilot's line with 400, the agent's own line is sent instead.
 - each of ``logs`` under its basename, only its last ``max_log_bytes``; missing files skipped.
 
-Machine/Job Features (HSF-TN-2016-02): if ``machinefeatures_url`` and ``jobfeatures_url`` are
-set and there is a pilot, the agent GETs ``{url}/{key}`` (same bearer token, no redirects) for
-each key of ``MACHINE_KEYS``/``JOB_KEYS`` before starting the pilot (all of it within
-``FEATURES_SECONDS``), and writes each value as one file (0644, atomically) under
-``{features_dir}/machinefeatures`` and ``{features_dir}/jobfeatures`` (0755); a 404 removes
-that key's file. The pilot gets ``MACHINEFEATURES`` and ``JOBFEATURES`` set to those
-directories as ``file://`` URLs: DIRAC's pilot (``pilotTools``: ``allocated_cpu``), its
-``getMemoryFromMJF`` and its MJF TimeLeft plugin read them with ``urlopen``, which refuses a
-bare path. After each heartbeat the agent fetches ``CHANGING_KEYS`` again (everything, until a
-complete fetch once succeeded), within half a heartbeat period. A failed fetch keeps the files
-already written, is logged once per change, and never stops the pilot.
-
 Final uploads share ``final_upload_seconds``; then heartbeats stop and ``poweroff_command`` runs.
 On SIGTERM/SIGINT the pilot's process group gets SIGTERM, and SIGKILL after
 ``terminate_grace_seconds`` (30). Without a pilot command the agent only heartbeats until
@@ -69,7 +57,6 @@ import signal
 import ssl
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
@@ -88,21 +75,12 @@ REQUESTED = "100 Shutdown as requested"
 LOST = (401, 403, 404, 410)  # the manager no longer knows or accepts this VM
 SELF_END_UPLOAD_SECONDS = 60.0  # the manager is likely gone: don't linger
 RETRY_BASE_SECONDS, RETRY_MAX_SECONDS = 0.5, 30.0
-# HSF-TN-2016-02 keys; the server answers 404 for those it has no value for.
-MACHINE_KEYS = ("total_cpu", "hs06", "shutdowntime", "grace_secs", "jobslots")
-JOB_KEYS = ("allocated_cpu", "hs06_job", "shutdowntime_job", "grace_secs_job", "jobstart_secs",
-            "job_id", "wall_limit_secs", "cpu_limit_secs", "max_rss_bytes", "max_swap_bytes",
-            "scratch_limit_bytes")
-CHANGING_KEYS = ("shutdowntime", "shutdowntime_job")  # a drain moves them
-FEATURES_SECONDS = 30.0  # the first fetch, which the pilot waits for
-FEATURE_VALUE_RE = re.compile(r"[\x20-\x7e]{1,200}")  # one printable line
 DEFAULTS: Dict[str, Any] = {
     "heartbeat_period_seconds": 60.0, "heartbeat_file": "heartbeat", "logs": [],
     "max_log_bytes": 1048576, "shutdown_message_path": None,
     "poweroff_command": ["systemctl", "poweroff"], "final_upload_seconds": 300.0,
     "request_timeout_seconds": 20.0, "ca_file": None, "terminate_grace_seconds": 30.0,
-    "unreachable_poweroff_seconds": None, "deadline": None, "machinefeatures_url": None,
-    "jobfeatures_url": None, "features_dir": "/var/run/cloudvac"}
+    "unreachable_poweroff_seconds": None, "deadline": None}
 
 _secrets: List[str] = []
 _log_lock = threading.Lock()
@@ -156,21 +134,6 @@ class Config:
         self.unreachable_poweroff_seconds, self.deadline = (
             None if raw.get(key) is None else _number(raw, key)
             for key in ("unreachable_poweroff_seconds", "deadline"))
-        self.machinefeatures_url, self.jobfeatures_url = (
-            _url(raw, key) for key in ("machinefeatures_url", "jobfeatures_url"))
-        if (self.machinefeatures_url is None) != (self.jobfeatures_url is None):
-            raise ConfigError("machinefeatures_url and jobfeatures_url: both or neither")
-        features_dir = _string(raw, "features_dir", DEFAULTS["features_dir"])
-        if not features_dir or not os.path.isabs(features_dir):
-            raise ConfigError("features_dir: must be an absolute path")
-        self.features_dir = features_dir
-
-
-def _url(raw: Dict[str, Any], key: str) -> Optional[str]:
-    value = _string(raw, key, None)
-    if value is not None and not value.startswith(("http://", "https://")):
-        raise ConfigError(f"{key}: must be an http:// or https:// URL")
-    return None if value is None else value.rstrip("/")
 
 
 def _string(raw: Dict[str, Any], key: str, default: Optional[str]) -> Optional[str]:
@@ -211,11 +174,8 @@ class Uploader:
         self.config = config
         # No environment proxies: http_proxy on a VM usually points at a CVMFS squid, which
         # must not see the token. Redirects are never followed for PUT, so it cannot leak.
-        # Nor redirects for GET (urllib would resend the Authorization header to the target).
-        handlers: List[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({}),
-                                                      _NoRedirect()]
-        urls = (config.joboutputs_url, config.machinefeatures_url, config.jobfeatures_url)
-        if any(url and url.startswith("https://") for url in urls):
+        handlers: List[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+        if self.config.joboutputs_url.startswith("https://"):
             context = ssl.create_default_context(cafile=config.ca_file)
             handlers.append(urllib.request.HTTPSHandler(context=context))
         self.opener = urllib.request.build_opener(*handlers)
@@ -253,25 +213,6 @@ class Uploader:
             if delay > 0:
                 (stop or threading.Event()).wait(delay)
 
-    def get(self, url: str, timeout: float) -> Tuple[Optional[int], bytes, str]:
-        """One GET with the token: (status or None, body if 200, problem)."""
-        request = urllib.request.Request(url, headers={
-            "Authorization": "Bearer " + self.config.token})
-        try:
-            with self.opener.open(request, timeout=timeout) as response:
-                body = response.read(4096)
-                self.answered_at = time.monotonic()
-                return int(response.getcode()), body, ""
-        except urllib.error.HTTPError as exc:
-            exc.close()
-            if 400 <= exc.code < 500 and exc.code not in (*LOST, 408, 429):
-                self.answered_at = time.monotonic()
-            return exc.code, b"", f"HTTP {exc.code}"
-        except (OSError, http.client.HTTPException) as exc:
-            reason = getattr(exc, "reason", None)
-            cause = reason if isinstance(reason, BaseException) else exc
-            return None, b"", f"{type(cause).__name__}: {cause}"
-
     def _once(self, name: str, body: bytes, timeout: float) -> Tuple[Optional[int], str]:
         request = urllib.request.Request(
             self.config.joboutputs_url + "/" + name, data=body, method="PUT",
@@ -296,87 +237,6 @@ class Uploader:
             return None, f"{type(cause).__name__}: {cause}"
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None  # the 3xx then surfaces as an HTTPError
-
-
-class Features:
-    """The machine's and job's features, fetched with the token into files the pilot reads."""
-
-    def __init__(self, config: Config, uploader: Uploader) -> None:
-        self.uploader, self.timeout = uploader, config.request_timeout_seconds
-        self.sources = [  # (url, directory, keys)
-            (config.machinefeatures_url or "",
-             os.path.join(config.features_dir, "machinefeatures"), MACHINE_KEYS),
-            (config.jobfeatures_url or "",
-             os.path.join(config.features_dir, "jobfeatures"), JOB_KEYS)]
-        self.complete = False  # every key fetched once
-        self.last = "not tried"
-        self.lock = threading.Lock()
-
-    def environment(self) -> Dict[str, str]:
-        return {"MACHINEFEATURES": "file://" + self.sources[0][1],
-                "JOBFEATURES": "file://" + self.sources[1][1]}
-
-    def refresh(self, seconds: float, wait: bool = False) -> None:
-        """Fetch and write (all keys until once complete, then CHANGING_KEYS) within
-        ``seconds``; stop at the first failure, keeping what is written. Never raises.
-        Unless ``wait``, skipped while the other thread is at it."""
-        if not self.lock.acquire(blocking=wait):
-            return
-        try:
-            what = self._fetch(time.monotonic() + seconds)
-        except Exception as exc:  # a bug here must not stop the pilot or the heartbeats
-            what = f"internal error {exc!r}"
-        finally:
-            self.lock.release()
-        if what != self.last:
-            log(f"machine/job features failing: {what}" if what else
-                "machine/job features written to " + ", ".join(d for _, d, _ in self.sources))
-        self.last = what
-
-    def _fetch(self, deadline: float) -> str:
-        complete = self.complete
-        for _, directory, _ in self.sources:  # both exist, even if nothing can be fetched
-            os.makedirs(directory, exist_ok=True)
-            os.chmod(directory, 0o755)
-        for url, directory, keys in self.sources:
-            for key in keys:
-                if complete and key not in CHANGING_KEYS:
-                    continue
-                remaining = deadline - time.monotonic()
-                if remaining <= 0.05:
-                    return f"{key}: out of time"
-                status, body, what = self.uploader.get(url + "/" + key,
-                                                       min(self.timeout, remaining))
-                path = os.path.join(directory, key)
-                value = body.decode("ascii", "replace").strip()
-                if status == 200 and FEATURE_VALUE_RE.fullmatch(value):
-                    _write_file(directory, key, (value + "\n").encode("ascii"))
-                elif status == 404:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(path)
-                else:
-                    return f"{key}: {what or 'not one printable line'}"
-        self.complete = True
-        return ""
-
-
-def _write_file(directory: str, name: str, data: bytes) -> None:
-    """``directory/name`` replaced atomically by ``data``, mode 0644."""
-    fd, temporary = tempfile.mkstemp(prefix="." + name + ".", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, os.path.join(directory, name))
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-
-
 class Agent:
     def __init__(self, config: Config, command: List[str]) -> None:
         self.config = config
@@ -390,9 +250,6 @@ class Agent:
         token = config.token
         self.child_env = {key: value for key, value in os.environ.items()
                           if token not in key and token not in value}
-        self.features: Optional[Features] = None
-        if command and config.machinefeatures_url and config.jobfeatures_url:
-            self.features = Features(config, self.uploader)
 
     def _on_signal(self, signum: int, frame: Optional[FrameType]) -> None:
         # Only flags and kill here: logging could re-enter a half-done stderr write.
@@ -455,8 +312,6 @@ class Agent:
             if what != last and not stopped.is_set():
                 log(f"heartbeat failing: {what}" if what else "heartbeat accepted")
             last = what
-            if self.features is not None and not stopped.is_set():
-                self.features.refresh(min(period / 2, FEATURES_SECONDS))
             due = max(due + period, time.monotonic())
             stopped.wait(due - time.monotonic())
 
@@ -473,16 +328,11 @@ class Agent:
             log(f"not passing environment variable {key} to child processes")
         if self._check_lease() is not None:  # a signal or the lease: never start the pilot
             return self._idle()
-        env = dict(self.child_env)
-        if self.features is not None:
-            self.features.refresh(FEATURES_SECONDS, wait=True)
-            env.update(self.features.environment())
-            if self._check_lease() is not None:
-                return self._idle()
         log("starting pilot: " + " ".join(shlex.quote(arg) for arg in self.command))
         try:
             # Own process group, so SIGTERM/SIGKILL also reach whatever the pilot spawned.
-            self.proc = subprocess.Popen(self.command, env=env, start_new_session=True)
+            self.proc = subprocess.Popen(self.command, env=self.child_env,
+                                         start_new_session=True)
         except OSError as exc:
             log(f"cannot start pilot: {exc}")
             # 500 = environment problem: every VM of this image would fail, so back off.

@@ -50,8 +50,6 @@ MASK = "***MASKED***"
 COMMON_REPOSITORIES = ("grid.cern.ch", "dirac.egi.eu")
 PILOT_LOG = "/var/lib/cloudvac/pilot/pilot.log"
 SHUTDOWN_MESSAGE_PATH = "/var/run/cloudvac/shutdown_message"
-# The agent writes the machine's and job's features (MJF) under here for the pilot.
-FEATURES_DIR = "/var/run/cloudvac"
 # Option names and values that hold secrets: a password, token or key by name; a PEM private
 # key (an X.509 proxy holds one too), a JWT, or credentials inside a URL by value.
 SECRET_NAME = re.compile(r"pass|secret|token|key|credential|private", re.IGNORECASE)
@@ -122,15 +120,10 @@ class ContextRenderer:
                      mask: bool = False) -> dict[str, Any]:
         """The in-VM agent's JSON config (``agent.py`` documents the keys); the VM powers
         itself off at ``deadline`` = now + ``max_wallclock_seconds`` +
-        ``vm_deadline_grace_seconds`` at the latest.  A pilot, if the agent runs one, gets the
-        machine's and job's features (MJF) as files under ``FEATURES_DIR``, fetched by the
-        agent."""
+        ``vm_deadline_grace_seconds`` at the latest."""
         deadline = self.clock() + mt.max_wallclock_seconds + mt.vm_deadline_grace_seconds
-        urls = self.urls(space, mt, name)
         config: dict[str, Any] = {
-            "joboutputs_url": urls["joboutputs_url"],
-            "machinefeatures_url": urls["machinefeatures_url"],
-            "jobfeatures_url": urls["jobfeatures_url"], "features_dir": FEATURES_DIR,
+            "joboutputs_url": self.urls(space, mt, name)["joboutputs_url"],
             "token": MASK if mask else self.token(space, mt, name),
             "heartbeat_period_seconds": mt.heartbeat_period,
             "heartbeat_file": mt.heartbeat_file or HEARTBEAT_FILE,

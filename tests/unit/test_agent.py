@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -44,13 +43,10 @@ class Put:
 
 
 class FakeJoboutputs:
-    """``PUT /machines/{space}/{name}/joboutputs/{file}`` as the server contract says, and
-    ``GET /machines/{space}/{name}/{machinefeatures,jobfeatures}/{key}`` from ``features``
-    (404 for a key it lacks).
+    """``PUT /machines/{space}/{name}/joboutputs/{file}`` as the server contract says.
 
     Two machines are known, each with its own bearer token. ``inject[file]`` holds statuses to
-    answer instead, one per request, to play transient (503) or permanent (400) failures; for
-    a GET, ``inject[key]``.
+    answer instead, one per request, to play transient (503) or permanent (400) failures.
     """
 
     def __init__(self, *, max_file_bytes: int = 2 << 20, max_total_bytes: int = 8 << 20) -> None:
@@ -60,25 +56,10 @@ class FakeJoboutputs:
         self.files: dict[tuple[str, str], dict[str, bytes]] = {}
         self.puts: list[Put] = []
         self.inject: dict[str, list[int]] = {}
-        self.features: dict[str, dict[str, str]] = {"machinefeatures": {}, "jobfeatures": {}}
-        self.gets: list[tuple[str, str | None, int]] = []  # (path, Authorization, status)
         self.lock = threading.Lock()
         fake = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                authorization = self.headers.get("Authorization")
-                status, body = fake.handle_get(self.path, authorization)
-                with fake.lock:
-                    fake.gets.append((self.path, authorization, status))
-                self.send_response(status)
-                if 300 <= status < 400:
-                    self.send_header("Location", f"{fake.url}/elsewhere")
-                self.send_header("Content-Type", "text/plain")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
             def do_PUT(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 file = self.path.rsplit("/", 1)[-1]
@@ -108,12 +89,6 @@ class FakeJoboutputs:
     def joboutputs(self, name: str = NAME) -> str:
         return f"{self.url}/machines/{SPACE}/{name}/joboutputs"
 
-    def mjf(self, tmp_path: Path, name: str = NAME) -> dict[str, Any]:
-        """The agent config keys for this machine's features, written under tmp_path."""
-        base = f"{self.url}/machines/{SPACE}/{name}"
-        return {"machinefeatures_url": base + "/machinefeatures",
-                "jobfeatures_url": base + "/jobfeatures", "features_dir": str(tmp_path / "run")}
-
     def handle(self, path: str, authorization: str | None, body: bytes) -> tuple[int, str]:
         parts = path.split("/")
         if len(parts) != 6 or parts[1] != "machines" or parts[4] != "joboutputs":
@@ -139,19 +114,6 @@ class FakeJoboutputs:
                 return 413, "too large"
             stored[file] = body
         return 204, ""
-
-    def handle_get(self, path: str, authorization: str | None) -> tuple[int, bytes]:
-        parts = path.split("/")
-        if len(parts) != 6 or parts[1] != "machines" or parts[4] not in self.features:
-            return 404, b"not found"
-        space, name, kind, key = parts[2], parts[3], parts[4], parts[5]
-        with self.lock:
-            if self.inject.get(key):
-                return self.inject[key].pop(0), b"injected"
-            value = self.features[kind].get(key)
-        if self.machines.get((authorization or "").removeprefix("Bearer ")) != (space, name):
-            return 401, b"bad token"
-        return (404, b"no such key") if value is None else (200, value.encode() + b"\n")
 
     def start(self) -> None:
         self.httpd.server_activate()
@@ -509,139 +471,4 @@ def test_what_counts_as_an_answer_from_the_manager(server: FakeJoboutputs, statu
                                  {"unreachable_poweroff_seconds": 0}])
 def test_end_keys_are_checked(bad: dict[str, object]) -> None:
     with pytest.raises(agent_module.ConfigError, match=next(iter(bad))):
-        agent_module.Config({"joboutputs_url": "http://manager", "token": TOKEN, **bad})
-
-
-# A pilot that reports what it sees of MJF: the two variables, each key read as DIRAC's pilot
-# reads allocated_cpu (urlopen of os.path.join(JOBFEATURES, key)), and the directories (but
-# not the agent's temporary dot files, which come and go).
-MJF_PILOT = """
-import json, os, stat, sys, time
-from urllib.request import urlopen
-dump, wait_for = sys.argv[1], {wait}
-def seen():
-    out = {{"env": {{k: os.environ.get(k) for k in ("MACHINEFEATURES", "JOBFEATURES")}}}}
-    for var in ("MACHINEFEATURES", "JOBFEATURES"):
-        directory = os.environ[var][len("file://"):]
-        out[var + "_mode"] = oct(stat.S_IMODE(os.stat(directory).st_mode))
-        for key in sorted(k for k in os.listdir(directory) if not k.startswith(".")):
-            path = os.path.join(directory, key)
-            out[key] = [urlopen(os.path.join(os.environ[var], key)).read().decode(),
-                        oct(stat.S_IMODE(os.stat(path).st_mode))]
-    return out
-first = seen()
-end = time.time() + 20
-while wait_for and time.time() < end and (seen().get(wait_for[0]) or [None])[0] != wait_for[1]:
-    time.sleep(0.05)
-json.dump({{"first": first, "last": seen()}}, open(dump, "w"))
-"""
-
-
-def mjf_pilot(dump: Path, wait_for: tuple[str, str] | None = None) -> str:
-    return MJF_PILOT.format(wait=repr(wait_for)).replace("sys.argv[1]", repr(str(dump)))
-
-
-HSF_MACHINE = {"total_cpu": "8", "jobslots": "1", "grace_secs": "600", "hs06": "80",
-               "shutdowntime": "1900000000"}
-HSF_JOB = {"allocated_cpu": "8", "job_id": NAME, "jobstart_secs": "1800000000",
-           "wall_limit_secs": "172800", "cpu_limit_secs": "1382400",
-           "max_rss_bytes": str(8 * 2048 * 1024 * 1024), "shutdowntime_job": "1900000000"}
-
-
-@pytest.mark.parametrize("python", [
-    sys.executable,
-    pytest.param(PYTHON36, marks=pytest.mark.skipif(PYTHON36 is None, reason="no Python 3.6"))])
-def test_pilot_gets_its_machine_and_job_features(tmp_path: Path, server: FakeJoboutputs,
-                                                 python: str | None) -> None:
-    server.features = {"machinefeatures": dict(HSF_MACHINE), "jobfeatures": dict(HSF_JOB)}
-    dump = tmp_path / "seen.json"
-    (tmp_path / "run" / "jobfeatures").mkdir(parents=True)  # a stale key from before
-    (tmp_path / "run" / "jobfeatures" / "max_swap_bytes").write_text("1\n")
-    err = finish(start_agent(tmp_path, server.joboutputs(), mjf_pilot(dump),
-                             python=python or "", **server.mjf(tmp_path)))
-    seen = json.loads(dump.read_text())["first"]
-    run = tmp_path / "run"
-    assert seen.pop("env") == {"MACHINEFEATURES": f"file://{run}/machinefeatures",
-                               "JOBFEATURES": f"file://{run}/jobfeatures"}
-    assert seen.pop("MACHINEFEATURES_mode") == seen.pop("JOBFEATURES_mode") == "0o755"
-    # Every value as served, one line, 0644; keys the server has not (404) are no files.
-    assert seen == {key: [value + "\n", "0o644"] for key, value in
-                    {**HSF_MACHINE, **HSF_JOB}.items()}
-    assert not list(run.glob("*/.*"))  # no temporary files left
-    assert {auth for _, auth, _ in server.gets} == {f"Bearer {TOKEN}"}
-    fetched = {path.rsplit("/", 1)[1] for path, _, _ in server.gets}
-    assert fetched == set(agent_module.MACHINE_KEYS) | set(agent_module.JOB_KEYS)
-    assert "machine/job features written to" in err and TOKEN not in err
-    assert server.of("shutdown_message")[0].body == b"200 Success"
-
-
-def test_features_failing_at_start_do_not_hold_the_pilot_and_are_retried(
-        tmp_path: Path, server: FakeJoboutputs) -> None:
-    """allocated_cpu fails (503) at start: the pilot starts anyway, with the variables set;
-    with the next heartbeats the missing keys come, and a changed shutdowntime follows."""
-    server.features = {"machinefeatures": dict(HSF_MACHINE), "jobfeatures": dict(HSF_JOB)}
-    server.inject["allocated_cpu"] = [503]
-    dump = tmp_path / "seen.json"
-    proc = start_agent(tmp_path, server.joboutputs(), mjf_pilot(dump, ("shutdowntime", "123\n")),
-                       **server.mjf(tmp_path))
-    # Until a round got to the last key (a round can also run out of its half period).
-    wait_for(lambda: (tmp_path / "run" / "jobfeatures" / "allocated_cpu").exists()
-             and any(path.endswith("/" + agent_module.JOB_KEYS[-1])
-                     for path, _, _ in list(server.gets)), timeout=10)
-    with server.lock:
-        server.features["machinefeatures"]["shutdowntime"] = "123"  # drained
-    err = finish(proc, timeout=30)
-    seen = json.loads(dump.read_text())
-    assert "allocated_cpu" not in seen["first"] and "total_cpu" in seen["first"]
-    assert seen["first"]["env"]["JOBFEATURES"] == f"file://{tmp_path}/run/jobfeatures"
-    assert seen["last"]["allocated_cpu"] == ["8\n", "0o644"]
-    assert seen["last"]["shutdowntime"] == ["123\n", "0o644"]
-    assert "machine/job features failing: allocated_cpu: HTTP 503" in err
-    assert "machine/job features written to" in err
-    assert server.of("shutdown_message")[0].body == b"200 Success"
-    # Once complete (the last key of the last full round), only what can change is fetched.
-    keys = [path.rsplit("/", 1)[1] for path, _, _ in server.gets]
-    last_full = len(keys) - keys[::-1].index(agent_module.JOB_KEYS[-1])
-    assert keys[last_full:] and set(keys[last_full:]) <= set(agent_module.CHANGING_KEYS)
-
-
-def test_features_unreachable_the_pilot_still_runs(tmp_path: Path,
-                                                   server: FakeJoboutputs) -> None:
-    dump = tmp_path / "seen.json"
-    mjf = server.mjf(tmp_path)
-    mjf.update(machinefeatures_url="http://127.0.0.1:9/mf", jobfeatures_url="http://127.0.0.1:9/jf")
-    err = finish(start_agent(tmp_path, server.joboutputs(), mjf_pilot(dump), **mjf))
-    seen = json.loads(dump.read_text())["first"]
-    assert set(seen) == {"env", "MACHINEFEATURES_mode", "JOBFEATURES_mode"}
-    assert "machine/job features failing: total_cpu:" in err
-    assert server.of("shutdown_message")[0].body == b"200 Success"
-
-
-def test_features_redirect_is_not_followed(tmp_path: Path, server: FakeJoboutputs) -> None:
-    """urllib would resend the bearer token to wherever a redirect points."""
-    server.features = {"machinefeatures": dict(HSF_MACHINE), "jobfeatures": dict(HSF_JOB)}
-    server.inject["total_cpu"] = [302]
-    dump = tmp_path / "seen.json"
-    err = finish(start_agent(tmp_path, server.joboutputs(), mjf_pilot(dump),
-                             **server.mjf(tmp_path)))
-    assert not [path for path, _, _ in server.gets if path == "/elsewhere"]
-    assert "machine/job features failing: total_cpu: HTTP 302" in err
-
-
-def test_no_features_without_urls(tmp_path: Path, server: FakeJoboutputs) -> None:
-    dump = tmp_path / "env.json"
-    pilot = f"import json, os; json.dump(dict(os.environ), open({str(dump)!r}, 'w'))"
-    finish(start_agent(tmp_path, server.joboutputs(), pilot,
-                       env={"MACHINEFEATURES": "/etc/machinefeatures"}))
-    env = json.loads(dump.read_text())
-    assert env["MACHINEFEATURES"] == "/etc/machinefeatures" and "JOBFEATURES" not in env
-    assert server.gets == []
-
-
-@pytest.mark.parametrize(("bad", "match"), [
-    ({"machinefeatures_url": "http://m/mf"}, "both or neither"),
-    ({"machinefeatures_url": "file:///x", "jobfeatures_url": "http://m/jf"}, "http"),
-    ({"features_dir": "run"}, "absolute")])
-def test_feature_keys_are_checked(bad: dict[str, object], match: str) -> None:
-    with pytest.raises(agent_module.ConfigError, match=match):
         agent_module.Config({"joboutputs_url": "http://manager", "token": TOKEN, **bad})

@@ -14,13 +14,11 @@ from cloudvac.auth.vmtokens import TokenSigner
 from cloudvac.clouds.simpilots import HttpPilots
 from cloudvac.config import Machinetype, Settings, Space
 from cloudvac.context import agent
-from cloudvac.context.userdata import FEATURES_DIR, ContextRenderer
+from cloudvac.context.userdata import ContextRenderer
 from cloudvac.model import layout
-from cloudvac.model.records import MachineRecord
-from cloudvac.model.states import MachineState, ShutdownMessage
+from cloudvac.model.states import ShutdownMessage
 from cloudvac.web.app import create_app
 from cloudvac.web.context import WebContext
-from cloudvac.web.mjf import job_features, machine_features
 from cloudvac.web.operator import create_operator_app, operator_access
 
 SIGNER = TokenSigner(b"k" * 32)
@@ -64,22 +62,6 @@ def test_the_agent_uses_the_same_file_names() -> None:
     assert agent.SHUTDOWN_FILE == layout.SHUTDOWN_FILE
     assert set(json.loads(json.dumps(ContextRenderer(SETTINGS, SIGNER).agent_config(
         SPACE, MT, NAME)))) - {"token", "joboutputs_url"} <= set(agent.DEFAULTS)
-
-
-def test_the_agent_fetches_every_feature_the_web_serves() -> None:
-    """The agent asks for its own key lists; a key the web serves but the agent does not
-    know would never reach the pilot."""
-    mt = MT.model_copy(update={"hs06_per_processor": 10.0})
-    record = MachineRecord(space=SPACE.name, name=NAME, machinetype="belle",
-                           state=MachineState.RUNNING, processors=8, created_at=1.8e9)
-    assert set(machine_features(SPACE, mt, record, 1.9e9)) <= set(agent.MACHINE_KEYS)
-    assert set(job_features(SPACE, mt, record, 1.9e9)) <= set(agent.JOB_KEYS)
-    assert set(agent.CHANGING_KEYS) <= {*agent.MACHINE_KEYS, *agent.JOB_KEYS}
-    config = ContextRenderer(SETTINGS, SIGNER).agent_config(SPACE, mt, NAME)
-    urls = layout.machine_urls(SETTINGS.web_base_url, SPACE.name, "belle", NAME)
-    assert config["machinefeatures_url"] == urls["machinefeatures_url"]
-    assert config["jobfeatures_url"] == urls["jobfeatures_url"]
-    assert config["features_dir"] == FEATURES_DIR == agent.DEFAULTS["features_dir"]
 
 
 def test_simulated_pilots_put_where_vms_put() -> None:
