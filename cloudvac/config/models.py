@@ -23,6 +23,8 @@ from cloudvac.model.naming import MACHINETYPE_NAME, SPACE_NAME
 
 PositiveSeconds = Annotated[float, Field(gt=0)]
 Seconds = Annotated[int, Field(ge=0)]
+ImageFamily = Literal["el9", "el8", "cernvm4"]
+"""The image a machinetype boots (``context/families.py``: what each needs)."""
 
 
 class _Model(BaseModel):
@@ -178,6 +180,8 @@ class Machinetype(_Model):
     flavor_names: list[str] = Field(default_factory=list, description="Candidate flavors, "
                                     "first fit wins; default: the space's flavor_names.")
     root_image: str | None = Field(None, description="Image name or id to boot.")
+    image_family: ImageFamily = Field("el9", description="What root_image is: el9 (default), "
+                                      "el8 (stock EL cloud images) or cernvm4 (legacy).")
     user_data: str | None = Field(None, description="user_data template: builtin:NAME or a path.")
     hs06_per_processor: float | None = Field(None, gt=0, description="Benchmark per processor; "
                                              "weights shares, MJF and accounting.")

@@ -4,8 +4,10 @@ Shipped verbatim in every VM's user_data with a JSON config, and run as::
 
     python3 agent.py --config /etc/cloudvac/agent.json [-- PILOT_COMMAND ARGS...]
 
-It must stay ONE file, Python 3.6+ and standard library only: it runs on the image's python3
-(CernVM/EL), where nothing else can be assumed.
+It is the files of ``AGENT_FILES`` (``userdata.py``), which ship together into one directory:
+this one, ``vmupload.py`` (log, config, HTTP to the manager) and ``vmfeatures.py`` (MJF). Each
+is Python 3.6+ and standard library only: they run on the image's python3 (CernVM/EL), where
+nothing else can be assumed; the package's copies import each other as ``cloudvac.context.*``.
 
 Server contract: ``PUT {joboutputs_url}/{file}`` with ``Authorization: Bearer {token}`` and the
 raw bytes as body. 204 means stored. 401/403/404/413/400 (bad token, another machine's path,
@@ -21,6 +23,22 @@ connection errors are retried with exponential backoff and jitter until a deadli
   exit 0, else ``700 Failed, probably JobAgent or Application problem (exit N)``. If the server
   rejects the pilot's line with 400, the agent's own line is sent instead.
 - each of ``logs`` under its basename, only its last ``max_log_bytes``; missing files skipped.
+
+The pilot's user, not root, may own ``shutdown_message_path`` and ``logs``: a symbolic link there
+is not followed and anything but a regular file is not read (each skipped with a log line).
+
+Machine/Job Features (HSF-TN-2016-02): if ``machinefeatures_url`` and ``jobfeatures_url`` are
+set and there is a pilot, the agent GETs ``{url}/{key}`` (same bearer token, no redirects) for
+each key of ``MACHINE_KEYS``/``JOB_KEYS`` before starting the pilot (all of it within
+``FEATURES_SECONDS``), and writes each value as one file (0644, atomically) under
+``{features_dir}/machinefeatures`` and ``{features_dir}/jobfeatures`` (0755; not through a
+symbolic link); a 404 removes that key's file. The pilot gets ``MACHINEFEATURES`` and
+``JOBFEATURES`` set to those directories as ``file://`` URLs: DIRAC's pilot (``pilotTools``:
+``allocated_cpu``), its ``getMemoryFromMJF`` and its MJF TimeLeft plugin read them with
+``urlopen``, which refuses a bare path. After each heartbeat the agent fetches ``CHANGING_KEYS``
+again (everything, until a complete fetch once succeeded), within half a heartbeat period. A
+failed fetch keeps the files already written, is logged once per change, and never stops the
+pilot. (``vmfeatures.py`` holds the key lists.)
 
 Final uploads share ``final_upload_seconds``; then heartbeats stop and ``poweroff_command`` runs.
 On SIGTERM/SIGINT the pilot's process group gets SIGTERM, and SIGKILL after
@@ -47,201 +65,60 @@ uploaded logs.
 
 import argparse
 import contextlib
-import http.client
-import json
+import errno
 import os
-import random
 import re
 import shlex
 import signal
-import ssl
+import stat
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from types import FrameType
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, BinaryIO, List, Optional, Tuple
 
-FILE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+if TYPE_CHECKING or __package__:  # in the cloudvac package: the manager, the tests
+    from cloudvac.context import vmfeatures, vmupload
+else:  # on the VM: the agent's files side by side, their directory is sys.path[0]
+    import vmfeatures
+    import vmupload
+
+log = vmupload.log  # the one log of the agent's modules: it masks the token
+
 # The server takes codes 100-799; control characters would break its one-line format.
 SHUTDOWN_RE = re.compile(r"[1-7][0-9]{2} [^\x00-\x1f\x7f]+")
 MAX_SHUTDOWN_LINE = 4 + 200  # "NNN " and the text the server keeps
-TOKEN_RE = re.compile(r"[\x21-\x7e]+")  # no whitespace: it goes verbatim into a header
-SHUTDOWN_FILE = "shutdown_message"
 FAILED_TEXT = "Failed, probably JobAgent or Application problem"
 REQUESTED = "100 Shutdown as requested"
-LOST = (401, 403, 404, 410)  # the manager no longer knows or accepts this VM
 SELF_END_UPLOAD_SECONDS = 60.0  # the manager is likely gone: don't linger
-RETRY_BASE_SECONDS, RETRY_MAX_SECONDS = 0.5, 30.0
-DEFAULTS: Dict[str, Any] = {
-    "heartbeat_period_seconds": 60.0, "heartbeat_file": "heartbeat", "logs": [],
-    "max_log_bytes": 1048576, "shutdown_message_path": None,
-    "poweroff_command": ["systemctl", "poweroff"], "final_upload_seconds": 300.0,
-    "request_timeout_seconds": 20.0, "ca_file": None, "terminate_grace_seconds": 30.0,
-    "unreachable_poweroff_seconds": None, "deadline": None}
-
-_secrets: List[str] = []
-_log_lock = threading.Lock()
 
 
-def log(message: str) -> None:
-    for secret in _secrets:
-        message = message.replace(secret, "***")
-    with _log_lock:
-        sys.stderr.write(f"{_utc(time.time())} cloudvac-agent: {message}\n")
-        sys.stderr.flush()
-
-
-def _utc(when: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
-
-
-class ConfigError(Exception):
-    pass
-
-
-class Config:
-    def __init__(self, raw: Dict[str, Any]) -> None:
-        unknown = sorted(set(raw) - set(DEFAULTS) - {"joboutputs_url", "token"})
-        if unknown:
-            # A newer server may render keys this agent does not know: say so, carry on.
-            log("ignoring unknown config keys: " + ", ".join(unknown))
-        token = _string(raw, "token", None)
-        if not token or not TOKEN_RE.fullmatch(token):
-            raise ConfigError("token: required, printable ASCII without spaces")
-        _secrets.append(token)
-        self.token: str = token
-        url = _string(raw, "joboutputs_url", None)
-        if not url or not url.startswith(("http://", "https://")):
-            raise ConfigError("joboutputs_url: required http:// or https:// URL")
-        self.joboutputs_url = url.rstrip("/")
-        self.heartbeat_period_seconds = _number(raw, "heartbeat_period_seconds")
-        self.heartbeat_file = _string(raw, "heartbeat_file", DEFAULTS["heartbeat_file"]) or ""
-        if not FILE_NAME_RE.fullmatch(self.heartbeat_file) or self.heartbeat_file == SHUTDOWN_FILE:
-            raise ConfigError("heartbeat_file: not an allowed file name")
-        self.logs = _string_list(raw, "logs")
-        self.max_log_bytes = int(_number(raw, "max_log_bytes"))
-        self.shutdown_message_path = _string(raw, "shutdown_message_path", None)
-        self.poweroff_command = _string_list(raw, "poweroff_command")
-        if not self.poweroff_command:
-            raise ConfigError("poweroff_command: must not be empty")
-        self.final_upload_seconds = _number(raw, "final_upload_seconds")
-        self.request_timeout_seconds = _number(raw, "request_timeout_seconds")
-        self.ca_file = _string(raw, "ca_file", None)
-        self.terminate_grace_seconds = _number(raw, "terminate_grace_seconds")
-        self.unreachable_poweroff_seconds, self.deadline = (
-            None if raw.get(key) is None else _number(raw, key)
-            for key in ("unreachable_poweroff_seconds", "deadline"))
-
-
-def _string(raw: Dict[str, Any], key: str, default: Optional[str]) -> Optional[str]:
-    value = raw.get(key, default)
-    if value is not None and not isinstance(value, str):
-        raise ConfigError(f"{key}: must be a string")
-    return value
-
-
-def _number(raw: Dict[str, Any], key: str) -> float:
-    value = raw.get(key, DEFAULTS[key])
-    # bool is an int in Python, but "heartbeat_period_seconds": true is surely a mistake.
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ConfigError(f"{key}: must be a positive number")
-    return float(value)
-
-
-def _string_list(raw: Dict[str, Any], key: str) -> List[str]:
-    value = raw.get(key, DEFAULTS[key])
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise ConfigError(f"{key}: must be a list of strings")
-    return list(value)
-
-
-def load_config(path: str) -> Config:
+def open_pilot_file(path: str) -> BinaryIO:
+    """``path`` open for reading if it is a regular file, else OSError saying why. The pilot's
+    user owns these files, the agent is root: a symbolic link it planted is not followed (the
+    agent would read, and upload, what the pilot cannot), and O_NONBLOCK, so that a FIFO does
+    not hold the agent at open() until someone writes to it."""
     try:
-        with open(path, "rb") as handle:
-            raw = json.loads(handle.read().decode("utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: must hold a JSON object")
-    return Config(raw)
-
-
-class Uploader:
-    def __init__(self, config: Config) -> None:
-        self.config = config
-        # No environment proxies: http_proxy on a VM usually points at a CVMFS squid, which
-        # must not see the token. Redirects are never followed for PUT, so it cannot leak.
-        handlers: List[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
-        if self.config.joboutputs_url.startswith("https://"):
-            context = ssl.create_default_context(cafile=config.ca_file)
-            handlers.append(urllib.request.HTTPSHandler(context=context))
-        self.opener = urllib.request.build_opener(*handlers)
-        # The manager's last answer (monotonic); starting counts. A float swap is atomic.
-        self.answered_at = time.monotonic()
-
-    def put(self, name: str, body: bytes, deadline: float,
-            stop: Optional[threading.Event] = None) -> Tuple[Optional[int], str]:
-        """Upload until stored, refused for good, past deadline or stopped: (status, problem).
-        Only the heartbeat passes ``stop``; it logs state changes itself, so this stays quiet."""
-        say: Callable[[str], None] = log if stop is None else (lambda message: None)
-        attempt, what = 0, "not tried"
-        status: Optional[int] = None
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0.05 or (stop is not None and stop.is_set()):
-                say(f"PUT {name}: gave up after {attempt} tries: {what}")
-                return status, what
-            status, detail = self._once(name, body, min(self.config.request_timeout_seconds,
-                                                        remaining))
-            what = f"HTTP {status} {detail}" if status else detail
-            if status is not None and 200 <= status < 300:
-                self.answered_at = time.monotonic()
-                say(f"PUT {name}: stored ({len(body)} bytes)")
-                return status, ""
-            if status is not None and status < 500 and status not in (408, 429):
-                if status >= 400 and status not in LOST:  # see the module docstring
-                    self.answered_at = time.monotonic()
-                say(f"PUT {name}: refused, not retried: {what}")
-                return status, what
-            delay = min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2 ** attempt)
-            delay = min(delay * random.uniform(0.5, 1.5), deadline - time.monotonic())
-            attempt += 1
-            say(f"PUT {name}: {what}; retry {attempt} in {max(delay, 0):.1f}s")
-            if delay > 0:
-                (stop or threading.Event()).wait(delay)
-
-    def _once(self, name: str, body: bytes, timeout: float) -> Tuple[Optional[int], str]:
-        request = urllib.request.Request(
-            self.config.joboutputs_url + "/" + name, data=body, method="PUT",
-            headers={"Authorization": "Bearer " + self.config.token,
-                     "Content-Type": "application/octet-stream"})
-        try:
-            with self.opener.open(request, timeout=timeout) as response:
-                response.read()
-                return int(response.getcode()), ""
-        except urllib.error.HTTPError as exc:
-            try:
-                detail = exc.read(2048).decode("utf-8", "replace")
-                detail = str(json.loads(detail).get("detail", detail))
-            except (OSError, ValueError, AttributeError, http.client.HTTPException):
-                detail = exc.reason if isinstance(exc.reason, str) else ""
-            finally:
-                exc.close()
-            return exc.code, detail[:200]
-        except (OSError, http.client.HTTPException) as exc:  # refused, timeout, TLS, reset...
-            reason = getattr(exc, "reason", None)  # URLError wraps the interesting one
-            cause = reason if isinstance(reason, BaseException) else exc
-            return None, f"{type(cause).__name__}: {cause}"
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError("a symbolic link, not followed") from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError("not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 class Agent:
-    def __init__(self, config: Config, command: List[str]) -> None:
+    def __init__(self, config: vmupload.Config, command: List[str]) -> None:
         self.config = config
         self.command = command
-        self.uploader = Uploader(config)
+        self.uploader = vmupload.Uploader(config)
         # (why, shutdown line) once the VM is to end before its pilot does; the first stays.
         self.ending: Optional[Tuple[str, str]] = None
         # Popen[bytes] is not subscriptable on 3.6, but annotations in functions are not evaluated.
@@ -250,6 +127,9 @@ class Agent:
         token = config.token
         self.child_env = {key: value for key, value in os.environ.items()
                           if token not in key and token not in value}
+        self.features: Optional[vmfeatures.Features] = None
+        if command and config.machinefeatures_url and config.jobfeatures_url:
+            self.features = vmfeatures.Features(config, self.uploader)
 
     def _on_signal(self, signum: int, frame: Optional[FrameType]) -> None:
         # Only flags and kill here: logging could re-enter a half-done stderr write.
@@ -261,7 +141,8 @@ class Agent:
         """``ending``, first set if the VM must end on its own (see the module docstring)."""
         end, limit = self.config.deadline, self.config.unreachable_poweroff_seconds
         if self.ending is None and end is not None and time.time() >= end:
-            self.ending = (f"deadline {_utc(end)} passed", "700 Exceeded max_wallclock_seconds")
+            self.ending = (f"deadline {vmupload.utc(end)} passed",
+                           "700 Exceeded max_wallclock_seconds")
         silent = time.monotonic() - self.uploader.answered_at
         if self.ending is None and limit is not None and silent > limit:
             self.ending = (f"no answer from the manager for {limit:g}s", "700 Manager unreachable")
@@ -312,6 +193,8 @@ class Agent:
             if what != last and not stopped.is_set():
                 log(f"heartbeat failing: {what}" if what else "heartbeat accepted")
             last = what
+            if self.features is not None and not stopped.is_set():
+                self.features.refresh(min(period / 2, vmfeatures.FEATURES_SECONDS))
             due = max(due + period, time.monotonic())
             stopped.wait(due - time.monotonic())
 
@@ -328,11 +211,16 @@ class Agent:
             log(f"not passing environment variable {key} to child processes")
         if self._check_lease() is not None:  # a signal or the lease: never start the pilot
             return self._idle()
+        env = dict(self.child_env)
+        if self.features is not None:
+            self.features.refresh(vmfeatures.FEATURES_SECONDS, wait=True)
+            env.update(self.features.environment())
+            if self._check_lease() is not None:
+                return self._idle()
         log("starting pilot: " + " ".join(shlex.quote(arg) for arg in self.command))
         try:
             # Own process group, so SIGTERM/SIGKILL also reach whatever the pilot spawned.
-            self.proc = subprocess.Popen(self.command, env=self.child_env,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(self.command, env=env, start_new_session=True)
         except OSError as exc:
             log(f"cannot start pilot: {exc}")
             # 500 = environment problem: every VM of this image would fail, so back off.
@@ -366,13 +254,15 @@ class Agent:
 
     def _pilot_message(self) -> Optional[str]:
         path = self.config.shutdown_message_path
-        if not path or not os.path.exists(path):
+        if not path:
             return None
         try:
-            with open(path, "rb") as handle:
+            with open_pilot_file(path) as handle:
                 lines = handle.read(4096).decode("utf-8", "replace").strip().splitlines()
+        except FileNotFoundError:
+            return None
         except OSError as exc:
-            log(f"cannot read {path}: {exc}")
+            log(f"ignoring {path}: {exc}")
             return None
         line = lines[0].strip() if lines else ""
         if SHUTDOWN_RE.fullmatch(line):
@@ -390,17 +280,18 @@ class Agent:
         deadline = time.monotonic() + seconds
         for message in messages:
             log("shutdown_message: " + message)
-            status, _ = self.uploader.put(SHUTDOWN_FILE, message.encode("utf-8"), deadline)
+            status, _ = self.uploader.put(vmupload.SHUTDOWN_FILE, message.encode("utf-8"),
+                                          deadline)
             if status != 400:
                 break
-        seen = {SHUTDOWN_FILE, self.config.heartbeat_file}
+        seen = {vmupload.SHUTDOWN_FILE, self.config.heartbeat_file}
         for path in self.config.logs:
             name = os.path.basename(path)
-            if not FILE_NAME_RE.fullmatch(name) or name in seen:
+            if not vmupload.FILE_NAME_RE.fullmatch(name) or name in seen:
                 log(f"skipping log {path}: name not allowed or already used")
                 continue
             try:
-                with open(path, "rb") as handle:
+                with open_pilot_file(path) as handle:
                     size = handle.seek(0, os.SEEK_END)
                     handle.seek(max(0, size - self.config.max_log_bytes))
                     data = handle.read(self.config.max_log_bytes)
@@ -438,9 +329,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--config", required=True, help="JSON config file")
     options = parser.parse_args(args)
     try:
-        agent = Agent(load_config(options.config), command)
-    except (ConfigError, OSError) as exc:  # OSError: from ssl, ca_file missing or not PEM
-        log(f"bad config: {'' if isinstance(exc, ConfigError) else 'ca_file: '}{exc}")
+        agent = Agent(vmupload.load_config(options.config), command)
+    except (vmupload.ConfigError, OSError) as exc:  # OSError: ssl, ca_file missing or not PEM
+        log(f"bad config: {'' if isinstance(exc, vmupload.ConfigError) else 'ca_file: '}{exc}")
         return 2
     return agent.run()
 

@@ -42,14 +42,26 @@ from cloudvac.config.proxies import SQUID_PORT
 from cloudvac.config.secrets import SecretError, check_secret_file
 from cloudvac.context import dirac
 from cloudvac.context.errors import RenderError
+from cloudvac.context.families import family
 from cloudvac.context.validate import validate_user_data
 from cloudvac.context.vcycle import check_uploads, substitute
 from cloudvac.model.layout import HEARTBEAT_FILE, machine_urls
 
 MASK = "***MASKED***"
+# The in-VM agent: these modules of this package ship together, side by side in one directory
+# (agent.py is the one run; it imports the others from there).
+AGENT_FILES = ("agent.py", "vmupload.py", "vmfeatures.py")
 COMMON_REPOSITORIES = ("grid.cern.ch", "dirac.egi.eu")
-PILOT_LOG = "/var/lib/cloudvac/pilot/pilot.log"
-SHUTDOWN_MESSAGE_PATH = "/var/run/cloudvac/shutdown_message"
+# On the VM: the agent's files (root), the unprivileged pilot user and its work area (its
+# home; the flavor's ephemeral disk when there is one), which holds what the pilot writes.
+LIBEXEC = "/usr/local/libexec/cloudvac"
+PILOT_USER = "cloudvac-pilot"
+WORK_DIR = "/var/lib/cloudvac/pilot"
+PILOT_LOG = f"{WORK_DIR}/pilot.log"
+SHUTDOWN_MESSAGE_PATH = f"{WORK_DIR}/shutdown_message"
+PREPARED_PATH = "/var/lib/cloudvac/prepared"  # "ok", or why the VM cannot run the pilot
+# The agent writes the machine's and job's features (MJF) under here for the pilot.
+FEATURES_DIR = "/var/run/cloudvac"
 # Option names and values that hold secrets: a password, token or key by name; a PEM private
 # key (an X.509 proxy holds one too), a JWT, or credentials inside a URL by value.
 SECRET_NAME = re.compile(r"pass|secret|token|key|credential|private", re.IGNORECASE)
@@ -120,10 +132,15 @@ class ContextRenderer:
                      mask: bool = False) -> dict[str, Any]:
         """The in-VM agent's JSON config (``agent.py`` documents the keys); the VM powers
         itself off at ``deadline`` = now + ``max_wallclock_seconds`` +
-        ``vm_deadline_grace_seconds`` at the latest."""
+        ``vm_deadline_grace_seconds`` at the latest.  A pilot, if the agent runs one, gets the
+        machine's and job's features (MJF) as files under ``FEATURES_DIR``, fetched by the
+        agent."""
         deadline = self.clock() + mt.max_wallclock_seconds + mt.vm_deadline_grace_seconds
+        urls = self.urls(space, mt, name)
         config: dict[str, Any] = {
-            "joboutputs_url": self.urls(space, mt, name)["joboutputs_url"],
+            "joboutputs_url": urls["joboutputs_url"],
+            "machinefeatures_url": urls["machinefeatures_url"],
+            "jobfeatures_url": urls["jobfeatures_url"], "features_dir": FEATURES_DIR,
             "token": MASK if mask else self.token(space, mt, name),
             "heartbeat_period_seconds": mt.heartbeat_period,
             "heartbeat_file": mt.heartbeat_file or HEARTBEAT_FILE,
@@ -170,15 +187,19 @@ class ContextRenderer:
         except (OSError, ValueError, SecretError, jinja2.TemplateError) as exc:
             raise RenderError(f"{where}: {exc}") from None
 
-    def _common(self, space: Space, mt: Machinetype, name: str, mask: bool) -> dict[str, Any]:
+    def _common(self, space: Space, mt: Machinetype, name: str, mask: bool,
+                pilot: bool = False) -> dict[str, Any]:
         config = json.dumps(self.agent_config(space, mt, name, mask), sort_keys=True)
+        shipped = (*AGENT_FILES, "jobagent.py") if pilot else AGENT_FILES
         return {"name": name, "space": space.name, "machinetype": mt.name, "version": __version__,
                 "rendered": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.clock())),
-                "agent_config_b64": _b64(config), "agent_gz_b64": _packed("agent.py")}
+                "agent_config_b64": _b64(config), "libexec": LIBEXEC,
+                "agent_files": [(module, _packed(module)) for module in shipped],
+                "family": family(mt.image_family), "work_dir": WORK_DIR if pilot else ""}
 
     def _generic(self, space: Space, mt: Machinetype, name: str, mask: bool) -> str:
         return _environment().get_template("generic.yaml.j2").render(
-            pilot_command="", **self._common(space, mt, name, mask))
+            **self._common(space, mt, name, mask))
 
     def _pilot(self, space: Space, mt: Machinetype, name: str, builtin: str,
                mask: bool) -> str:
@@ -191,9 +212,10 @@ class ContextRenderer:
         instance = space.dirac_instances[mt.dirac]
         stamp = dirac.pilot_stamp(name)
         cert_dir = "/etc/cloudvac/pilot/grid-security" if mt.host_cert_file else None
-        repositories = mt.cvmfs_repositories or [*profile.repositories, *COMMON_REPOSITORIES]
+        repositories = mt.cvmfs_repositories or [
+            *profile.repositories, *COMMON_REPOSITORIES, *family(mt.image_family).repositories]
         values = {
-            **self._common(space, mt, name, mask), "vo": mt.vo,
+            **self._common(space, mt, name, mask, pilot=True), "vo": mt.vo,
             "site": dirac.site_of(instance, space),
             "cvmfs_repositories": [r.removeprefix("/cvmfs/") for r in repositories],
             "cvmfs_http_proxy": self.cvmfs_http_proxy(space), "cvmfs_quota_mb": 20000,
@@ -202,7 +224,8 @@ class ContextRenderer:
             "pilot_args": dirac.pilot_command(instance, space, mt, stamp, cert_dir),
             "pilot_environment": dirac.pilot_environment(space, name),
             "host_cert_b64": "", "host_key_b64": "", "proxy_b64": "",
-            "block_metadata": mt.block_metadata, "jobagent_gz_b64": _packed("jobagent.py")}
+            "block_metadata": mt.block_metadata, "pilot_user": PILOT_USER,
+            "prepared_path": PREPARED_PATH, "shutdown_message_path": SHUTDOWN_MESSAGE_PATH}
         if mt.host_cert_file:
             if mt.host_key_file is None:
                 raise ValueError("host_cert_file needs host_key_file")

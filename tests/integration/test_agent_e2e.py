@@ -36,13 +36,29 @@ def test_agent_reports_through_real_endpoints(tmp_path: Path) -> None:
         log = tmp_path / "pilot.log"
         marker = tmp_path / "powered-off"
         config.update(heartbeat_period_seconds=0.2, logs=[str(log)],
-                      poweroff_command=["touch", str(marker)])
-        pilot = (f"import time; open({str(log)!r}, 'w').write('JobAgent done\\n'); "
+                      poweroff_command=["touch", str(marker)], features_dir=str(tmp_path / "run"))
+        # The features as DIRAC reads them: urlopen(os.path.join($JOBFEATURES, key)).
+        seen = tmp_path / "seen.json"
+        pilot = (f"import json, os, time; from urllib.request import urlopen\n"
+                 f"open({str(log)!r}, 'w').write('JobAgent done\\n')\n"
+                 f"json.dump({{k: urlopen(os.path.join(os.environ[v], k)).read().decode()\n"
+                 f"           for v, k in [('MACHINEFEATURES', 'total_cpu'),\n"
+                 f"                        ('JOBFEATURES', 'allocated_cpu'),\n"
+                 f"                        ('JOBFEATURES', 'wall_limit_secs'),\n"
+                 f"                        ('JOBFEATURES', 'max_rss_bytes')]}},\n"
+                 f"          open({str(seen)!r}, 'w'))\n"
                  "time.sleep(1.0)")
         code, stderr = run_agent(tmp_path, config, pilot)
         assert code == 0, stderr
         assert marker.exists()
         assert config["token"] not in stderr
+        assert seen.exists(), stderr
+        mt = web.space.machinetypes["belle"]
+        processors = web.store.machine(SPACE, A).processors  # type: ignore[union-attr]
+        assert json.loads(seen.read_text()) == {
+            "total_cpu": f"{processors}\n", "allocated_cpu": f"{processors}\n",
+            "wall_limit_secs": f"{mt.max_wallclock_seconds}\n",
+            "max_rss_bytes": f"{mt.mb_per_processor * processors * 1024 * 1024}\n"}
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
             record = web.store.machine(SPACE, A)
@@ -83,7 +99,8 @@ def test_agent_ends_a_vm_the_manager_does_not_know(tmp_path: Path) -> None:
         assert now + 7200 < config["deadline"] <= now + 7200 + 3600 + 1
         marker = tmp_path / "powered-off"
         config.update(heartbeat_period_seconds=0.2, unreachable_poweroff_seconds=1.5,
-                      final_upload_seconds=2, poweroff_command=["touch", str(marker)])
+                      final_upload_seconds=2, poweroff_command=["touch", str(marker)],
+                      features_dir=str(tmp_path / "run"))
         started = time.monotonic()
         code, stderr = run_agent(tmp_path, config, "import time; time.sleep(120)")
         assert code == 0 and marker.exists(), stderr

@@ -139,7 +139,7 @@ def test_render_each_vo_masked_and_valid() -> None:
         files = {f["path"]: f for f in yaml.safe_load(result.stdout)["write_files"]}
         agent = json.loads(base64.b64decode(files["/etc/cloudvac/agent.json"]["content"]))
         assert agent["token"] == "***MASKED***"  # no --show-secrets
-        assert "cloudvac-pilot.sh" in result.stdout and "--wnVO=" in result.stdout
+        assert "cloudvac/pilot.sh" in result.stdout and "--wnVO=" in result.stdout
     missing = cli("render", "sim-a.example", "atlas", "--config-dir", str(DEMO))
     assert missing.returncode == 2 and "no machinetype atlas" in missing.stderr
 

@@ -200,7 +200,7 @@ def test_user_data_metrics_health_status(web: Running) -> None:
     response = httpx.get(f"{web.url}/machines/{SPACE}/{A}/user_data",
                          headers={"Authorization": f"Bearer {web.token(A)}"})
     assert response.status_code == 200 and response.text.startswith("#cloud-config")
-    assert "cloudvac-agent.py" in response.text
+    assert "/usr/local/libexec/cloudvac/agent.py" in response.text
     assert httpx.get(f"{web.url}/machines/{SPACE}/{A}/user_data").status_code == 401
     put(web, A, "heartbeat", b"1", web.token(A))
     metrics = httpx.get(f"{web.operator_url}/metrics").text

@@ -3,22 +3,28 @@ the simulated pilots and the in-VM agent."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
+import sys
 import time
+from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client import CollectorRegistry
 
 from cloudvac.auth.vmtokens import TokenSigner
 from cloudvac.clouds.simpilots import HttpPilots
 from cloudvac.config import Machinetype, Settings, Space
-from cloudvac.context import agent
-from cloudvac.context.userdata import ContextRenderer
+from cloudvac.context import agent, vmfeatures, vmupload
+from cloudvac.context.userdata import AGENT_FILES, FEATURES_DIR, ContextRenderer
 from cloudvac.model import layout
-from cloudvac.model.states import ShutdownMessage
+from cloudvac.model.records import MachineRecord
+from cloudvac.model.states import MachineState, ShutdownMessage
 from cloudvac.web.app import create_app
 from cloudvac.web.context import WebContext
+from cloudvac.web.mjf import job_features, machine_features
 from cloudvac.web.operator import create_operator_app, operator_access
 
 SIGNER = TokenSigner(b"k" * 32)
@@ -58,10 +64,50 @@ def test_vms_are_told_the_layout_urls() -> None:
 def test_the_agent_uses_the_same_file_names() -> None:
     """The agent is shipped alone into VMs (it imports nothing of cloudvac), so its own
     constants are checked against the layout here."""
-    assert agent.DEFAULTS["heartbeat_file"] == layout.HEARTBEAT_FILE
-    assert agent.SHUTDOWN_FILE == layout.SHUTDOWN_FILE
+    assert vmupload.DEFAULTS["heartbeat_file"] == layout.HEARTBEAT_FILE
+    assert vmupload.SHUTDOWN_FILE == layout.SHUTDOWN_FILE
     assert set(json.loads(json.dumps(ContextRenderer(SETTINGS, SIGNER).agent_config(
-        SPACE, MT, NAME)))) - {"token", "joboutputs_url"} <= set(agent.DEFAULTS)
+        SPACE, MT, NAME)))) - {"token", "joboutputs_url"} <= set(vmupload.DEFAULTS)
+
+
+@pytest.mark.parametrize("file", AGENT_FILES)
+def test_the_agent_files_are_python36_and_import_the_stdlib_and_each_other(file: str) -> None:
+    """What ships into a VM together (test_agent.py runs it from such a copy); checked
+    wherever an import is, as a run would miss one inside a function."""
+    tree = ast.parse(Path(agent.__file__).with_name(file).read_text(), feature_version=(3, 6))
+    siblings = {name.removesuffix(".py") for name in AGENT_FILES}
+    allowed = siblings | {f"cloudvac.context.{name}" for name in siblings}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module == "cloudvac.context":
+            names = [f"{node.module}.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = [node.module or "." * node.level]
+        else:
+            continue
+        wrong = [n for n in names if n not in allowed
+                 and n.split(".")[0] not in sys.stdlib_module_names]
+        assert wrong == [], f"{file}:{node.lineno} imports {wrong}"
+
+
+def test_the_agent_fetches_every_feature_the_web_serves() -> None:
+    """The agent asks for its own key lists; a key the web serves but the agent does not
+    know would never reach the pilot."""
+    mt = MT.model_copy(update={"hs06_per_processor": 10.0})
+    record = MachineRecord(space=SPACE.name, name=NAME, machinetype="belle",
+                           state=MachineState.RUNNING, processors=8, created_at=1.8e9)
+    assert set(machine_features(SPACE, mt, record, 1.9e9)) <= set(vmfeatures.MACHINE_KEYS)
+    assert set(job_features(SPACE, mt, record, 1.9e9)) <= set(vmfeatures.JOB_KEYS)
+    assert set(vmfeatures.CHANGING_KEYS) <= {*vmfeatures.MACHINE_KEYS, *vmfeatures.JOB_KEYS}
+    config = ContextRenderer(SETTINGS, SIGNER).agent_config(SPACE, mt, NAME)
+    urls = layout.machine_urls(SETTINGS.web_base_url, SPACE.name, "belle", NAME)
+    assert config["machinefeatures_url"] == urls["machinefeatures_url"]
+    assert config["jobfeatures_url"] == urls["jobfeatures_url"]
+    assert config["features_dir"] == FEATURES_DIR == vmupload.DEFAULTS["features_dir"]
+    parsed = vmupload.Config(config)  # every value valid for the shipped agent
+    assert (parsed.machinefeatures_url, parsed.features_dir) == (
+        urls["machinefeatures_url"], FEATURES_DIR)
 
 
 def test_simulated_pilots_put_where_vms_put() -> None:

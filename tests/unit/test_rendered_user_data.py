@@ -1,13 +1,14 @@
-"""Golden renders of every shipped template, and the checks a VM would make of them.
+"""Golden renders of every shipped template on every image family, and the checks a VM would
+make of them.
 
 Each shipped template (belle, t2k, hyperk: DIRAC pilot VMs; generic: the agent alone, here
-for the squid machinetype) is rendered for the Napoli space of ``userdata_support`` (fixed
-clock, signing key, host certificate and key; squid discovery finds 10.0.0.5) exactly as it
-is sent to the cloud, secrets included, and compared byte for byte with
-``tests/unit/golden/<template>.yaml``.  One exception: the two packed Python scripts
-(``cloudvac-agent.py``, ``cloudvac-jobagent.py``, gzip+base64) change with their own code,
-tested on its own, so the test checks that each unpacks to the package's source byte for byte
-and the golden file holds a marker in its place.
+for the squid machinetype) is rendered on each image family (el9, el8, cernvm4) for the Napoli
+space of ``userdata_support`` (fixed clock, signing key, host certificate and key; squid
+discovery finds 10.0.0.5) exactly as it is sent to the cloud, secrets included, and compared
+byte for byte with ``tests/unit/golden/<template>-<family>.yaml``.  One exception: the packed
+Python modules of the agent (gzip+base64 under ``/usr/local/libexec/cloudvac/``) change with
+their own code, tested on its own, so the test checks that each unpacks to the package's source
+byte for byte and the golden file holds a marker in its place.
 
 To regenerate after a deliberate change::
 
@@ -36,7 +37,8 @@ from pathlib import Path
 import pytest
 
 from cloudvac.context import agent
-from cloudvac.context.validate import validate_user_data
+from cloudvac.context.families import FAMILIES
+from cloudvac.context.userdata import AGENT_FILES, LIBEXEC, PILOT_USER
 from tests.unit.userdata_support import NAME, napoli, renderer
 from tests.unit.userdata_tools import (
     Text,
@@ -53,18 +55,18 @@ from tests.unit.userdata_tools import (
 GOLDEN = Path(__file__).parent / "golden"
 TEMPLATES = {"belle": "belle", "t2k": "t2k", "hyperk": "hyperk", "generic": "squid"}
 """Golden file name -> the machinetype of the Napoli space that uses that template."""
-PACKED = {"/usr/local/libexec/cloudvac-agent.py": "agent.py",
-          "/usr/local/libexec/cloudvac-jobagent.py": "jobagent.py"}
-AGENT, CONFIG_FILE = "/usr/local/libexec/cloudvac-agent.py", "/etc/cloudvac/agent.json"
-PILOT_SCRIPT = "/usr/local/libexec/cloudvac-pilot.sh"
+PACKED = {f"{LIBEXEC}/{module}": module for module in (*AGENT_FILES, "jobagent.py")}
+AGENT, CONFIG_FILE = f"{LIBEXEC}/agent.py", "/etc/cloudvac/agent.json"
+PILOT_SCRIPT, PREPARE_SCRIPT = f"{LIBEXEC}/pilot.sh", f"{LIBEXEC}/prepare.sh"
 TEMPLATE_DIR = resources.files("cloudvac.context") / "templates"
 
 
-@pytest.fixture(params=sorted(TEMPLATES))
+@pytest.fixture(params=[f"{t}-{f}" for t in sorted(TEMPLATES) for f in sorted(FAMILIES)])
 def rendered(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
-    """(template, the user_data sent for a VM of it)."""
+    """(template-family, the user_data sent for a VM of it)."""
+    template, family = request.param.split("-")
     space, settings = napoli(tmp_path)
-    mt = space.machinetypes[TEMPLATES[request.param]]
+    mt = space.machinetypes[TEMPLATES[template]].model_copy(update={"image_family": family})
     text = renderer(settings, ["10.0.0.5"])(space, mt, NAME.format(mt=mt.name))
     assert str(tmp_path) not in text  # nothing of the test's own paths in the golden
     return request.param, text
@@ -100,8 +102,8 @@ def test_golden_render(rendered: tuple[str, str]) -> None:
 def test_shell_parts_pass_bash_dash_and_shellcheck(rendered: tuple[str, str]) -> None:
     template, text = rendered
     scripts = shell_scripts(text)
-    expected = {"user_data runcmd"} | (
-        set() if template == "generic" else {f"user_data write_files {PILOT_SCRIPT}"})
+    expected = {"user_data runcmd"} | (set() if template.startswith("generic") else {
+        f"user_data write_files {PILOT_SCRIPT}", f"user_data write_files {PREPARE_SCRIPT}"})
     assert {s.name for s in scripts} == expected
     assert [f for s in scripts for f in shell_findings(s)] == []
 
@@ -119,16 +121,17 @@ def test_the_agent_accepts_every_units_command_line(rendered: tuple[str, str],
     files = {e["path"]: e for _, doc in cloud_configs(text) for e in doc["write_files"]}
     (unit,) = systemd_units(text)
     argv = exec_start(unit)
-    assert argv[:2] == ["/usr/bin/python3", AGENT] and files[AGENT]["permissions"] == "0755"
+    assert argv[:2] == ["/usr/bin/python3", AGENT] and files[AGENT]["permissions"] == "0644"
     options = argv[2:argv.index("--")] if "--" in argv else argv[2:]
     command = argv[len(options) + 3:]
     assert options == ["--config", CONFIG_FILE]
     config = json.loads(file_content(files[CONFIG_FILE]))
     assert config["joboutputs_url"].endswith("/joboutputs") and config["token"].startswith("v1.")
-    if template == "generic":
+    if template.startswith("generic"):
         assert command == []
     else:
-        assert command == [PILOT_SCRIPT] and files[PILOT_SCRIPT]["permissions"] == "0755"
+        assert command == ["/usr/sbin/runuser", "-u", PILOT_USER, "--", PILOT_SCRIPT]
+        assert files[PILOT_SCRIPT]["permissions"] == "0755"
     # The agent's own parser takes the line (argparse would exit 2 on a stray argument such as
     # 'Restart=no'); it then stops at the config, absent here, before running anything.
     missing = ["--config", "/nonexistent/agent.json"]
@@ -136,11 +139,9 @@ def test_the_agent_accepts_every_units_command_line(rendered: tuple[str, str],
     assert "bad config: cannot read /nonexistent/agent.json" in capsys.readouterr().err
 
 
-def test_generic_cloud_config_passes_cloud_init_schema(tmp_path: Path) -> None:
-    """The VO templates' schema check is in test_userdata.py; the generic one's is here."""
-    space, settings = napoli(tmp_path)
-    text = renderer(settings)(space, space.machinetypes["squid"], NAME.format(mt="squid"))
-    validate_user_data(text, "napoli.infn.it/squid")
+def test_every_render_passes_cloud_init_schema(rendered: tuple[str, str],
+                                               tmp_path: Path) -> None:
+    _, text = rendered
     (tmp_path / "user-data").write_text(text)
     result = subprocess.run([tool("cloud-init"), "schema", "-c", str(tmp_path / "user-data")],
                             capture_output=True, text=True, timeout=120, check=False)

@@ -59,12 +59,13 @@ def test_every_vo_template_passes_cloud_init_schema(space: tuple[Space, Settings
             'http://squid1.na.infn.it:3128|http://squid2.na.infn.it:3128"') in cvmfs
     repos = {"belle": "belle.cern.ch,belle.kek.jp", "t2k": "t2k.egi.eu",
              "hyperk": "hyperk.egi.eu"}[vo]
-    assert f"CVMFS_REPOSITORIES={repos},grid.cern.ch,dirac.egi.eu" in cvmfs
-    script = files["/usr/local/libexec/cloudvac-pilot.sh"]["content"]
+    assert f"CVMFS_REPOSITORIES={repos},grid.cern.ch,dirac.egi.eu," in cvmfs
+    script = files["/usr/local/libexec/cloudvac/pilot.sh"]["content"]
     assert f"--wnVO={the_space.machinetypes[vo].vo}" in script and " -N napoli.infn.it" in script
     assert f" -Q {vo} " in script and "--Site" not in script
-    blocked = any("169.254.169.254" in " ".join(map(str, c)) for c in doc["runcmd"])
-    assert blocked is (vo != "hyperk")
+    prepare = files["/usr/local/libexec/cloudvac/prepare.sh"]["content"]
+    assert doc["runcmd"] == [["/usr/local/libexec/cloudvac/prepare.sh"]]
+    assert ("ip route replace prohibit 169.254.169.254/32" in prepare) is (vo != "hyperk")
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
 
 
