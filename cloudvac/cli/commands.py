@@ -1,11 +1,10 @@
-"""Command line: ``cloudvac run | web | validate | status | demo | render | dirac-cs |
-simulate``."""
+"""The engine's and the VM side's commands: ``run | web | validate | status | demo | render |
+dirac-cs | simulate | version``."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import sys
 import time
 from importlib import resources
@@ -18,6 +17,15 @@ from rich.markup import escape
 
 from cloudvac import __version__
 from cloudvac.auth.vmtokens import SecretFileError, TokenSigner, load_or_create_secret
+from cloudvac.cli.base import (
+    ConfigDir,
+    LogLevel,
+    app,
+    err,
+    hold_store,
+    open_store,
+    print_issues,
+)
 from cloudvac.config import DEFAULT_CONFIG_DIR, LoadedConfig, Settings, Space, load_config_dir
 from cloudvac.config.dirac import DiracInstance
 from cloudvac.config.secrets import SecretError
@@ -31,62 +39,8 @@ from cloudvac.logs import setup_logging
 from cloudvac.model.naming import machine_name
 from cloudvac.service import build, run_service
 from cloudvac.status import read_view, status_rows, status_table
-from cloudvac.store import Store
-from cloudvac.store.engine import StoreUnavailable
-from cloudvac.store.lock import StoreLock, StoreLocked
 from cloudvac.web.listen import WebConfigError
 from cloudvac.web.protocols import loop_factory
-
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Keep IaaS clouds full of VMs running DIRAC pilots (vacuum model).")
-err = Console(stderr=True)
-
-ConfigDir = Annotated[Path, typer.Option("--config-dir", "-c", help="Drop-in directory of "
-                                         "*.conf files, read in alphanumeric order.")]
-LogLevel = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")]
-
-
-def _print_issues(loaded: LoadedConfig) -> None:
-    for issue in loaded.issues:
-        err.print(f"[red]error[/red] {escape(str(issue))}", highlight=False, soft_wrap=True)
-    for issue in loaded.warnings:
-        err.print(f"[yellow]warning[/yellow] {escape(str(issue))}", highlight=False,
-                  soft_wrap=True)
-
-
-def _open_store(url: str, writable: bool = False) -> Store:
-    """The store at ``url`` (accepting writes if ``writable``), or exit 2 with the
-    database and the system's reason."""
-    try:
-        return Store(url, writable=writable)
-    except (StoreUnavailable, ValueError) as exc:
-        message = str(exc) if isinstance(exc, StoreUnavailable) else \
-            f"cannot open the store: {exc}"
-        err.print(f"[red]{'cannot start' if writable else 'error'}:[/red] {escape(message)}",
-                  highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
-
-
-def _hold_store(url: str) -> StoreLock | None:
-    """This daemon's lock on the store at ``url`` (None for PostgreSQL), or exit 2 naming
-    the process that holds it."""
-    lock = StoreLock.for_url(url)
-    if lock is None:
-        logging.getLogger("cloudvac.store.lock").warning(
-            "space=- machinetype=- machine=- the store is not a SQLite file: nothing stops a "
-            "second cloudvac run on it yet (leases come with HA); run only one")
-        return None
-    try:
-        lock.acquire()
-    except StoreLocked as exc:
-        err.print(f"[red]cannot start:[/red] {escape(str(exc))}", highlight=False,
-                  soft_wrap=True)
-        raise typer.Exit(2) from None
-    except OSError as exc:
-        err.print(f"[red]cannot start:[/red] cannot lock the store: {escape(str(lock.path))}: "
-                  f"{escape(exc.strerror or str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
-    return lock
 
 
 @app.command()
@@ -99,7 +53,7 @@ def version() -> None:
 def validate(config_dir: ConfigDir = DEFAULT_CONFIG_DIR) -> None:
     """Check the configuration; print every problem with file:line; exit 1 if any."""
     loaded = load_config_dir(config_dir)
-    _print_issues(loaded)
+    print_issues(loaded)
     rendering = [p for s in loaded.spaces.values() if loaded.settings is not None
                  for p in check_space(s, loaded.settings)]
     for problem in rendering:
@@ -132,7 +86,7 @@ def web(config_dir: ConfigDir = DEFAULT_CONFIG_DIR, log_level: LogLevel = "INFO"
 def _serve(config_dir: Path, log_level: str, engine: bool, cycles: int | None) -> None:
     setup_logging(log_level)
     loaded = load_config_dir(config_dir)
-    _print_issues(loaded)
+    print_issues(loaded)
     if loaded.settings is None:
         err.print("[red]cannot start:[/red] [settings] is invalid (see above)")
         raise typer.Exit(2)
@@ -142,9 +96,9 @@ def _serve(config_dir: Path, log_level: str, engine: bool, cycles: int | None) -
     url = loaded.settings.database_url
     # the engine alone owns the store's machines: one per store; the web side only reads
     # and records what VMs send, so any number may share it
-    lock = _hold_store(url) if engine else None
+    lock = hold_store(url) if engine else None
     try:
-        store = _open_store(url, writable=True)
+        store = open_store(url, writable=True)
         try:
             service = build(ConfigSource(config_dir), loaded.settings, store, engine=engine)
             # uvloop when installed: the start-up line of each listener names the loop
@@ -167,9 +121,9 @@ def status(config_dir: ConfigDir = DEFAULT_CONFIG_DIR,
     """Spaces x machinetypes: machines, processors, shares, backoff, last error."""
     loaded = load_config_dir(config_dir)
     if loaded.settings is None:
-        _print_issues(loaded)
+        print_issues(loaded)
         raise typer.Exit(2)
-    store = _open_store(loaded.settings.database_url)
+    store = open_store(loaded.settings.database_url)
     try:
         rows = status_rows(loaded.spaces, read_view(store, events=500), time.time())
     finally:
@@ -179,7 +133,7 @@ def status(config_dir: ConfigDir = DEFAULT_CONFIG_DIR,
     else:
         Console().print(status_table(rows))
     if loaded.issues or loaded.warnings:
-        _print_issues(loaded)
+        print_issues(loaded)
 
 
 @app.command()
@@ -205,7 +159,7 @@ def _space_or_exit(config_dir: Path, space: str) -> tuple[LoadedConfig, Space]:
     loaded = load_config_dir(config_dir)
     found = loaded.spaces.get(space)
     if found is None:
-        _print_issues(loaded)
+        print_issues(loaded)
         known = ", ".join(sorted(loaded.spaces)) or "none"
         err.print(f"[red]no valid space {escape(space)}[/red] (valid spaces: {known})")
         raise typer.Exit(2)
@@ -276,7 +230,7 @@ def dirac_cs(space: str, config_dir: ConfigDir = DEFAULT_CONFIG_DIR,
                   highlight=False, soft_wrap=True)
         raise typer.Exit(2)
     if loaded.settings is None:
-        _print_issues(loaded)
+        print_issues(loaded)
         raise typer.Exit(2)
     try:
         typer.echo(_cs_text(found, loaded.settings, instance), nl=False)
@@ -338,8 +292,3 @@ def scenario_dir() -> Path:
 
 def shipped_scenarios() -> list[str]:
     return sorted(p.stem for p in scenario_dir().glob("*.conf"))
-
-
-def main() -> None:  # pragma: no cover - console entry point
-    logging.captureWarnings(True)
-    app()
