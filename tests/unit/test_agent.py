@@ -169,7 +169,7 @@ def start_agent(tmp_path: Path, url: str, pilot: str | None, *, python: str = sy
                             env={**os.environ, **(env or {})}, cwd=tmp_path)
 
 
-def finish(proc: subprocess.Popen[str], timeout: float = 12) -> str:
+def finish(proc: subprocess.Popen[str], timeout: float = 120) -> str:
     _, err = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, err
     assert TOKEN not in err
@@ -180,7 +180,7 @@ def powered_off_at(tmp_path: Path) -> float:
     return float((tmp_path / "poweroff").read_text())
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 5) -> None:
+def wait_for(predicate: Callable[[], object], timeout: float = 60) -> None:
     end = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < end, "timed out"
