@@ -1,8 +1,13 @@
 # The two entry points of the README: `make demo` and `make test`.
-.PHONY: demo test lint unit venv oracle system-deps
+.PHONY: demo test lint unit venv wheelhouse oracle system-deps install
 
+# Creates .venv, or completes/repairs it after an interrupted install; quick when done.
 venv:
 	@scripts/venv.sh
+
+# Wheels of every dependency in .cache/wheelhouse, so the wheel test installs offline.
+wheelhouse: venv
+	@scripts/venv.sh wheelhouse
 
 demo: venv
 	.venv/bin/cloudvac demo
@@ -17,8 +22,14 @@ oracle:
 system-deps:
 	@scripts/system-deps.sh
 
-test: venv lint oracle system-deps
+test: venv wheelhouse lint oracle system-deps
 	.venv/bin/python -m pytest -q -p no:cacheprovider
 
 unit: venv
 	.venv/bin/python -m pytest -q tests/unit
+
+# Install cloudvac as a systemd service (root): a virtualenv under /opt/cloudvac, the units,
+# the cloudvac user, tmpfiles, logrotate, man pages.  Options in deploy/install.sh's header,
+# e.g. `make install INSTALL_ARGS="--extras postgresql --log-file"`.
+install:
+	deploy/install.sh $(INSTALL_ARGS)

@@ -1,4 +1,7 @@
-"""``cloudvac demo``: the daemon on the shipped example configuration, with a live table.
+"""``cloudvac demo``: the daemon on the shipped example configuration, with a live table
+and the event stream under it (creations, shutdown codes with their meaning, backoffs,
+deletions with their reasons); on a pipe or a file, one plain line per event and the table
+after every cycle, never wider than 80 columns.
 
 The example configuration is copied into the state directory (``STATE/cloudvac.d``), so an
 operator can edit it while the demo runs and watch the daemon re-read it.
@@ -11,21 +14,29 @@ import contextlib
 import shutil
 import tempfile
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
+from rich.rule import Rule
+from rich.text import Text
 
 from cloudvac.config import Space, load_config_dir
 from cloudvac.engine.daemon import ConfigSource
 from cloudvac.engine.planner import TypeStatus
+from cloudvac.events import WIDTH, lines, newer, newest
+from cloudvac.model.records import Event
+from cloudvac.model.states import ShutdownMessage
 from cloudvac.service import Service, build, run_service
 from cloudvac.status import StatusRow, read_view, status_rows, status_table
 from cloudvac.store import Store
+
+EVENT_LINES = 40
+"""The most events the live view keeps under the table (fewer on a short terminal)."""
 
 
 def example_dir() -> Path:
@@ -41,7 +52,10 @@ def prepare(state_dir: Path) -> Path:
     return config_dir
 
 
-def run_demo(cycles: int | None, state_dir: Path | None, live: bool) -> dict[str, Any]:
+def run_demo(cycles: int | None, state_dir: Path | None,
+             console: Console | None) -> dict[str, Any]:
+    """Run the daemon on the example configuration; show it on ``console`` (None: show
+    nothing, for ``--json``) and return the summary."""
     state = state_dir or Path(tempfile.mkdtemp(prefix="cloudvac-demo-"))
     config_dir = prepare(state)
     loaded = load_config_dir(config_dir)
@@ -57,28 +71,95 @@ def run_demo(cycles: int | None, state_dir: Path | None, live: bool) -> dict[str
     try:
         service = build(ConfigSource(config_dir, overrides), settings, store,
                         keep_reports=cycles or 100)
-        asyncio.run(_drive(service, store, cycles, live))
+        asyncio.run(_drive(service, store, cycles, console))
         return summarize(service, store, state)
     finally:
         store.close()
 
 
-async def _drive(service: Service, store: Store, cycles: int | None, live: bool) -> None:
+class EventStream:
+    """The store's events since the demo started, as lines (``cloudvac.events``)."""
+
+    def __init__(self, store: Store, width: int) -> None:
+        self.store, self.width = store, width
+        self.cursor = newest(self._read, 0)[1]
+
+    def _read(self, limit: int) -> list[Event]:
+        return self.store.events(None, limit)
+
+    def _shutdown_of(self, event: Event) -> ShutdownMessage | None:
+        record = self.store.machine(event.space, event.machine) if event.machine else None
+        return record.shutdown if record is not None else None
+
+    def lines(self) -> list[str]:
+        """The lines of the events recorded since the last call."""
+        fresh, self.cursor = newer(self._read, self.cursor)
+        return list(lines(fresh, self._shutdown_of, width=self.width))
+
+
+async def _drive(service: Service, store: Store, cycles: int | None,
+                 console: Console | None) -> None:
     runner = asyncio.create_task(run_service(service, cycles))
-    if not live:
+    if console is None:
         await runner
         return
-    console = Console()
+    stream = EventStream(store, min(console.width, WIDTH))
+    if console.is_terminal:
+        await _live(service, store, runner, console, stream)
+    else:
+        await _plain(service, store, runner, console, stream)
+    await runner
+
+
+async def _tick(runner: asyncio.Task[None]) -> bool:
+    """Wait up to a second for the service; whether it has ended."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(runner), 1.0)
+    return runner.done()
+
+
+async def _live(service: Service, store: Store, runner: asyncio.Task[None], console: Console,
+                stream: EventStream) -> None:
+    """The status table with the newest events under it, redrawn in place."""
+    recent: deque[str] = deque(maxlen=EVENT_LINES)
+    title = f"cloudvac demo on http://127.0.0.1:{service.port} (Ctrl-C to stop)"
     with Live(console=console, refresh_per_second=2) as view:
-        while not runner.done():
+        ended = False
+        while not ended:
+            ended = runner.done()
+            recent.extend(await asyncio.to_thread(stream.lines))
             daemon = service.daemon
             if daemon is not None:
                 rows = await asyncio.to_thread(_rows, daemon.current_spaces(), store)
-                title = f"cloudvac demo on http://127.0.0.1:{service.port} (Ctrl-C to stop)"
-                view.update(status_table(rows, title))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(runner), 1.0)
-    await runner
+                table = status_table(rows, title, width=min(console.width, WIDTH))
+                room = console.height - len(rows) - 6  # title, heads, rule, caption, events
+                shown = list(recent)[-max(3, room):]
+                view.update(Group(table, Rule("events", style="dim"),
+                                  *(Text(line, no_wrap=True, overflow="ellipsis")
+                                    for line in shown)))
+            if not ended:
+                ended = await _tick(runner)
+
+
+async def _plain(service: Service, store: Store, runner: asyncio.Task[None],
+                 console: Console, stream: EventStream) -> None:
+    """One line per event as it comes, and the table each time every space has cycled
+    once more: for a pipe, a file or a log."""
+    shown = 0
+    ended = False
+    while not ended:
+        ended = runner.done()
+        for line in await asyncio.to_thread(stream.lines):
+            console.print(Text(line), no_wrap=True, crop=False, soft_wrap=True)
+        daemon = service.daemon
+        cycled = min((s.cycles for s in daemon.spaces.values()), default=0) if daemon else 0
+        if daemon is not None and (cycled > shown or (ended and shown == 0)):
+            shown = cycled
+            rows = await asyncio.to_thread(_rows, daemon.current_spaces(), store)
+            console.print(status_table(rows, f"cloudvac demo: cycle {cycled}",
+                                       width=min(console.width, WIDTH)))
+        if not ended:
+            ended = await _tick(runner)
 
 
 def _rows(spaces: dict[str, Space], store: Store) -> list[StatusRow]:

@@ -12,11 +12,19 @@ Bounds: a message (arguments included) is one line of at most ``MESSAGE_BYTES``,
 the time, level and logger name a record's line stays within ``LINE_BYTES`` (4 KB); a
 traceback or stack keeps its lines, each within ``LINE_BYTES``.  What is cut ends in
 ``model.redact.CUT``.
+
+Where: standard error by default (under systemd, the journal); ``setup_logging(file=...)``
+(``cloudvac run --log-file``) writes to a file instead, through a ``WatchedFileHandler``:
+when the file is renamed or removed (logrotate's default ``create`` mode) the next record
+reopens the path, so rotation needs no signal and no ``copytruncate`` (which loses the lines
+written between the copy and the truncation).
 """
 
 from __future__ import annotations
 
 import logging
+from logging.handlers import WatchedFileHandler
+from pathlib import Path
 
 from cloudvac.model.redact import CUT, redact
 
@@ -85,7 +93,21 @@ def redacting(handler: logging.Handler) -> logging.Handler:
     return handler
 
 
-def setup_logging(level: str = "INFO") -> None:
+class LogFileError(RuntimeError):
+    """The log file cannot be opened; the message names it and the system's reason."""
+
+
+def setup_logging(level: str = "INFO", file: Path | None = None) -> None:
+    """Every record of the process to standard error, or to ``file`` (appended; reopened
+    after a rotation).  Raises LogFileError when ``file`` cannot be opened."""
+    handler: logging.Handler
+    if file is None:
+        handler = logging.StreamHandler()
+    else:
+        try:
+            handler = WatchedFileHandler(file, encoding="utf-8")
+        except OSError as exc:
+            raise LogFileError(f"log file {file}: {exc.strerror or exc}") from None
     root = logging.getLogger()
-    root.handlers[:] = [redacting(logging.StreamHandler())]
+    root.handlers[:] = [redacting(handler)]
     root.setLevel(level.upper())

@@ -5,6 +5,10 @@ the URL VMs are told is known), renderer, simulated pilots, cloud adapters, engi
 web`` serves only the web side (for a separate web host sharing the store); the demo is
 ``run`` on the shipped configuration with the web bound to a free loopback port.  Nothing
 is patched after it is built.
+
+Signals (``run_service``): SIGTERM and SIGINT stop; SIGHUP (``systemctl reload``) re-reads
+the configuration at once: the daemon's spaces, or the spaces ``cloudvac web`` serves.
+Settings the listeners were built with (listen addresses, TLS, limits) need a restart.
 """
 
 from __future__ import annotations
@@ -77,6 +81,13 @@ class FileSpaces:
     _stamp: tuple[tuple[str, int], ...] = ()
     _checked: float = -1e9
 
+    def reread(self) -> None:
+        """Re-read the files now, changed or not (SIGHUP)."""
+        self._stamp, self._checked = (), -1e9
+        spaces = self()
+        log.info("space=- machinetype=- machine=- SIGHUP: configuration re-read from %s: %d "
+                 "spaces served", self.directory, len(spaces))
+
     def __call__(self) -> Mapping[str, Space]:
         now = time.monotonic()
         if now - self._checked < SPACES_RECHECK_SECONDS:
@@ -119,6 +130,13 @@ class Service:
         self.stopping.set()
         if self.daemon is not None:
             self.daemon.stop()
+
+    def reread(self) -> None:
+        """Re-read the configuration now (SIGHUP)."""
+        if self.daemon is not None:
+            self.daemon.reread()
+        elif isinstance(self.web.spaces, FileSpaces):
+            self.web.spaces.reread()
 
     async def serve(self, cycles: int | None = None) -> None:
         """Run until ``stop()`` (or, with ``cycles``, until every space ran that many)."""
@@ -219,8 +237,9 @@ def build_daemon(config_dir: Path, settings: Settings, store: Store, keep_report
 
 
 async def run_service(service: Service, cycles: int | None = None) -> None:
-    """Serve until SIGTERM/SIGINT (or ``cycles``)."""
+    """Serve until SIGTERM/SIGINT (or ``cycles``); SIGHUP re-reads the configuration."""
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, service.stop)
+    loop.add_signal_handler(signal.SIGHUP, service.reread)
     await service.serve(cycles)

@@ -8,18 +8,23 @@ from the same formula the planner uses (``model/shares.py``).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from rich import box
 from rich.table import Table
 
 from cloudvac.config.models import Space
-from cloudvac.model.records import Event, MachineRecord
+from cloudvac.model.records import Drain, Event, MachineRecord, ProjectRoom, drain_deadline
 from cloudvac.model.shares import shares
 from cloudvac.model.states import MachineState
 from cloudvac.store import Store
 
 S = MachineState
+TABLE_WIDTH = 80
+"""The widest ``status_table`` by default: a terminal's width."""
+MIN_ERROR = 10
+MIN_NAME = 8
 STOPPING = frozenset({S.STOPPED, S.FAILED, S.DELETING})
 
 
@@ -37,6 +42,17 @@ class StatusRow:
     last_error: str
     credential_expires_in: float | None = None
     """Seconds until the space's earliest-expiring token (None: no token, e.g. sim)."""
+    drained: bool = False
+    """An operator's drain covers this machinetype (of it, or of its whole space)."""
+    drain_deadline: float | None = None
+    """When its machines are told to stop taking jobs (MJF shutdowntime) and deleted."""
+    killing: int = 0
+    """Machines an operator asked to kill that the engine has not deleted yet."""
+    foreign_processors: int | None = None
+    """Processors used in the space's project by servers cloudvac does not own, at the
+    engine's last read of the limits (None: not read yet)."""
+    no_room: str = ""
+    """Why foreign usage leaves no room for a new machine in the space, or ""."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -51,12 +67,14 @@ class StoreView:
     last_aborts: Mapping[tuple[str, str], float]
     events: Sequence[Event]
     credentials: Mapping[str, Mapping[str, float]]
+    drains: Mapping[str, Mapping[str, Drain]] = field(default_factory=dict)
+    rooms: Mapping[str, ProjectRoom] = field(default_factory=dict)
 
 
 def read_view(store: Store, space: str | None = None, events: int = 200) -> StoreView:
     """Everything status needs, for ``space`` or all spaces, with the newest ``events``."""
     return StoreView(store.machines(space), store.last_aborts(), store.events(space, events),
-                     store.credentials())
+                     store.credentials(), store.drains(space), store.rooms())
 
 
 def status_rows(spaces: Mapping[str, Space], view: StoreView, now: float) -> list[StatusRow]:
@@ -74,6 +92,7 @@ def status_rows(spaces: Mapping[str, Space], view: StoreView, now: float) -> lis
         space_error = _last_error(view.events, space.name, None)
         expiries = view.credentials.get(space.name, {})
         expires_in = min(expiries.values()) - now if expiries else None
+        drains, room = view.drains.get(space.name, {}), view.rooms.get(space.name)
         for name, mt in space.machinetypes.items():
             mine = [m for m in own if m.machinetype == name]
             abort = view.last_aborts.get((space.name, name))
@@ -90,8 +109,33 @@ def status_rows(spaces: Mapping[str, Space], view: StoreView, now: float) -> lis
                 backoff_seconds_left=left,
                 last_error=_last_error(view.events, space.name, name) or space_error,
                 credential_expires_in=expires_in,
+                drained=drain_deadline(drains, name) is not None,
+                drain_deadline=drain_deadline(drains, name),
+                killing=sum(m.kill_requested_at is not None and m.delete_requested_at is None
+                            for m in mine),
+                foreign_processors=None if room is None else room.foreign_processors,
+                no_room="" if room is None else room.note(),
             ))
     return rows
+
+
+def status_notes(rows: Sequence[StatusRow], now: float) -> list[str]:
+    """What the table cannot say in its columns, one line per space or machinetype: drains
+    and their deadlines, kills pending, and foreign usage that leaves no room."""
+    notes: list[str] = []
+    for r in rows:
+        if r.drain_deadline is not None:
+            left = r.drain_deadline - now
+            when = f"in {left:.0f}s" if left > 0 else "now (grace over)"
+            notes.append(f"{r.space}/{r.machinetype}: drained: no new machines; pilots told "
+                         f"to stop taking jobs; machines still running deleted {when}")
+        if r.killing:
+            notes.append(f"{r.space}/{r.machinetype}: {r.killing} machine(s) to kill at the "
+                         "next cycle")
+    for space in dict.fromkeys(r.space for r in rows if r.no_room):
+        note = next(r.no_room for r in rows if r.space == space)
+        notes.append(f"{space}: {note}")
+    return notes
 
 
 def _last_error(events: Sequence[Event], space: str, machinetype: str | None) -> str:
@@ -103,17 +147,44 @@ def _last_error(events: Sequence[Event], space: str, machinetype: str | None) ->
     return ""
 
 
-def status_table(rows: list[StatusRow], title: str = "cloudvac status") -> Table:
-    """The rows as the table ``cloudvac status`` and the demo print."""
-    table = Table(title=title)
-    for heading in ("space", "machinetype", "starting", "running", "stopping", "processors",
-                    "share (actual/target)", "backoff", "token expires", "last error"):
-        table.add_column(heading, overflow="fold")
-    for r in rows:
-        backoff = f"{r.backoff_seconds_left:.0f}s" if r.backoff_seconds_left else "-"
-        expires = "-" if r.credential_expires_in is None else \
-            f"{r.credential_expires_in / 60:.0f} min"
-        table.add_row(r.space, r.machinetype, str(r.starting), str(r.running), str(r.stopping),
-                      str(r.processors), f"{r.actual_share:.0%} / {r.target_share:.0%}",
-                      backoff, expires, r.last_error[:60] or "-")
+def status_table(rows: list[StatusRow], title: str = "cloudvac status",
+                 width: int = TABLE_WIDTH) -> Table:
+    """The rows as the table ``cloudvac status`` and the demo print, one line per row and
+    at most ``width`` columns wide: the last error (whole in ``cloudvac events``), then
+    long space and machinetype names, are cut with an ellipsis; the token column only
+    when a space has a token."""
+    tokens = any(r.credential_expires_in is not None for r in rows)
+    headings = ["space", "type", "start", "run", "stop", "procs", "share", "backoff",
+                *(["token"] if tokens else []), "last error"]
+    cells = [_cells(r, tokens) for r in rows]
+    widths = _fit([max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headings)],
+                  width - (len(headings) - 1))
+    table = Table(title=title, caption="share: actual/target", box=box.SIMPLE_HEAD,
+                  show_edge=False, padding=0)
+    for i, (heading, size) in enumerate(zip(headings, widths, strict=True)):
+        numeric = 2 <= i < len(headings) - 1
+        table.add_column(heading, width=size, no_wrap=True, overflow="ellipsis",
+                         justify="right" if numeric else "left")
+    for row in cells:
+        table.add_row(*row)
     return table
+
+
+def _cells(r: StatusRow, tokens: bool) -> list[str]:
+    backoff = f"{r.backoff_seconds_left:.0f}s" if r.backoff_seconds_left else "-"
+    expires = "-" if r.credential_expires_in is None else \
+        f"{r.credential_expires_in / 60:.0f}min"
+    return [r.space, r.machinetype, str(r.starting), str(r.running), str(r.stopping),
+            str(r.processors), f"{r.actual_share:.0%}/{r.target_share:.0%}", backoff,
+            *([expires] if tokens else []), " ".join(r.last_error.split()) or "-"]
+
+
+def _fit(natural: list[int], room: int) -> list[int]:
+    """Column widths within ``room``: the last column (the error) takes what is left, at
+    least ``MIN_ERROR``; then the wider of the first two (space, machinetype) gives way,
+    one character at a time, down to ``MIN_NAME``."""
+    widths = list(natural)
+    widths[-1] = max(MIN_ERROR, min(natural[-1], room - sum(widths[:-1])))
+    while sum(widths) > room and max(widths[0], widths[1]) > MIN_NAME:
+        widths[0 if widths[0] >= widths[1] else 1] -= 1
+    return widths

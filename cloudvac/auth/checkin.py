@@ -13,7 +13,13 @@ refused the token).  Failures are classified:
   request per back-off period, not one per cycle.
 
 Rotated refresh tokens are written (atomically, mode 0600) before the new access token is
-handed out.  Tokens are never logged: log lines carry the issuer, client, grant, HTTP status,
+handed out, into the state directory (``STATE_DIR/checkin/``), never over the configured
+file: the configuration directory is read-only to the daemon (``ProtectSystem=strict``) and
+belongs to the operator.  The copy records which configured token it descends from (a
+SHA-256 prefix), and is used only while the configured file still holds that token: an
+operator who puts a new token in the configured file is obeyed, whatever the files' times.
+Spaces configured with the same file share one copy, as they shared the file.  Tokens
+are never logged: log lines carry the issuer, client, grant, HTTP status,
 ``expires_in`` and a short SHA-256 prefix at most.  What the provider says in a refusal
 (``error``, ``error_description``) is redacted before it enters a message: a provider may
 echo the request, refresh token and ``Authorization: Basic`` header included.
@@ -82,6 +88,15 @@ class CheckinClient:
     refresh_token_file: Path | None = None
     refresh_token_env: str | None = None
     timeout: float = 20.0
+    rotated_dir: Path | None = None
+    """Where rotated refresh tokens are kept (``STATE_DIR/checkin``); None: in memory."""
+
+
+def rotated_path(configured: Path, directory: Path) -> Path:
+    """The rotated copy of the refresh token configured in ``configured``: one per
+    configured file (its name, and a digest of its absolute path)."""
+    digest = hashlib.sha256(str(configured.absolute()).encode()).hexdigest()[:12]
+    return directory / f"{configured.name}.{digest}.rotated"
 
 
 class CheckinTokenSource:
@@ -95,6 +110,8 @@ class CheckinTokenSource:
         self.grant, self.scope = client.grant, client.scope
         self._secret, self._rt_file, self._rt_env = client.client_secret, \
             client.refresh_token_file, client.refresh_token_env
+        self._rt_copy = rotated_path(self._rt_file, client.rotated_dir) \
+            if self._rt_file is not None and client.rotated_dir is not None else None
         timeout = client.timeout
         self._rt_memory: str | None = None
         self.clock, self.on_call = clock, on_call or (lambda outcome: None)
@@ -180,9 +197,15 @@ class CheckinTokenSource:
         return self._endpoints
 
     def _refresh_token(self) -> str:
+        """The refresh token to use: the one rotated last (memory, else the state
+        directory's copy while it descends from the configured token), else the configured."""
         if self._rt_memory is not None:
             return self._rt_memory
-        return read_secret(self._rt_file, self._rt_env, "egi_checkin_refresh_token")
+        configured = read_secret(self._rt_file, self._rt_env, "egi_checkin_refresh_token")
+        if self._rt_copy is None or not self._rt_copy.exists():
+            return configured
+        rotated, origin = _read_copy(self._rt_copy)
+        return rotated if origin == fingerprint(configured) else configured
 
     def _request_token(self, now: float) -> AccessToken:
         try:
@@ -246,24 +269,49 @@ class CheckinTokenSource:
 
     def _store_rotated(self, new: str) -> None:
         """Persist a rotated refresh token before using anything it bought."""
-        if self._rt_file is None:
-            self._rt_memory = new  # from the environment: can only live in memory
+        if self._rt_file is None or self._rt_copy is None:
+            self._rt_memory = new  # nowhere to keep it: it lives in memory
             log.warning("space=- machinetype=- machine=- Check-in rotated the refresh token, "
-                        "which came from %s: it is kept in memory only", self._rt_env)
+                        "which came from %s: it is kept in memory only",
+                        self._rt_env or f"{self._rt_file} (no state directory)")
             return
-        tmp = self._rt_file.with_name(f".{self._rt_file.name}.{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(new + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self._rt_file)
-        log.info("space=- machinetype=- machine=- Check-in rotated the refresh token; "
-                 "new one saved to %s", self._rt_file)
+        origin = fingerprint(read_secret(self._rt_file, None, "egi_checkin_refresh_token"))
+        tmp = self._rt_copy.with_name(f".{self._rt_copy.name}.{os.getpid()}")
+        try:
+            self._rt_copy.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(f"{new}\n{ORIGIN}{origin} in {self._rt_file}\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self._rt_copy)
+        except OSError as exc:  # the old token is spent: keep the new one for this run
+            self._rt_memory = new
+            log.error("space=- machinetype=- machine=- Check-in rotated the refresh token from "
+                      "%s, but it cannot be saved to %s (%s): it is kept in memory only and "
+                      "lost at the next restart", self._rt_file, self._rt_copy,
+                      exc.strerror or type(exc).__name__)
+            return
+        log.info("space=- machinetype=- machine=- Check-in rotated the refresh token from %s; "
+                 "new one saved to %s", self._rt_file, self._rt_copy)
 
     def _fail_later(self) -> None:
         self._down_until = self.clock() + self._backoff * (0.5 + random.random())
         self._backoff = min(BACKOFF_MAX, self._backoff * 2)
+
+
+ORIGIN = "# rotated from sha256:"
+"""The second line of a rotated copy: the fingerprint of the configured token it descends
+from, and the configured file."""
+
+
+def _read_copy(path: Path) -> tuple[str, str | None]:
+    """A rotated copy's token and the fingerprint of the configured token it descends from
+    (None if the copy does not say)."""
+    rotated = read_secret(path, None, "rotated egi_checkin_refresh_token")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    said = lines[1] if len(lines) > 1 and lines[1].startswith(ORIGIN) else ""
+    return rotated, said[len(ORIGIN):].split(" ", 1)[0] or None
 
 
 def _mtime(path: Path) -> float | None:

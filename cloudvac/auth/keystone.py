@@ -9,6 +9,7 @@ counted, so the "auth calls per space per hour" figure is observable.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from keystoneauth1 import session as ks_session
@@ -79,8 +80,10 @@ def make_plugin(options: OpenStackSpace, on_auth: Callable[[], None],
     return plugin
 
 
-def checkin_source(options: OpenStackSpace,
-                   on_call: Callable[[str], None] | None = None) -> CheckinTokenSource:
+def checkin_source(options: OpenStackSpace, on_call: Callable[[str], None] | None = None,
+                   state_dir: Path | None = None) -> CheckinTokenSource:
+    """The space's Check-in token source; rotated refresh tokens go to
+    ``state_dir/checkin`` (in memory only without a state directory)."""
     assert options.egi_checkin_client_id is not None
     file, env = options.egi_checkin_client_secret_file, options.egi_checkin_client_secret_env
 
@@ -90,7 +93,8 @@ def checkin_source(options: OpenStackSpace,
     return CheckinTokenSource(CheckinClient(
         options.egi_checkin_url, options.egi_checkin_client_id, options.checkin_grant,
         options.egi_checkin_scope, secret, options.egi_checkin_refresh_token_file,
-        options.egi_checkin_refresh_token_env, timeout=options.api_timeout_seconds),
+        options.egi_checkin_refresh_token_env, timeout=options.api_timeout_seconds,
+        rotated_dir=state_dir / "checkin" if state_dir is not None else None),
         on_call=on_call)
 
 

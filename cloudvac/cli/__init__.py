@@ -1,18 +1,18 @@
 """Command line: ``cloudvac --help`` lists every command.
 
 Commands live by concern (``commands``: run, web, validate, status, demo, render, dirac-cs,
-simulate; ``ops``: acting on a running daemon; ``vcycle``: migrating from VCycle); each
-registers itself on ``base.app`` when imported here.
+simulate; ``events``: the event log; ``ops``: acting on a running daemon; ``vcycle``:
+migrating from VCycle); each registers itself on ``base.app`` when imported here.
 """
 
 from __future__ import annotations
 
 import logging
 
-from cloudvac.cli import commands, ops, vcycle
+from cloudvac.cli import commands, docs, events, ops, vcycle
 from cloudvac.cli.base import app
 
-__all__ = ["app", "commands", "main", "ops", "vcycle"]
+__all__ = ["app", "commands", "docs", "events", "main", "ops", "vcycle"]
 
 
 def main() -> None:  # pragma: no cover - console entry point

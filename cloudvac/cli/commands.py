@@ -3,21 +3,19 @@ dirac-cs | simulate | version``."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 import time
-from importlib import resources
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from cloudvac import __version__
-from cloudvac.auth.vmtokens import SecretFileError, TokenSigner, load_or_create_secret
 from cloudvac.cli.base import (
+    DEFAULT_CONFIG_DIR,
     ConfigDir,
     LogLevel,
     app,
@@ -26,21 +24,14 @@ from cloudvac.cli.base import (
     open_store,
     print_issues,
 )
-from cloudvac.config import DEFAULT_CONFIG_DIR, LoadedConfig, Settings, Space, load_config_dir
-from cloudvac.config.dirac import DiracInstance
-from cloudvac.config.secrets import SecretError
-from cloudvac.context.diraccs import cs_text, host_identity
-from cloudvac.context.errors import RenderError
-from cloudvac.context.userdata import ContextRenderer, check_space
-from cloudvac.context.validate import schema_found, validate_user_data
-from cloudvac.engine.daemon import ConfigSource
-from cloudvac.engine.queuesizes import resolve_sizes
-from cloudvac.logs import setup_logging
-from cloudvac.model.naming import machine_name
-from cloudvac.service import build, run_service
-from cloudvac.status import read_view, status_rows, status_table
-from cloudvac.web.listen import WebConfigError
-from cloudvac.web.protocols import loop_factory
+
+if TYPE_CHECKING:
+    from cloudvac.config import LoadedConfig, Settings, Space
+    from cloudvac.config.dirac import DiracInstance
+
+# Every import of cloudvac beyond the command line's own, and of the libraries behind it,
+# happens inside the command that needs it: `cloudvac --help` and `validate` start fast
+# (benchmarks/cli_startup.py; tests/unit/test_cli_imports.py).
 
 
 @app.command()
@@ -51,40 +42,59 @@ def version() -> None:
 
 @app.command()
 def validate(config_dir: ConfigDir = DEFAULT_CONFIG_DIR) -> None:
-    """Check the configuration; print every problem with file:line; exit 1 if any."""
-    loaded = load_config_dir(config_dir)
-    print_issues(loaded)
-    rendering = [p for s in loaded.spaces.values() if loaded.settings is not None
-                 for p in check_space(s, loaded.settings)]
-    for problem in rendering:
-        err.print(f"[red]error[/red] user_data {escape(problem)}", highlight=False,
-                  soft_wrap=True)
-    if not schema_found():
-        err.print("[yellow]warning:[/yellow] cloud-init's schema is not installed (Debian "
-                  "package cloud-init): user_data got structural checks only")
-    mts = sum(len(s.machinetypes) for s in loaded.spaces.values())
-    typer.echo(f"{len(loaded.spaces)} valid spaces ({mts} machinetypes), "
-               f"{len(loaded.broken)} invalid, {len(loaded.issues)} problems, "
-               f"{len(loaded.warnings)} warnings in {len(loaded.files)} files")
-    raise typer.Exit(1 if loaded.issues or rendering else 0)
+    """Check the configuration: every problem of every file at once, each with file:line,
+    section and option; the last line counts errors and warnings; exit 1 iff any error."""
+    from cloudvac.cli.validation import print_outcome, validate_dir
+
+    raise typer.Exit(print_outcome(validate_dir(config_dir)))
+
+
+LogFile = Annotated[Path | None, typer.Option(
+    "--log-file", help="Log to this file (appended; reopened once logrotate renamed it) "
+    "instead of standard error (the journal under systemd).")]
 
 
 @app.command()
 def run(config_dir: ConfigDir = DEFAULT_CONFIG_DIR,
         cycles: Annotated[int | None, typer.Option(help="Stop after N cycles per space.")] = None,
-        log_level: LogLevel = "INFO") -> None:
+        log_level: LogLevel = "INFO", log_file: LogFile = None,
+        dry_run: Annotated[bool, typer.Option(
+            "--dry-run", help="One cycle per space against the real cloud, read-only: print "
+            "what would be created and deleted and why; change nothing.")] = False) -> None:
     """Run the daemon: every valid space cycles; broken spaces are reported and skipped."""
-    _serve(config_dir, log_level, engine=True, cycles=cycles)
+    if dry_run:
+        from cloudvac.cli.ops import dry_run as dry
+
+        dry(config_dir, "WARNING" if log_level == "INFO" else log_level)
+        return
+    _serve(config_dir, log_level, engine=True, cycles=cycles, log_file=log_file)
 
 
 @app.command()
-def web(config_dir: ConfigDir = DEFAULT_CONFIG_DIR, log_level: LogLevel = "INFO") -> None:
+def web(config_dir: ConfigDir = DEFAULT_CONFIG_DIR, log_level: LogLevel = "INFO",
+        log_file: LogFile = None) -> None:
     """Serve only the VM-facing web service (a separate web host sharing the store)."""
-    _serve(config_dir, log_level, engine=False, cycles=None)
+    _serve(config_dir, log_level, engine=False, cycles=None, log_file=log_file)
 
 
-def _serve(config_dir: Path, log_level: str, engine: bool, cycles: int | None) -> None:
-    setup_logging(log_level)
+def _serve(config_dir: Path, log_level: str, engine: bool, cycles: int | None,
+           log_file: Path | None = None) -> None:
+    import asyncio
+
+    from cloudvac.auth.vmtokens import SecretFileError
+    from cloudvac.config import load_config_dir
+    from cloudvac.config.secrets import SecretError
+    from cloudvac.engine.daemon import ConfigSource
+    from cloudvac.logs import LogFileError, setup_logging
+    from cloudvac.service import build, run_service
+    from cloudvac.web.listen import WebConfigError
+    from cloudvac.web.protocols import loop_factory
+
+    try:
+        setup_logging(log_level, log_file)
+    except LogFileError as exc:
+        err.print(f"[red]cannot start:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from None
     loaded = load_config_dir(config_dir)
     print_issues(loaded)
     if loaded.settings is None:
@@ -118,7 +128,11 @@ def _serve(config_dir: Path, log_level: str, engine: bool, cycles: int | None) -
 def status(config_dir: ConfigDir = DEFAULT_CONFIG_DIR,
            as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False
            ) -> None:
-    """Spaces x machinetypes: machines, processors, shares, backoff, last error."""
+    """Spaces x machinetypes: machines, processors, shares, backoff, drains, last error;
+    notes on drains, kills and foreign usage that leaves no room."""
+    from cloudvac.config import load_config_dir
+    from cloudvac.status import read_view, status_notes, status_rows, status_table
+
     loaded = load_config_dir(config_dir)
     if loaded.settings is None:
         print_issues(loaded)
@@ -131,7 +145,10 @@ def status(config_dir: ConfigDir = DEFAULT_CONFIG_DIR,
     if as_json:
         typer.echo(json.dumps([r.as_dict() for r in rows], indent=2))
     else:
-        Console().print(status_table(rows))
+        console = Console()
+        console.print(status_table(rows, width=console.width))
+        for note in status_notes(rows, time.time()):
+            typer.echo(f"note: {note}")
     if loaded.issues or loaded.warnings:
         print_issues(loaded)
 
@@ -144,18 +161,24 @@ def demo(cycles: Annotated[int | None, typer.Option(help="Stop after N cycles.")
                                                         "(default: a new temporary dir).")]
          = None,
          log_level: LogLevel = "WARNING") -> None:
-    """Run the whole system on the embedded default: two simulated clouds with belle, t2k and
-    hyperk machinetypes, pilots that work, run out of work and fail."""
+    """Run the whole system on two simulated clouds, with its live events.
+
+    The embedded default: belle, t2k and hyperk machinetypes whose pilots work, run out of
+    work and fail.  On a terminal, the status table with the newest events under it; piped,
+    one line per event and the table after each cycle (80 columns either way)."""
     from cloudvac.demo import run_demo
+    from cloudvac.logs import setup_logging
 
     setup_logging(log_level)
-    summary = run_demo(cycles, state_dir, live=not as_json)
+    summary = run_demo(cycles, state_dir, None if as_json else Console())
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
     sys.exit(0 if summary["ok"] else 1)
 
 
 def _space_or_exit(config_dir: Path, space: str) -> tuple[LoadedConfig, Space]:
+    from cloudvac.config import load_config_dir
+
     loaded = load_config_dir(config_dir)
     found = loaded.spaces.get(space)
     if found is None:
@@ -176,6 +199,12 @@ def render(space: str, machinetype: str, config_dir: ConfigDir = DEFAULT_CONFIG_
            name: Annotated[str | None, typer.Option(help="Machine name to render for.")]
            = None) -> None:
     """Print the user_data a new machine of SPACE/MACHINETYPE would get, validated."""
+    from cloudvac.auth.vmtokens import TokenSigner
+    from cloudvac.context.errors import RenderError
+    from cloudvac.context.userdata import ContextRenderer
+    from cloudvac.context.validate import schema_found, validate_user_data
+    from cloudvac.model.naming import machine_name
+
     loaded, found = _space_or_exit(config_dir, space)
     mt = found.machinetypes.get(machinetype)
     if mt is None or loaded.settings is None:
@@ -198,6 +227,8 @@ def render(space: str, machinetype: str, config_dir: ConfigDir = DEFAULT_CONFIG_
 
 
 def _secret(settings: Settings) -> bytes:
+    from cloudvac.auth.vmtokens import SecretFileError, load_or_create_secret
+
     try:
         return load_or_create_secret(settings.state_dir)
     except SecretFileError as exc:
@@ -242,6 +273,11 @@ def dirac_cs(space: str, config_dir: ConfigDir = DEFAULT_CONFIG_DIR,
 def _cs_text(space: Space, settings: Settings, instance: DiracInstance) -> str:
     """The CFG of ``space`` for ``instance``; problems finding sizes go to stderr, and a
     queue whose size cannot be told raises ``ValueError``."""
+    import asyncio
+
+    from cloudvac.context.diraccs import cs_text, host_identity
+    from cloudvac.engine.queuesizes import resolve_sizes
+
     mts = [mt for mt in space.machinetypes.values() if mt.dirac == instance.name]
     sizes, problems = asyncio.run(resolve_sizes(space, settings, mts))
     for problem in problems:
@@ -287,6 +323,8 @@ def simulate(scenario: Annotated[str, typer.Argument(help="A scenario file, or t
 
 
 def scenario_dir() -> Path:
+    from importlib import resources
+
     return Path(str(resources.files("cloudvac") / "examples" / "scenarios"))
 
 

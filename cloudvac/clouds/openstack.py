@@ -85,7 +85,8 @@ class OpenStackCloud:
         self.checkin: CheckinTokenSource | None = None
         self.discovery: SiteDiscovery | None = None
         if self.options.auth == "egi_checkin":
-            self.checkin = checkin_source(self.options, self._checkin_call)
+            self.checkin = checkin_source(self.options, self._checkin_call,
+                                          settings.state_dir)
             if self.options.auth_url is None or self.options.egi_project_id is None:
                 self.discovery = SiteDiscovery(self.options.egi_is_url,
                                                self.options.egi_gocdb_url,

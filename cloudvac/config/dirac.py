@@ -44,9 +44,11 @@ class DiracInstance(BaseModel):
                          "vanilla DIRAC.")
     version: str = Field("", description="DIRAC release the pilot installs; must equal the "
                          "VO's Operations Pilot/Version.")
-    command_extensions: list[str] = Field(default_factory=list)
+    command_extensions: list[str] = Field(default_factory=list, description="The pilot's "
+                                          "CommandExtensions (pilot.json), if any.")
     cvmfs_locations: list[str] = Field(
-        default_factory=lambda: ["/cvmfs/grid.cern.ch", "/cvmfs/dirac.egi.eu"])
+        default_factory=lambda: ["/cvmfs/grid.cern.ch", "/cvmfs/dirac.egi.eu"],
+        description="Where the pilot looks for DIRAC in CVMFS (--CVMFS_locations).")
     pilot_files_url: str = Field("file:/cvmfs/dirac.egi.eu/pilot", description="Where the VM "
                                  "gets dirac-pilot.py and friends (file: or https: URL).")
     ce_type: str = Field("VMCloud", description="CS CEType of our CEs (no SiteDirector can "

@@ -6,6 +6,14 @@ file, line, section and option.  A problem in one space never hides another spac
 problem in ``[settings]`` makes ``settings`` ``None`` (the daemon keeps its last good one).
 Values are never copied into messages, because some options hold secrets.
 
+Every problem in one run: each section is validated whatever its neighbours' state (a
+space whose OpenStack options or machinetypes are invalid is still checked, with a
+stand-in in their place; a section with a syntax error is still validated; secret files
+are checked from the option's text even when the model failed), and a model's
+cross-option rules are checked even when one of its options failed (``validation.py``).
+Unknown options are answered with VCycle's name for them first (``vcycle_names``).
+Warnings for valid configurations that would do nothing or harm: ``checks.py``.
+
 Files that lose their content.  A file that cannot be read (permissions, I/O error, not
 UTF-8) or holds nothing but blanks cannot say which spaces it defined, so the loader
 takes ``previous``, the ``LoadedConfig`` of the last load, whose ``sources`` (and
@@ -33,33 +41,36 @@ configparser does); it is reported as a warning in ``warnings``, never refused.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from pydantic import BaseModel, ValidationError
-
+from cloudvac.config.checks import (
+    MACHINETYPE_SECRETS,
+    OPENSTACK_SECRETS,
+    advice,
+    check_secrets,
+)
 from cloudvac.config.dirac import DiracInstance
 from cloudvac.config.diracsites import SITE_NAME_KEY, DiracSections, attach_dirac
 from cloudvac.config.ini import IniDocument, Issue, Location, Section, read_files
 from cloudvac.config.models import Machinetype, Settings, SimMachinetype, SimSpace, Space
 from cloudvac.config.openstack import OpenStackSpace
-from cloudvac.config.secrets import SecretError, check_secret_file
+from cloudvac.config.pipecache import expand_pipes
+from cloudvac.config.validation import PLACEHOLDER_KEYS, validate_model
+
+__all__ = ["DEFAULT_CONFIG_DIR", "LIST_OPTIONS", "MACHINETYPE_SECRETS", "OPENSTACK_SECRETS",
+           "PLACEHOLDER_KEYS", "SECTION_KINDS", "LoadedConfig", "build", "config_files",
+           "load_config_dir"]
 
 DEFAULT_CONFIG_DIR = Path("/etc/cloudvac.d")
-M = TypeVar("M", bound=BaseModel)
 LIST_OPTIONS = frozenset({"flavor_names", "sim_flavors", "sim_unschedulable_flavors",
                           "networks", "security_groups", "squid_proxies", "cvmfs_repositories",
                           "pilot_options", "configuration_servers", "command_extensions",
                           "cvmfs_locations"})
-PLACEHOLDER_KEYS = (("user_data_option_", "user_data_options"),
-                    ("user_data_file_", "user_data_files"))
-SECTION_KINDS = "[settings], [dirac NAME], [space NAME] and [machinetype SPACE NAME]"
-OPENSTACK_SECRETS = ("password_file", "application_credential_secret_file",
-                     "egi_checkin_client_secret_file", "egi_checkin_refresh_token_file")
-MACHINETYPE_SECRETS = ("host_key_file", "pilot_proxy_file")
+SECTION_KINDS = ("[settings], [dirac NAME], [space NAME], [machinetype SPACE NAME] and "
+                 "[vacuum_pipe SPACE PREFIX]")
 
 
 @dataclass(slots=True)
@@ -75,7 +86,8 @@ class LoadedConfig:
     dirac: dict[str, DiracInstance] = field(default_factory=dict)
     warnings: list[Issue] = field(default_factory=list)
     """Worth telling the operator, nothing refused (a section repeated across files, an
-    empty file that held nothing known)."""
+    empty file that held nothing known, a configuration that would do nothing or harm:
+    ``checks.py``)."""
     unreadable: list[Path] = field(default_factory=list)
     """Files that could not be read or decoded (each also an issue)."""
     empty: list[Path] = field(default_factory=list)
@@ -86,6 +98,9 @@ class LoadedConfig:
     broken by a lost file).  Pass this LoadedConfig as the next load's ``previous``."""
     settings_sources: frozenset[Path] = frozenset()
     """The files ``[settings]`` came from, likewise."""
+    sections: dict[tuple[str, ...], Section] = field(default_factory=dict)
+    """Every section read, by key (``("machinetype", SPACE, NAME)``): where its options are,
+    for checks made after loading (``cloudvac validate``'s trial renders)."""
 
     def issues_for(self, space: str) -> list[Issue]:
         return [i for i in self.issues if _space_of(i.section) == space]
@@ -124,6 +139,8 @@ def build(doc: IniDocument, previous: LoadedConfig | None = None) -> LoadedConfi
     result = LoadedConfig(settings=None, issues=list(doc.issues), files=list(doc.files),
                           warnings=list(doc.warnings), unreadable=list(doc.unreadable),
                           empty=list(doc.empty))
+    expand_pipes(doc, result.issues, result.warnings)  # [vacuum_pipe] -> [machinetype]
+    result.sections = dict(doc.sections)
     sections = _sort(doc, result.issues)
     result.settings = _settings(sections.settings, doc, result.issues)
     if sections.settings is not None:
@@ -134,17 +151,18 @@ def build(doc: IniDocument, previous: LoadedConfig | None = None) -> LoadedConfi
         if space_name not in sections.spaces:
             result.issues.extend(Issue(s.header, s.title, None, f"no [space {space_name}] "
                                        "section defines this space") for s in mts)
+            _machinetypes(space_name, mts, result.issues)  # their own errors, in this run
     for name, section in sections.spaces.items():
         mts = sections.machinetypes.get(name, [])
-        space = _space(name, section, mts, doc, result.issues)
-        if space is not None:
-            space = attach_dirac(space, section, mts, dirac, result.issues)
+        space = _space(name, section, mts, (doc, dirac, result.issues))
         if space is None:
             result.broken.add(name)
         else:
             result.spaces[name] = space
         result.sources[name] = frozenset(section.files.union(*(s.files for s in mts)))
     _lost_files(doc, previous, result)
+    result.warnings.extend(advice(result.settings, sections.settings, result.spaces,
+                                  doc.sections))
     return result
 
 
@@ -218,9 +236,9 @@ def _sort(doc: IniDocument, issues: list[Issue]) -> _Sections:
 def _dirac(sections: Mapping[str, Section], doc: IniDocument, issues: list[Issue]) -> DiracSections:
     instances: dict[str, DiracInstance] = {}
     for name, section in sections.items():
-        instance = None if _tainted([section], doc) else _validate(
-            DiracInstance, {"name": name, **_plain(section)}, section, None, issues)
-        if instance is not None:
+        instance = validate_model(DiracInstance, {"name": name, **_plain(section)}, section,
+                                  issues)
+        if instance is not None and not _tainted([section], doc):
             instances[name] = instance
     return DiracSections(instances, frozenset(sections) - frozenset(instances))
 
@@ -237,9 +255,8 @@ def _tainted(sections: Iterable[Section], doc: IniDocument) -> list[Issue]:
 def _settings(section: Section | None, doc: IniDocument, issues: list[Issue]) -> Settings | None:
     if section is None:
         return Settings()
-    if _tainted([section], doc):
-        return None
-    return _validate(Settings, _plain(section), section, None, issues)
+    settings = validate_model(Settings, _plain(section), section, issues)
+    return settings if not _tainted([section], doc) else None
 
 
 def _machinetypes(space: str, sections: list[Section],
@@ -255,71 +272,73 @@ def _machinetypes(space: str, sections: list[Section],
                 values[target] = {k[len(prefix):]: values.pop(k) for k in keys}
         data: dict[str, Any] = {"name": section.key[2], "space": space, **values}
         if sim:
-            data["sim"] = _validate(SimMachinetype, sim, section, "sim_", issues)
+            data["sim"] = validate_model(SimMachinetype, sim, section, issues, "sim_")
             ok = ok and data["sim"] is not None
-        mt = _validate(Machinetype, data, section, None, issues)
-        if mt is None or not _check_secret_files(mt, MACHINETYPE_SECRETS, section, issues):
+            data["sim"] = data["sim"] or SimMachinetype.model_construct()
+        mt = validate_model(Machinetype, data, section, issues)
+        private = check_secrets(section, MACHINETYPE_SECRETS, issues)
+        if mt is None or not private:
             ok = False
         else:
             machinetypes[mt.name] = mt
     return machinetypes, ok
 
 
-def _space_options(section: Section, issues: list[Issue]) -> dict[str, Any] | None:
-    """The space's own options with its cloud's (``openstack``, ``sim``) validated, or
-    None if those are invalid."""
+def _space_options(section: Section, issues: list[Issue]) -> tuple[dict[str, Any], bool]:
+    """The space's own options with its cloud's (``openstack``, ``sim``) validated, and
+    whether those were valid (if not, a stand-in takes their place, so that the space's
+    other options are checked in the same run)."""
     values, sim = _split_sim(section)
+    ok = True
     prefix, target = SITE_NAME_KEY
     names = [k for k in values if k.startswith(prefix)]
     if names:
         values[target] = {k[len(prefix):]: values.pop(k) for k in names}
-    if values.get("api") == "openstack":
+    if values.get("api") != "sim":  # openstack, or a wrong api that its error names
         cloud = {k: values.pop(k) for k in list(values) if k in OpenStackSpace.model_fields}
-        values["openstack"] = _validate(OpenStackSpace, cloud, section, None, issues)
-        if values["openstack"] is None:
-            return None
-    if sim:
-        if values.get("api") != "sim":
-            issues.append(Issue(section.header, section.title, None,
-                                "sim_* options are only valid with api = sim"))
-            return None
-        values["sim"] = _validate(SimSpace, sim, section, "sim_", issues)
-        if values["sim"] is None:
-            return None
-    return values
+        if values.get("api") == "openstack":
+            checked = validate_model(OpenStackSpace, cloud, section, issues)
+            ok = check_secrets(section, OPENSTACK_SECRETS, issues) and checked is not None
+            values["openstack"] = checked or OpenStackSpace.model_construct()
+    if sim and values.get("api") != "sim":
+        first = "sim_" + min(sim)
+        issues.append(Issue(section.where(first), section.title, first,
+                            "sim_* options are only valid with api = sim"))
+        ok = False
+    elif sim:
+        checked_sim = validate_model(SimSpace, sim, section, issues, "sim_")
+        ok = ok and checked_sim is not None
+        values["sim"] = checked_sim or SimSpace.model_construct()
+    return values, ok
 
 
-def _space(name: str, section: Section, mt_sections: list[Section], doc: IniDocument,
-           issues: list[Issue]) -> Space | None:
+def _space(name: str, section: Section, mt_sections: list[Section],
+           context: tuple[IniDocument, DiracSections, list[Issue]]) -> Space | None:
+    """The valid space, or None; every problem of the space and its machinetypes is in
+    ``issues`` either way (``context``: the document, its DIRAC instances, the issues)."""
+    doc, dirac, issues = context
     machinetypes, ok = _machinetypes(name, mt_sections, issues)
-    ok = ok and not _tainted([section, *mt_sections], doc)
-    values = _space_options(section, issues)
-    if values is None:
-        return None
-    if not ok and not machinetypes:
-        return None  # no "needs a machinetype" message: their own errors say why
-    space = _validate(Space, {"name": name, **values, "machinetypes": machinetypes}, section,
-                      None, issues)
-    if space is not None and space.openstack is not None:
-        ok = _check_secret_files(space.openstack, OPENSTACK_SECRETS, section, issues) and ok
-    return space if ok else None
+    values, cloud_ok = _space_options(section, issues)
+    ok = ok and cloud_ok and not _tainted([section, *mt_sections], doc)
+    every = {**{s.key[2]: _stand_in(name, s) for s in mt_sections}, **machinetypes}
+    space = validate_model(Space, {"name": name, **values, "machinetypes": every}, section,
+                           issues)
+    if space is None:  # the DIRAC references are still checked, in this run
+        space = Space.model_construct(name=name, api="sim", site_name=values.get("site_name"),
+                                      site_names=values.get("site_names", {}))
+        ok = False
+    space = attach_dirac(space.model_copy(update={"machinetypes": every}), section,
+                         mt_sections, dirac, issues)
+    return space if ok and space is not None else None
 
 
-def _check_secret_files(options: BaseModel, names: Iterable[str], section: Section,
-                        issues: list[Issue]) -> bool:
-    """Secret files must exist and be private now, not at the first cloud call or the
-    first machine's user_data."""
-    good = True
-    for option in names:
-        path = getattr(options, option)
-        if path is None:
-            continue
-        try:
-            check_secret_file(path, option)
-        except SecretError as exc:
-            issues.append(Issue(section.where(option), section.title, option, str(exc)))
-            good = False
-    return good
+def _stand_in(space: str, section: Section) -> Machinetype:
+    """An invalid machinetype's place in its space's own checks: its flavors and its DIRAC
+    instance count (a valid space holds only valid machinetypes: no stand-in remains)."""
+    flavors, dirac = section.values.get("flavor_names"), section.values.get("dirac")
+    return Machinetype.model_construct(
+        name=section.key[2], space=space, dirac=dirac[0] if dirac is not None else None,
+        flavor_names=_value("flavor_names", flavors[0]) if flavors is not None else [])
 
 
 def _plain(section: Section) -> dict[str, Any]:
@@ -337,37 +356,6 @@ def _value(option: str, raw: str) -> Any:
     if option in LIST_OPTIONS:
         return [item for item in raw.replace(",", " ").split() if item]
     return raw
-
-
-def _validate(model: type[M], data: Mapping[str, Any], section: Section,
-              prefix: str | None, issues: list[Issue]) -> M | None:
-    try:
-        return model.model_validate(dict(data))
-    except ValidationError as exc:
-        for error in exc.errors(include_input=False, include_url=False):
-            issues.append(_issue(model, error, section, prefix or ""))
-        return None
-
-
-def _issue(model: type[BaseModel], error: Any, section: Section, prefix: str) -> Issue:
-    loc = [str(part) for part in error["loc"]]
-    option = prefix + loc[0] if loc and loc[0] in model.model_fields else None
-    placeholder = {target: key for key, target in (*PLACEHOLDER_KEYS, SITE_NAME_KEY)}
-    if loc and loc[0] in placeholder:
-        option = placeholder[loc[0]] + loc[1] if len(loc) > 1 else None
-    message = str(error["msg"])
-    if error["type"] == "extra_forbidden" and loc:
-        option = prefix + loc[0]
-        known = [prefix + f for f in model.model_fields if f not in ("name", "space")]
-        close = difflib.get_close_matches(option, known, n=1)
-        message = "unknown option" + (f"; did you mean '{close[0]}'?" if close else "")
-    elif error["type"] == "missing" and option:
-        message = "required option is missing"
-    if message.startswith("Value error, "):
-        message = message[len("Value error, "):]
-    if option in ("name", "space"):
-        option = None
-    return Issue(section.where(option), section.title, option, message)
 
 
 def _space_of(section: str | None) -> str | None:

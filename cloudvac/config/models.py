@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from cloudvac.config.dirac import DiracInstance
 from cloudvac.config.openstack import OpenStackSpace
+from cloudvac.config.paths import AbsolutePath, Template
 from cloudvac.config.proxies import normalize_proxy_list
 from cloudvac.model.layout import FILE_NAME, SHUTDOWN_FILE
 from cloudvac.model.naming import MACHINETYPE_NAME, SPACE_NAME
@@ -125,7 +126,7 @@ class SimSpace(_Model):
 
     quota_processors: int | None = Field(None, ge=0, description="Cores the simulated project "
                                          "may use (its Nova quota); unlimited if unset.")
-    quota_instances: int | None = Field(None, ge=0)
+    quota_instances: int | None = Field(None, ge=0, description="Servers it may hold.")
     boot_seconds: float = Field(5.0, ge=0, description="Mean time from create to running.")
     failure_rate: float = Field(0.0, ge=0, le=1, description="Fraction of creates that end in "
                                 "the failed state (cloud ERROR).")
@@ -142,11 +143,11 @@ class SimSpace(_Model):
     @field_validator("flavors")
     @classmethod
     def _flavors(cls, value: list[str]) -> list[str]:
-        for entry in value:
+        for number, entry in enumerate(value, start=1):
             parts = entry.split(":")
             if len(parts) != 3 or not parts[0] or not parts[1].isdigit() \
                     or not parts[2].isdigit() or int(parts[1]) < 1:
-                raise ValueError(f"flavor {entry!r} is not NAME:VCPUS:RAM_MB")
+                raise ValueError(f"flavor {number} is not NAME:VCPUS:RAM_MB")
         return value
 
 
@@ -182,10 +183,12 @@ class Machinetype(_Model):
     root_image: str | None = Field(None, description="Image name or id to boot.")
     image_family: ImageFamily = Field("el9", description="What root_image is: el9 (default), "
                                       "el8 (stock EL cloud images) or cernvm4 (legacy).")
-    user_data: str | None = Field(None, description="user_data template: builtin:NAME or a path.")
+    user_data: Template | None = Field(None, description="user_data template: builtin:NAME "
+                                       "or a path.")
     hs06_per_processor: float | None = Field(None, gt=0, description="Benchmark per processor; "
                                              "weights shares, MJF and accounting.")
-    mb_per_processor: int = Field(2048, ge=1)
+    mb_per_processor: int = Field(2048, ge=1, description="MB per processor: MJF's max_rss_bytes; "
+                                  "dirac-cs's MaxRAM when the flavor's RAM is unknown.")
     max_wallclock_seconds: Seconds = Field(86400, description="Delete running machines older "
                                            "than this.")
     max_starting_seconds: Seconds | None = Field(None, description="Delete machines starting "
@@ -219,9 +222,8 @@ class Machinetype(_Model):
                                                "(and squid discovery) show VMs that "
                                                "heartbeated within this; default "
                                                "heartbeat_seconds, else 3600.")
-    shutdown_time: float | None = Field(None, description="Unix time: no creations after it, "
-                                        "running machines deleted once it passes.")
-    accounting_fqan: str | None = None
+    shutdown_time: float | None = Field(None, description="Unix time: no new machines after "
+                                        "it; running ones carry on (VCycle's meaning).")
     dirac: str | None = Field(None, description="The [dirac NAME] instance its pilots "
                               "report to.")
     host_cert_file: Path | None = Field(None, description="Host certificate (PEM) for the "
@@ -238,7 +240,7 @@ class Machinetype(_Model):
     user_data_options: dict[str, str] = Field(default_factory=dict, description="From "
                                               "user_data_option_X: replaces "
                                               "##user_data_option_X## in templates.")
-    user_data_files: dict[str, Path] = Field(default_factory=dict, description="From "
+    user_data_files: dict[str, AbsolutePath] = Field(default_factory=dict, description="From "
                                              "user_data_file_X: file contents for "
                                              "##user_data_option_X## / ##user_data_file_X##.")
     sim: SimMachinetype | None = None
@@ -248,7 +250,8 @@ class Machinetype(_Model):
     def _pilot_options(cls, value: list[str]) -> list[str]:
         bad = [v for v in value if not re.match(r"^/[A-Za-z0-9_/]+=\S+$", v)]
         if bad:
-            raise ValueError(f"pilot options are /Path=value, got {bad[0]!r}")
+            raise ValueError(f"pilot options are /Path=value; option {value.index(bad[0]) + 1} "
+                             "is not")
         return value
 
     @field_validator("user_data_options", "user_data_files")
@@ -330,7 +333,8 @@ class Space(_Model):
     creation_burst_processors: int | None = Field(
         None, ge=1, description="Processors created per cycle at most; default 10% of "
         "processors_limit (at least one machine).")
-    flavor_names: list[str] = Field(default_factory=list)
+    flavor_names: list[str] = Field(default_factory=list, description="Candidate flavors of "
+                                    "machinetypes that give none of their own.")
     max_starting_seconds: Seconds = Field(3600, description="Default for machinetypes.")
     delete_retry_seconds: Seconds = Field(300, description="Wait before repeating a delete "
                                           "that did not take effect.")
@@ -340,7 +344,8 @@ class Space(_Model):
                                           "no room for any machine and this space's own "
                                           "usage is unchanged, read the quota (OpenStack "
                                           "/limits) again only this often; 0: every cycle.")
-    shutdown_time: float | None = Field(None, description="Drain the whole space at this time.")
+    shutdown_time: float | None = Field(None, description="Unix time: no new machines after "
+                                        "it; running ones carry on (VCycle's meaning).")
     site_name: str | None = Field(None, description="<Site>.<cc> (GOCDB name and country), "
                                   "e.g. RECAS-NAPOLI.it: DIRAC sites are <prefix>.<site_name> "
                                   "in every [dirac] without a site_name_<dirac>.")

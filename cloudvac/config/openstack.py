@@ -42,48 +42,82 @@ class OpenStackSpace(BaseModel):
                                  "discovered from egi_site if unset).")
     egi_checkin_url: str = Field("https://aai.egi.eu/auth/realms/egi", pattern=r"^https?://\S+$",
                                  description="Check-in issuer (OIDC discovery is read from it).")
-    egi_checkin_client_id: str | None = None
-    egi_checkin_client_secret_file: Path | None = None
-    egi_checkin_client_secret_env: str | None = Field(None, pattern=ENV_NAME)
+    egi_checkin_client_id: str | None = Field(None, description="cloudvac's OIDC client id at "
+                                              "Check-in (the service account, or the client "
+                                              "that obtained the refresh token).")
+    egi_checkin_client_secret_file: Path | None = Field(None, description="File (mode 0600) "
+                                                        "holding the client secret; needed "
+                                                        "by client_credentials, optional "
+                                                        "for a public client with a "
+                                                        "refresh token.")
+    egi_checkin_client_secret_env: str | None = Field(None, pattern=ENV_NAME, description=""
+                                                      "Environment variable holding the "
+                                                      "client secret.")
     egi_checkin_refresh_token_file: Path | None = Field(None, description="Refresh token file "
-                                                        "(0600); rewritten when the provider "
-                                                        "rotates the token.")
-    egi_checkin_refresh_token_env: str | None = Field(None, pattern=ENV_NAME)
+                                                        "(0600), never written: a token the "
+                                                        "provider rotates is kept in "
+                                                        "state_dir/checkin/ and used while "
+                                                        "this file holds the one it replaced.")
+    egi_checkin_refresh_token_env: str | None = Field(None, pattern=ENV_NAME, description=""
+                                                      "Environment variable holding the "
+                                                      "refresh token (a rotated one is then "
+                                                      "kept in memory only).")
     egi_checkin_grant: Literal["refresh_token", "client_credentials"] | None = Field(
         None, description="Default: refresh_token if a refresh token is configured, else "
         "client_credentials (a Check-in service account, recommended for daemons).")
-    egi_checkin_scope: str = "openid profile eduperson_entitlement"
+    egi_checkin_scope: str = Field("openid profile eduperson_entitlement", description="Scopes "
+                                   "asked of Check-in; the site maps the token's "
+                                   "eduperson_entitlement to its project.")
     egi_project_id: str | None = Field(None, description="Keystone project of the VO at the "
                                        "site (discovered from the EGI IS if unset).")
     egi_site: str | None = Field(None, description="GOCDB site name, for discovery.")
-    egi_vo: str | None = None
-    egi_identity_provider: str = "egi.eu"
+    egi_vo: str | None = Field(None, description="VO whose project at egi_site is discovered, "
+                               "and whose vm_operator entitlement a refused token is checked "
+                               "for.")
+    egi_identity_provider: str = Field("egi.eu", description="Keystone identity provider id "
+                                       "of Check-in at the site.")
     egi_protocol: str = Field("openid", description="Keystone federation protocol ('oidc' at "
                               "some sites).")
     egi_is_url: str = Field("https://is.cloud.egi.eu", description="EGI information system.")
     egi_gocdb_url: str = Field("https://goc.egi.eu/gocdbpi/public/", description="GOCDB PI.")
     egi_checkin_client_secret: str | None = Field(None, exclude=True, repr=False)
     egi_checkin_refresh_token: str | None = Field(None, exclude=True, repr=False)
-    region_name: str | None = None
-    interface: Literal["public", "internal", "admin"] = "public"
-    username: str | None = None
-    user_domain_name: str = "Default"
+    region_name: str | None = Field(None, description="Region of the service catalog to use "
+                                    "(when the cloud has several).")
+    interface: Literal["public", "internal", "admin"] = Field(
+        "public", description="Endpoint interface of the service catalog to use.")
+    username: str | None = Field(None, description="Keystone user (auth = password, or with "
+                                 "application_credential_name).")
+    user_domain_name: str = Field("Default", description="Domain of username.")
     password_file: Path | None = Field(None, description="File (mode 0600) holding the "
                                        "password.")
     password_env: str | None = Field(None, pattern=ENV_NAME, description="Environment "
                                      "variable holding the password.")
-    project_name: str | None = None
-    project_id: str | None = None
-    project_domain_name: str = "Default"
-    application_credential_id: str | None = None
-    application_credential_name: str | None = None
-    application_credential_secret_file: Path | None = None
-    application_credential_secret_env: str | None = Field(None, pattern=ENV_NAME)
+    project_name: str | None = Field(None, description="Project to scope to (auth = "
+                                     "password); or project_id.")
+    project_id: str | None = Field(None, description="Project id to scope to (auth = "
+                                   "password), instead of project_name.")
+    project_domain_name: str = Field("Default", description="Domain of project_name.")
+    application_credential_id: str | None = Field(None, description="Application credential "
+                                                  "id (auth = application_credential).")
+    application_credential_name: str | None = Field(None, description="Application "
+                                                    "credential name, with username, "
+                                                    "instead of its id.")
+    application_credential_secret_file: Path | None = Field(None, description="File (mode "
+                                                            "0600) holding the application "
+                                                            "credential's secret.")
+    application_credential_secret_env: str | None = Field(None, pattern=ENV_NAME,
+                                                          description="Environment variable "
+                                                          "holding the application "
+                                                          "credential's secret.")
     networks: list[str] = Field(default_factory=lambda: ["auto"], description="'auto', "
                                 "'none' or network ids.")
-    security_groups: list[str] = Field(default_factory=list)
-    key_name: str | None = None
-    availability_zone: str | None = None
+    security_groups: list[str] = Field(default_factory=list, description="Security groups "
+                                       "(names) of every new server; none given: Nova's "
+                                       "default.")
+    key_name: str | None = Field(None, description="Nova key pair given to every new server.")
+    availability_zone: str | None = Field(None, description="Availability zone of every new "
+                                          "server; unset: Nova chooses.")
     boot_volume_gb: int = Field(0, ge=0, description="Boot from a new volume of this size "
                                 "(deleted with the server); 0 boots from the image.")
     ca_file: Path | None = Field(None, description="CA bundle for the cloud's TLS.")
@@ -106,6 +140,14 @@ class OpenStackSpace(BaseModel):
             raise ValueError(f"inline secrets are refused; use {INLINE_SECRETS[name]}")
         return None
 
+    @field_validator("auth_url")
+    @classmethod
+    def _keystone_v3(cls, value: str | None) -> str | None:
+        if value is not None and re.search(r"/v2(\.\d+)?/?$", value):
+            raise ValueError("a Keystone v2 URL (ending in /v2.0, as VCycle's url often did): "
+                             "cloudvac speaks Keystone v3 only; end it in /v3 instead")
+        return value
+
     @field_validator("networks")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
@@ -122,9 +164,9 @@ class OpenStackSpace(BaseModel):
 
     @model_validator(mode="after")
     def _credentials(self) -> OpenStackSpace:
-        if self.auth != "egi_checkin" and self.auth_url is None:
-            raise ValueError(f"auth = {self.auth} needs auth_url")
         missing = [what for present, what in self._requirements() if not present]
+        if self.auth != "egi_checkin" and self.auth_url is None:
+            missing.insert(0, "auth_url")  # with the rest: all in one message
         if missing:
             raise ValueError(f"auth = {self.auth} needs {', '.join(missing)}")
         return self

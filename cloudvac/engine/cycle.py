@@ -117,6 +117,9 @@ class SpaceCycle:
         observation = replace(observation, blocked_flavors=pressure.blocked_flavors(tick),
                               stopped=pressure.breaker(tick))
         history = await asyncio.to_thread(store.history, space.name)
+        room = self.reader.new_room()
+        if room is not None:  # for status: foreign usage leaving no room is told there
+            await asyncio.to_thread(store.set_room, space.name, room)
         observation = await self.reader.settle_intents(observation, history, now)
         decision = decide(space, observation, history, now)
         opened = self._note_starts(space, observation, decision.starts, now, tick)

@@ -9,6 +9,9 @@ Contract:
   reported; its task carries on at the next period.  Nothing a cloud does can stop the
   daemon or delay another space.
 * ``stop()`` (SIGTERM) lets cycles in progress finish within their deadline, then returns.
+* ``reread()`` (SIGHUP, ``systemctl reload``) re-reads the configuration at once instead
+  of at the end of the period, logs that it did, and wakes the spaces whose configuration
+  changed (a wake: their next cycle comes forward, no cycle is added).
 * With ``cycles=N`` each space runs N cycles and ``run()`` returns (demo, tests).
 * ``wake(space)`` (a VM's shutdown message; also after a cycle that deleted machines)
   brings the space's next cycle forward to ``wake_seconds`` from now.  The early cycle
@@ -35,6 +38,7 @@ from cloudvac.clouds.factory import CloudFactory
 from cloudvac.config import LoadedConfig, Settings, Space, load_config_dir
 from cloudvac.context.userdata import check_space
 from cloudvac.engine.cycle import CycleReport, SpaceCycle
+from cloudvac.engine.pipes import PipeFetcher
 from cloudvac.engine.tools import CycleTools
 from cloudvac.model.errors import CloudError
 from cloudvac.model.records import Event
@@ -51,10 +55,13 @@ class ConfigSource:
 
     directory: Path
     overrides: Mapping[str, Any] = field(default_factory=dict)
+    pipes: PipeFetcher = field(default_factory=PipeFetcher, compare=False, repr=False)
+    """Fetches the [vacuum_pipe] documents into the cache the loader reads."""
 
     def load(self, previous: LoadedConfig | None = None) -> LoadedConfig:
         """The configuration now; ``previous`` (the last load) lets the loader tell a file
         that became unreadable or empty from a space the operator removed."""
+        self.pipes.poll(self.directory)  # starts due fetches; never waits long
         loaded = load_config_dir(self.directory, previous)
         if loaded.settings is not None and self.overrides:
             loaded.settings = loaded.settings.model_copy(update=dict(self.overrides))
@@ -80,6 +87,7 @@ class Daemon:
         self.spaces: dict[str, SpaceState] = {}
         self.last_load: LoadedConfig | None = None
         self._stop = asyncio.Event()
+        self._reread = asyncio.Event()
         self._cycles: int | None = None
 
     def current_spaces(self) -> dict[str, Space]:
@@ -88,6 +96,10 @@ class Daemon:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def reread(self) -> None:
+        """Re-read the configuration now (SIGHUP).  Called from the event loop."""
+        self._reread.set()
 
     def wake(self, space: str) -> None:
         """Bring ``space``'s next cycle forward to ``wake_seconds`` from now (if its next
@@ -102,21 +114,47 @@ class Daemon:
         gc.set_threshold(50_000, 20, 100)
         self._cycles = cycles
         try:
+            asked = False
             while not self._stop.is_set():
-                self.reload()
+                before = self.current_spaces()
+                loaded = self.reload()
+                if asked:
+                    self._reread_done(loaded, before)
                 if cycles is not None and self.spaces and all(
                         s.task is not None and s.task.done() for s in self.spaces.values()):
                     break
                 if cycles is not None and not self.spaces:
                     break
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), self.settings.cycle_seconds)
+                asked = await self._pause()
         finally:
             self._stop.set()
             tasks = [s.task for s in self.spaces.values() if s.task is not None]
             await asyncio.gather(*tasks, return_exceptions=True)
             for name in list(self.spaces):
                 await self.clouds.forget(name)
+
+    async def _pause(self) -> bool:
+        """Wait one period, or less for the stop or a re-read; True if a re-read was asked."""
+        waits = {asyncio.ensure_future(self._stop.wait()),
+                 asyncio.ensure_future(self._reread.wait())}
+        _, pending = await asyncio.wait(waits, timeout=self.settings.cycle_seconds,
+                                        return_when=asyncio.FIRST_COMPLETED)
+        for waiter in pending:
+            waiter.cancel()
+        asked = self._reread.is_set()
+        self._reread.clear()
+        return asked
+
+    def _reread_done(self, loaded: LoadedConfig, before: Mapping[str, Space]) -> None:
+        """Say what a SIGHUP re-read found; wake the spaces whose configuration changed."""
+        changed = sorted(name for name, state in self.spaces.items()
+                         if before.get(name) != state.config)
+        log.info("space=- machinetype=- machine=- SIGHUP: configuration re-read from %s: %d "
+                 "spaces in force, %d invalid, %d problems; changed: %s",
+                 self.config.directory, len(self.spaces), len(loaded.broken),
+                 len(loaded.issues), ", ".join(changed) or "none")
+        for name in changed:
+            self.wake(name)
 
     def reload(self) -> LoadedConfig:
         """Re-read the configuration; start, update or stop space tasks accordingly."""

@@ -4,7 +4,9 @@ One listing every cycle; flavors from the adapter (which caches its flavor list)
 cloud's limits only when they can matter (``CloudReader.limits``); and, for intents an
 earlier incarnation left behind, a direct lookup by name (``CloudReader.settle_intents``).
 Holds the engine's own caches: the last quota answer that left no room, and the intents
-already looked up.
+already looked up.  Each read of the limits also tells what the quota leaves this space
+once usage by servers cloudvac does not own is counted (``ProjectRoom``); the cycle
+records it when it changed, for ``cloudvac status``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from cloudvac.config.models import Space
 from cloudvac.engine.planner import Observation
 from cloudvac.model.cloud import Cloud, Flavor, Limits, ObservedMachine
 from cloudvac.model.errors import Misconfigured
-from cloudvac.model.records import Event, SpaceHistory
+from cloudvac.model.records import Event, ProjectRoom, SpaceHistory
 from cloudvac.model.states import MachineState
 
 #: An intent left by an earlier incarnation is looked up once it is this old: by then a
@@ -42,6 +44,14 @@ class CloudReader:
         self.cloud, self.born = cloud, born
         self._full: _FullQuota | None = None
         self._looked_up: set[str] = set()
+        self._room: ProjectRoom | None = None
+        self._room_new = False
+
+    def new_room(self) -> ProjectRoom | None:
+        """What the quota leaves beside foreign usage, when the last read of the limits
+        changed it since the previous call (else None)."""
+        room, self._room_new = (self._room if self._room_new else None), False
+        return room
 
     async def settle_intents(self, observation: Observation, history: SpaceHistory,
                              now: float) -> Observation:
@@ -72,7 +82,7 @@ class CloudReader:
         ``tick`` is the monotonic clock, for the quota re-read interval."""
         machines = await self.cloud.list_machines()
         flavors, events = await self._flavors(space, now)
-        limits = await self.limits(space, machines, flavors, tick)
+        limits = await self.limits(space, machines, flavors, tick, now)
         return Observation(machines, limits, flavors), events
 
     async def _flavors(self, space: Space,
@@ -90,7 +100,7 @@ class CloudReader:
         return found, tuple(events)
 
     async def limits(self, space: Space, machines: Sequence[ObservedMachine],
-                     flavors: Mapping[str, Flavor], tick: float) -> Limits:
+                     flavors: Mapping[str, Flavor], tick: float, now: float = 0.0) -> Limits:
         """The cloud's free capacity, read only when it can matter (each read is one
         request per cycle, the largest share of a full space's API traffic):
 
@@ -113,4 +123,16 @@ class CloudReader:
         limits = await self.cloud.limits()
         room = any(limits.fits(f) for f in flavors.values())
         self._full = None if room else _FullQuota(tick, ours, limits)
+        self._note_room(limits, ours, flavors, now)
         return limits
+
+    def _note_room(self, limits: Limits, ours: tuple[int, int], flavors: Mapping[str, Flavor],
+                   now: float) -> None:
+        free_p, free_i = limits.free_processors, limits.free_instances
+        room = ProjectRoom(
+            now, limits.foreign_processors,
+            None if free_p is None else free_p + ours[0],
+            None if free_i is None else free_i + ours[1],
+            min((f.processors for f in flavors.values()), default=0))
+        if self._room is None or replace(self._room, at=now) != room:
+            self._room, self._room_new = room, True

@@ -5,7 +5,12 @@ planner is table-tested.  It returns decisions only (what to delete and why, wha
 create) and a status per machinetype; what those decisions make of the machines' records
 is ``lifecycle``'s, and recording them is the cycle's.  It decides
 
-* deletions, by the rule table in ``rules.py``;
+* deletions, by the rule table in ``rules.py``; machines of a drain whose grace has passed
+  at most ``DRAIN_SHARE`` of the space's machines per cycle (at least
+  ``DRAIN_MIN_PER_CYCLE``), in listing order: a drain empties a space over a few cycles,
+  never in one burst of deletes (what the cloud would take as an incident, and what an
+  operator's mistaken drain would cost), while a machine's own reasons (ended, failed,
+  wallclock, heartbeat, an operator's kill) are never held back;
 * creations, by HS06-weighted target shares: repeatedly pick, among the machinetypes that
   may start a machine now, the one with the lowest ``weight / target_share`` (weight =
   HS06 if the machinetype has ``hs06_per_processor``, else processors; the same weight for
@@ -21,7 +26,8 @@ Machines being deleted still hold quota, so they count against limits but not sh
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from cloudvac.config.models import Machinetype, Space
@@ -29,11 +35,16 @@ from cloudvac.engine.lifecycle import Deletion, aborts_of, delete
 from cloudvac.engine.reconcile import MachineView, Reconciled
 from cloudvac.engine.rules import RuleContext, deletion_rule
 from cloudvac.model.cloud import Flavor, Limits, ObservedMachine
-from cloudvac.model.records import SpaceHistory
+from cloudvac.model.records import Drain, SpaceHistory
 from cloudvac.model.shares import shares
 from cloudvac.model.states import FINISHED, STARTING, MachineState
 
 PROBING = "probing after backoff: one machine until it passes fizzle_seconds"
+#: Deletions by a passed drain per cycle: this share of the space's machines (rounded up),
+#: and at least DRAIN_MIN_PER_CYCLE.  10 % is the usual anchor for voluntary disruption
+#: (a drain of 1,000 machines whose pilots did not end by themselves takes ~30 cycles).
+DRAIN_SHARE = 0.1
+DRAIN_MIN_PER_CYCLE = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +117,7 @@ class _Inputs:
 
 def plan(space: Space, observation: Observation, reconciled: Reconciled,
          history: SpaceHistory, now: float) -> Plan:
-    deletes, live = _deletions(space, reconciled.views, history.drained, now)
+    deletes, live = _deletions(space, reconciled.views, history.drains, now)
     last_abort = dict(history.last_abort)
     for name, at in aborts_of([*reconciled.aborts, *(d.abort for d in deletes)]).items():
         last_abort[name] = max(last_abort.get(name, at), at)
@@ -118,12 +129,13 @@ def plan(space: Space, observation: Observation, reconciled: Reconciled,
     return Plan(tuple(creates), tuple(deletes), _status(inputs, tallies, blocked))
 
 
-def _deletions(space: Space, views: Iterable[MachineView], drained: frozenset[str],
+def _deletions(space: Space, views: Sequence[MachineView], drains: Mapping[str, Drain],
                now: float) -> tuple[list[Deletion], list[MachineView]]:
     """Choose deletions; return them and the machines that still hold capacity."""
     deletes: list[Deletion] = []
     kept: list[MachineView] = []
     retry, machinetypes = space.delete_retry_seconds, space.machinetypes
+    drain_budget = max(DRAIN_MIN_PER_CYCLE, math.ceil(DRAIN_SHARE * len(views)))
     for view in views:
         record = view.record
         requested = record.delete_requested_at
@@ -131,8 +143,12 @@ def _deletions(space: Space, views: Iterable[MachineView], drained: frozenset[st
                 requested is not None and now - requested < retry):
             kept.append(view)
             continue
-        ctx = RuleContext(space, machinetypes.get(record.machinetype), record, now, drained)
+        ctx = RuleContext(space, machinetypes.get(record.machinetype), record, now, drains)
         rule = deletion_rule(ctx)
+        if rule is not None and rule.name == "drained":
+            drain_budget -= 1
+            if drain_budget < 0:
+                rule = None  # this cycle's share of drain deletions is used
         if rule is None:
             kept.append(view)
             continue
@@ -249,7 +265,7 @@ def _closed(inputs: _Inputs, mt: Machinetype, tally: _Tally) -> str:
     """Why ``mt`` may not create at all this cycle, or ""."""
     space, history, now = inputs.space, inputs.history, inputs.now
     abort = inputs.last_abort.get(mt.name)
-    if "*" in history.drained:
+    if "*" in history.drains:
         return "space drained"
     if inputs.observation.stopped:
         return inputs.observation.stopped
@@ -257,7 +273,7 @@ def _closed(inputs: _Inputs, mt: Machinetype, tally: _Tally) -> str:
         return "space shutdown_time passed"
     if mt.target_share <= 0:
         return "target_share is 0"
-    if mt.name in history.drained:
+    if mt.name in history.drains:
         return "drained"
     if mt.shutdown_time is not None and now >= mt.shutdown_time:
         return "shutdown_time passed"

@@ -4,21 +4,28 @@ Each rule is a predicate over a ``RuleContext``, the message recorded when the V
 none, and the machine states it can fire in.  Reading the table top to bottom is reading
 the lifecycle policy.  Machines already being deleted (cloud ``deleting``, or our delete
 still within ``delete_retry_seconds``) are filtered out before the table is consulted.
+
+Operators: ``cloudvac kill`` deletes one machine at the next cycle; a drain deletes the
+drained machines only once its grace has passed (``Drain.deadline``), and only after every
+rule about the machine's own health had its say, so a machine that ended by itself, or
+that broke, is cleaned under its own reason.  A passed ``shutdown_time`` deletes nothing
+(VCycle's meaning: no new machines after it); running machines end at their
+``max_wallclock_seconds`` as always.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from cloudvac.config.models import Machinetype, Space
-from cloudvac.model.records import MachineRecord
+from cloudvac.model.records import Drain, MachineRecord, drain_deadline
 from cloudvac.model.states import (
     DRAINED,
     EXCEEDED_WALLCLOCK,
     FAILED_TO_START,
     HEARTBEAT_LOST,
-    PASSED_SHUTDOWNTIME,
+    MAX_MESSAGE_TEXT,
     UNEXPECTED_STATE,
     MachineState,
     ShutdownMessage,
@@ -36,7 +43,7 @@ class RuleContext:
     mt: Machinetype | None
     record: MachineRecord
     now: float
-    drained: frozenset[str]
+    drains: Mapping[str, Drain]
 
     @property
     def age(self) -> float:
@@ -73,17 +80,16 @@ def _always(_: RuleContext) -> bool:
     return True
 
 
-def _draining(c: RuleContext) -> bool:
-    names = c.drained
-    return bool(names) and ("*" in names or c.record.machinetype in names)
+def _drained(c: RuleContext) -> bool:
+    """Drained, and its grace has passed."""
+    if not c.drains:
+        return False
+    deadline = drain_deadline(c.drains, c.record.machinetype)
+    return deadline is not None and c.now >= deadline
 
 
-def _past_shutdown_time(c: RuleContext) -> bool:
-    at = c.space.shutdown_time
-    if at is not None and c.now >= at:
-        return True
-    at = c.mt.shutdown_time if c.mt is not None else None
-    return at is not None and c.now >= at
+def _killed(c: RuleContext) -> bool:
+    return c.record.kill_requested_at is not None
 
 
 def _starting_too_long(c: RuleContext) -> bool:
@@ -130,6 +136,11 @@ def _fixed(message: ShutdownMessage) -> Callable[[RuleContext], ShutdownMessage 
     return lambda _: message
 
 
+def _kill_message(ctx: RuleContext) -> ShutdownMessage:
+    reason = f": {ctx.record.kill_reason}" if ctx.record.kill_reason else ""
+    return ShutdownMessage(100, f"Killed by operator{reason}"[:MAX_MESSAGE_TEXT])
+
+
 def _failed_message(ctx: RuleContext) -> ShutdownMessage:
     fault = f": {ctx.record.fault}" if ctx.record.fault else ""
     return ShutdownMessage(700, f"Failed to boot{fault}"[:200])
@@ -138,13 +149,14 @@ def _failed_message(ctx: RuleContext) -> ShutdownMessage:
 RULES: tuple[Rule, ...] = (
     Rule("stopped", _always, _none, frozenset({S.STOPPED})),
     Rule("failed", _always, _failed_message, frozenset({S.FAILED})),
-    Rule("drained", _draining, _fixed(DRAINED)),
-    Rule("shutdown_time", _past_shutdown_time, _fixed(PASSED_SHUTDOWNTIME)),
+    Rule("killed", _killed, _kill_message),
     Rule("starting_too_long", _starting_too_long, _fixed(FAILED_TO_START),
          frozenset({S.STARTING})),
     Rule("wallclock", _wallclock, _fixed(EXCEEDED_WALLCLOCK), frozenset({S.RUNNING})),
     Rule("heartbeat", _heartbeat_stale, _fixed(HEARTBEAT_LOST), frozenset({S.RUNNING})),
     Rule("unknown_state", _unknown_too_long, _fixed(UNEXPECTED_STATE), frozenset({S.UNKNOWN})),
+    # the planner deletes at most DRAIN_SHARE of a space's machines per cycle by this rule
+    Rule("drained", _drained, _fixed(DRAINED)),
 )
 
 # The table, in its order, restricted to each state's rules: derived here, never written

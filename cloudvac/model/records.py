@@ -54,6 +54,11 @@ class MachineRecord:
     overwritten (``shutdown_at`` also dates cloudvac's own reasons)."""
     user_data_at: float | None = None
     """When the web side first served the machine's user_data."""
+    kill_requested_at: float | None = None
+    """When an operator asked for this machine's deletion (``cloudvac kill``): the engine
+    deletes it at its next cycle."""
+    kill_reason: str | None = None
+    """The operator's reason for the kill, recorded in the machine's events."""
 
     @property
     def ended_at(self) -> float | None:
@@ -80,10 +85,72 @@ KEY_FIELDS: tuple[str, ...] = ("space", "name")
 #: cloudvac's own reason for ending a machine is stored when the VM has sent none.
 VM_FIELDS: frozenset[str] = frozenset({"heartbeat_at", "shutdown", "shutdown_at",
                                         "reported_at", "user_data_at"})
-#: Written by the engine: every field that is neither key nor the VM's.
+#: Written by an operator's command only (``cloudvac kill``); the engine reads them.
+OPERATOR_FIELDS: frozenset[str] = frozenset({"kill_requested_at", "kill_reason"})
+#: Written by the engine: every field that is neither key nor the VM's nor the operator's.
 ENGINE_FIELDS: tuple[str, ...] = tuple(
-    name for name in MACHINE_FIELDS if name not in VM_FIELDS and name not in KEY_FIELDS
+    name for name in MACHINE_FIELDS
+    if name not in VM_FIELDS and name not in KEY_FIELDS and name not in OPERATOR_FIELDS
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Drain:
+    """An operator's drain of a machinetype (``"*"``: the whole space).
+
+    From ``at`` nothing of it is created, and its machines are told (MJF
+    ``shutdowntime``) to take no job that cannot end by ``deadline``; machines still
+    there at the deadline are deleted."""
+
+    machinetype: str
+    at: float
+    grace_seconds: float = 0.0
+
+    @property
+    def deadline(self) -> float:
+        return self.at + self.grace_seconds
+
+
+def drain_deadline(drains: Mapping[str, Drain], machinetype: str) -> float | None:
+    """When machines of ``machinetype`` must be gone under ``drains`` (the earlier of the
+    space's and the machinetype's drain), or None when neither is drained."""
+    found = [d.deadline for key in ("*", machinetype) if (d := drains.get(key)) is not None]
+    return min(found) if found else None
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectRoom:
+    """What the cloud's quota leaves this space once usage cloudvac does not own (foreign
+    servers of the project) is counted, as of the cycle's last read of the limits."""
+
+    at: float
+    foreign_processors: int
+    room_processors: int | None
+    """Quota minus foreign usage, in processors (None: no quota)."""
+    room_instances: int | None
+    """Quota minus foreign servers, in servers (None: no quota)."""
+    smallest_processors: int
+    """Processors of the smallest flavor the space's machinetypes create (0: none)."""
+
+    @property
+    def blocked(self) -> bool:
+        """Foreign usage alone leaves no room for one machine of the smallest flavor."""
+        return self.smallest_processors > 0 and (
+            (self.room_processors is not None and self.room_processors
+             < self.smallest_processors)
+            or (self.room_instances is not None and self.room_instances < 1))
+
+    def note(self) -> str:
+        """The operator's sentence for a blocked space ("" if not blocked)."""
+        if not self.blocked:
+            return ""
+        if self.room_instances is not None and self.room_instances < 1:
+            return "usage by servers cloudvac does not own fills the instance quota: " \
+                   "no room for a new machine"
+        return (f"usage by servers cloudvac does not own ({self.foreign_processors} "
+                f"processors) leaves {max(self.room_processors or 0, 0)} of the quota, less "
+                f"than the smallest flavor ({self.smallest_processors}): no room for a new "
+                "machine")
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,11 +160,16 @@ class SpaceHistory:
     machines: Mapping[str, MachineRecord] = field(default_factory=dict)
     """Every machine not gone, intents included, by name."""
     last_abort: Mapping[str, float] = field(default_factory=dict)
-    drained: frozenset[str] = frozenset()
-    """Machinetype names drained by an operator; ``"*"`` drains the whole space."""
+    drains: Mapping[str, Drain] = field(default_factory=dict)
+    """Drains by machinetype name; ``"*"`` drains the whole space."""
     restored: bool = False
     """The store went backwards since the last read (restored, replaced or lost): what it
     says about heartbeats and starts is older than what the machines did."""
+
+    @property
+    def drained(self) -> frozenset[str]:
+        """The drained machinetype names (``"*"``: the whole space)."""
+        return frozenset(self.drains)
 
 
 @dataclass(frozen=True, slots=True)

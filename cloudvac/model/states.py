@@ -123,6 +123,5 @@ class ShutdownMessage:
 FAILED_TO_START = ShutdownMessage(700, "Failed to start")
 EXCEEDED_WALLCLOCK = ShutdownMessage(700, "Exceeded max_wallclock_seconds")
 HEARTBEAT_LOST = ShutdownMessage(700, "Heartbeat file not updated")
-PASSED_SHUTDOWNTIME = ShutdownMessage(100, "Passed shutdowntime")
 DRAINED = ShutdownMessage(100, "Drained by operator")
 UNEXPECTED_STATE = ShutdownMessage(700, "Unexpected cloud state")

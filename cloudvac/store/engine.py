@@ -16,6 +16,8 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import URL, Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -140,13 +142,15 @@ def open_engine(url: str, guard: Callable[[], None] | None = None) -> Engine:
     raise ValueError(f"unsupported store backend {backend!r}: use sqlite or postgresql")
 
 
-def _postgresql_engine(parsed: URL) -> Engine:
+def _postgresql_engine(parsed: URL, read_only: bool = False) -> Engine:
     if parsed.drivername not in POSTGRESQL_DRIVERS:
         raise ValueError(f"unsupported PostgreSQL driver {parsed.drivername!r}: use "
                          "postgresql:// or postgresql+psycopg:// (psycopg 3)")
     parsed = parsed.set(drivername=POSTGRESQL_DRIVERS[parsed.drivername] or parsed.drivername)
-    connect_args = {} if "connect_timeout" in parsed.query else {
+    connect_args: dict[str, Any] = {} if "connect_timeout" in parsed.query else {
         "connect_timeout": CONNECT_TIMEOUT_S}
+    if read_only:
+        connect_args["options"] = "-c default_transaction_read_only=on"
     return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
 
 
@@ -175,6 +179,48 @@ def open_migrated(url: str, writable: bool = False,
         engine.dispose()
         raise
     return engine
+
+
+def open_read_only(url: str) -> Engine:
+    """An Engine on the existing store at ``url`` whose connections refuse every write
+    (SQLite ``PRAGMA query_only``, PostgreSQL ``default_transaction_read_only``): nothing
+    is created, migrated or converted (no WAL switch).  StoreUnavailable when there is no
+    store there or it is not at the packaged head revision (the daemon migrates it)."""
+    path = sqlite_path(url)
+    if path is not None and not path.is_file():
+        raise StoreUnavailable(f"no store at {path}")
+    parsed = make_url(url)
+    if path is not None:
+        engine = create_engine(parsed, connect_args={"check_same_thread": False})
+        event.listen(engine, "connect", _sqlite_read_only)
+        event.listen(engine, "begin", _sqlite_begin)
+    elif parsed.get_backend_name() == "postgresql":
+        engine = _postgresql_engine(parsed, read_only=True)
+    else:
+        return open_engine(url)  # raises the ValueError every other backend gets
+    try:
+        with engine.connect() as connection:
+            config = alembic_config(connection)
+            head = ScriptDirectory.from_config(config).get_current_head()
+            current = MigrationContext.configure(connection).get_current_revision()
+    except SQLAlchemyError as exc:
+        engine.dispose()
+        raise _unavailable(url, exc) from None
+    if current != head:
+        engine.dispose()
+        raise StoreUnavailable(f"the store {describe(url)} is at revision {current}, this "
+                               f"cloudvac reads {head}: `cloudvac run` upgrades it")
+    return engine
+
+
+def _sqlite_read_only(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.isolation_level = None  # see _sqlite_connect
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA query_only = 1")
+    finally:
+        cursor.close()
 
 
 def _probe_write(engine: Engine) -> None:

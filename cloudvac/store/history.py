@@ -40,7 +40,7 @@ from sqlalchemy import BindParameter, Connection, Integer, String, Table, bindpa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.expression import Executable
 
-from cloudvac.model.records import MachineRecord, SpaceHistory
+from cloudvac.model.records import Drain, MachineRecord, SpaceHistory
 from cloudvac.model.states import MachineState
 from cloudvac.store.tables import (
     MACHINES,
@@ -66,7 +66,8 @@ _ALL_LIVE = _RECORD.where(_MACHINES.c.space == _SPACE, _MACHINES.c.state != _GON
 _CHANGED = _RECORD.where(_MACHINES.c.space == _SPACE, _MACHINES.c.rev > _SINCE)
 _ABORTS = select(BackoffRow.machinetype, BackoffRow.last_abort_at).where(
     BackoffRow.space == _SPACE)
-_DRAINED = select(DrainRow.machinetype).where(DrainRow.space == _SPACE)
+_DRAINED = select(DrainRow.machinetype, DrainRow.drained_at, DrainRow.grace_seconds).where(
+    DrainRow.space == _SPACE)
 
 
 _NEW_REVISIONS = select(_REVISIONS.c.space, _REVISIONS.c.rev).where(
@@ -158,11 +159,11 @@ class HistoryCache:
                 self.stats.unchanged_reads += 1
             self._snapshots[space] = snap
         aborts = connection.execute(_ABORTS, params).all()
-        drained = connection.execute(_DRAINED, params).scalars().all()
+        drains = connection.execute(_DRAINED, params).all()
         return SpaceHistory(
             machines=snap.machines,
             last_abort={machinetype: at for machinetype, at in aborts},
-            drained=frozenset(drained),
+            drains={mt: Drain(mt, at, grace) for mt, at, grace in drains},
             restored=restored,
         )
 

@@ -29,8 +29,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+import cloudvac.store.operator as operator
 import cloudvac.store.uploads as uploads
-from cloudvac.model.records import Event, MachineRecord, Recorded, SpaceHistory
+from cloudvac.model.records import Drain, Event, MachineRecord, ProjectRoom, Recorded, SpaceHistory
 from cloudvac.model.redact import redact
 from cloudvac.model.states import MachineState, ShutdownMessage
 from cloudvac.store.engine import (
@@ -40,6 +41,7 @@ from cloudvac.store.engine import (
     StoreMoved,
     follow,
     open_migrated,
+    open_read_only,
     sqlite_path,
 )
 from cloudvac.store.history import FULL_READ_SECONDS, HistoryCache, bump_revisions
@@ -77,8 +79,10 @@ class Store:
     commits before returning, so a returned call is durable."""
 
     def __init__(self, url: str, history_full_seconds: float = FULL_READ_SECONDS,
-                 writable: bool = False) -> None:
-        """Open (creating if needed) the database at ``url`` and migrate it to head.
+                 writable: bool = False, read_only: bool = False) -> None:
+        """Open (creating if needed) the database at ``url`` and migrate it to head; with
+        ``read_only`` (``run --dry-run``) open an existing store at head as it is, on
+        connections that refuse every write (``store/engine.py:open_read_only``).
 
         SQLite: the parent directory is created, and connections use WAL and a busy
         timeout.  Raises StoreUnavailable (naming the database and the system's reason)
@@ -96,10 +100,10 @@ class Store:
         self.reopened = 0
         """How many times the database file was found removed or replaced and reopened."""
         path = sqlite_path(url)
-        self._file = DatabaseFile(path) if path is not None else None
+        self._file = DatabaseFile(path) if path is not None and not read_only else None
         self._gate = Gate()
-        self._engine = open_migrated(url, writable,
-                                     self._file.check if self._file is not None else None)
+        self._engine = open_read_only(url) if read_only else open_migrated(
+            url, writable, self._file.check if self._file is not None else None)
         self._dialect = self._engine.dialect.name
         self._writer = self._engine.execution_options(**{IMMEDIATE: True})
         # history() must see one consistent snapshot; SQLite's BEGIN already gives one.
@@ -291,19 +295,47 @@ class Store:
                                                          "b_rev": rev})
             return result.rowcount > 0
 
-    def set_drain(self, space: str, machinetype: str, drained: bool) -> None:
-        """Drain (or undrain) ``machinetype`` in ``space``; ``"*"`` means the whole space.
-        Idempotent."""
+    def set_drain(self, space: str, machinetype: str, drained: bool, at: float = 0.0,
+                  grace_seconds: float = 0.0) -> bool:
+        """Drain ``machinetype`` in ``space`` (``"*"``: the whole space) from ``at`` with
+        ``grace_seconds`` (a drain already there is replaced), or undrain it.  Whether a
+        drain was there before."""
         with self._write() as session:
+            connection = session.connection()
+            was = operator.undrain(connection, space, machinetype)
             if drained:
-                stmt = self._insert(DrainRow).on_conflict_do_nothing()
-                session.execute(stmt, [{"space": space, "machinetype": machinetype}])
-            else:
-                session.execute(
-                    delete(DrainRow).where(
-                        DrainRow.space == space, DrainRow.machinetype == machinetype
-                    )
-                )
+                operator.set_drain(connection, space, machinetype, at, grace_seconds)
+            return was
+
+    def drains(self, space: str | None = None) -> dict[str, dict[str, Drain]]:
+        """space -> machinetype (``"*"``: the whole space) -> drain."""
+        with self._read() as session:
+            return operator.drains(session.connection(), space)
+
+    def drain_deadline(self, space: str, machinetype: str) -> float | None:
+        """When machines of ``machinetype`` in ``space`` must be gone (the MJF
+        ``shutdowntime`` they are told), or None when it is not drained: one indexed read
+        (the drains table's key), as the web side asks it per MJF request."""
+        with self._read() as session:
+            return operator.deadline(session.connection(), space, machinetype)
+
+    def request_kill(self, space: str, name: str, reason: str, at: float) -> bool:
+        """Ask the engine to delete machine ``name`` at its next cycle, for ``reason``
+        (recorded in the machine's events); False if the store has no live machine so
+        named."""
+        with self._write() as session:
+            key = {"b_space": space, "b_name": name,
+                   "b_rev": bump_revisions(session.connection(), [space])[space]}
+            return operator.request_kill(session.connection(), key, reason, at)
+
+    def set_room(self, space: str, room: ProjectRoom) -> None:
+        """Record what the quota leaves ``space`` beside foreign usage (for status)."""
+        with self._write() as session:
+            operator.set_room(session.connection(), space, room)
+
+    def rooms(self) -> dict[str, ProjectRoom]:
+        with self._read() as session:
+            return operator.rooms(session.connection())
 
     def add_events(self, events: Sequence[Event]) -> None:
         """Append events to the log, in one transaction.  Messages are stored redacted and
@@ -320,16 +352,26 @@ class Store:
         with self._write() as session:
             session.execute(insert(EventRow), rows)
 
-    def events(self, space: str | None = None, limit: int = 100) -> list[Event]:
-        """At most ``limit`` events (of ``space``, or of all spaces), newest first; events
-        with equal times come in reverse order of insertion."""
+    def events(self, space: str | None = None, limit: int = 100, *,
+               machinetype: str | None = None, machine: str | None = None) -> list[Event]:
+        """At most ``limit`` events (of ``space``, or of all spaces; of one machinetype or
+        machine if given), newest first; events with equal times come in reverse order of
+        insertion."""
         if limit <= 0:
             return []
         query = select(EventRow).order_by(EventRow.at.desc(), EventRow.id.desc()).limit(limit)
-        if space is not None:
-            query = query.where(EventRow.space == space)
+        for column, value in ((EventRow.space, space), (EventRow.machinetype, machinetype),
+                              (EventRow.machine, machine)):
+            if value is not None:
+                query = query.where(column == value)
         with self._read() as session:
             return [row.to_event() for row in session.scalars(query)]
+
+    def named(self, name: str) -> list[MachineRecord]:
+        """Every machine called ``name`` (GONE included), in any space."""
+        with self._read() as session:
+            return [_record(row) for row in session.execute(
+                _RECORD.where(_MACHINES.c.name == name).order_by(_MACHINES.c.space))]
 
     def machines(self, space: str | None = None, include_gone: bool = False) -> list[MachineRecord]:
         """Machines (of ``space``, or of all spaces) ordered by space then name; GONE ones

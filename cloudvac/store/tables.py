@@ -22,7 +22,13 @@ from sqlalchemy import Column, Double, Index, Integer, MetaData, String, Table, 
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeEngine
 
-from cloudvac.model.records import ENGINE_FIELDS, KEY_FIELDS, MACHINE_FIELDS, Event, MachineRecord
+from cloudvac.model.records import (
+    ENGINE_FIELDS,
+    KEY_FIELDS,
+    MACHINE_FIELDS,
+    Event,
+    MachineRecord,
+)
 from cloudvac.model.redact import redact
 from cloudvac.model.states import MachineState, ShutdownMessage
 
@@ -60,6 +66,7 @@ def _columns_of(name: str, hint: object) -> list[Column[Any]]:
         str: (Text() if name in TEXT_FIELDS else String(255), False),
         int: (Integer(), False),
         float | None: (Double(), True),
+        str | None: (Text(), True),  # free text an operator gives
         MachineState: (String(16), False),
     }
     if hint not in types:
@@ -163,12 +170,30 @@ class BackoffRow(Base):
 
 
 class DrainRow(Base):
-    """Presence of a row means drained; machinetype ``"*"`` drains the whole space."""
+    """Presence of a row means drained; machinetype ``"*"`` drains the whole space
+    (``model.records.Drain``).  Rows older than revision 0007 have neither time nor
+    grace: drained since 0, deleted at once, as they were."""
 
     __tablename__ = "drains"
 
     space: Mapped[str] = mapped_column(primary_key=True)
     machinetype: Mapped[str] = mapped_column(primary_key=True)
+    drained_at: Mapped[float] = mapped_column(server_default="0")
+    grace_seconds: Mapped[float] = mapped_column(server_default="0")
+
+
+class RoomRow(Base):
+    """What the quota leaves a space once foreign usage is counted, as of the engine's
+    last read of the cloud's limits (``model.records.ProjectRoom``), for status."""
+
+    __tablename__ = "project_room"
+
+    space: Mapped[str] = mapped_column(primary_key=True)
+    at: Mapped[float]
+    foreign_processors: Mapped[int] = mapped_column(Integer)
+    room_processors: Mapped[int | None] = mapped_column(Integer)
+    room_instances: Mapped[int | None] = mapped_column(Integer)
+    smallest_processors: Mapped[int] = mapped_column(Integer)
 
 
 class CredentialRow(Base):

@@ -197,8 +197,7 @@ async def _shutdown_message(ctx: WebContext, space: str, name: str, data: bytes)
 async def _features(ctx: WebContext, space: str, name: str, key: str,
                     job: bool) -> PlainTextResponse:
     record, config, mt = await known_machine(ctx, space, name, Use.READ)
-    drained = await asyncio.to_thread(ctx.store.drained, space)
-    drain_at = ctx.clock() if {"*", record.machinetype} & drained else None
+    drain_at = await asyncio.to_thread(ctx.store.drain_deadline, space, record.machinetype)
     values = (job_features if job else machine_features)(config, mt, record, drain_at)
     if key not in values:
         raise HTTPException(404, f"no {key} for this machine")

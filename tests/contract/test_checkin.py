@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import time
 import uuid
@@ -14,7 +15,13 @@ from typing import Any
 import pytest
 import requests
 
-from cloudvac.auth.checkin import CheckinClient, CheckinTokenSource
+from cloudvac.auth.checkin import (
+    CheckinClient,
+    CheckinTokenSource,
+    fingerprint,
+    rotated_path,
+)
+from cloudvac.auth.keystone import checkin_source
 from cloudvac.clouds.openstack import OpenStackCloud
 from cloudvac.config import Machinetype, Settings, Space
 from cloudvac.config.openstack import OpenStackSpace
@@ -213,8 +220,65 @@ def test_provider_down_keeps_the_keystone_token_then_fails_clearly(
     asyncio.run(cloud.close())
 
 
-def test_rotated_refresh_token_is_persisted(oidc_provider: Any, keystone_federation: Any,
-                                            tmp_path: Path) -> None:
+def rp_source(ks: Any, file: Path, state: Path) -> CheckinTokenSource:
+    """A token source as a daemon builds it: the relying party's refresh grant, rotated
+    tokens kept under the state directory."""
+    options = OpenStackSpace(auth="egi_checkin", auth_url=ks.auth_url,
+                             egi_checkin_url=ks["federation"]["issuers"][0],
+                             egi_project_id=ks["vo_project_id"],
+                             egi_checkin_client_id="cloudvac-rp",
+                             egi_checkin_client_secret_file=secret_file(
+                                 state.parent, "rp", "cloudvac-rp-secret"),
+                             egi_checkin_refresh_token_file=file)
+    return checkin_source(options, state_dir=state)
+
+
+def test_rotated_refresh_token_is_kept_in_the_state_directory(
+        oidc_provider: Any, keystone_federation: Any, tmp_path: Path) -> None:
+    """The configured file (under /etc/cloudvac.d, read-only to the daemon) is never
+    written; a restart uses the rotated copy; an operator's new token wins over it."""
+    op, ks = oidc_provider, keystone_federation
+    sub, rt = user(op, ks)
+    conf, state = tmp_path / "conf", tmp_path / "state"
+    conf.mkdir()
+    op.configure(rotate_refresh_tokens=True)
+    try:
+        file = secret_file(conf, "egi.refresh", rt)
+        source = rp_source(ks, file, state)
+        token = source.access_token()
+        source.close()
+        assert file.read_text() == rt + "\n" and sorted(conf.iterdir()) == [file]
+        copy = rotated_path(file, state / "checkin")
+        assert sorted((state / "checkin").iterdir()) == [copy]
+        assert copy.stat().st_mode & 0o777 == 0o600
+        assert (state / "checkin").stat().st_mode & 0o777 == 0o700
+        rotated = copy.read_text().splitlines()[0]
+        assert rotated not in (rt, token.value)
+        assert rt not in copy.read_text()
+        assert op.refresh(rt, client_id="cloudvac-rp")[0] == 400  # the old one is gone
+
+        restarted = rp_source(ks, file, state)  # a restart: the copy is used
+        assert restarted.access_token().value
+        restarted.close()
+
+        # The operator puts a new token in place, even one with an older time than the
+        # copy (cp -p, a restore): the configured token wins, its rotation replaces the copy.
+        op.revoke_user_tokens(sub)  # had the copy been used, the grant would fail
+        _, fresh = user(op, ks)
+        secret_file(conf, "egi.refresh", fresh)
+        os.utime(file, (1_000_000_000, 1_000_000_000))
+        replaced = rp_source(ks, file, state)
+        assert replaced.access_token().value
+        replaced.close()
+        text = copy.read_text()
+        assert text.splitlines()[0] not in (rotated, fresh)
+        assert f"sha256:{fingerprint(fresh)} in {file}" in text
+    finally:
+        op.configure(rotate_refresh_tokens=False)
+
+
+def test_rotation_without_a_state_directory_stays_in_memory(
+        oidc_provider: Any, keystone_federation: Any, tmp_path: Path) -> None:
     op, ks = oidc_provider, keystone_federation
     _, rt = user(op, ks)
     op.configure(rotate_refresh_tokens=True)
@@ -224,11 +288,29 @@ def test_rotated_refresh_token_is_persisted(oidc_provider: Any, keystone_federat
             ks["federation"]["issuers"][0], "cloudvac-rp", "refresh_token",
             "openid profile eduperson_entitlement", lambda: "cloudvac-rp-secret", file))
         token = source.access_token()
-        new = file.read_text().strip()
-        assert new != rt and token.value
-        assert file.stat().st_mode & 0o777 == 0o600
+        assert file.read_text() == rt + "\n" and sorted(tmp_path.iterdir()) == [file]
         assert op.refresh(rt, client_id="cloudvac-rp")[0] == 400  # the old one is gone
         assert source.access_token(force=True).value != token.value  # the new one works
+        source.close()
+    finally:
+        op.configure(rotate_refresh_tokens=False)
+
+
+def test_a_rotated_token_that_cannot_be_saved_is_kept_in_memory(
+        oidc_provider: Any, keystone_federation: Any, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    op, ks = oidc_provider, keystone_federation
+    _, rt = user(op, ks)
+    state = tmp_path / "state"
+    state.write_text("a file where the state directory should be\n")
+    op.configure(rotate_refresh_tokens=True)
+    try:
+        source = rp_source(ks, secret_file(tmp_path, "rt", rt), state)
+        with caplog.at_level(logging.ERROR, logger="cloudvac.auth.checkin"):
+            token = source.access_token()  # no crash: the new token is used
+        assert "cannot be saved to" in caplog.text and "kept in memory only" in caplog.text
+        assert op.refresh(rt, client_id="cloudvac-rp")[0] == 400  # the old one is gone
+        assert source.access_token(force=True).value != token.value  # memory's works
         source.close()
     finally:
         op.configure(rotate_refresh_tokens=False)

@@ -66,7 +66,7 @@ def test_validate_names_file_line_and_option(confdir: Path) -> None:
     assert result.returncode == 1
     assert f"{confdir / '20-broken.conf'}:8: [machinetype broken.example t2k] " \
            "max_wallclock_seconds:" in result.stderr.replace("\n", "")
-    assert "1 valid spaces" in result.stdout and "1 invalid" in result.stdout
+    assert "1 valid space " in result.stdout and "1 invalid" in result.stdout
     (confdir / "20-broken.conf").unlink()
     assert cli("validate", "--config-dir", str(confdir)).returncode == 0
 

@@ -55,17 +55,18 @@ BAD_INPUTS = [
      1, "api", "required option is missing"),
     ("bad-api", "[space b.example]\napi = azure\n[machinetype b.example t2k]\n", 2, "api",
      "'sim'"),
-    ("unknown-section", "[vacuum_pipe b.example x]\nurl = y\n", 1, None, "unknown section"),
+    ("unknown-section", "[vacuum_tube b.example x]\nurl = y\n", 1, None, "unknown section"),
     ("orphan-machinetype", "[machinetype nowhere.example t2k]\ntarget_share = 1\n", 1, None,
      "no [space nowhere.example] section"),
     ("no-machinetype", "[space b.example]\napi = sim\n", 1, None, "at least one [machinetype"),
     ("bad-space-name", "[space B_x]\napi = sim\n[machinetype b_x t2k]\n", 1, None,
      "DNS-like"),
     ("min-max", "[space b.example]\napi = sim\n[machinetype b.example t2k]\n"
-     "min_processors = 4\nmax_processors = 2\n", 3, None, "below min_processors"),
+     "min_processors = 4\nmax_processors = 2\n", 5, "max_processors", "below min_processors"),
     ("heartbeat-no-file", "[space b.example]\napi = sim\n[machinetype b.example t2k]\n"
-     "heartbeat_seconds = 60\n", 3, None, "needs heartbeat_file"),
-    ("no-flavor", "[space b.example]\napi = sim\n[machinetype b.example t2k]\n", 1, None,
+     "heartbeat_seconds = 60\n", 4, "heartbeat_seconds", "needs heartbeat_file"),
+    ("no-flavor", "[space b.example]\napi = sim\n[machinetype b.example t2k]\n", 1,
+     "flavor_names",
      "no flavor_names for machinetype(s) t2k"),
     ("sim-flavor", "[space b.example]\napi = sim\nsim_flavors = tiny\n"
      "[machinetype b.example t2k]\n", 3, "sim_flavors", "NAME:VCPUS:RAM_MB"),
@@ -96,7 +97,9 @@ def test_broken_space_is_reported_not_loaded(tmp_path: Path) -> None:
     loaded = load_config_dir(write(tmp_path, {"10-a.conf": GOOD_SPACE, "20-b.conf": bad}))
     assert set(loaded.spaces) == {"a.example"}
     assert loaded.broken == {"b.example"}
-    assert [i.option for i in loaded.issues_for("b.example")] == ["processors_limit"]
+    # every problem in one run: the bad value, and the rule it kept from being checked
+    assert [(i.option, i.message.split(" ")[0]) for i in loaded.issues_for("b.example")] == [
+        ("processors_limit", "Input"), ("flavor_names", "no")]
 
 
 def test_later_file_overrides_and_locations_follow(tmp_path: Path) -> None:
@@ -176,8 +179,8 @@ def test_openstack_options_and_private_secret_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("extra", "line", "option", "words"), [
     ("password = hunter2", 7, "password", "inline secrets are refused; use password_file"),
-    ("", 1, None, "needs password_file or password_env"),
-    ("auth = application_credential\npassword_env = X", 1, None,
+    ("", 1, "auth", "needs password_file or password_env"),
+    ("auth = application_credential\npassword_env = X", 7, "auth",
      "needs application_credential_id"),
     ("password_env = X\nnetworks = auto net-a", 8, "networks", "cannot be combined"),
     ("password_env = X\napi_timeout_seconds = 0", 8, "api_timeout_seconds", "greater than 0"),

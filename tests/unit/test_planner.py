@@ -13,7 +13,7 @@ from cloudvac.config.models import Machinetype, Space
 from cloudvac.engine.decide import Decision, decide
 from cloudvac.engine.planner import Observation
 from cloudvac.model.cloud import Flavor, Limits, ObservedMachine
-from cloudvac.model.records import MachineRecord, SpaceHistory
+from cloudvac.model.records import Drain, MachineRecord, SpaceHistory
 from cloudvac.model.states import MachineState, ShutdownMessage
 
 S = MachineState
@@ -125,19 +125,20 @@ DELETION_TABLE = [
 def test_deletion_rules(seen: ObservedMachine, extra: dict[str, Any], drained: frozenset[str],
                         expected: str | None) -> None:
     space = make_space({"belle": MT_OPTS})
-    hist = SpaceHistory(machines={"m": record("m", seen.state, **extra)}, drained=drained)
+    hist = SpaceHistory(machines={"m": record("m", seen.state, **extra)},
+                        drains={n: Drain(n, NOW - 1) for n in drained})  # grace over
     result = run(space, [seen], hist)
     reasons = [d.reason for d in result.deletes]
     assert reasons == ([expected] if expected else [])
 
 
-def test_shutdown_time_of_machinetype_deletes_and_stops_creation() -> None:
+def test_shutdown_time_of_machinetype_stops_creation_and_deletes_nothing() -> None:
+    """VCycle's meaning: no new machines after it; running ones go on to their wallclock."""
     space = make_space({"belle": {**MT_OPTS, "shutdown_time": NOW - 1}})
     hist = SpaceHistory(machines={"m": record("m", heartbeat_at=NOW)})
     result = run(space, [observed("m")], hist)
-    assert [d.reason for d in result.deletes] == ["shutdown_time"]
-    assert result.deletes[0].message == ShutdownMessage(100, "Passed shutdowntime")
-    assert result.creates == []
+    assert result.deletes == [] and result.creates == []
+    assert result.status["belle"].blocked == "shutdown_time passed"
 
 
 def test_future_shutdown_time_does_not_break_creation() -> None:

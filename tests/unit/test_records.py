@@ -15,6 +15,7 @@ from cloudvac.model.records import (
     ENGINE_FIELDS,
     KEY_FIELDS,
     MACHINE_FIELDS,
+    OPERATOR_FIELDS,
     VM_FIELDS,
     MachineRecord,
 )
@@ -34,7 +35,7 @@ STORE_ONLY = {"updated_at", "rev"}
 
 
 def test_owners_partition_the_row() -> None:
-    owners = [set(KEY_FIELDS), set(VM_FIELDS), set(ENGINE_FIELDS)]
+    owners = [set(KEY_FIELDS), set(VM_FIELDS), set(ENGINE_FIELDS), set(OPERATOR_FIELDS)]
     assert set().union(*owners) == set(MACHINE_FIELDS)
     assert sum(len(o) for o in owners) == len(MACHINE_FIELDS)
 
