@@ -29,7 +29,9 @@
 #   --prefix DIR      where the virtualenv goes (default /opt/cloudvac); the units are
 #                     rewritten to point there
 #   --python PY       interpreter the virtualenv is made from (Python >= 3.11; default python3)
-#   --wheel FILE      install this cloudvac wheel instead of the source tree around this script
+#   --wheel FILE      install this cloudvac wheel (default: one built from the source tree
+#                     around this script, which needs setuptools and wheel from the index
+#                     or the wheelhouse)
 #   --extras LIST     extras of cloudvac to install, e.g. postgresql (a PostgreSQL store)
 #   --wheelhouse DIR  install offline from DIR only (pip --no-index --find-links DIR)
 #   --log-file        log to /var/log/cloudvac/cloudvac.log instead of the journal: sets
@@ -85,13 +87,21 @@ fi
 export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1  # root is expected here
 pip=("$VENV/bin/python" -m pip install)
 [ -n "$WHEELHOUSE" ] && pip+=(--no-index --find-links "$WHEELHOUSE")
-target=${WHEEL:-$SRC}
+if [ -z "$WHEEL" ]; then  # one build of the source tree, installed below
+    built=$(mktemp -d)
+    trap 'rm -rf "$built"' EXIT
+    say "building the cloudvac wheel from $SRC"
+    "$VENV/bin/python" -m pip wheel --quiet --no-deps --wheel-dir "$built" \
+        ${WHEELHOUSE:+--no-index --find-links "$WHEELHOUSE"} "$SRC"
+    WHEEL=$(echo "$built"/cloudvac-*.whl)
+fi
+target=$WHEEL
 [ -n "$EXTRAS" ] && target="${target}[$EXTRAS]"
 say "installing cloudvac and its dependencies from ${WHEELHOUSE:-the package index} into" \
     "$VENV (pip's progress follows; about a minute on a first install)"
 "${pip[@]}" --upgrade "$target"
 # The same version number with other contents (a source tree between releases): replace it.
-"${pip[@]}" --force-reinstall --no-deps --quiet "${WHEEL:-$SRC}"
+"${pip[@]}" --force-reinstall --no-deps --quiet "$WHEEL"
 if [ -n "$ROOT" ]; then  # scripts and activate name where the virtualenv will run from
     grep -rlIF -- "$VENV" "$VENV/bin" "$VENV/pyvenv.cfg" | while read -r file; do
         sed -i "s|$VENV|$PREFIX|g" "$file"
@@ -117,7 +127,9 @@ MAN=$SRC/docs/man
 units=/usr/local/lib/systemd/system
 for unit in cloudvac.service cloudvac-web.service; do
     put 0644 "$SRC/deploy/$unit" "$units/$unit"
-    [ -f "$MAN/cloudvac.1" ] || sed -i 's|^Documentation=man:cloudvac(1) man:cloudvac.conf(5) |Documentation=|' "$ROOT$units/$unit"
+    if [ ! -f "$MAN/cloudvac.1" ]; then  # no man pages to point at
+        sed -i 's|^Documentation=man:.*(5) |Documentation=|' "$ROOT$units/$unit"
+    fi
 done
 put 0644 "$SRC/deploy/sysusers.d/cloudvac.conf" /usr/local/lib/sysusers.d/cloudvac.conf
 tmpfiles=/usr/local/lib/tmpfiles.d/cloudvac.conf
@@ -151,9 +163,12 @@ doc=$ROOT$PREFIX/share/doc/cloudvac
 rm -rf "$doc" && install -d -m 0755 "$doc"
 install -m 0644 "$SRC/README.md" "$doc/"
 for dir in docs deploy; do
-    [ -d "$SRC/$dir" ] && cp -R --no-preserve=ownership "$SRC/$dir" "$doc/$dir"
+    if [ -d "$SRC/$dir" ]; then
+        cp -R --no-preserve=ownership "$SRC/$dir" "$doc/$dir"
+    fi
 done
-say "installed cloudvac $("$VENV/bin/python" -c 'import cloudvac; print(cloudvac.__version__)')"
+version=$("$VENV/bin/python" -I -c 'import cloudvac; print(cloudvac.__version__)')
+say "installed cloudvac $version"
 
 # -- activation (the real root only) -------------------------------------------------------
 if [ -n "$ROOT" ]; then
@@ -166,6 +181,6 @@ systemd-tmpfiles --create cloudvac.conf
 if [ -d /run/systemd/system ]; then
     systemctl daemon-reload
 fi
-say "next: write /etc/cloudvac.d/*.conf (examples in $PREFIX/share/doc/cloudvac/deploy/cloudvac.d;" \
-    "secret files 0600, owner cloudvac), check with" \
-    "'sudo -u cloudvac cloudvac validate', then 'systemctl enable --now cloudvac'"
+say "next: write /etc/cloudvac.d/*.conf (examples in" \
+    "$PREFIX/share/doc/cloudvac/deploy/cloudvac.d; secret files 0600, owner cloudvac)," \
+    "check it with 'sudo -u cloudvac cloudvac validate', then 'systemctl enable --now cloudvac'"

@@ -10,15 +10,16 @@ missing=()
 command -v cloud-init >/dev/null || missing+=(cloud-init)
 command -v shellcheck >/dev/null || missing+=(shellcheck)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
-# logrotate runs deploy/logrotate.d/cloudvac; Debian's python3 with venv, setuptools and wheel
-# builds the wheel and the /opt/cloudvac virtualenv as an admin would (tests/integration/test_deploy.py).
+# logrotate runs deploy/logrotate.d/cloudvac; Debian's python3 with venv makes the /opt/cloudvac
+# virtualenv as an admin would; python3-seccomp runs the installed daemon under its unit's
+# syscall filter (tests/integration/test_deploy.py).
 [ -x /usr/sbin/logrotate ] || missing+=(logrotate)
+/usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+/usr/bin/python3 -c 'import seccomp' 2>/dev/null || missing+=(python3-seccomp)
 # groff (groff-base) and man (man-db) render docs/man/*, failing on any roff warning
 # (tests/unit/test_reference.py).
 command -v groff >/dev/null || missing+=(groff-base)
 command -v man >/dev/null || missing+=(man-db)
-/usr/bin/python3 -c 'import ensurepip, venv, setuptools, wheel' 2>/dev/null \
-    || missing+=(python3-venv python3-setuptools python3-wheel)
 # Debian keeps the server's binaries under /usr/lib/postgresql/<version>/bin, off PATH.
 if ! command -v initdb >/dev/null && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null
 then

@@ -5,10 +5,10 @@ entries, logrotate on a live log; then the installed daemon run under the unit's
 confinement (``confine.py``): read-only system, private /tmp and /dev, no capability, the
 unit's syscall filter, no writable-executable memory (helpers: ``deploytools.py``).
 
-Offline: the cloudvac wheel is built with Debian's python3 (setuptools, wheel) and its
-dependencies come from the project's virtualenv (``wheelhouse.py``); the virtualenv under
-/opt/cloudvac is made from Debian's python3, as ``install.sh`` asks of a site.  The tools are
-Debian packages that ``scripts/system-deps.sh`` installs: a missing one fails, naming it.
+Offline: install.sh builds the wheel from a copy of the source tree and installs it with its
+dependencies from the local wheelhouse ``make test`` fills (``offline.py``), into a
+virtualenv made from Debian's python3, as it asks of a site.  The tools are Debian packages
+that ``scripts/system-deps.sh`` installs: a missing one fails, naming it.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import shlex
 import shutil
 import signal
 import subprocess
-import sysconfig
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -30,7 +29,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration import wheelhouse
 from tests.integration.deploytools import (
     SYSTEM_PYTHON,
     UNIT_DIR,
@@ -41,6 +39,7 @@ from tests.integration.deploytools import (
     tool,
     unit,
 )
+from tests.integration.offline import offline_env, source_copy, wheelhouse
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 REPO = Path(__file__).resolve().parents[2]
@@ -69,41 +68,41 @@ sim_heartbeat_period_seconds = 1
 
 @dataclass(frozen=True)
 class Installed:
+    script: Path
+    """install.sh in a copy of the source tree (its build writes nothing into the tree)."""
     root: Path
     args: tuple[str, ...]
     output: str
 
+    def install(self, *args: str, env: dict[str, str] | None = None,
+                prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+        """install.sh ARGS, offline (pip on the wheelhouse only), after ``prefix``."""
+        return subprocess.run([*prefix, str(self.script), *args], capture_output=True,
+                              text=True, timeout=900,
+                              env=offline_env({"PIP_NO_CACHE_DIR": "1", **(env or {})}))
+
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
-    """install.sh --log-file into a temporary root, offline; plus systemd's own units and
-    /usr/bin/kill in that root, as on any host it is installed on."""
+    """install.sh --log-file from a source tree into a temporary root, offline; plus
+    systemd's own units and /usr/bin/kill in that root, as on any host."""
     assert Path(SYSTEM_PYTHON).exists(), "Debian's python3 is missing (make system-deps)"
     base = tmp_path_factory.mktemp("deploy")
-    src = base / "src"
-    src.mkdir()
-    shutil.copy(REPO / "pyproject.toml", src)
-    shutil.copy(REPO / "README.md", src)
-    shutil.copytree(REPO / "cloudvac", src / "cloudvac",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    built = subprocess.run([SYSTEM_PYTHON, "-c", "from setuptools import build_meta; "
-                            f"print(build_meta.build_wheel({str(base)!r}))"],
-                           cwd=src, capture_output=True, text=True, timeout=600)
-    assert built.returncode == 0, built.stderr[-3000:]
-    wheel = base / built.stdout.strip().splitlines()[-1]
-    site = Path(sysconfig.get_paths()["purelib"])
-    wheelhouse.build(wheel, set(), site, base / "wheelhouse")
+    src = source_copy(base / "src")
+    for tree in ("deploy", "docs"):
+        shutil.copytree(REPO / tree, src / tree)
     root = base / "root"
-    args = ("--destdir", str(root), "--python", SYSTEM_PYTHON, "--wheel", str(wheel),
-            "--wheelhouse", str(base / "wheelhouse"), "--log-file")
-    done = run(str(REPO / "deploy" / "install.sh"), *args)
+    args = ("--destdir", str(root), "--python", SYSTEM_PYTHON, "--wheelhouse",
+            str(wheelhouse()), "--log-file")
+    done = Installed(src / "deploy/install.sh", root, args, "").install(*args)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "building the cloudvac wheel from" in done.stderr
     shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system",
                     symlinks=True)
     (root / "usr/bin").mkdir(parents=True, exist_ok=True)
     shutil.copy("/usr/bin/kill", root / "usr/bin/kill")
     (root / "bin").symlink_to("usr/bin")
-    return Installed(root, args, done.stdout + done.stderr)
+    return Installed(src / "deploy/install.sh", root, args, done.stdout + done.stderr)
 
 
 def test_install_puts_cloudvac_where_the_units_and_docs_say(installed: Installed) -> None:
@@ -299,9 +298,10 @@ def test_install_into_the_real_root_creates_the_user_and_directories(
     """Without --destdir, as an admin runs it, the host's /etc, /opt, /usr/local and /var
     seen through overlays whose upper layers are temporary directories."""
     args = [a for a in installed.args if a not in ("--destdir", str(installed.root))]
-    done = run(tool("unshare"), "--mount", "--propagation", "private", "sh", "-c", REAL_ROOT,
-               "sh", str(REPO / "deploy" / "install.sh"), *args,
-               env={"UPPER": str(tmp_path / "upper"), "WORK": str(tmp_path / "work")})
+    done = installed.install(*args, env={"UPPER": str(tmp_path / "upper"),
+                                         "WORK": str(tmp_path / "work")},
+                             prefix=(tool("unshare"), "--mount", "--propagation", "private",
+                                     "sh", "-c", REAL_ROOT, "sh"))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     lines = done.stdout.splitlines()
     assert re.match(r"uid=\d+\(cloudvac\) gid=\d+\(cloudvac\) groups=\d+\(cloudvac\)$",
@@ -319,7 +319,7 @@ def test_reinstall_is_idempotent_and_keeps_the_admins_files(installed: Installed
     root = installed.root
     (root / "etc/default/cloudvac").write_text("CLOUDVAC_OPTIONS=--log-level DEBUG\n")
     units = {n: (root / UNIT_DIR.lstrip("/") / n).read_bytes() for n in UNITS}
-    again = run(str(REPO / "deploy" / "install.sh"), *installed.args)
+    again = installed.install(*installed.args)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "kept your /etc/default/cloudvac" in again.stderr
     assert (root / "etc/default/cloudvac").read_text() == \
