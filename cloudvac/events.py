@@ -50,7 +50,6 @@ DELETE_REASONS: dict[str, str] = {
     "failed": "failed to boot",
     "killed": "killed by operator",
     "drained": "drained",
-    "shutdown_time": "past shutdown_time",
     "starting_too_long": "never started",
     "wallclock": "wallclock limit",
     "heartbeat": "heartbeat lost",
