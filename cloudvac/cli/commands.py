@@ -101,8 +101,11 @@ def _serve(config_dir: Path, log_level: str, engine: bool, cycles: int | None,
         err.print("[red]cannot start:[/red] [settings] is invalid (see above)")
         raise typer.Exit(2)
     if engine and not loaded.spaces:
-        err.print("[red]cannot start:[/red] no valid space in the configuration")
-        raise typer.Exit(2)
+        # Still start: the VMs' door keeps their heartbeats coming (a VM that cannot reach
+        # its manager powers itself off), and a fixed file is picked up at the next re-read.
+        err.print("[red]error:[/red] no valid space in the configuration yet: serving the "
+                  "VMs' door; fix the files, then `systemctl reload cloudvac` (or wait for "
+                  "the next re-read)")
     url = loaded.settings.database_url
     # the engine alone owns the store's machines: one per store; the web side only reads
     # and records what VMs send, so any number may share it

@@ -17,8 +17,9 @@ from cryptography.x509.oid import NameOID
 from typer.testing import CliRunner
 
 from cloudvac.cli import app
-from cloudvac.config import load_config_dir
+from cloudvac.config import load_config_dir, pipecache, pipes
 from cloudvac.config.reference import groups
+from cloudvac.config.vcycle_names import VCYCLE_OPTIONS
 from tests.unit.test_dirac import HOST_SUBJECT, make_cert
 from tests.unit.test_planner import make_space, observed, run
 
@@ -138,8 +139,12 @@ def test_every_command_named_exists() -> None:
 
 
 def _options() -> set[str]:
-    return {o.name.replace("<dirac>", "").replace("_X", "_") for g in groups()
-            for o in g.options}
+    """Options of the reference, of ``[vacuum_pipe]`` sections and pipe documents (not a
+    model: ``config/pipecache.py``), and VCycle's names (the migration section)."""
+    return ({o.name.replace("<dirac>", "").replace("_X", "_") for g in groups()
+             for o in g.options}
+            | {pipecache.URL, pipecache.REFRESH} | set(pipes.TOP_KEYS)
+            | {entry.vcycle for entry in VCYCLE_OPTIONS})
 
 
 NOT_OPTIONS = frozenset({"cloudvac_token_expiry_seconds", "offline_access", "invalid_grant",
