@@ -8,7 +8,8 @@ from collections.abc import Callable
 
 from cloudvac.clouds.sim import SimCloud, SimProject
 from cloudvac.clouds.simpilots import NullPilots, PilotReporter
-from cloudvac.config.models import Settings, SimMachinetype, SimSpace, Space
+from cloudvac.config.models import SimMachinetype, SimSpace, Space
+from cloudvac.config.settings import Settings
 from cloudvac.model.cloud import Cloud
 from cloudvac.model.layout import HEARTBEAT_FILE
 from cloudvac.model.observer import Observer

@@ -40,9 +40,10 @@ from cloudvac.auth.discovery import SiteDiscovery
 from cloudvac.auth.keystone import checkin_source, make_plugin, make_session
 from cloudvac.clouds import nova
 from cloudvac.clouds.novalist import ServerListing, observe
-from cloudvac.config.models import Settings, Space
+from cloudvac.config.models import Space
 from cloudvac.config.openstack import UUID_RE, OpenStackSpace
 from cloudvac.config.secrets import SecretError
+from cloudvac.config.settings import Settings
 from cloudvac.model.cloud import (
     FLAVOR_CACHE_SECONDS,
     Credential,

@@ -2,7 +2,8 @@
 
 from cloudvac.config.ini import Issue, Location
 from cloudvac.config.loader import DEFAULT_CONFIG_DIR, LoadedConfig, load_config_dir
-from cloudvac.config.models import Machinetype, Settings, SimMachinetype, SimSpace, Space
+from cloudvac.config.models import Machinetype, SimMachinetype, SimSpace, Space
+from cloudvac.config.settings import Settings
 
 __all__ = [
     "DEFAULT_CONFIG_DIR",

@@ -25,8 +25,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from cloudvac.config.ini import Issue, Section
-from cloudvac.config.models import Settings, Space
+from cloudvac.config.models import Space
 from cloudvac.config.secrets import SecretError, check_secret_file
+from cloudvac.config.settings import Settings
 
 SETTINGS_SECRETS = (("operator_token_file", False), ("web_tls_key", True),
                     ("operator_tls_key", True))

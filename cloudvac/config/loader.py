@@ -55,9 +55,10 @@ from cloudvac.config.checks import (
 from cloudvac.config.dirac import DiracInstance
 from cloudvac.config.diracsites import SITE_NAME_KEY, DiracSections, attach_dirac
 from cloudvac.config.ini import IniDocument, Issue, Location, Section, read_files
-from cloudvac.config.models import Machinetype, Settings, SimMachinetype, SimSpace, Space
+from cloudvac.config.models import Machinetype, SimMachinetype, SimSpace, Space
 from cloudvac.config.openstack import OpenStackSpace
 from cloudvac.config.pipecache import expand_pipes
+from cloudvac.config.settings import Settings
 from cloudvac.config.validation import PLACEHOLDER_KEYS, validate_model
 
 __all__ = ["DEFAULT_CONFIG_DIR", "LIST_OPTIONS", "MACHINETYPE_SECRETS", "OPENSTACK_SECRETS",

@@ -45,7 +45,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from cloudvac.config.ini import IniDocument, Issue, Location, Section
-from cloudvac.config.models import Machinetype, Settings
+from cloudvac.config.models import Machinetype
 from cloudvac.config.pipes import (
     FILE_PREFIX,
     PipeDocument,
@@ -55,6 +55,7 @@ from cloudvac.config.pipes import (
     parse_pipe,
     shown_url,
 )
+from cloudvac.config.settings import Settings
 from cloudvac.model.naming import MACHINETYPE_NAME, SPACE_NAME
 
 KIND = "vacuum_pipe"

@@ -31,8 +31,9 @@ from pydantic_core import PydanticUndefined
 from cloudvac.config.dirac import DiracInstance
 from cloudvac.config.diracsites import SITE_NAME_KEY
 from cloudvac.config.loader import PLACEHOLDER_KEYS, SECTION_KINDS
-from cloudvac.config.models import Machinetype, Settings, SimMachinetype, SimSpace, Space
+from cloudvac.config.models import Machinetype, SimMachinetype, SimSpace, Space
 from cloudvac.config.openstack import INLINE_SECRETS, OpenStackSpace
+from cloudvac.config.settings import Settings
 from cloudvac.config.vcycle_names import VCYCLE_OPTIONS, Section, vcycle_name
 
 REGENERATE = "cloudvac options --write docs"

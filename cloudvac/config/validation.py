@@ -27,8 +27,9 @@ from pydantic import BaseModel, ValidationError
 from cloudvac.config.dirac import DiracInstance
 from cloudvac.config.diracsites import SITE_NAME_KEY
 from cloudvac.config.ini import Issue, Section
-from cloudvac.config.models import Machinetype, Settings, SimMachinetype, SimSpace, Space
+from cloudvac.config.models import Machinetype, SimMachinetype, SimSpace, Space
 from cloudvac.config.openstack import OpenStackSpace
+from cloudvac.config.settings import Settings
 from cloudvac.config.vcycle_names import hint
 
 M = TypeVar("M", bound=BaseModel)

@@ -37,9 +37,10 @@ import jinja2
 
 from cloudvac import __version__
 from cloudvac.auth.vmtokens import TokenSigner
-from cloudvac.config.models import Machinetype, Settings, Space
+from cloudvac.config.models import Machinetype, Space
 from cloudvac.config.proxies import SQUID_PORT
 from cloudvac.config.secrets import SecretError, check_secret_file
+from cloudvac.config.settings import Settings
 from cloudvac.context import dirac
 from cloudvac.context.errors import RenderError
 from cloudvac.context.families import family

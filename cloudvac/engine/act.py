@@ -15,7 +15,8 @@ import asyncio
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, replace
 
-from cloudvac.config.models import Settings, Space
+from cloudvac.config.models import Space
+from cloudvac.config.settings import Settings
 from cloudvac.context.errors import RenderError
 from cloudvac.engine.lifecycle import Deletion
 from cloudvac.engine.planner import Create

@@ -25,7 +25,8 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from cloudvac.config.models import Settings, Space
+from cloudvac.config.models import Space
+from cloudvac.config.settings import Settings
 from cloudvac.engine.act import Acted, Actor
 from cloudvac.engine.credentials import CredentialWatch
 from cloudvac.engine.decide import Changes, Starts, decide

@@ -19,7 +19,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from cloudvac.clouds.factory import CloudFactory
-from cloudvac.config.models import Settings, Space
+from cloudvac.config.models import Space
+from cloudvac.config.settings import Settings
 from cloudvac.engine.decide import Decision, decide
 from cloudvac.engine.metrics import EngineMetrics
 from cloudvac.engine.observe import CloudReader

@@ -17,7 +17,8 @@ import asyncio
 from collections.abc import Sequence
 
 from cloudvac.clouds.factory import CloudFactory
-from cloudvac.config.models import Machinetype, Settings, Space
+from cloudvac.config.models import Machinetype, Space
+from cloudvac.config.settings import Settings
 from cloudvac.context.diraccs import QueueSize
 from cloudvac.model.cloud import Cloud
 from cloudvac.model.errors import CloudError, Misconfigured

@@ -12,7 +12,8 @@ from fastapi import Request
 from prometheus_client import CollectorRegistry, Counter
 
 from cloudvac.auth.vmtokens import TokenSigner
-from cloudvac.config.models import Machinetype, Settings, Space
+from cloudvac.config.models import Machinetype, Space
+from cloudvac.config.settings import Settings
 from cloudvac.model.records import MachineRecord
 from cloudvac.store import Store
 from cloudvac.web.files import JoboutputsDir

@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from cloudvac.config.models import Settings
+from cloudvac.config.settings import Settings
 
 log = logging.getLogger("cloudvac.web.guard")
 LOG_EVERY_SECONDS = 10.0

@@ -23,8 +23,8 @@ from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request,
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from cloudvac.config.models import Settings
 from cloudvac.config.secrets import read_secret
+from cloudvac.config.settings import Settings
 from cloudvac.status import read_view, status_rows
 from cloudvac.web.context import context
 from cloudvac.web.guard import WebLimits

@@ -14,7 +14,7 @@ import socket
 import uvicorn
 from fastapi import FastAPI
 
-from cloudvac.config.models import Settings
+from cloudvac.config.settings import Settings
 from cloudvac.web.guard import WebLimits, raise_open_file_limit
 from cloudvac.web.listen import (
     Door,

@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from cloudvac.config.models import Settings
 from cloudvac.config.secrets import SecretError
+from cloudvac.config.settings import Settings
 from cloudvac.web.listen import WebConfigError
 from cloudvac.web.operator import operator_access
 from tests.integration.webserver import web_server

@@ -23,7 +23,8 @@ from diraccfg import CFG
 from cloudvac.clouds.factory import CloudFactory
 from cloudvac.config import load_config_dir
 from cloudvac.config.dirac import DiracInstance
-from cloudvac.config.models import Machinetype, Settings, Space
+from cloudvac.config.models import Machinetype, Space
+from cloudvac.config.settings import Settings
 from cloudvac.context import dirac, diraccs
 from cloudvac.context.diraccs import QueueSize
 from cloudvac.engine.queuesizes import resolve_sizes

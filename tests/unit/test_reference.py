@@ -19,7 +19,7 @@ from cloudvac.cli.docs import documents
 from cloudvac.config import LoadedConfig, load_config_dir, loader
 from cloudvac.config.diracsites import SITE_NAME_KEY
 from cloudvac.config.loader import PLACEHOLDER_KEYS
-from cloudvac.config.models import Machinetype, Settings, SimMachinetype, SimSpace, Space
+from cloudvac.config.models import Machinetype, SimMachinetype, SimSpace, Space
 from cloudvac.config.openstack import OpenStackSpace
 from cloudvac.config.reference import (
     HEADER_FIELDS,
@@ -31,6 +31,7 @@ from cloudvac.config.reference import (
     roff,
     section_models,
 )
+from cloudvac.config.settings import Settings
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 PREFIXED = {target: prefix for prefix, target in (*PLACEHOLDER_KEYS, SITE_NAME_KEY)}

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from cloudvac.config.models import Machinetype, Settings, SimMachinetype, SimSpace, Space
+from cloudvac.config.models import Machinetype, SimMachinetype, SimSpace, Space
 from cloudvac.config.openstack import OpenStackSpace
 from cloudvac.config.pipecache import REFRESH, SHARE, URL
+from cloudvac.config.settings import Settings
 from cloudvac.config.vcycle_names import VCYCLE_OPTIONS, entries, hint, vcycle_name
 
 # Every option of VCycle 3.0, transcribed from its code (shared.py, openstack_api.py and
