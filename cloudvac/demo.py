@@ -71,6 +71,9 @@ def run_demo(cycles: int | None, state_dir: Path | None,
     try:
         service = build(ConfigSource(config_dir, overrides), settings, store,
                         keep_reports=cycles or 100)
+        # First thing, on stderr with --json (stdout is the summary then).
+        (console or Console(stderr=True)).print(
+            f"dashboard: http://127.0.0.1:{service.operator_port}/dashboard", soft_wrap=True)
         asyncio.run(_drive(service, store, cycles, console))
         return summarize(service, store, state)
     finally:

@@ -20,6 +20,11 @@ command -v systemd-analyze >/dev/null || missing+=(systemd)
 # (tests/unit/test_reference.py).
 command -v groff >/dev/null || missing+=(groff-base)
 command -v man >/dev/null || missing+=(man-db)
+# chromium and chromium-driver: the operator dashboard is loaded in a real headless browser
+# (selenium drives chromedriver; tests/integration/test_dashboard.py): plots drawn, no console
+# errors, a screenshot kept.
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
 # Debian keeps the server's binaries under /usr/lib/postgresql/<version>/bin, off PATH.
 if ! command -v initdb >/dev/null && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null
 then

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import logging
 
-from cloudvac.cli import commands, docs, events, ops, vcycle
+from cloudvac.cli import accounting, commands, docs, events, ops, vcycle
 from cloudvac.cli.base import app
 
-__all__ = ["app", "commands", "docs", "events", "main", "ops", "vcycle"]
+__all__ = ["accounting", "app", "commands", "docs", "events", "main", "ops", "vcycle"]
 
 
 def main() -> None:  # pragma: no cover - console entry point

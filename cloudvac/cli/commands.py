@@ -176,6 +176,10 @@ def demo(cycles: Annotated[int | None, typer.Option(help="Stop after N cycles.")
     summary = run_demo(cycles, state_dir, None if as_json else Console())
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
+    else:
+        for problem in summary.get("errors", []):
+            err.print(f"[red]error[/red] {escape(str(problem))}", highlight=False,
+                      soft_wrap=True)
     sys.exit(0 if summary["ok"] else 1)
 
 

@@ -51,6 +51,7 @@ from cloudvac.model.cloud import (
     Limits,
     MachineSpec,
     ObservedMachine,
+    flavor_benchmark,
 )
 from cloudvac.model.errors import AuthFailed, CloudError, Gone, Misconfigured, NotSent, Retryable
 from cloudvac.model.naming import name_prefix
@@ -148,6 +149,7 @@ class OpenStackCloud:
         """Run ``fn`` in this space's threads within the API timeout; the libraries'
         errors come out translated (``LIBRARY_ERRORS``), anything else unchanged."""
         async with self._sem:
+            began = time.monotonic()
             try:
                 # A thread of its own per call (auth/cancel.py): a hanging cloud never
                 # starves the default pool the store's calls use, and a cancelled cycle's
@@ -155,19 +157,22 @@ class OpenStackCloud:
                 result = await run_cancellable(fn, self.options.api_timeout_seconds * 2,
                                                f"os-{self.space}-{kind}")
             except TimeoutError:
-                self.observer.cloud_request(self.space, kind, "timeout")
+                self.observer.cloud_request(self.space, kind, "timeout",
+                                            time.monotonic() - began)
                 raise Retryable(f"{kind}: no answer within "
                                 f"{self.options.api_timeout_seconds * 2:g}s") from None
             except CloudError as exc:
-                self.observer.cloud_request(self.space, kind, type(exc).__name__)
+                self.observer.cloud_request(self.space, kind, type(exc).__name__,
+                                            time.monotonic() - began)
                 raise
             except LIBRARY_ERRORS as exc:
                 error = _translate(exc, kind)
                 log.debug("space=%s machinetype=- machine=- %s failed: %s", self.space, kind,
                           type(exc).__name__)
-                self.observer.cloud_request(self.space, kind, type(error).__name__)
+                self.observer.cloud_request(self.space, kind, type(error).__name__,
+                                            time.monotonic() - began)
                 raise error from None
-        self.observer.cloud_request(self.space, kind, "ok")
+        self.observer.cloud_request(self.space, kind, "ok", time.monotonic() - began)
         now = time.time()
         for credential in self.credentials():
             self.observer.token_expiry(self.space, credential.kind, credential.expires_at - now)
@@ -223,7 +228,8 @@ class OpenStackCloud:
         if not self._flavors or time.monotonic() - self._flavors_at > FLAVOR_CACHE_SECONDS or \
                 not any(n in self._flavors for n in names):
             found = await self._call("flavors", lambda: [
-                Flavor(f.name, int(f.vcpus), int(f.ram), str(f.id))
+                Flavor(f.name, int(f.vcpus), int(f.ram), str(f.id),
+                       *flavor_benchmark(getattr(f, "extra_specs", None)))
                 for f in self.conn.compute.flavors(details=True)])
             self._flavors = {f.name: f for f in found}
             self._flavors_at = time.monotonic()

@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from cloudvac.clouds.simpilots import NullPilots, PilotReporter
+from cloudvac.clouds.simpilots import NullPilots, PilotReporter, PilotRun, TotalsReporter
 from cloudvac.clouds.simserver import (
     APP_ERROR,
     DELETE_SECONDS,
@@ -209,6 +209,9 @@ class SimProject:
                 continue
             space, name, at, message = report.owner[0], report.name, report.at, report.message
             try:
+                if message is not None and isinstance(reporter, TotalsReporter):
+                    await reporter.totals(space, name, PilotRun(report.started_at, at,
+                                                                report.processors, message))
                 await (reporter.heartbeat(space, name, at, report.file) if message is None
                        else reporter.shutdown(space, name, message, at))
             except Exception as exc:  # a reporter must never break a cloud call
@@ -315,7 +318,8 @@ class SimProject:
                     return min(srv.next_heartbeat, srv.end_at)
                 if srv.owner is not None:
                     self._outbox.append(_Report(srv.owner, srv.name, srv.machinetype,
-                                                srv.end_at, srv.message))
+                                                srv.end_at, srv.message, started_at=srv.boot_at,
+                                                processors=srv.flavor.processors))
                 srv.stopped_at = srv.end_at
                 srv.move(MachineState.STOPPED)
                 self._log(logging.INFO, srv, "stopped: %s", srv.message)

@@ -9,14 +9,16 @@ clock is virtual); ``NullPilots`` drops it (benchmarks of the engine alone).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import httpx
 
 from cloudvac.auth.vmtokens import TokenSigner
-from cloudvac.model.layout import SHUTDOWN_FILE, joboutput_url
+from cloudvac.model.layout import CPU_TOTALS_FILE, PILOT_LOG_FILE, SHUTDOWN_FILE, joboutput_url
 from cloudvac.model.naming import machinetype_of
 from cloudvac.model.records import Recorded
 from cloudvac.model.states import ShutdownMessage
@@ -33,6 +35,41 @@ class PilotReporter(Protocol):
 
     async def shutdown(self, space: str, name: str, message: ShutdownMessage, at: float) -> None:
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class PilotRun:
+    """How a simulated pilot ran: from ``started_at`` to ``stopped_at`` on ``processors``,
+    ending with ``message``."""
+
+    started_at: float
+    stopped_at: float
+    processors: int
+    message: ShutdownMessage
+
+
+@runtime_checkable
+class TotalsReporter(Protocol):
+    """A reporter that also sends what a real VM's agent uploads at its end beside the
+    shutdown message: ``cpu_totals`` and the pilot's log (``sim_totals`` makes them)."""
+
+    async def totals(self, space: str, name: str, run: PilotRun) -> None: ...
+
+
+def sim_totals(name: str, run: PilotRun) -> tuple[bytes, bytes]:
+    """(``cpu_totals``, ``pilot.log``) of a simulated pilot: 80-95 % of its processors busy
+    (user), 3 % system, the rest idle; a job every 10 s of its run (none for 300, no
+    work), one in four a user job; all derived from the machine's name, so repeatable."""
+    started_at, stopped_at = run.started_at, run.stopped_at
+    wall = max(stopped_at - started_at, 0.0) * run.processors
+    seed = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
+    user, system = wall * (0.80 + 0.15 * (seed % 1000) / 1000), wall * 0.03
+    cpu = f"{user:.2f} {system:.2f} {max(wall - user - system, 0.0):.2f}\n".encode()
+    jobs = 0 if run.message.code == 300 else max(1, int((stopped_at - started_at) // 10))
+    log_lines = [f"{started_at + 10 * i:.0f} WorkloadManagement/JobAgent INFO: Received "
+                 f"JobID={seed % 100000 * 100 + i}, JobType="
+                 f"{'User' if (seed + i) % 4 == 0 else 'MCSimulation'}\n" for i in range(jobs)]
+    return cpu, "".join(log_lines).encode()
 
 
 class NullPilots:
@@ -103,6 +140,11 @@ class HttpPilots:
 
     async def shutdown(self, space: str, name: str, message: ShutdownMessage, at: float) -> None:
         await self._put(space, name, SHUTDOWN_FILE, f"{message}\n".encode())
+
+    async def totals(self, space: str, name: str, run: PilotRun) -> None:
+        cpu, pilot_log = sim_totals(name, run)
+        await self._put(space, name, CPU_TOTALS_FILE, cpu)
+        await self._put(space, name, PILOT_LOG_FILE, pilot_log)
 
     async def close(self) -> None:
         await self.client.aclose()

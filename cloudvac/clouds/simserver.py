@@ -86,6 +86,8 @@ class _Report:
     at: float
     message: ShutdownMessage | None  # None: heartbeat
     file: str = HEARTBEAT_FILE
+    started_at: float = 0.0  # a shutdown's: when its pilot started, on how many processors
+    processors: int = 1
 
 
 def parse_flavors(entries: Iterable[str]) -> dict[str, Flavor]:

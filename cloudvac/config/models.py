@@ -94,6 +94,9 @@ class Machinetype(ConfigModel):
                                        "or a path.")
     hs06_per_processor: float | None = Field(None, gt=0, description="Benchmark per processor; "
                                              "weights shares, MJF and accounting.")
+    accounting_fqan: str | None = Field(None, pattern=r"^/[^\s]+$", description="FQAN of "
+                                        "the pilots in APEL records, e.g. "
+                                        "/belle/Role=production/Capability=NULL.")
     mb_per_processor: int = Field(2048, ge=1, description="MB per processor: MJF's max_rss_bytes; "
                                   "dirac-cs's MaxRAM when the flavor's RAM is unknown.")
     max_wallclock_seconds: Seconds = Field(86400, description="Delete running machines older "

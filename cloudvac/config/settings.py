@@ -99,6 +99,18 @@ class Settings(ConfigModel):
                                                 "operator's door then requires a client "
                                                 "certificate it signed.")
 
+    apel_outgoing_dir: Path | None = Field(None, description="APEL: write one individual job "
+                                           "record (v0.4) per finished machine into this "
+                                           "dirq directory, which ssmsend sends (e.g. "
+                                           "/var/spool/apel/outgoing/cloudvac); unset: none.")
+    apel_submit_host: str | None = Field(None, description="APEL SubmitHost; default "
+                                         "SPACE/cloudvac-MACHINETYPE.")
+    apel_infrastructure: str = Field("cloudvac-OpenStack", pattern=r"^[A-Za-z0-9._-]{1,64}$",
+                                     description="APEL InfrastructureDescription.")
+    apel_records_per_message: int = Field(1000, ge=1, le=5000, description="APEL records "
+                                          "per message (the APEL client's default and "
+                                          "maximum).")
+
     @property
     def web_base_url(self) -> str:
         if self.web_url:

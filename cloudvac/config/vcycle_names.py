@@ -157,7 +157,8 @@ VCYCLE_OPTIONS: tuple[VcycleOption, ...] = (
        "shares (HS06 instead of processors), not only MJF", changed=True),
     _O("machinetype", "disk_gb_per_processor", None, NO_API.format(api="google"),
        api="google"),
-    _O("machinetype", "accounting_fqan", None, "cloudvac writes no APEL or VacMon records"),
+    _O("machinetype", "accounting_fqan", "accounting_fqan", "the FQAN of cloudvac's APEL "
+       "records (apel_outgoing_dir in [settings])"),
     _O("machinetype", "root_image", "root_image", "an image name or id in Glance: cloudvac "
        "never downloads or uploads images. import-vcycle turns image:NAME into NAME and "
        "keeps a URL or path, the name of the image VCycle uploaded from it", changed=True),

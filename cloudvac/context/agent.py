@@ -22,6 +22,10 @@ connection errors are retried with exponential backoff and jitter until a deadli
   else ``100 Shutdown as requested`` if the agent got SIGTERM/SIGINT, else ``200 Success`` for
   exit 0, else ``700 Failed, probably JobAgent or Application problem (exit N)``. If the server
   rejects the pilot's line with 400, the agent's own line is sent instead.
+- ``cpu_totals`` (after the pilot ran): ``"<user s> <system s> <idle s>\\n"``, the CPU time of the
+  pilot's process tree (``getrusage(RUSAGE_CHILDREN)`` once it was reaped: every descendant
+  reaped within the tree counts) and the VM's ``/proc/stat`` idle time over the pilot's run,
+  ``-`` where unreadable; for the manager's accounting.
 - each of ``logs`` under its basename, only its last ``max_log_bytes``; missing files skipped.
 
 The pilot's user, not root, may own ``shutdown_message_path`` and ``logs``: a symbolic link there
@@ -68,6 +72,7 @@ import contextlib
 import errno
 import os
 import re
+import resource
 import shlex
 import signal
 import stat
@@ -92,6 +97,29 @@ MAX_SHUTDOWN_LINE = 4 + 200  # "NNN " and the text the server keeps
 FAILED_TEXT = "Failed, probably JobAgent or Application problem"
 REQUESTED = "100 Shutdown as requested"
 SELF_END_UPLOAD_SECONDS = 60.0  # the manager is likely gone: don't linger
+CPU_TOTALS_FILE = "cpu_totals"
+
+
+def proc_stat_idle(path: str = "/proc/stat") -> Optional[float]:
+    """Seconds the VM's CPUs have been idle since boot (``/proc/stat``, the ``cpu`` line's
+    fourth value, in clock ticks), None if unreadable."""
+    try:
+        with open(path) as handle:
+            fields = handle.readline().split()
+        if fields[0] != "cpu":
+            return None
+        return int(fields[4]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def cpu_totals(idle_before: Optional[float], idle_after: Optional[float]) -> bytes:
+    """The ``cpu_totals`` line once the pilot is reaped: its tree's user and system seconds,
+    and the idle seconds between the two readings (``-`` if either is unknown)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    idle = "-" if idle_before is None or idle_after is None else \
+        f"{max(idle_after - idle_before, 0.0):.2f}"
+    return f"{usage.ru_utime:.2f} {usage.ru_stime:.2f} {idle}\n".encode("ascii")
 
 
 def open_pilot_file(path: str) -> BinaryIO:
@@ -124,6 +152,7 @@ class Agent:
         # Popen[bytes] is not subscriptable on 3.6, but annotations in functions are not evaluated.
         self.proc: Optional[subprocess.Popen[bytes]] = None
         self.terminated_at: Optional[float] = None
+        self.totals: Optional[bytes] = None  # cpu_totals, once a pilot ran and was reaped
         token = config.token
         self.child_env = {key: value for key, value in os.environ.items()
                           if token not in key and token not in value}
@@ -218,6 +247,7 @@ class Agent:
             if self._check_lease() is not None:
                 return self._idle()
         log("starting pilot: " + " ".join(shlex.quote(arg) for arg in self.command))
+        idle_before = proc_stat_idle()
         try:
             # Own process group, so SIGTERM/SIGKILL also reach whatever the pilot spawned.
             self.proc = subprocess.Popen(self.command, env=env, start_new_session=True)
@@ -245,6 +275,7 @@ class Agent:
                     log(f"pilot still running {grace}s after SIGTERM: SIGKILL")
                     _kill_group(proc.pid, signal.SIGKILL)
                     killed = True
+        self.totals = cpu_totals(idle_before, proc_stat_idle())
         how = f"killed by signal {-code}" if code < 0 else f"exit {code}"
         ending = self.ending
         log("pilot ended: " + how + (f" ({ending[0]})" if ending else ""))
@@ -284,7 +315,10 @@ class Agent:
                                           deadline)
             if status != 400:
                 break
-        seen = {vmupload.SHUTDOWN_FILE, self.config.heartbeat_file}
+        seen = {vmupload.SHUTDOWN_FILE, self.config.heartbeat_file, CPU_TOTALS_FILE}
+        if self.totals is not None:
+            log("cpu_totals: " + self.totals.decode("ascii").strip())
+            self.uploader.put(CPU_TOTALS_FILE, self.totals, deadline)
         for path in self.config.logs:
             name = os.path.basename(path)
             if not vmupload.FILE_NAME_RE.fullmatch(name) or name in seen:

@@ -27,7 +27,10 @@ from dataclasses import dataclass, field, replace
 
 from cloudvac.config.models import Space
 from cloudvac.config.settings import Settings
+from cloudvac.engine.accounting import account_ended
 from cloudvac.engine.act import Acted, Actor
+from cloudvac.engine.apel import KEEP_SECONDS as APEL_KEEP_SECONDS
+from cloudvac.engine.apel import export_apel
 from cloudvac.engine.credentials import CredentialWatch
 from cloudvac.engine.decide import Changes, Starts, decide
 from cloudvac.engine.observe import CloudReader
@@ -101,6 +104,8 @@ class SpaceCycle:
         used = {k: n - before.get(k, 0) for k, n in after.items() if n != before.get(k, 0)}
         duration = self.tools.monotonic() - tick
         metrics.cycles.labels(space.name, "ok" if report.ok else "error").inc()
+        if report.ok:
+            metrics.cycle_done(space.name, self.tools.clock())
         metrics.cycle_seconds.labels(space.name).observe(max(duration, 0.0))
         self._waits(space, self.tools.monotonic())
         return replace(report, duration=duration, api_requests=used)
@@ -165,6 +170,12 @@ class SpaceCycle:
         if changes.records or changes.aborts:  # a steady cycle changes nothing: no thread hop
             await asyncio.to_thread(self.tools.store.apply, space.name, changes.records,
                                     changes.aborts, now)
+            if await asyncio.to_thread(account_ended, self.tools.store, space, changes.records,
+                                       self.settings.state_dir / "joboutputs", now) \
+                    and self.settings.apel_outgoing_dir is not None:
+                records = await asyncio.to_thread(self.tools.store.accounting,
+                                                  now - APEL_KEEP_SECONDS)
+                await asyncio.to_thread(export_apel, self.settings, space, records, lambda: now)
 
     async def _log(self, space: Space, events: tuple[Event, ...]) -> None:
         for event in events:

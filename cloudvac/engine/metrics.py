@@ -1,16 +1,37 @@
 """Prometheus metrics of the engine, on a registry the caller owns (no global state).
 
-``EngineMetrics`` is also the ``model.observer.Observer`` that cloud adapters report to."""
+``EngineMetrics`` is also the ``model.observer.Observer`` that cloud adapters report to.
+
+Two gauges tell the operator door's ``/healthz`` (which reads them by name from the shared
+registry: the web layer does not import the engine) whether each space still cycles:
+``LAST_CYCLE`` (when its last successful cycle ended) and ``ENGINE_STARTED`` (the reference
+for a space that has not completed one yet)."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LAST_CYCLE = "cloudvac_last_cycle_timestamp_seconds"
+ENGINE_STARTED = "cloudvac_engine_start_timestamp_seconds"
 
 
 class EngineMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        self.last_cycle = Gauge(LAST_CYCLE, "Unix time the space's last successful cycle "
+                                "ended", ["space"], registry=r)
+        self.engine_started = Gauge(ENGINE_STARTED, "Unix time the engine started",
+                                    registry=r)
+        self.engine_started.set(clock())
+        self.cloud_request_seconds = Histogram(
+            "cloudvac_cloud_request_duration_seconds", "Latency of cloud API requests by "
+            "kind (list, limits, create...), whatever their outcome", ["space", "kind"],
+            registry=r, buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
         self.cycles = Counter("cloudvac_cycles", "Cycles run per space by outcome",
                               ["space", "outcome"], registry=r)
         self.cycle_seconds = Histogram("cloudvac_cycle_duration_seconds",
@@ -52,8 +73,15 @@ class EngineMetrics:
                                      "configuration validated, 0 if its last good one is used",
                                      ["space"], registry=r)
 
-    def cloud_request(self, space: str, kind: str, outcome: str) -> None:
+    def cloud_request(self, space: str, kind: str, outcome: str,
+                      seconds: float | None = None) -> None:
         self.cloud_requests.labels(space, kind, outcome).inc()
+        if seconds is not None:
+            self.cloud_request_seconds.labels(space, kind).observe(max(seconds, 0.0))
+
+    def cycle_done(self, space: str, at: float) -> None:
+        """``space`` completed a successful cycle at unix time ``at``."""
+        self.last_cycle.labels(space).set(at)
 
     def keystone_auth(self, space: str) -> None:
         self.auth_calls.labels(space).inc()

@@ -48,6 +48,8 @@ class AccountingRecord:
     shutdown_text: str
     jobs: JobCounts
     fizzled: bool
+    site: str = ""
+    """The space's ``site_name`` (``<Site>.<cc>``: GOCDB name and country), '' if unset."""
 
     @property
     def wall_seconds(self) -> float:

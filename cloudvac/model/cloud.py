@@ -81,6 +81,22 @@ class Flavor:
     processors: int
     ram_mb: int = 0
     cloud_id: str = ""
+    benchmark_type: str = ""
+    """The flavor's ``accounting:benchmark_type`` extra spec (what the site's cASO reports)."""
+    benchmark_value: float | None = None
+    """Its ``accounting:benchmark_value``: benchmark per processor, None when absent."""
+
+
+def flavor_benchmark(extra_specs: object) -> tuple[str, float | None]:
+    """``(type, value)`` from a flavor's extra specs (cASO's keys); ``("", None)`` when they
+    are absent or the value is not a positive number."""
+    specs = extra_specs if isinstance(extra_specs, dict) else {}
+    kind = str(specs.get("accounting:benchmark_type", "") or "")
+    try:
+        value = float(specs.get("accounting:benchmark_value", ""))
+    except (TypeError, ValueError):
+        return kind, None
+    return kind, value if value > 0 else None
 
 
 @dataclass(frozen=True, slots=True)

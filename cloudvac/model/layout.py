@@ -15,6 +15,10 @@ FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", re.ASCII)
 HEARTBEAT_FILE = "heartbeat"
 #: The file a VM uploads to say how it ended (``NNN text``, HSF-TN-2016-04).
 SHUTDOWN_FILE = "shutdown_message"
+#: The in-VM agent's CPU totals at its end: ``<user s> <system s> <idle s>`` (accounting).
+CPU_TOTALS_FILE = "cpu_totals"
+#: The pilot's log, as the VM uploads it (accounting reads the JobAgent's jobs from it).
+PILOT_LOG_FILE = "pilot.log"
 
 MACHINE = "/machines/{space}/{name}"
 JOBOUTPUTS = MACHINE + "/joboutputs"

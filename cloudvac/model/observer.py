@@ -10,9 +10,10 @@ from typing import Protocol
 
 
 class Observer(Protocol):
-    def cloud_request(self, space: str, kind: str, outcome: str) -> None:
-        """One request to a cloud API (``kind``: list, limits, create...) and how it ended
-        (``ok`` or an error class name)."""
+    def cloud_request(self, space: str, kind: str, outcome: str,
+                      seconds: float | None = None) -> None:
+        """One request to a cloud API (``kind``: list, limits, create...), how it ended
+        (``ok`` or an error class name) and how long it took (None: not measured)."""
 
     def keystone_auth(self, space: str) -> None:
         """A token was fetched from Keystone."""
@@ -27,7 +28,8 @@ class Observer(Protocol):
 class NullObserver:
     """Observes nothing (tests, tools)."""
 
-    def cloud_request(self, space: str, kind: str, outcome: str) -> None:
+    def cloud_request(self, space: str, kind: str, outcome: str,
+                      seconds: float | None = None) -> None:
         return None
 
     def keystone_auth(self, space: str) -> None:

@@ -34,6 +34,7 @@ import cloudvac.store.uploads as uploads
 from cloudvac.model.records import Drain, Event, MachineRecord, ProjectRoom, Recorded, SpaceHistory
 from cloudvac.model.redact import redact
 from cloudvac.model.states import MachineState, ShutdownMessage
+from cloudvac.store.accounting import AccountingStore
 from cloudvac.store.engine import (
     IMMEDIATE,
     DatabaseFile,
@@ -74,7 +75,7 @@ def _record(row: Sequence[Any]) -> MachineRecord:
     return record_from_values(row[0], row[1:])
 
 
-class Store:
+class Store(AccountingStore):
     """Persistent memory of cloudvac.  All methods are synchronous and thread-safe; each
     commits before returning, so a returned call is durable."""
 

@@ -1,5 +1,7 @@
-"""The operator's door: health, metrics, status and the VM door's OpenAPI document, on a
-listener of its own (``operator_listen``, loopback by default), never on the VMs' port.
+"""The operator's door: ``/healthz`` (``health.py``), ``/metrics``, ``/api/status`` (also
+``/status``), the dashboard (``/`` and ``/dashboard``, ``dashboard.py``) and the VM
+door's OpenAPI document, on a listener of its own (``operator_listen``, loopback by
+default), never on the VMs' port.
 
 Access: on loopback, whoever can reach the port (the host's own users); elsewhere
 ``operator_access`` refuses to start unless TLS is configured and either a bearer token
@@ -20,14 +22,16 @@ from typing import Annotated, Any
 
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request, Response
-from fastapi.responses import JSONResponse, PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
 from cloudvac.config.secrets import read_secret
 from cloudvac.config.settings import Settings
-from cloudvac.status import read_view, status_rows
-from cloudvac.web.context import context
+from cloudvac.status import StatusRow, read_view, status_rows
+from cloudvac.web.context import WebContext, context
+from cloudvac.web.dashboard import CSP, REFRESH_SECONDS, Dashboard, page
 from cloudvac.web.guard import WebLimits
+from cloudvac.web.health import Cycling, Health, Level, Problem, check
 from cloudvac.web.listen import (
     Door,
     WebConfigError,
@@ -38,6 +42,7 @@ from cloudvac.web.listen import (
 from cloudvac.web.protocols import guarded_server
 
 OPERATOR_CONNECTIONS = 64  # operators and their scrapers, not thousands of VMs
+DASHBOARD_EVENTS = 1000  # the newest events the dashboard reads for its errors
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,25 +125,84 @@ def create_operator_app(vm_app: FastAPI, access: OperatorAccess) -> FastAPI:
 router = APIRouter()
 
 
-@router.get("/healthz")
-async def healthz(request: Request) -> dict[str, str]:
-    await asyncio.to_thread(context(request).store.events, None, 1)
-    return {"status": "ok"}
+@router.get("/healthz", response_class=PlainTextResponse,
+            responses={503: {"description": "WARNING or CRITICAL: a space stalled, a "
+                             "credential expires within a day, or the store fails"}})
+async def healthz(request: Request) -> PlainTextResponse:
+    """Nagios-usable: the first line starts with OK, WARNING or CRITICAL; 503 unless OK."""
+    ctx = context(request)
+    try:
+        health = await asyncio.to_thread(_health, ctx)
+    except Exception as exc:  # the store: its error class only, never its text (a URL)
+        health = Health((Problem(Level.CRITICAL, f"store unreadable: {type(exc).__name__}"),))
+    return PlainTextResponse(health.text(), status_code=health.status_code)
+
+
+def _health(ctx: WebContext) -> Health:
+    spaces = ctx.spaces()
+    return check(spaces, Cycling.read(ctx.registry, spaces), ctx.store.credentials(),
+                 ctx.clock(), ctx.settings.cycle_seconds)
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(request: Request) -> Response:
-    return Response(generate_latest(context(request).registry),
-                    media_type=CONTENT_TYPE_LATEST)
+    """The engine's and the web's metrics, and what the store says now: backoffs in force
+    and credential expiry (``status_metrics``)."""
+    ctx = context(request)
+    own = generate_latest(ctx.registry)
+    try:
+        rows = await asyncio.to_thread(_rows, ctx)
+    except Exception:  # the store failed: the process's own metrics still serve
+        return Response(own, media_type=CONTENT_TYPE_LATEST)
+    return Response(own + status_metrics(rows), media_type=CONTENT_TYPE_LATEST)
+
+
+def status_metrics(rows: list[StatusRow]) -> bytes:
+    """Gauges from the status rows, in a registry made for this scrape only."""
+    registry = CollectorRegistry()
+    left = Gauge("cloudvac_backoff_seconds_left", "Seconds before the machinetype may "
+                 "create again after an abort (0: no backoff)", ["space", "machinetype"],
+                 registry=registry)
+    active = Gauge("cloudvac_backoffs_active", "Machinetypes in backoff now", registry=registry)
+    expiry = Gauge("cloudvac_credential_expiry_seconds", "Seconds until the space's "
+                   "earliest-expiring credential expires (as last recorded in the store)",
+                   ["space"], registry=registry)
+    for r in rows:
+        left.labels(r.space, r.machinetype).set(r.backoff_seconds_left)
+        if r.credential_expires_in is not None:
+            expiry.labels(r.space).set(r.credential_expires_in)
+    active.set(sum(r.backoff_seconds_left > 0 for r in rows))
+    return generate_latest(registry)
+
+
+def _rows(ctx: WebContext) -> list[StatusRow]:
+    view = read_view(ctx.store, events=200)
+    return status_rows(ctx.spaces(), view, ctx.clock())
 
 
 @router.get("/status")
+@router.get("/api/status")
 async def status(request: Request) -> list[dict[str, object]]:
+    """One row per space and machinetype: the rows of ``cloudvac status --json``."""
+    rows = await asyncio.to_thread(_rows, context(request))
+    return [r.as_dict() for r in rows]
+
+
+@router.get("/", include_in_schema=False)
+@router.get("/dashboard", include_in_schema=False)
+async def dashboard(request: Request) -> HTMLResponse:
+    """The operator's dashboard (``dashboard.py``)."""
     ctx = context(request)
+    html = await asyncio.to_thread(_dashboard, ctx)
+    return HTMLResponse(html, headers={"Content-Security-Policy": CSP,
+                                       "Cache-Control": "no-store"})
 
-    def rows() -> list[dict[str, object]]:
-        view = read_view(ctx.store, events=200)
-        return [r.as_dict() for r in status_rows(ctx.spaces(), view, ctx.clock())]
 
-    return await asyncio.to_thread(rows)
-
+def _dashboard(ctx: WebContext) -> str:
+    spaces, now = ctx.spaces(), ctx.clock()
+    view = read_view(ctx.store, events=DASHBOARD_EVENTS)
+    data = Dashboard(spaces, status_rows(spaces, view, now),
+                     ctx.store.machines(include_gone=True), view.events, view.credentials,
+                     check(spaces, Cycling.read(ctx.registry, spaces), view.credentials, now,
+                           ctx.settings.cycle_seconds), now)
+    return page(data, refresh=max(REFRESH_SECONDS, int(ctx.settings.cycle_seconds)))

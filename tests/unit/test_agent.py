@@ -348,7 +348,7 @@ def test_the_pilots_files_are_read_only_if_regular_never_through_a_link(
     err = finish(start_agent(tmp_path, server.joboutputs(), "pass", logs=[str(link), str(fifo),
                              str(folder)], shutdown_message_path=str(message)))
     assert [p.body for p in server.of("shutdown_message")] == [b"200 Success"]
-    assert {p.file for p in server.puts} == {"heartbeat", "shutdown_message"}
+    assert {p.file for p in server.puts} == {"heartbeat", "shutdown_message", "cpu_totals"}
     why = "a symbolic link, not followed" if message_kind == "symlink" else "not a regular file"
     assert f"ignoring {message}: {why}\n" in err
     assert f"skipping log {link}: a symbolic link, not followed\n" in err

@@ -199,10 +199,10 @@ def test_machinetype_and_pipe_options(vcycle: list[Path], tmp_path: Path) -> Non
         "user_data_option_dirac_site": "VCYCLE.Napoli.it",
         "user_data_file_hostcert": f"{files}/hostcert.pem",
         "user_data_file_hostkey": "/etc/vcycle/hostkey.pem",
-        "max_wallclock_seconds": "172800", "backoff_seconds": "600", "fizzle_seconds": "600"}
+        "max_wallclock_seconds": "172800", "backoff_seconds": "600", "fizzle_seconds": "600",
+        "accounting_fqan": "/belle/Role=NULL/Capability=NULL"}
     mt = "machinetype napoli.infn.it belle"
     assert "own token" in notes(conversion, "https_x509dn", mt)[0]
-    assert "no APEL" in notes(conversion, "accounting_fqan", mt)[0]
     assert "VCycle ignored it" in notes(conversion, "bogus_option", mt)[0]
     assert "no X.509 proxy" in notes(conversion, "user_data_proxy", mt)[0]
     assert "default is 3128, VCycle's was 280" in notes(conversion,

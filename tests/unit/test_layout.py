@@ -43,7 +43,7 @@ def test_every_layout_path_is_a_route_of_the_app(tmp_path: object) -> None:
     access = operator_access(SETTINGS.model_copy(update={"operator_listen": "127.0.0.1:0"}))
     operator = create_operator_app(create_app(ctx), access)
     paths = set(operator.openapi()["paths"])
-    assert paths == {"/healthz", "/metrics", "/status"}
+    assert paths == {"/healthz", "/metrics", "/status", "/api/status"}
     assert not templates & paths
 
 

@@ -72,9 +72,9 @@ def test_rows_point_at_options_that_exist_and_say_why_not() -> None:
             assert row.note, f"{row.vcycle}: say how the meaning changed"
 
 
-def test_accepted_but_unused_vcycle_options_are_gone() -> None:
-    assert "accounting_fqan" not in Machinetype.model_fields
-    assert [e.carried for e in entries("machinetype", "accounting_fqan")] == [None]
+def test_accounting_fqan_is_carried_for_apel() -> None:
+    assert "accounting_fqan" in Machinetype.model_fields
+    assert [e.carried for e in entries("machinetype", "accounting_fqan")] == ["accounting_fqan"]
 
 
 @pytest.mark.parametrize(("section", "option", "vcycle"), [
@@ -103,7 +103,6 @@ def test_vcycle_name_for_the_reference(section: str, option: str, vcycle: str | 
     ("space", "https_host", "use web_url in [settings]"),
     ("space", "secret_key", "(api = ec2), not carried over"),
     ("machinetype", "cvmfs_proxy_machinetype", "use squid_machinetype in [space]"),
-    ("machinetype", "accounting_fqan", "not carried over: cloudvac writes no APEL"),
     ("machinetype", "x509dn", "own token"),
     ("vacuum_pipe", "x509dn", "own token"),
 ])

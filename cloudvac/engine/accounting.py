@@ -1,0 +1,136 @@
+"""One accounting record per finished machine, written when the cycle finds it gone.
+
+A machine is accounted once it is gone (its row's state ``gone``) and had started: from its
+``MachineRecord`` (times, processors, cloud id, shutdown message), its machinetype's
+configuration (VO, DIRAC site per DIRAC instance, HS06 per processor, ``fizzle_seconds``)
+and what the VM uploaded into its joboutputs directory:
+
+* ``cpu_totals``: ``<user seconds> <system seconds> <idle seconds>`` (the agent's
+  ``cpu_totals``: the pilot's process tree, and ``/proc/stat`` idle over the pilot's run;
+  ``-`` for a value it could not read).  CPU time is user + system; missing or malformed:
+  unknown (None), never a guess.
+* ``pilot.log``: the DIRAC JobAgent announces each job it takes as ``Received JobID=N,
+  JobType=T`` (DIRAC v7 to v9); ``User`` jobs are user work, every other type production.
+  No log: the counts are unknown (``JobCounts.known`` False).
+
+``account_ended`` runs in the cycle after its machine rows are written, and only in a
+cycle that marked a machine gone: it accounts every gone machine of the space without a
+record (``Store.unaccounted``), so a record a crash skipped is written by the next such
+cycle, and the store's insert keeps the first one (exactly once).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from cloudvac.config.models import Machinetype, Space
+from cloudvac.context.dirac import site_of
+from cloudvac.model.accounting import AccountingRecord, JobCounts
+from cloudvac.model.layout import CPU_TOTALS_FILE, PILOT_LOG_FILE
+from cloudvac.model.records import MachineRecord
+from cloudvac.model.states import MachineState
+from cloudvac.store import Store
+
+log = logging.getLogger("cloudvac.engine.accounting")
+MAX_READ_BYTES = 64 * 1024 * 1024
+"""A pilot log is read up to this much (uploads are bounded far below it)."""
+_RECEIVED = re.compile(rb"Received\b[^\n]*?JobID=(\d+),?\s*JobType=([A-Za-z0-9_.-]+)")
+_DEFAULT_FIZZLE = 600.0
+
+
+def cpu_totals(data: bytes | None) -> tuple[float | None, float | None]:
+    """(user + system, idle) seconds from a ``cpu_totals`` upload; None where unknown."""
+    if data is None:
+        return None, None
+    fields = data.decode("ascii", "replace").split()
+    if len(fields) < 2:
+        return None, None
+
+    def number(text: str) -> float | None:
+        try:
+            value = float(text)
+        except ValueError:
+            return None
+        return value if value >= 0 and value == value and value != float("inf") else None
+
+    user, system = number(fields[0]), number(fields[1])
+    idle = number(fields[2]) if len(fields) > 2 else None
+    cpu = None if user is None or system is None else user + system
+    return cpu, idle
+
+
+def job_counts(data: bytes | None) -> JobCounts:
+    """Jobs the JobAgent took, by kind, from a pilot log; unknown without a log."""
+    if data is None:
+        return JobCounts()
+    kinds: dict[bytes, bool] = {}
+    for match in _RECEIVED.finditer(data):
+        kinds[match.group(1)] = match.group(2).lower() == b"user"
+    user = sum(kinds.values())
+    return JobCounts(production=len(kinds) - user, user=user, known=True)
+
+
+def _read(directory: Path, file: str) -> bytes | None:
+    try:
+        with open(directory / file, "rb") as handle:
+            return handle.read(MAX_READ_BYTES)
+    except OSError:  # not uploaded (or unreadable): unknown
+        return None
+
+
+def dirac_site(space: Space, mt: Machinetype | None) -> str:
+    """The DIRAC site the machinetype's pilots report as, '' if none or not resolvable."""
+    instance = space.dirac_instances.get(mt.dirac) if mt is not None and mt.dirac else None
+    if instance is None:
+        return ""
+    try:
+        return site_of(instance, space)
+    except ValueError:
+        return ""
+
+
+def build(space: Space, record: MachineRecord, joboutputs: Path,
+          now: float) -> AccountingRecord:
+    """The accounting record of ``record``, a machine that ended (see the module doc)."""
+    mt = space.machinetypes.get(record.machinetype)
+    started = record.started_at if record.started_at is not None else now
+    stopped = record.ended_at or record.shutdown_at or now
+    stopped = max(stopped, started)
+    directory = joboutputs / space.name / record.name
+    cpu, idle = cpu_totals(_read(directory, CPU_TOTALS_FILE))
+    processors = max(record.processors, 1)
+    benchmark: float | None = mt.hs06_per_processor if mt is not None else None
+    if benchmark is None and record.hs06:
+        benchmark = record.hs06 / processors
+    fizzle = float(mt.fizzle_seconds) if mt is not None else _DEFAULT_FIZZLE
+    message = record.shutdown
+    return AccountingRecord(
+        space=space.name, machine=record.name, vm_uuid=record.cloud_id,
+        machinetype=record.machinetype, vo=(mt.vo or "") if mt is not None else "",
+        dirac_site=dirac_site(space, mt), processors=processors,
+        benchmark_per_processor=benchmark,
+        benchmark_source="config" if benchmark is not None else "",
+        started_at=started, stopped_at=stopped, cpu_seconds=cpu, idle_seconds=idle,
+        shutdown_code=message.code if message is not None else None,
+        shutdown_text=message.text if message is not None else "",
+        jobs=job_counts(_read(directory, PILOT_LOG_FILE)),
+        fizzled=stopped - started < fizzle, site=space.site_name or "")
+
+
+def account_ended(store: Store, space: Space, changed: Sequence[MachineRecord],
+                  joboutputs: Path, now: float) -> int:
+    """Write the records of ``space``'s gone machines that have none, if ``changed`` (this
+    cycle's written machine rows) marked any machine gone; how many were new."""
+    if not any(r.state is MachineState.GONE for r in changed):
+        return 0
+    records = [build(space, r, joboutputs, now) for r in store.unaccounted(space.name)]
+    written = store.record_accounting(records, now)
+    for r in records:
+        log.info("space=%s machinetype=%s machine=%s accounted: %.0fs wall, %s CPU s, "
+                 "%d processors, code %s", r.space, r.machinetype, r.machine, r.wall_seconds,
+                 "?" if r.cpu_seconds is None else f"{r.cpu_seconds:.0f}", r.processors,
+                 r.shutdown_code)
+    return written
