@@ -3,6 +3,8 @@ and the event stream under it (creations, shutdown codes with their meaning, bac
 deletions with their reasons); on a pipe or a file, one plain line per event and the table
 after every cycle, never wider than 80 columns.
 
+Its APEL records go to ``STATE/apel/outgoing`` (printed with the dashboard's address).
+
 The example configuration is copied into the state directory (``STATE/cloudvac.d``), so an
 operator can edit it while the demo runs and watch the daemon re-read it.
 """
@@ -52,6 +54,12 @@ def prepare(state_dir: Path) -> Path:
     return config_dir
 
 
+def apel_dir(state_dir: Path) -> Path:
+    """Where the demo writes its APEL individual job records (the dirq layout ssmsend
+    reads), ``STATE/apel/outgoing``."""
+    return state_dir / "apel" / "outgoing"
+
+
 def run_demo(cycles: int | None, state_dir: Path | None,
              console: Console | None) -> dict[str, Any]:
     """Run the daemon on the example configuration; show it on ``console`` (None: show
@@ -65,7 +73,8 @@ def run_demo(cycles: int | None, state_dir: Path | None,
                  "web_url": None, "web_tls_cert": None, "web_tls_key": None,
                  "operator_listen": "127.0.0.1:0", "operator_token_file": None,
                  "operator_tls_cert": None, "operator_tls_key": None,
-                 "operator_tls_client_ca": None}
+                 "operator_tls_client_ca": None,
+                 "apel_outgoing_dir": apel_dir(state)}
     settings = loaded.settings.model_copy(update=overrides)
     store = Store(settings.database_url)
     try:
@@ -73,7 +82,8 @@ def run_demo(cycles: int | None, state_dir: Path | None,
                         keep_reports=cycles or 100)
         # First thing, on stderr with --json (stdout is the summary then).
         (console or Console(stderr=True)).print(
-            f"dashboard: http://127.0.0.1:{service.operator_port}/dashboard", soft_wrap=True)
+            f"dashboard: http://127.0.0.1:{service.operator_port}/dashboard\n"
+            f"APEL records: {settings.apel_outgoing_dir}", soft_wrap=True)
         asyncio.run(_drive(service, store, cycles, console))
         return summarize(service, store, state)
     finally:

@@ -91,15 +91,24 @@ class _Report:
 
 
 def parse_flavors(entries: Iterable[str]) -> dict[str, Flavor]:
-    """Parse ``NAME:VCPUS:RAM_MB`` entries; raises Misconfigured naming a bad entry."""
+    """Parse ``NAME:VCPUS:RAM_MB[:BENCHMARK[:TYPE]]`` entries (BENCHMARK per processor and
+    TYPE, default ``HEPSPEC``, stand for the flavor's ``accounting:benchmark_value`` and
+    ``accounting:benchmark_type`` extra specs); raises Misconfigured naming a bad entry."""
     flavors: dict[str, Flavor] = {}
     for index, entry in enumerate(entries, 1):
+        parts = entry.split(":")
+        value: float | None = None
+        kind = ""
         try:
-            name, vcpus, ram = entry.rsplit(":", 2)
-            flavor = Flavor(name.strip(), int(vcpus), int(ram), str(index))
+            name, vcpus, ram = parts[:3]
+            value = float(parts[3]) if len(parts) > 3 else None
+            kind = (parts[4] if len(parts) > 4 else "HEPSPEC") if value is not None else ""
+            flavor = Flavor(name.strip(), int(vcpus), int(ram), str(index), kind, value)
         except ValueError:
-            raise Misconfigured(f"sim flavor {entry!r} is not NAME:VCPUS:RAM_MB") from None
-        if not flavor.name or flavor.processors < 1 or flavor.ram_mb < 0:
-            raise Misconfigured(f"sim flavor {entry!r} is not NAME:VCPUS:RAM_MB")
+            flavor = Flavor("", 0)
+        if len(parts) > 5 or not flavor.name or flavor.processors < 1 or flavor.ram_mb < 0 \
+                or not (value is None or value > 0) or (value is not None and not kind):
+            raise Misconfigured(
+                f"sim flavor {entry!r} is not NAME:VCPUS:RAM_MB[:BENCHMARK[:TYPE]]")
         flavors[flavor.name] = flavor
     return flavors

@@ -15,6 +15,8 @@ Warnings (nothing is refused; ``cloudvac validate`` exits 0 on warnings alone):
 * options of another ``auth`` method than the space's: set, and ignored;
 * an OpenStack machinetype that may create VMs but has no ``root_image``: every creation
   would fail.
+* ``apel_cloud_records`` in a space while ``apel_outgoing_dir`` is unset: no record would
+  be written.
 """
 
 from __future__ import annotations
@@ -80,6 +82,12 @@ def advice(settings: Settings | None, settings_section: Section | None,
         found += _root_images(space, sections)
     if settings is not None:
         found += _web_url(settings, settings_section, spaces, sections)
+        found += [Issue(sections[("space", s.name)].where("apel_cloud_records"),
+                        sections[("space", s.name)].title, "apel_cloud_records",
+                        "set, but apel_outgoing_dir in [settings] is not: no APEL record "
+                        "(cloud or job) would be written")
+                  for s in spaces.values()
+                  if s.apel_cloud_records and settings.apel_outgoing_dir is None]
     return found
 
 

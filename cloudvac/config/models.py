@@ -45,16 +45,21 @@ class SimSpace(ConfigModel):
     flavors: list[str] = Field(
         default_factory=lambda: ["m1.small:1:2048", "m1.medium:2:4096", "m1.large:4:8192",
                                  "m1.xlarge:8:16384"],
-        description="Simulated flavors as NAME:VCPUS:RAM_MB.")
+        description="Simulated flavors as NAME:VCPUS:RAM_MB[:BENCHMARK[:TYPE]]; BENCHMARK "
+                    "per processor and TYPE (default HEPSPEC) play the flavor's "
+                    "accounting:benchmark_value and accounting:benchmark_type extra specs.")
 
     @field_validator("flavors")
     @classmethod
     def _flavors(cls, value: list[str]) -> list[str]:
         for number, entry in enumerate(value, start=1):
             parts = entry.split(":")
-            if len(parts) != 3 or not parts[0] or not parts[1].isdigit() \
-                    or not parts[2].isdigit() or int(parts[1]) < 1:
-                raise ValueError(f"flavor {number} is not NAME:VCPUS:RAM_MB")
+            if not 3 <= len(parts) <= 5 or not parts[0] or not parts[1].isdigit() \
+                    or not parts[2].isdigit() or int(parts[1]) < 1 \
+                    or not all(p.replace(".", "", 1).isdigit() for p in parts[3:4]) \
+                    or any(float(p) <= 0 for p in parts[3:4]) or not all(parts[4:5]):
+                raise ValueError(
+                    f"flavor {number} is not NAME:VCPUS:RAM_MB[:BENCHMARK[:TYPE]]")
         return value
 
 
@@ -266,6 +271,11 @@ class Space(ConfigModel):
                                        "and one project serving two DIRACs may have two "
                                        "(VCYCLE.Napoli.it in Belle II, CLOUD.RECAS-NAPOLI.it "
                                        "in GridPP).")
+    apel_cloud_records: bool = Field(
+        False, description="Also write an APEL cloud record (APEL-cloud-message v0.4) for "
+        "each finished machine of this space, into apel_outgoing_dir, beside its job record. "
+        "Only for a cloud without accounting of its own: never enable it where cASO or the "
+        "site's cloud accounting reports this project, or its VMs are counted twice.")
     squid_proxies: list[str] = Field(default_factory=list, description="CVMFS proxies of this "
                                      "cloud, http://host[:port] (port 3128 if not given; "
                                      "written so); '|' balances within a group, ';' fails "

@@ -100,7 +100,9 @@ class Settings(ConfigModel):
                                                 "certificate it signed.")
 
     apel_outgoing_dir: Path | None = Field(None, description="APEL: write one individual job "
-                                           "record (v0.4) per finished machine into this "
+                                           "record (v0.4) per finished machine (and a "
+                                           "cloud record in spaces with "
+                                           "apel_cloud_records) into this "
                                            "dirq directory, which ssmsend sends (e.g. "
                                            "/var/spool/apel/outgoing/cloudvac); unset: none.")
     apel_submit_host: str | None = Field(None, description="APEL SubmitHost; default "

@@ -13,6 +13,14 @@ and what the VM uploaded into its joboutputs directory:
   JobType=T`` (DIRAC v7 to v9); ``User`` jobs are user work, every other type production.
   No log: the counts are unknown (``JobCounts.known`` False).
 
+The benchmark per processor is the machinetype's ``hs06_per_processor`` (source
+``config``) when it is set; else the machine row's ``hs06`` over its processors, which the
+planner set at creation from the flavor's ``accounting:benchmark_value`` extra spec
+(``planner.machine_hs06``: with no ``hs06_per_processor`` that is the only way a row gets
+an HS06), source ``flavor``; else unknown (source '').  A row created while the
+machinetype still had ``hs06_per_processor``, accounted after the option was removed, is
+reported as ``flavor`` too: the row does not record where its HS06 came from.
+
 ``account_ended`` runs in the cycle after its machine rows are written, and only in a
 cycle that marked a machine gone: it accounts every gone machine of the space without a
 record (``Store.unaccounted``), so a record a crash skipped is written by the next such
@@ -92,6 +100,16 @@ def dirac_site(space: Space, mt: Machinetype | None) -> str:
         return ""
 
 
+def _benchmark(mt: Machinetype | None, record: MachineRecord,
+               processors: int) -> tuple[float | None, str]:
+    """(HS06 per processor, its source): see the module doc."""
+    if mt is not None and mt.hs06_per_processor is not None:
+        return mt.hs06_per_processor, "config"
+    if record.hs06:
+        return record.hs06 / processors, "flavor"
+    return None, ""
+
+
 def build(space: Space, record: MachineRecord, joboutputs: Path,
           now: float) -> AccountingRecord:
     """The accounting record of ``record``, a machine that ended (see the module doc)."""
@@ -102,9 +120,7 @@ def build(space: Space, record: MachineRecord, joboutputs: Path,
     directory = joboutputs / space.name / record.name
     cpu, idle = cpu_totals(_read(directory, CPU_TOTALS_FILE))
     processors = max(record.processors, 1)
-    benchmark: float | None = mt.hs06_per_processor if mt is not None else None
-    if benchmark is None and record.hs06:
-        benchmark = record.hs06 / processors
+    benchmark, source = _benchmark(mt, record, processors)
     fizzle = float(mt.fizzle_seconds) if mt is not None else _DEFAULT_FIZZLE
     message = record.shutdown
     return AccountingRecord(
@@ -112,7 +128,7 @@ def build(space: Space, record: MachineRecord, joboutputs: Path,
         machinetype=record.machinetype, vo=(mt.vo or "") if mt is not None else "",
         dirac_site=dirac_site(space, mt), processors=processors,
         benchmark_per_processor=benchmark,
-        benchmark_source="config" if benchmark is not None else "",
+        benchmark_source=source,
         started_at=started, stopped_at=stopped, cpu_seconds=cpu, idle_seconds=idle,
         shutdown_code=message.code if message is not None else None,
         shutdown_text=message.text if message is not None else "",

@@ -1,4 +1,5 @@
-"""Write APEL job messages into the outgoing directory ``ssmsend`` reads, each record once.
+"""Write APEL job messages (and, for spaces with ``apel_cloud_records``, cloud messages) into
+the outgoing directory ``ssmsend`` reads, each record once.
 
 The outgoing directory is a dirq ``QueueSimple`` (what the APEL client's unloader writes and
 ``ssmsend`` reads): intermediate directories named by the time in 8 hex digits (rounded to
@@ -9,9 +10,12 @@ Restart-safe, exactly once, with no store of its own:
 
 1. a message is written to ``OUTGOING/.cloudvac-staging/NAME.part``, flushed, and renamed
    ``NAME.msg``: from then on it counts as written (the commit);
-2. its LocalJobIds go into the state file ``OUTGOING/../.NAME-of-OUTGOING.apel-written``
+2. its records' keys go into the state file ``OUTGOING/../.NAME-of-OUTGOING.apel-written``
    (JSON, replaced atomically), which says which records were written;
 3. the message is renamed into the queue (one atomic rename on the same file system).
+
+A job record's key is its LocalJobId, a cloud record's ``cloud:VMUUID``: the two records
+of one VM are each written once.  A message holds one record type.
 
 At every call the staging directory is finished first: a ``.msg`` left by a crash is added
 to the state and published, a ``.part`` deleted.  The state forgets records that ended more
@@ -29,15 +33,21 @@ import logging
 import os
 import secrets
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+from cloudvac import __version__
 from cloudvac.config.models import Space
 from cloudvac.config.settings import Settings
 from cloudvac.model.accounting import AccountingRecord
 from cloudvac.model.apel import (
     ApelOptions,
+    CloudSpace,
     NotAccountable,
     chunks,
+    cloud_key,
+    cloud_message,
+    cloud_record,
     cpu_seconds,
     job_message,
     job_record,
@@ -51,6 +61,21 @@ GRANULARITY = 60
 KEEP_SECONDS = 62 * 86400.0
 """Written LocalJobIds are remembered this long after their EndTime."""
 STAGING = ".cloudvac-staging"
+
+
+@dataclass(frozen=True, slots=True)
+class RecordKind:
+    """One APEL record type: its written-state key of a VM UUID, its formatter, its
+    message."""
+
+    name: str
+    key: Callable[[str], str]
+    record: Callable[[AccountingRecord, ApelOptions], str]
+    message: Callable[[Iterable[str]], str]
+
+
+JOB = RecordKind("job", str, job_record, job_message)
+CLOUD = RecordKind("cloud", cloud_key, cloud_record, cloud_message)
 
 
 def state_path(outgoing: Path) -> Path:
@@ -136,63 +161,95 @@ def _stage(outgoing: Path, text: str) -> Path:
     return final
 
 
-def _formatted(records: Iterable[AccountingRecord], options: ApelOptions,
-               written: dict[str, int], now: float) -> list[tuple[AccountingRecord, str]]:
-    out: list[tuple[AccountingRecord, str]] = []
+def _formatted(records: Iterable[AccountingRecord], kind: RecordKind, options: ApelOptions,
+               written: dict[str, int], now: float) -> list[str]:
+    out: list[str] = []
     seen: set[str] = set()
     for record in records:
         where = f"space={record.space} machinetype={record.machinetype} " \
                 f"machine={record.machine}"
-        if record.vm_uuid in written or record.vm_uuid in seen:
+        key = kind.key(record.vm_uuid)
+        if key in written or key in seen:
             continue
         if record.stopped_at < now - KEEP_SECONDS:
-            log.debug("%s APEL: not written, ended over %d days ago", where,
-                      KEEP_SECONDS // 86400)
+            log.debug("%s APEL: %s record not written, ended over %d days ago", where,
+                      kind.name, KEEP_SECONDS // 86400)
             continue
         try:
-            text = job_record(record, options)
+            text = kind.record(record, options)
         except NotAccountable as exc:
-            log.warning("%s APEL: record not written: %s", where, exc)
+            log.warning("%s APEL: %s record not written: %s", where, kind.name, exc)
             continue
-        if not cpu_seconds(record)[1]:
+        if kind is JOB and not cpu_seconds(record)[1]:
             log.info("%s APEL: the VM reported no CPU time: CpuDuration = WallDuration", where)
-        seen.add(record.vm_uuid)
-        out.append((record, text))
+        seen.add(key)
+        out.append(text)
     return out
+
+
+def _write_batches(batches: list[list[str]], kind: RecordKind, outgoing: Path,
+                   written: dict[str, int], now: float) -> int:
+    """Stage, commit and publish one ``kind`` message per batch of records."""
+    count = 0
+    for batch in batches:
+        staged = _stage(outgoing, kind.message(batch))
+        ids = written_ids(staged.read_text(encoding="utf-8"))
+        written.update(ids)
+        _save(state_path(outgoing), written, now)
+        element = _publish(staged, outgoing, now)
+        count += len(ids)
+        log.info("space=- machinetype=- machine=- APEL: %d %s record(s) written to %s/%s",
+                 len(ids), kind.name, outgoing, element)
+    return count
 
 
 def write_apel(records: Iterable[AccountingRecord], outgoing: Path, options: ApelOptions,
                clock: Callable[[], float]) -> int:
     """Write the records not yet written as v0.4 job messages into ``outgoing`` (created if
-    missing); returns how many records were written now."""
+    missing), and as cloud messages those of the spaces in ``options.clouds``; returns how
+    many records (of both types) were written now."""
     outgoing.mkdir(parents=True, exist_ok=True)
     (outgoing / STAGING).mkdir(exist_ok=True)
+    jobs = list(records)
+    clouds = [r for r in jobs if r.space in options.clouds]
     count = 0
     with _locked(outgoing):
         now = clock()
         written = _load(state_path(outgoing))
         _recover(outgoing, written, now)
-        todo = _formatted(records, options, written, now)
-        for batch in chunks([text for _, text in todo], options.records_per_message):
-            staged = _stage(outgoing, job_message(batch))
-            ids = written_ids(staged.read_text(encoding="utf-8"))
-            written.update(ids)
-            _save(state_path(outgoing), written, now)
-            element = _publish(staged, outgoing, now)
-            count += len(ids)
-            log.info("space=- machinetype=- machine=- APEL: %d job record(s) written to %s/%s",
-                     len(ids), outgoing, element)
+        for kind, mine in ((JOB, jobs), (CLOUD, clouds)):
+            todo = _formatted(mine, kind, options, written, now)
+            count += _write_batches(chunks(todo, options.records_per_message), kind,
+                                    outgoing, written, now)
     return count
 
 
+def cloud_space(space: Space) -> CloudSpace:
+    """What a space's cloud records say of it: the space's name as CloudComputeService, its
+    OpenStack project as LocalGroupId, each machinetype's root_image as ImageId."""
+    project = ""
+    if space.openstack is not None:
+        stack = space.openstack
+        project = stack.project_id or stack.egi_project_id or stack.project_name or ""
+    kind = "OpenStack" if space.api == "openstack" else "simulated"
+    return CloudSpace(service=space.name, local_group=project,
+                      cloud_type=f"cloudvac/{__version__} ({kind})",
+                      images={mt.name: mt.root_image for mt in space.machinetypes.values()
+                              if mt.root_image})
+
+
 def apel_options(settings: Settings, spaces: Iterable[Space]) -> ApelOptions:
-    """The writer's options from ``[settings]`` and each machinetype's ``accounting_fqan``."""
+    """The writer's options from ``[settings]``, each machinetype's ``accounting_fqan`` and
+    each space's ``apel_cloud_records``."""
+    spaces = list(spaces)
     return ApelOptions(
         submit_host=settings.apel_submit_host or "",
         infrastructure_description=settings.apel_infrastructure,
         records_per_message=settings.apel_records_per_message,
         fqans={f"{space.name}/{mt.name}": mt.accounting_fqan for space in spaces
-               for mt in space.machinetypes.values() if mt.accounting_fqan})
+               for mt in space.machinetypes.values() if mt.accounting_fqan},
+        clouds={space.name: cloud_space(space) for space in spaces
+                if space.apel_cloud_records})
 
 
 def export_apel(settings: Settings, space: Space, records: Iterable[AccountingRecord],

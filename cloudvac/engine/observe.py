@@ -11,16 +11,19 @@ records it when it changed, for ``cloudvac status``.
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from cloudvac.config.models import Space
+from cloudvac.config.models import Machinetype, Space
 from cloudvac.engine.planner import Observation
 from cloudvac.model.cloud import Cloud, Flavor, Limits, ObservedMachine
 from cloudvac.model.errors import Misconfigured
 from cloudvac.model.records import Event, ProjectRoom, SpaceHistory
 from cloudvac.model.states import MachineState
 
+log = logging.getLogger("cloudvac.engine.observe")
 #: An intent left by an earlier incarnation is looked up once it is this old: by then a
 #: create request still in flight when that incarnation died has been answered.
 LOOKUP_AFTER_SECONDS = 60.0
@@ -46,6 +49,7 @@ class CloudReader:
         self._looked_up: set[str] = set()
         self._room: ProjectRoom | None = None
         self._room_new = False
+        self._benchmark_warned: set[str] = set()
 
     def new_room(self) -> ProjectRoom | None:
         """What the quota leaves beside foreign usage, when the last read of the limits
@@ -97,7 +101,23 @@ class CloudReader:
                     space.flavors_for(mt), mt.min_processors, mt.max_processors)
             except Misconfigured as exc:
                 events.append(Event(now, space.name, mt.name, "", "error", f"flavor: {exc}"))
+                continue
+            self._warn_benchmark(space, mt, found[mt.name])
         return found, tuple(events)
+
+    def _warn_benchmark(self, space: Space, mt: Machinetype, flavor: Flavor) -> None:
+        """Once per flavor (a reader is one space's): the flavor's benchmark differs from the
+        machinetype's ``hs06_per_processor``, which wins (``planner.machine_hs06``)."""
+        config, declared = mt.hs06_per_processor, flavor.benchmark_value
+        if config is None or declared is None or math.isclose(config, declared) \
+                or flavor.name in self._benchmark_warned:
+            return
+        self._benchmark_warned.add(flavor.name)
+        log.warning("space=%s machinetype=%s machine= flavor %s declares %g %s per processor "
+                    "(accounting:benchmark_value) but hs06_per_processor is %g: using %g, so "
+                    "cloudvac's accounting and the site's cloud accounting differ",
+                    space.name, mt.name, flavor.name, declared,
+                    flavor.benchmark_type or "HS06", config, config)
 
     async def limits(self, space: Space, machines: Sequence[ObservedMachine],
                      flavors: Mapping[str, Flavor], tick: float, now: float = 0.0) -> Limits:

@@ -303,12 +303,20 @@ def _creates(inputs: _Inputs, tallies: Mapping[str, _Tally], capacity: Capacity,
         if why:
             blocked[name] = why
             continue
-        creates.append(Create(name, flavor, mt.hs06_of(flavor.processors)))
+        creates.append(Create(name, flavor, machine_hs06(mt, flavor)))
         tally.add_new(mt, flavor.processors)
         capacity.take(flavor)
         if inputs.backoff_until(mt) is not None:
             blocked[name] = PROBING
     return creates
+
+
+def machine_hs06(mt: Machinetype, flavor: Flavor) -> float | None:
+    """A new machine's HS06: processors x the machinetype's ``hs06_per_processor``, else x
+    the flavor's ``accounting:benchmark_value`` (what the site's own cloud accounting
+    reports), else unknown.  Config wins when both are set (``observe`` warns once)."""
+    per_processor = mt.hs06_per_processor or flavor.benchmark_value
+    return flavor.processors * per_processor if per_processor else None
 
 
 def _status(inputs: _Inputs, tallies: Mapping[str, _Tally],
@@ -332,4 +340,5 @@ def _held(inputs: _Inputs, mt: Machinetype) -> bool:
         flavor is not None and flavor.name in inputs.observation.blocked_flavors)
 
 
-__all__ = ["Capacity", "Create", "Deletion", "Observation", "Plan", "TypeStatus", "plan"]
+__all__ = ["Capacity", "Create", "Deletion", "Observation", "Plan", "TypeStatus", "machine_hs06",
+           "plan"]

@@ -1,5 +1,6 @@
 """The outgoing directory read back with the ``dirq`` package ``ssmsend`` uses, the way
-ssmsend reads it (``QueueSimple``: iterate, lock, get, remove), across writer restarts."""
+ssmsend reads it (``QueueSimple``: iterate, lock, get, remove), across writer restarts; cloud
+records (``apel_cloud_records``) in messages of their own beside the job messages."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from dirq.QueueSimple import QueueSimple
 
 from cloudvac.engine.apel import write_apel
 from cloudvac.model.accounting import AccountingRecord, JobCounts
-from cloudvac.model.apel import ApelOptions
-from tests.apel_rules import parse_message, service_level
+from cloudvac.model.apel import CLOUD_HEADER, JOB_HEADER, ApelOptions, CloudSpace
+from tests.apel_rules import parse_cloud_message, parse_message, service_level, vo_of
 
 NOW = 1_800_000_000.0
 
@@ -59,4 +60,33 @@ def test_dirq_reads_back_v04_records_each_once(tmp_path: Path) -> None:
     [parsed] = parse_message(message)
     assert parsed["LocalJobId"] == late.vm_uuid
     assert parsed["CpuDuration"] == parsed["WallDuration"] == str(round(late.wall_seconds))
+    assert QueueSimple(str(out)).count() == 0
+
+
+def test_dirq_reads_back_cloud_and_job_records_each_once(tmp_path: Path) -> None:
+    out = tmp_path / "apel" / "outgoing"
+    options = ApelOptions(records_per_message=4,
+                          clouds={"cloud.example.org": CloudSpace(cloud_type="cloudvac")})
+    first = [record(n) for n in range(5)]
+    assert write_apel(first, out, options, lambda: NOW) == 10
+    got = consume(out)
+    assert sorted(m.splitlines()[0] for m in got) == [CLOUD_HEADER] * 2 + [JOB_HEADER] * 2
+    jobs = [r for m in got if m.startswith(JOB_HEADER) for r in parse_message(m)]
+    clouds = [r for m in got if m.startswith(CLOUD_HEADER) for r in parse_cloud_message(m)]
+    assert sorted(r["LocalJobId"] for r in jobs) == sorted(r["VMUUID"] for r in clouds) \
+        == sorted(r.vm_uuid for r in first)
+    for parsed in clouds:
+        assert (parsed["SiteName"], parsed["Status"], vo_of(parsed["FQAN"])) == (
+            "UKI-LT2-IC-HEP", "completed", "t2k.org")
+        assert (parsed["CpuDuration"], parsed["CpuCount"], parsed["Benchmark"]) == (
+            "3000", "4", "11.0")
+    # a restart: nothing again; a new machine without a CPU figure gets both records
+    late = record(9, cpu=None)
+    assert write_apel([*first, late], out, options, lambda: NOW + 300) == 2
+    again = consume(out)
+    [job] = [r for m in again if m.startswith(JOB_HEADER) for r in parse_message(m)]
+    [cloud] = [r for m in again if m.startswith(CLOUD_HEADER) for r in parse_cloud_message(m)]
+    assert job["LocalJobId"] == cloud["VMUUID"] == late.vm_uuid
+    assert "CpuDuration" not in cloud and job["CpuDuration"] == job["WallDuration"]
+    assert write_apel([*first, late], out, options, lambda: NOW + 600) == 0
     assert QueueSimple(str(out)).count() == 0

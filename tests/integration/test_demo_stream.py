@@ -33,7 +33,9 @@ def stored_events(state: Path) -> list[Event]:
 
 
 def too_wide(text: str) -> list[str]:
-    return [line for line in text.splitlines() if cell_len(line) > 80]
+    """Lines over 80 columns, but for the APEL directory's (a path is printed whole)."""
+    return [line for line in text.splitlines()
+            if cell_len(line) > 80 and not line.startswith("APEL records: /")]
 
 
 def test_piped_demo_prints_each_event_once_and_the_table_each_cycle(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """APEL v0.4 job records: every field against APEL's rules, both benchmarks, CPU = wall only
-when the VM reported nothing, and the writer's exactly-once promise across restarts."""
+when the VM reported nothing, and the writer's exactly-once promise across restarts.  Cloud
+records (``apel_cloud_records``): the same, off by default, in messages of their own."""
 
 from __future__ import annotations
 
@@ -9,19 +10,31 @@ from pathlib import Path
 
 import pytest
 
+from cloudvac import __version__
+from cloudvac.config import load_config_dir
 from cloudvac.config.models import Machinetype, Space
 from cloudvac.config.settings import Settings
 from cloudvac.engine.apel import STAGING, export_apel, state_path, write_apel
 from cloudvac.model.accounting import AccountingRecord, JobCounts
 from cloudvac.model.apel import (
+    CLOUD_HEADER,
     JOB_HEADER,
     ApelOptions,
+    CloudSpace,
     NotAccountable,
+    cloud_message,
+    cloud_record,
     job_message,
     job_record,
 )
 from cloudvac.model.cloud import flavor_benchmark
-from tests.apel_rules import Invalid, parse_message, service_level
+from tests.apel_rules import (
+    Invalid,
+    parse_cloud_message,
+    parse_message,
+    service_level,
+    vo_of,
+)
 
 NOW = 1_800_000_000.0
 
@@ -179,3 +192,126 @@ def test_the_configuration_drives_the_export(tmp_path: Path) -> None:
 def test_flavor_benchmark_reads_casos_extra_specs(specs: object,
                                                   expected: tuple[str, float | None]) -> None:
     assert flavor_benchmark(specs) == expected
+
+
+CLOUD = CloudSpace(service="cloud.example.org", local_group="4d2f0e5c9a",
+                   cloud_type="cloudvac/0.1.0 (OpenStack)", images={"belle": "el9-belle"})
+CLOUDY = dataclasses.replace(OPTIONS, clouds={"cloud.example.org": CLOUD})
+
+
+def cloud_fields(rec: AccountingRecord, options: ApelOptions = CLOUDY) -> dict[str, str]:
+    [parsed] = parse_cloud_message(cloud_message([cloud_record(rec, options)]))
+    return parsed
+
+
+def test_every_cloud_field_follows_the_v04_rules() -> None:
+    got = cloud_fields(record(site="RAL-LCG2.uk"))
+    assert got == {
+        "VMUUID": "6f1c2a3b-0000-4000-8000-000000000001", "SiteName": "RAL-LCG2",
+        "CloudComputeService": "cloud.example.org", "MachineName": "cloudvac-belle-0001",
+        "LocalGroupId": "4d2f0e5c9a", "FQAN": "/belle/Role=production", "Status": "completed",
+        "StartTime": str(int(NOW - 7200.6)), "EndTime": str(int(NOW - 600.2)),
+        "WallDuration": "6600", "CpuDuration": "40000", "CpuCount": "8",
+        "BenchmarkType": "HEPscore23", "Benchmark": "12.5", "ImageId": "el9-belle",
+        "CloudType": "cloudvac/0.1.0 (OpenStack)"}
+    assert vo_of(got["FQAN"]) == "belle"  # what APEL files the record under
+
+
+def test_a_cloud_record_leaves_out_what_cloudvac_does_not_know() -> None:
+    bare = dataclasses.replace(CLOUDY, fqans={}, clouds={"cloud.example.org": CloudSpace()})
+    got = cloud_fields(record(cpu_seconds=None, benchmark_per_processor=None), bare)
+    assert not {"CpuDuration", "BenchmarkType", "Benchmark", "LocalGroupId", "ImageId",
+                "LocalUserId", "GlobalUserName", "Memory", "Disk"} & set(got)
+    assert (got["CloudComputeService"], got["FQAN"], vo_of(got["FQAN"])) == (
+        "cloud.example.org", "belle", "belle")
+
+
+@pytest.mark.parametrize("changes", [{"dirac_site": ""}, {"vm_uuid": ""},
+                                     {"stopped_at": NOW - 9000}, {"space": "elsewhere"}])
+def test_cloud_records_apel_would_refuse_are_not_made(changes: dict[str, object]) -> None:
+    with pytest.raises(NotAccountable):
+        cloud_record(record(**changes), CLOUDY)  # type: ignore[arg-type]
+
+
+def test_the_cloud_rules_reject_what_apel_rejects() -> None:
+    good = cloud_record(record(), CLOUDY)
+    for broken in (good.replace(record().vm_uuid, "NULL"),
+                   good.replace("SiteName: RAL-LCG2\n", ""),
+                   good.replace(f"EndTime: {int(NOW - 600.2)}\n", ""),
+                   good.replace("Status: completed", "Status: completed\nQueue: belle")):
+        with pytest.raises(Invalid):
+            parse_cloud_message(cloud_message([broken]))
+    with pytest.raises(ValueError, match="invalid literal"):
+        parse_cloud_message(cloud_message([good.replace("WallDuration: 6600",
+                                                        "WallDuration: 6600.5")]))
+    with pytest.raises(Invalid):
+        parse_cloud_message(job_message([good]))
+
+
+def headers(outgoing: Path) -> list[str]:
+    return sorted(m.splitlines()[0] for m in messages(outgoing))
+
+
+def test_no_cloud_record_without_the_option(tmp_path: Path) -> None:
+    out = tmp_path / "outgoing"
+    assert write_apel([record(n) for n in range(3)], out, OPTIONS, lambda: NOW) == 3
+    assert headers(out) == [JOB_HEADER]
+
+
+def test_cloud_records_are_their_own_messages_each_written_once(tmp_path: Path) -> None:
+    out = tmp_path / "outgoing"
+    first = [record(n) for n in range(3)]
+    assert write_apel(first[:2], out, OPTIONS, lambda: NOW) == 2  # before the option
+    assert write_apel(first, out, CLOUDY, lambda: NOW + 60) == 1 + 3
+    assert write_apel(first, out, CLOUDY, lambda: NOW + 120) == 0  # a restart
+    assert headers(out) == [CLOUD_HEADER, JOB_HEADER, JOB_HEADER]
+    jobs = [r["LocalJobId"] for m in messages(out) if m.startswith(JOB_HEADER)
+            for r in parse_message(m)]
+    clouds = [r["VMUUID"] for m in messages(out) if m.startswith(CLOUD_HEADER)
+              for r in parse_cloud_message(m)]
+    assert sorted(jobs) == sorted(clouds) == sorted(r.vm_uuid for r in first)
+    assert sorted(json.loads(state_path(out).read_text())["written"]) == sorted(
+        [*(r.vm_uuid for r in first), *(f"cloud:{r.vm_uuid}" for r in first)])
+
+
+def test_a_cloud_message_staged_before_a_crash_is_published_once(tmp_path: Path) -> None:
+    out = tmp_path / "outgoing"
+    (out / STAGING).mkdir(parents=True)
+    (out / STAGING / "c.msg").write_text(cloud_message([cloud_record(record(1), CLOUDY)]))
+    assert write_apel([record(1)], out, CLOUDY, lambda: NOW) == 1  # its job record only
+    assert headers(out) == [CLOUD_HEADER, JOB_HEADER]
+    assert write_apel([record(1)], out, CLOUDY, lambda: NOW + 60) == 0
+
+
+def cloud_space(enabled: bool) -> Space:
+    mt = Machinetype(name="belle", space="cloud.example.org", target_share=1, vo="belle",
+                     root_image="el9-belle")
+    return Space(name="cloud.example.org", api="sim", flavor_names=["m1.small"],
+                 site_name="RECAS-NAPOLI.it", machinetypes={"belle": mt},
+                 apel_cloud_records=enabled)
+
+
+def test_the_space_option_drives_cloud_records(tmp_path: Path) -> None:
+    on = Settings(state_dir=tmp_path, apel_outgoing_dir=tmp_path / "out")
+    rec = record(1, site="RECAS-NAPOLI.it")
+    assert export_apel(on, cloud_space(False), [rec], lambda: NOW) == 1
+    assert export_apel(on, cloud_space(True), [rec], lambda: NOW) == 1
+    [cloud] = [m for m in messages(tmp_path / "out") if m.startswith(CLOUD_HEADER)]
+    [got] = parse_cloud_message(cloud)
+    assert (got["SiteName"], got["FQAN"], got["ImageId"], got["CloudType"]) == (
+        "RECAS-NAPOLI", "belle", "el9-belle", f"cloudvac/{__version__} (simulated)")
+    assert "LocalGroupId" not in got
+
+
+@pytest.mark.parametrize(("settings", "warned"), [("", True),
+                                                  ("apel_outgoing_dir = /var/spool/x", False)])
+def test_validate_warns_of_cloud_records_with_nowhere_to_go(tmp_path: Path, settings: str,
+                                                            warned: bool) -> None:
+    (tmp_path / "a.conf").write_text(
+        f"[settings]\n{settings}\n\n[space s.example]\napi = sim\nflavor_names = m1.small\n"
+        "apel_cloud_records = true\n\n[machinetype s.example a]\ntarget_share = 1\n")
+    loaded = load_config_dir(tmp_path)
+    assert loaded.issues == [] and loaded.spaces["s.example"].apel_cloud_records
+    found = [w for w in loaded.warnings if w.option == "apel_cloud_records"]
+    assert [(w.location.line, "apel_outgoing_dir" in w.message) for w in found] == (
+        [(7, True)] if warned else [])
