@@ -21,6 +21,9 @@ from typer.testing import CliRunner
 from cloudvac.cli import app
 from tests.integration.demo_process import Demo, running_demo
 
+# Demo subprocesses and a browser: loaded CI machines run them 3x slower.
+pytestmark = pytest.mark.timeout(900)
+
 VOS = ("belle", "t2k", "hyperk")
 SITES = ("SIM-A.eu", "SIM-B.eu")
 DATA_SECONDS = 60.0  # the issue: every plot non-empty within a minute

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from cloudvac.demo import example_dir
 from cloudvac.engine import metrics as engine_metrics
@@ -18,6 +19,9 @@ from cloudvac.engine.metrics import EngineMetrics
 from cloudvac.web import health
 from tests.integration.demo_process import running_demo
 from tests.integration.webserver import SPACE, web_server
+
+# Demo subprocesses and a browser: loaded CI machines run them 3x slower.
+pytestmark = pytest.mark.timeout(900)
 
 TOKEN = "operator-health-canary-5b1e7c9d"
 OPERATOR_PATHS = ("/", "/dashboard", "/api/status", "/status", "/metrics", "/healthz")
