@@ -94,7 +94,9 @@ def test_the_plain_install_runs_the_demo(installed: Installed, tmp_path: Path) -
     out = checked(installed.cloudvac, "demo", "--cycles", "3", "--state-dir", tmp_path / "s",
                   cwd=tmp_path)
     assert "created: m1." in out and "cloudvac demo: cycle 3" in out
-    assert [line for line in out.splitlines() if cell_len(line) > 80] == []
+    # The table and events fit 80 columns; the outgoing directory's path cannot be cut.
+    assert [line for line in out.splitlines()
+            if cell_len(line) > 80 and not line.startswith("APEL records: /")] == []
 
 
 def test_the_plain_install_keeps_its_store_in_postgresql(installed: Installed, tmp_path: Path,
