@@ -26,7 +26,6 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
-from pydantic_core import PydanticUndefined
 
 from cloudvac.config.dirac import DiracInstance
 from cloudvac.config.diracsites import SITE_NAME_KEY
@@ -173,7 +172,7 @@ def _limits(metadata: Sequence[Any]) -> str:
 
 
 def _default(info: FieldInfo) -> str:
-    if info.default is PydanticUndefined and info.default_factory is None:
+    if info.is_required():
         return "required"
     return _value(info.get_default(call_default_factory=True, validated_data={}))
 

@@ -11,6 +11,7 @@ killed between marking a machine gone and writing its record catches up later).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any
@@ -89,14 +90,16 @@ def insert_once(connection: Connection, records: Sequence[AccountingRecord], at:
     return sum(connection.execute(stmt, _values(r, at)).first() is not None for r in records)
 
 
-class AccountingStore:
+class AccountingStore(ABC):
     """The Store's accounting methods (``Store`` supplies the sessions)."""
 
+    @abstractmethod
     def _write(self) -> AbstractContextManager[Session]:
-        raise NotImplementedError
+        """A session that commits on success (``Store._write``)."""
 
+    @abstractmethod
     def _read(self) -> AbstractContextManager[Session]:
-        raise NotImplementedError
+        """A read-only session (``Store._read``)."""
 
     def record_accounting(self, records: Sequence[AccountingRecord], at: float) -> int:
         """Store each record unless its machine has one already (that one stays); how many

@@ -23,6 +23,7 @@ import enum
 import logging
 import socket
 import time
+from abc import ABCMeta, abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal, Protocol, cast
 
@@ -64,7 +65,7 @@ class _Cycle(Protocol):
     message_event: asyncio.Event
 
 
-class _Guarded(asyncio.Protocol):
+class _Guarded(asyncio.Protocol, metaclass=ABCMeta):
     """Mixed in before a uvicorn HTTP protocol class; ``guard`` is set per listener."""
 
     guard: ClassVar[Guard]
@@ -77,11 +78,13 @@ class _Guarded(asyncio.Protocol):
     _timer: asyncio.TimerHandle | None = None
     _refused = _lingering = _lost = False
 
+    @abstractmethod
     def _current(self) -> _Cycle | None:
-        raise NotImplementedError
+        """The request cycle in progress, if any (each uvicorn protocol keeps its own)."""
 
+    @abstractmethod
     def _phase(self) -> Phase:
-        raise NotImplementedError
+        """Where the connection is between requests (each uvicorn protocol says it its way)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         guard = self.guard
