@@ -40,6 +40,9 @@ its LocalJobId alone), so each record type of one VM is written once."""
 CLOUD_MANDATORY = ("VMUUID", "SiteName")
 CLOUD_STATUS = "completed"
 CLOUD_BENCHMARK_TYPE = "HEPscore23"
+"""A cloud record holds one benchmark.  Cloud records are only written where no cASO reports
+the project, so there is no site benchmark type to agree with; HEPscore23 is WLCG's current
+benchmark, and the value is on HS06's scale, as in the job records' ServiceLevel."""
 RECORD_END = "%%"
 RECORDS_PER_MESSAGE = 1000
 MAX_RECORDS_PER_MESSAGE = 5000

@@ -73,6 +73,10 @@ async def scenario(cloud: Cloud, image: str, add_foreign: Callable[[], Awaitable
     seen: dict[str, Any] = {}
     small = await cloud.flavor(["m1.small"], 1, None)
     seen["small"] = small.processors
+    accounted = await cloud.flavor(["cv.accounted"], 1, None)
+    seen["flavor_benchmarks"] = {
+        "plain": (small.benchmark_type, small.benchmark_value),
+        "accounted": (accounted.benchmark_type, accounted.benchmark_value)}
     with pytest.raises(Misconfigured):
         await cloud.flavor(["no-such-flavor"], 1, None)
     ids = [await cloud.create_machine(spec(f"vm{i}", small, image)) for i in range(3)]
@@ -123,7 +127,9 @@ async def scenario(cloud: Cloud, image: str, add_foreign: Callable[[], Awaitable
 
 
 EXPECTED = {
-    "small": 1, "first_states": ["starting"], "running": True,
+    "small": 1,
+    "flavor_benchmarks": {"plain": ("", None), "accounted": ("HEPscore23", 12.5)},
+    "first_states": ["starting"], "running": True,
     "listed": ["vm0", "vm1", "vm2"], "tags": {"belle"}, "times": True,
     "free_processors": 2, "foreign_processors": 1, "listed_after_foreign": 3,
     "failed": True, "fault": True, "deleted": True,
@@ -158,7 +164,7 @@ def test_same_scenario_on_the_sim() -> None:
     options = SimSpace(quota_processors=6, quota_instances=10, boot_seconds=1,
                        unschedulable_flavors=["cv.unschedulable"],
                        flavors=["m1.tiny:1:512", "m1.small:1:2048", "m1.xlarge:8:16384",
-                                "cv.unschedulable:1:512"])
+                                "cv.unschedulable:1:512", "cv.accounted:1:512:12.5:HEPscore23"])
     project = SimProject(options=options)
     cloud = SimCloud(project, (SPACE, "cloudvac"), options=options)
 

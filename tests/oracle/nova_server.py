@@ -52,6 +52,10 @@ UNAUTHORIZED_BODY = {  # byte-for-byte what Keystone 30 / keystonemiddleware ans
     }
 }
 UNSCHEDULABLE_FLAVOR = {"flavorid": "cv-unschedulable", "name": "cv.unschedulable"}
+# A flavor carrying the extra specs a site's cASO accounting reads (benchmark per vCPU).
+ACCOUNTED_FLAVOR = {"flavorid": "cv-accounted", "name": "cv.accounted",
+                    "extra_specs": {"accounting:benchmark_type": "HEPscore23",
+                                    "accounting:benchmark_value": "12.5"}}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -131,6 +135,8 @@ def build_stack(args: argparse.Namespace) -> tuple[Any, Any, list[dict[str, Any]
         is_public=True,
         **UNSCHEDULABLE_FLAVOR,
     ).create()
+    objects.Flavor(context=ctxt, memory_mb=512, vcpus=1, root_gb=1, ephemeral_gb=0, swap=0,
+                   rxtx_factor=1.0, disabled=False, is_public=True, **ACCOUNTED_FLAVOR).create()
     flavors = [
         {"id": f.flavorid, "name": f.name, "vcpus": f.vcpus, "ram": f.memory_mb, "disk": f.root_gb}
         for f in objects.FlavorList.get_all(ctxt)
