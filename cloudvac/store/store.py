@@ -29,6 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+import cloudvac.store.hatables  # noqa: F401  (its tables belong to the metadata migrations match)
 import cloudvac.store.operator as operator
 import cloudvac.store.uploads as uploads
 from cloudvac.model.records import Drain, Event, MachineRecord, ProjectRoom, Recorded, SpaceHistory

@@ -25,7 +25,8 @@ from cloudvac.store.engine import alembic_config, sqlite_path
 from cloudvac.store.tables import Base
 
 TABLES = {"machines", "backoff", "drains", "events", "credentials",
-          "space_revisions", "project_room", "accounting"}
+          "space_revisions", "project_room", "accounting", "instances", "space_leases",
+          "store_facts", "joboutputs", "removals"}
 VM_MESSAGE = ShutdownMessage(300, "Nothing to do")
 DEFAULT = ShutdownMessage(700, "Heartbeat file not updated")
 
@@ -112,13 +113,13 @@ def test_migrations_downgrade_to_nothing_and_upgrade_back(store: Store, store_ur
     try:
         with engine.begin() as connection:
             config = alembic_config(connection)
-            assert ScriptDirectory.from_config(config).get_heads() == ["0008"]
+            assert ScriptDirectory.from_config(config).get_heads() == ["0009"]
             command.downgrade(config, "base")
         assert table_names(store_url) == {"alembic_version"}
         with engine.begin() as connection:
             command.upgrade(alembic_config(connection), "head")
         with engine.connect() as connection:
-            assert MigrationContext.configure(connection).get_current_revision() == "0008"
+            assert MigrationContext.configure(connection).get_current_revision() == "0009"
     finally:
         engine.dispose()
     assert schema_diff(store_url) == []
