@@ -32,15 +32,16 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "service": frozenset({"model", "config", "auth", "clouds", "store", "context", "web",
                           "engine"}),
     "demo": frozenset({"model", "config", "store", "engine", "status", "service", "events"}),
+    # clouds: `cloudvac sim-cloud` serves the simulated cloud itself (clouds/simapi.py)
     "cli": frozenset({"model", "config", "auth", "store", "context", "engine", "status",
-                      "service", "logs", "web", "simulate", "demo", "events"}),
+                      "service", "logs", "web", "simulate", "demo", "events", "clouds"}),
     "__main__": frozenset({"cli"}),
 }
 #: The planner and its pure helpers: no I/O, only the vocabulary, the configuration and
 #: each other.
 PURE = frozenset({"cloudvac.engine.planner", "cloudvac.engine.rules",
-                  "cloudvac.engine.lifecycle", "cloudvac.engine.reconcile",
-                  "cloudvac.engine.decide"})
+                  "cloudvac.engine.removal", "cloudvac.engine.lifecycle",
+                  "cloudvac.engine.reconcile", "cloudvac.engine.decide"})
 PURE_MAY_IMPORT = frozenset({"model", "config"})
 
 

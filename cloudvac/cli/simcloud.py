@@ -1,0 +1,160 @@
+"""``cloudvac sim-cloud``: the simulated cloud as its own process, speaking Keystone v3,
+Nova v2.1 and Glance v2 on 127.0.0.1 (``cloudvac/clouds/simapi.py``), for tests and demos
+of the real OpenStack adapter, several managers and chaos."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.markup import escape
+
+from cloudvac.cli.base import LogLevel, app, err
+
+if TYPE_CHECKING:
+    from cloudvac.clouds.simapi import SimApiOptions
+
+__all__ = ["app", "sim_cloud"]
+
+READY = "listening on"
+"""The line printed (with the URL) once the server accepts connections."""
+
+
+def _fail(message: str) -> typer.Exit:
+    err.print(f"[red]cannot start:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    return typer.Exit(2)
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+@app.command("sim-cloud")
+def sim_cloud(  # noqa: PLR0913 - one parameter per option of the command
+        password_file: Annotated[Path, typer.Option(help="File (mode 0600) holding the "
+                                                    "password of --username.")],
+        listen: Annotated[str, typer.Option(help="HOST:PORT to serve on, loopback only "
+                                            "(port 0: any free port).")] = "127.0.0.1:0",
+        username: Annotated[str, typer.Option(help="The Keystone user.")] = "cloudvac",
+        project_name: Annotated[str, typer.Option(help="Its project.")] = "sim-project",
+        app_cred_id: Annotated[str | None, typer.Option(help="An application credential id "
+                                                        "of the user.")] = None,
+        app_cred_secret_file: Annotated[Path | None, typer.Option(
+            help="File (0600) holding that credential's secret.")] = None,
+        admin_token_file: Annotated[Path | None, typer.Option(
+            help="File (0600) holding the bearer token of /_sim/faults and /_sim/state "
+                 "(without one they refuse every request).")] = None,
+        flavors: Annotated[str | None, typer.Option(
+            help="Comma-separated NAME:VCPUS:RAM_MB[:BENCHMARK[:TYPE]] flavors.")] = None,
+        unschedulable_flavors: Annotated[str, typer.Option(
+            help="Comma-separated flavors whose servers end in ERROR.")] = "",
+        quota_processors: Annotated[int | None, typer.Option(min=0)] = None,
+        quota_instances: Annotated[int | None, typer.Option(min=0)] = None,
+        page_limit: Annotated[int, typer.Option(min=1, help="Nova's max_limit: servers "
+                                                "per listing page.")] = 1000,
+        boot_seconds: Annotated[float, typer.Option(min=0)] = 5.0,
+        job_seconds: Annotated[float, typer.Option(min=0.001, help="Mean time a server's "
+                                                   "pilot runs before it powers off.")] = 600.0,
+        failure_rate: Annotated[float, typer.Option(min=0, max=1)] = 0.0,
+        delete_seconds: Annotated[float, typer.Option(min=0)] = 1.0,
+        token_seconds: Annotated[float, typer.Option(min=1)] = 3600.0,
+        image_name: Annotated[str, typer.Option(help="The one Glance image.")]
+        = "cloudvac-sim-image",
+        seed: Annotated[int | None, typer.Option(help="Random seed of the project.")] = None,
+        log_level: LogLevel = "INFO") -> None:
+    """Serve a simulated OpenStack project (Keystone at URL/v3, Nova, Glance) until SIGTERM;
+    prints `listening on URL` once it accepts connections."""
+    _run(_Args(**locals()))
+
+
+@dataclass(frozen=True)
+class _Args:
+    """The command's options, as given."""
+
+    password_file: Path
+    listen: str
+    username: str
+    project_name: str
+    app_cred_id: str | None
+    app_cred_secret_file: Path | None
+    admin_token_file: Path | None
+    flavors: str | None
+    unschedulable_flavors: str
+    quota_processors: int | None
+    quota_instances: int | None
+    page_limit: int
+    boot_seconds: float
+    job_seconds: float
+    failure_rate: float
+    delete_seconds: float
+    token_seconds: float
+    image_name: str
+    seed: int | None
+    log_level: str
+
+
+def _options(args: _Args) -> SimApiOptions:
+    """What to serve; exits 2 naming the option or file at fault."""
+    import pydantic
+
+    from cloudvac.clouds.simapi import SimApiOptions
+    from cloudvac.clouds.simkeystone import Identity
+    from cloudvac.config.models import SimMachinetype, SimSpace
+    from cloudvac.config.secrets import SecretError, read_secret
+
+    try:
+        password = read_secret(args.password_file, None, "password")
+        secret = read_secret(args.app_cred_secret_file, None, "application credential "
+                             "secret") if args.app_cred_secret_file is not None else None
+        admin = read_secret(args.admin_token_file, None, "admin token") \
+            if args.admin_token_file is not None else None
+        space = SimSpace(quota_processors=args.quota_processors,
+                         quota_instances=args.quota_instances, boot_seconds=args.boot_seconds,
+                         failure_rate=args.failure_rate, seed=args.seed,
+                         unschedulable_flavors=_split(args.unschedulable_flavors),
+                         **({"flavors": _split(args.flavors)} if args.flavors else {}))
+        pilots = SimMachinetype(job_seconds=args.job_seconds)
+    except (SecretError, pydantic.ValidationError) as exc:
+        message = str(exc)
+        if isinstance(exc, pydantic.ValidationError):
+            message = "; ".join(f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: "
+                                f"{e['msg']}" for e in exc.errors())
+        raise _fail(message) from None
+    if (args.app_cred_id is None) != (secret is None):
+        raise _fail("give --app-cred-id and --app-cred-secret-file together")
+    identity = Identity(args.username, password, args.project_name, args.app_cred_id, secret,
+                        token_seconds=args.token_seconds)
+    return SimApiOptions(identity, space, pilots, args.page_limit, args.image_name, admin,
+                         args.delete_seconds)
+
+
+def _run(args: _Args) -> None:
+    import asyncio
+    import logging
+    import signal
+
+    from cloudvac.clouds.simapi import SimApi, serve
+    from cloudvac.logs import setup_logging
+    from cloudvac.web.listen import WebConfigError, bind, is_loopback, parse_listen
+
+    setup_logging(args.log_level)
+    logging.getLogger("uvicorn").setLevel(logging.WARNING)  # our lines say space=...
+    try:
+        where = parse_listen(args.listen)
+    except ValueError:
+        raise _fail(f"--listen {args.listen}: not HOST:PORT") from None
+    if not where.host or not is_loopback(where.host):
+        raise _fail(f"--listen {args.listen}: the sim cloud serves plain HTTP on loopback only")
+    api = SimApi(_options(args))
+    try:
+        sock = bind(where, "--listen")
+    except WebConfigError as exc:
+        raise _fail(str(exc)) from None
+
+    def ready(url: str) -> None:
+        print(f"{READY} {url}", flush=True)
+
+    signal.signal(signal.SIGTERM, lambda *_: None)  # uvicorn stops, then re-raises it: exit 0
+    asyncio.run(serve(api, sock, ready))

@@ -1,0 +1,341 @@
+"""The simulated cloud served as its own process: a ``SimProject`` behind enough of
+Keystone v3, Nova v2.1 and Glance v2 that the real OpenStack adapter (openstacksdk,
+keystoneauth1, the raw listings of ``novalist``) drives it unchanged (``cloudvac sim-cloud``).
+
+Layout on one server: Keystone at ``/`` (``auth_url = URL/v3``), Nova at
+``/compute/v2.1``, Glance at ``/image``, and the admin endpoints ``/_sim/faults`` and
+``/_sim/state`` (a bearer token given at start; refused when none was given).  Every Nova
+and Glance call needs a live ``X-Auth-Token`` (else Keystone's 401), advances the project
+on the real clock and may suffer an injected fault (``simfaults``).
+
+Nova as the adapter sees it (``simnova``): microversions 2.1-2.79 (flavors carry
+``extra_specs`` from 2.61, servers embed their flavor from 2.47), servers listed newest
+first with ``limit``/``marker`` pages and Nova's ``servers_links`` next link (present when a
+page is full), ``changes-since`` (soft-deleted servers as ``DELETED``), ``name`` regex,
+``status`` and tag filters, quota refusals as Nova words them, ``/limits``, server faults.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hmac
+import logging
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+import msgspec
+import pydantic
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from cloudvac.clouds.sim import SimProject
+from cloudvac.clouds.simfaults import FaultPlan, Faults
+from cloudvac.clouds.simkeystone import (
+    Identity,
+    Tokens,
+    base_url,
+    glance_routes,
+    image_id,
+    keystone_routes,
+    reply,
+    unauthorized,
+)
+from cloudvac.clouds.simnova import (
+    MAX_MICROVERSION,
+    ApiError,
+    NovaView,
+    Row,
+    flavor_view,
+    parse_query,
+    server_view,
+)
+from cloudvac.config.models import SimMachinetype, SimSpace
+
+log = logging.getLogger("cloudvac.clouds.simapi")
+Handler = Callable[[Request, tuple[int, int]], Awaitable[Response]]
+NOVA = "/compute/v2.1"
+MAX_TEXT = f"{MAX_MICROVERSION[0]}.{MAX_MICROVERSION[1]}"
+
+
+@dataclass(frozen=True)
+class SimApiOptions:
+    """What ``cloudvac sim-cloud`` serves."""
+
+    identity: Identity
+    project: SimSpace = field(default_factory=SimSpace)
+    pilots: SimMachinetype = field(default_factory=SimMachinetype)
+    page_limit: int = 1000
+    image_name: str = "cloudvac-sim-image"
+    admin_token: str | None = field(default=None, repr=False)
+    delete_seconds: float = 1.0
+
+
+def _microversion(request: Request) -> tuple[int, int]:
+    text = request.headers.get("OpenStack-API-Version", "")
+    words = text.split()
+    value = words[1] if len(words) == 2 and words[0].lower() == "compute" else \
+        request.headers.get("X-OpenStack-Nova-API-Version", "2.1")
+    if value == "latest":
+        return MAX_MICROVERSION
+    try:
+        major, minor = (int(p) for p in value.split("."))
+    except ValueError:
+        raise ApiError(400, "badRequest", f"Invalid API version request: {value}") from None
+    if not (2, 1) <= (major, minor) <= MAX_MICROVERSION:
+        raise ApiError(406, "computeFault", f"Version {value} is not supported by the API. "
+                                            f"Minimum is 2.1 and maximum is {MAX_TEXT}.")
+    return major, minor
+
+
+def _versioned(response: Response, microversion: tuple[int, int]) -> Response:
+    text = f"{microversion[0]}.{microversion[1]}"
+    response.headers["OpenStack-API-Version"] = f"compute {text}"
+    response.headers["X-OpenStack-Nova-API-Version"] = text
+    response.headers["Vary"] = "OpenStack-API-Version, X-OpenStack-Nova-API-Version"
+    return response
+
+
+class SimApi:
+    """The served state: the project, Nova's view of it, tokens, faults, call counts."""
+
+    def __init__(self, options: SimApiOptions, clock: Callable[[], float] = time.time) -> None:
+        self.options = options
+        self.project = SimProject(options=options.project, clock=clock,
+                                  delete_seconds=options.delete_seconds)
+        self.tokens = Tokens(options.identity, clock)
+        self.view = NovaView(self.project, image_id(options.image_name),
+                             options.identity.project_id, options.pilots)
+        self.faults = Faults()
+        self.calls: collections.Counter[str] = collections.Counter()
+        self.started = clock()
+
+    def guard(self, kind: str, handler: Handler, *, auth: bool = True,
+              create: bool = False) -> Callable[[Request], Awaitable[Response]]:
+        """``handler`` behind the faults, the token check and the project's advance."""
+
+        async def run(request: Request) -> Response:
+            self.calls[kind] += 1
+            wait = self.faults.delay()
+            if wait:
+                await asyncio.sleep(wait)
+            outcome = self.faults.outcome(create)
+            base = base_url(request)
+            if outcome == "unauthorized" or (auth and self.tokens.valid(
+                    request.headers.get("X-Auth-Token")) is None):
+                return unauthorized(base)
+            if outcome in ("error_500", "error_503"):
+                status = 500 if outcome == "error_500" else 503
+                return reply({"computeFault": {"code": status, "message": "Unexpected API "
+                              "Error (injected by the sim cloud)."}}, status)
+            microversion = (2, 1)
+            try:
+                if kind not in ("keystone", "image"):
+                    microversion = _microversion(request)
+                await self.view.sync()
+                if outcome == "quota":
+                    used = self.project.used_instances
+                    raise ApiError(403, "forbidden", f"Quota exceeded for instances: "
+                                   f"Requested 1, but already used {used} of {used} instances")
+                response = await handler(request, microversion)
+            except ApiError as exc:
+                response = reply(exc.doc(), exc.status)
+            if outcome == "lost_create" and response.status_code < 300:
+                return Response("<html><body><h1>504 Gateway Time-out</h1></body></html>", 504,
+                                media_type="text/html")
+            return response if kind in ("keystone", "image") else \
+                _versioned(response, microversion)
+
+        return run
+
+    # -- Nova -------------------------------------------------------------------------------
+
+    async def versions(self, request: Request) -> Response:
+        base = base_url(request) + "/compute"
+        return reply({"versions": [
+            {"id": "v2.0", "status": "SUPPORTED", "version": "", "min_version": "",
+             "updated": "2011-01-21T11:33:21Z", "links": [{"rel": "self", "href": f"{base}/v2/"}]},
+            self._v21(base)]})
+
+    async def version(self, request: Request) -> Response:
+        doc = self._v21(base_url(request) + "/compute")
+        doc["media-types"] = [{"base": "application/json",
+                               "type": "application/vnd.openstack.compute+json;version=2.1"}]
+        return reply({"version": doc})
+
+    @staticmethod
+    def _v21(base: str) -> dict[str, Any]:
+        return {"id": "v2.1", "status": "CURRENT", "version": MAX_TEXT,
+                "min_version": "2.1", "updated": "2013-07-23T11:33:21Z",
+                "links": [{"rel": "self", "href": f"{base}/v2.1/"}]}
+
+    async def list_servers(self, request: Request, microversion: tuple[int, int]) -> Response:
+        detail = request.url.path.endswith("/detail")
+        query = parse_query(list(request.query_params.multi_items()), self.options.page_limit)
+        page = self.view.listing(query)
+        base = base_url(request) + "/compute"
+        if detail:
+            servers = [server_view(self.view, row, base, microversion) for row in page]
+        else:
+            servers = [{"id": r.id, "name": r.name, "links": [
+                {"rel": "self", "href": f"{base}/v2.1/servers/{r.id}"}]} for r in page]
+        doc: dict[str, Any] = {"servers": servers}
+        if page and len(page) == query.limit:
+            doc["servers_links"] = [{"rel": "next", "href": self._next(request, page[-1])}]
+        return reply(doc)
+
+    @staticmethod
+    def _next(request: Request, last: Row) -> str:
+        """Nova's next link: the request's parameters, sorted, with the marker set."""
+        params = dict(sorted(request.query_params.items()))
+        params["marker"] = last.id
+        return f"{base_url(request)}{request.url.path}?{urlencode(params)}"
+
+    async def create_server(self, request: Request, microversion: tuple[int, int]) -> Response:
+        try:
+            body = msgspec.json.decode(await request.body())
+        except msgspec.DecodeError:
+            raise ApiError(400, "badRequest", "Malformed request body") from None
+        row = self.view.create(body, self.options.identity.user_id)
+        base = base_url(request) + "/compute"
+        return reply({"server": {"id": row.id, "OS-DCF:diskConfig": "MANUAL",
+                                 "security_groups": [{"name": "default"}], "links": [
+                                     {"rel": "self", "href": f"{base}/v2.1/servers/{row.id}"},
+                                     {"rel": "bookmark", "href": f"{base}/servers/{row.id}"}]}},
+                     202)
+
+    async def show_server(self, request: Request, microversion: tuple[int, int]) -> Response:
+        row, _ = self.view.live(request.path_params["server"])
+        base = base_url(request) + "/compute"
+        return reply({"server": server_view(self.view, row, base, microversion)})
+
+    async def delete_server(self, request: Request, microversion: tuple[int, int]) -> Response:
+        self.view.delete(request.path_params["server"])
+        return Response(status_code=204)
+
+    async def limits(self, request: Request, microversion: tuple[int, int]) -> Response:
+        quota = self.project.options
+        used = self.view.usage()
+        absolute = {
+            "maxTotalCores": -1 if quota.quota_processors is None else quota.quota_processors,
+            "maxTotalInstances": -1 if quota.quota_instances is None else quota.quota_instances,
+            "maxTotalRAMSize": -1, "maxServerMeta": 128, "maxImageMeta": 128,
+            "maxTotalKeypairs": 100, "maxServerGroups": 10, "maxServerGroupMembers": 10,
+            "totalCoresUsed": used["cores"], "totalInstancesUsed": used["instances"],
+            "totalRAMUsed": used["ram"], "totalServerGroupsUsed": 0}
+        return reply({"limits": {"rate": [], "absolute": absolute}})
+
+    async def flavors(self, request: Request, microversion: tuple[int, int]) -> Response:
+        base = base_url(request) + "/compute"
+        flavors = sorted(self.project.flavors.values(), key=lambda f: f.cloud_id)
+        if request.url.path.endswith("/detail"):
+            docs = [flavor_view(f, base, microversion) for f in flavors]
+        else:
+            docs = [{"id": f.cloud_id, "name": f.name, "links": flavor_view(
+                f, base, microversion)["links"]} for f in flavors]
+        return reply({"flavors": docs})
+
+    async def flavor(self, request: Request, microversion: tuple[int, int]) -> Response:
+        wanted = request.path_params["flavor"]
+        for flavor in self.project.flavors.values():
+            if flavor.cloud_id == wanted:
+                return reply({"flavor": flavor_view(flavor, base_url(request) + "/compute",
+                                                    microversion)})
+        raise ApiError(404, "itemNotFound", f"Flavor {wanted} could not be found.")
+
+    # -- admin ------------------------------------------------------------------------------
+
+    def _admin_refused(self, request: Request) -> Response | None:
+        wanted = self.options.admin_token
+        given = request.headers.get("Authorization", "")
+        if wanted is not None and hmac.compare_digest(given.encode(),
+                                                      f"Bearer {wanted}".encode()):
+            return None
+        return reply({"error": {"code": 403, "message": "admin token required"}}, 403)
+
+    async def set_faults(self, request: Request) -> Response:
+        if (refused := self._admin_refused(request)) is not None:
+            return refused
+        try:
+            plan = FaultPlan.model_validate_json(await request.body())
+        except pydantic.ValidationError as exc:
+            return reply({"error": {"code": 400, "message": str(exc)}}, 400)
+        self.faults.replace(plan)
+        log.info("space=- machinetype=- machine=- faults now %s", plan.model_dump_json())
+        return reply({"faults": plan.model_dump()})
+
+    async def state(self, request: Request) -> Response:
+        if (refused := self._admin_refused(request)) is not None:
+            return refused
+        await self.view.sync()
+        servers = []
+        for row in self.view.rows.values():
+            status, task = self.view.status(row)
+            live = self.project.servers.get(row.id)
+            servers.append({"id": row.id, "name": row.name, "status": status,
+                            "task_state": task, "flavor": row.flavor.name,
+                            "metadata": dict(live.metadata) if live else {},
+                            "created": row.created, "updated": row.updated})
+        return reply({"servers": servers, "creates": dict(self.view.creates),
+                      "calls": dict(self.calls), "injected": dict(self.faults.injected),
+                      "tokens_issued": self.tokens.issued, "usage": self.view.usage(),
+                      "image_id": self.view.image_id, "faults": self.faults.plan.model_dump()})
+
+    def app(self) -> Starlette:
+        identity = self.options.identity
+        guarded = [Route(r.path, self.guard("keystone", _plain(r.endpoint), auth=False),
+                         methods=sorted(r.methods or ()))
+                   for r in keystone_routes(self.tokens)]
+        guarded += [Route(r.path, self.guard("image", _plain(r.endpoint),
+                                             auth=r.path.startswith("/image/v2")),
+                          methods=sorted(r.methods or ()))
+                    for r in glance_routes(self.options.image_name, identity.project_id,
+                                           self.started)]
+        nova: list[tuple[str, str, Handler, list[str]]] = [
+            ("/servers", "list", self.list_servers, ["GET"]),
+            ("/servers/detail", "list", self.list_servers, ["GET"]),
+            ("/servers", "create", self.create_server, ["POST"]),
+            ("/servers/{server}", "show", self.show_server, ["GET"]),
+            ("/servers/{server}", "delete", self.delete_server, ["DELETE"]),
+            ("/limits", "limits", self.limits, ["GET"]),
+            ("/flavors", "flavors", self.flavors, ["GET"]),
+            ("/flavors/detail", "flavors", self.flavors, ["GET"]),
+            ("/flavors/{flavor}", "flavors", self.flavor, ["GET"])]
+        routes = [Route("/compute", self.versions), Route("/compute/", self.versions),
+                  Route(NOVA, self.version), Route(NOVA + "/", self.version),
+                  *[Route(NOVA + path, self.guard(kind, handler, create=kind == "create"),
+                          methods=methods) for path, kind, handler, methods in nova],
+                  Route("/_sim/faults", self.set_faults, methods=["POST"]),
+                  Route("/_sim/state", self.state, methods=["GET"]), *guarded]
+        return Starlette(routes=routes)
+
+
+def _plain(endpoint: Callable[..., Any]) -> Handler:
+    async def handler(request: Request, microversion: tuple[int, int]) -> Response:
+        response: Response = await endpoint(request)
+        return response
+
+    return handler
+
+
+async def serve(api: SimApi, sock: socket.socket, ready: Callable[[str], None]) -> None:
+    """Serve ``api`` on the bound ``sock`` until SIGTERM/SIGINT; ``ready(url)`` once it
+    accepts connections."""
+    import uvicorn
+
+    config = uvicorn.Config(api.app(), log_config=None, access_log=False, lifespan="off",
+                            timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started and not task.done():
+        await asyncio.sleep(0.01)
+    if server.started:
+        host, port = sock.getsockname()[:2]
+        ready(f"http://{host}:{port}")
+    await task

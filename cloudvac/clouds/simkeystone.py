@@ -1,0 +1,255 @@
+"""Keystone v3, and the bit of Glance v2 the OpenStack adapter asks, for the simulated cloud
+served as its own process (``simapi``).
+
+Keystone: version discovery (``GET /``, ``GET /v3``), ``POST /v3/auth/tokens`` with the
+``password`` or ``application_credential`` method checked against the configured
+credentials (anything else: Keystone's 401 body), ``GET /v3/auth/tokens`` to validate.  A
+token lives ``token_seconds``; its catalog lists compute (``/compute/v2.1``) and image
+(``/image``) on this same server.  Glance: the version list, one image, found by id or by
+name, as ``conn.image.find_image`` asks.  Secrets are compared in constant time and never
+logged or echoed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hmac
+import logging
+import secrets
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+log = logging.getLogger("cloudvac.clouds.simkeystone")
+NAMESPACE = uuid.UUID("5f0b7c56-2a4e-4d7e-9a53-8c1d2f6b9e10")
+UNAUTHORIZED = {"error": {"code": 401, "title": "Unauthorized",
+                          "message": "The request you have made requires authentication."}}
+IDENTITY_MEDIA = [{"base": "application/json",
+                   "type": "application/vnd.openstack.identity-v3+json"}]
+
+
+def reply(doc: object, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    return Response(msgspec.json.encode(doc), status, dict(headers or {}),
+                    media_type="application/json")
+
+
+def iso(at: float, fraction: bool = False, zone: str = "Z") -> str:
+    """OpenStack's UTC times: whole seconds with ``Z`` (Nova's created/updated), or with
+    microseconds (Keystone's expires_at; ``zone=""``: Nova's naive launched_at)."""
+    stamp = datetime.datetime.fromtimestamp(at, datetime.UTC)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.%f" if fraction else "%Y-%m-%dT%H:%M:%S") + zone
+
+
+def stable_id(*parts: str) -> str:
+    """A stable id (uuid5 hex) for a user, project or image name."""
+    return uuid.uuid5(NAMESPACE, "/".join(parts)).hex
+
+
+def image_id(name: str) -> str:
+    """The id of the sim cloud's image called ``name`` (Glance ids are dashed UUIDs)."""
+    return str(uuid.uuid5(NAMESPACE, "image/" + name))
+
+
+def base_url(request: Request) -> str:
+    return str(request.base_url).rstrip("/")
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """The one user and project of the sim cloud, and an optional application credential
+    of that user."""
+
+    username: str
+    password: str = field(repr=False)
+    project_name: str = "sim-project"
+    app_cred_id: str | None = None
+    app_cred_secret: str | None = field(default=None, repr=False)
+    app_cred_name: str = "cloudvac-sim"
+    token_seconds: float = 3600.0
+    region: str = "RegionOne"
+
+    @property
+    def user_id(self) -> str:
+        return stable_id("user", self.username)
+
+    @property
+    def project_id(self) -> str:
+        return stable_id("project", self.project_name)
+
+
+def _same(given: object, wanted: str | None) -> bool:
+    return wanted is not None and isinstance(given, str) and \
+        hmac.compare_digest(given.encode(), wanted.encode())
+
+
+def _domain_ok(thing: Mapping[str, Any]) -> bool:
+    domain = thing.get("domain") or {"id": "default"}
+    return isinstance(domain, dict) and (domain.get("id") == "default"
+                                         or domain.get("name") == "Default")
+
+
+class Tokens:
+    """Issued tokens and their expiry (on ``clock``), and the credential checks."""
+
+    def __init__(self, identity: Identity, clock: Callable[[], float]) -> None:
+        self.identity, self.clock = identity, clock
+        self._tokens: dict[str, tuple[float, str]] = {}
+        self.issued = 0
+
+    def method_of(self, body: Any) -> str | None:
+        """The auth method whose credentials in ``body`` are right, else None (raises
+        KeyError/TypeError/AttributeError on a malformed body)."""
+        ident = body["auth"]["identity"]
+        methods = ident["methods"]
+        me = self.identity
+        if "password" in methods:
+            user = ident["password"]["user"]
+            name_ok = user.get("id") == me.user_id or (
+                user.get("name") == me.username and _domain_ok(user))
+            if name_ok and _same(user.get("password"), me.password) and \
+                    self._scope_ok(body["auth"].get("scope")):
+                return "password"
+        if "application_credential" in methods and me.app_cred_id is not None:
+            cred = ident["application_credential"]
+            id_ok = cred.get("id") == me.app_cred_id or (
+                cred.get("name") == me.app_cred_name
+                and (cred.get("user") or {}).get("name") == me.username)
+            if id_ok and _same(cred.get("secret"), me.app_cred_secret):
+                return "application_credential"
+        return None
+
+    def _scope_ok(self, scope: Any) -> bool:
+        if not scope:
+            return True  # unscoped; the catalog is the project's anyway
+        project = scope["project"]
+        return project.get("id") == self.identity.project_id or (
+            project.get("name") == self.identity.project_name and _domain_ok(project))
+
+    def issue(self, method: str) -> tuple[str, float]:
+        now = self.clock()
+        for token in [t for t, (until, _) in self._tokens.items() if until <= now]:
+            del self._tokens[token]
+        token = "sim" + secrets.token_hex(24)
+        until = now + self.identity.token_seconds
+        self._tokens[token] = (until, method)
+        self.issued += 1
+        return token, until
+
+    def valid(self, token: str | None) -> tuple[float, str] | None:
+        """(expiry, method) of a live token, else None."""
+        found = self._tokens.get(token or "")
+        return found if found is not None and found[0] > self.clock() else None
+
+    def body(self, base: str, until: float, method: str) -> dict[str, Any]:
+        me = self.identity
+        domain = {"id": "default", "name": "Default"}
+        token: dict[str, Any] = {
+            "methods": [method], "expires_at": iso(until, fraction=True),
+            "issued_at": iso(until - me.token_seconds, fraction=True),
+            "audit_ids": [secrets.token_urlsafe(16)[:22]],
+            "user": {"id": me.user_id, "name": me.username, "domain": domain,
+                     "password_expires_at": None},
+            "project": {"id": me.project_id, "name": me.project_name, "domain": domain},
+            "roles": [{"id": stable_id("role", "member"), "name": "member"},
+                      {"id": stable_id("role", "reader"), "name": "reader"}],
+            "is_domain": False, "catalog": catalog(base, me.region)}
+        if method == "application_credential":
+            token["application_credential"] = {"id": me.app_cred_id, "name": me.app_cred_name,
+                                               "restricted": True}
+        return {"token": token}
+
+
+def catalog(base: str, region: str) -> list[dict[str, Any]]:
+    def service(kind: str, name: str, url: str) -> dict[str, Any]:
+        return {"type": kind, "name": name, "id": stable_id("service", kind), "endpoints": [
+            {"id": stable_id("endpoint", kind, i), "interface": i, "region": region,
+             "region_id": region, "url": url} for i in ("public", "internal", "admin")]}
+
+    return [service("compute", "nova", f"{base}/compute/v2.1"),
+            service("image", "glance", f"{base}/image")]
+
+
+def unauthorized(base: str) -> Response:
+    return reply(UNAUTHORIZED, 401, {"WWW-Authenticate": f'Keystone uri="{base}"'})
+
+
+def keystone_routes(tokens: Tokens) -> list[Route]:
+    def version(base: str) -> dict[str, Any]:
+        return {"id": "v3.14", "status": "stable", "updated": "2020-04-07T00:00:00Z",
+                "links": [{"rel": "self", "href": f"{base}/v3/"}], "media-types": IDENTITY_MEDIA}
+
+    async def root(request: Request) -> Response:
+        return reply({"versions": {"values": [version(base_url(request))]}}, 300)
+
+    async def v3(request: Request) -> Response:
+        return reply({"version": version(base_url(request))})
+
+    async def post_token(request: Request) -> Response:
+        try:
+            method = tokens.method_of(msgspec.json.decode(await request.body()))
+        except (msgspec.DecodeError, KeyError, TypeError, AttributeError):
+            return reply({"error": {"code": 400, "title": "Bad Request",
+                                    "message": "Invalid input for field 'identity'."}}, 400)
+        if method is None:
+            log.info("space=- machinetype=- machine=- token refused: wrong credentials")
+            return unauthorized(base_url(request))
+        token, until = tokens.issue(method)
+        log.debug("space=- machinetype=- machine=- token issued (%s)", method)
+        return reply(tokens.body(base_url(request), until, method), 201,
+                     {"X-Subject-Token": token})
+
+    async def get_token(request: Request) -> Response:
+        if tokens.valid(request.headers.get("X-Auth-Token")) is None:
+            return unauthorized(base_url(request))
+        subject = request.headers.get("X-Subject-Token")
+        found = tokens.valid(subject)
+        if found is None:
+            return reply({"error": {"code": 404, "title": "Not Found",
+                                    "message": "Could not find token."}}, 404)
+        return reply(tokens.body(base_url(request), *found), 200,
+                     {"X-Subject-Token": subject or ""})
+
+    return [Route("/", root), Route("/v3", v3), Route("/v3/", v3),
+            Route("/v3/auth/tokens", post_token, methods=["POST"]),
+            Route("/v3/auth/tokens", get_token, methods=["GET", "HEAD"])]
+
+
+def glance_routes(image_name: str, project_id: str, created: float) -> list[Route]:
+    """Glance v2: the version list and one public image."""
+    the_id = image_id(image_name)
+
+    def view() -> dict[str, Any]:
+        return {"id": the_id, "name": image_name, "status": "active", "visibility": "public",
+                "protected": False, "os_hidden": False, "container_format": "bare",
+                "disk_format": "qcow2", "min_disk": 0, "min_ram": 0, "size": 1 << 30,
+                "virtual_size": None, "checksum": None, "owner": project_id, "tags": [],
+                "created_at": iso(created), "updated_at": iso(created),
+                "self": f"/v2/images/{the_id}", "file": f"/v2/images/{the_id}/file",
+                "schema": "/v2/schemas/image"}
+
+    async def versions(request: Request) -> Response:
+        return reply({"versions": [{"id": "v2.16", "status": "CURRENT", "links": [
+            {"rel": "self", "href": f"{base_url(request)}/image/v2/"}]}]}, 300)
+
+    async def listing(request: Request) -> Response:
+        params = request.query_params
+        show = (params.get("name") in (None, image_name)
+                and params.get("id") in (None, the_id)
+                and params.get("marker") is None)
+        return reply({"images": [view()] if show else [], "first": "/v2/images",
+                      "schema": "/v2/schemas/images"})
+
+    async def one(request: Request) -> Response:
+        if request.path_params["image"] != the_id:
+            return Response("404 Not Found\n\nNo image found with that ID\n", 404,
+                            media_type="text/plain")
+        return reply(view())
+
+    return [Route("/image", versions), Route("/image/", versions),
+            Route("/image/v2/images", listing), Route("/image/v2/images/{image}", one)]
