@@ -668,12 +668,13 @@ def _landed(root: Path, names: list[str], puts: dict[str, Any], report: dict[str
     flushed its buffer on SIGTERM.)"""
     from cloudvac.store import Store
 
+    acked: dict[int, tuple[int, str]] = puts["acked"]
     store = Store(database_url(root))
     try:
         records = store.machines(SPACE)
+        bodies = {names[i]: store.joboutput(SPACE, names[i], HEARTBEAT_FILE) for i in acked}
     finally:
         store.close()
-    acked: dict[int, tuple[int, str]] = puts["acked"]
     sent: dict[int, int] = puts["sent"]
     with_beat = {r.name for r in records if r.heartbeat_at is not None}
     expected = {names[i] for i in acked}
@@ -681,12 +682,11 @@ def _landed(root: Path, names: list[str], puts: dict[str, Any], report: dict[str
     lost: list[str] = []
     newer = 0
     for i, (seq, body) in acked.items():
-        path = root / "state" / "joboutputs" / SPACE / names[i] / HEARTBEAT_FILE
-        try:
-            found = path.read_text()
-        except FileNotFoundError:
+        stored = bodies[names[i]]
+        if stored is None:
             lost.append(names[i])
             continue
+        found = stored.decode("utf-8", "replace")
         if found == body:
             continue
         got = re.search(r"#(\d+)\n?$", found)

@@ -26,19 +26,20 @@ from pathlib import Path
 import uvicorn
 from prometheus_client import CollectorRegistry
 
-from cloudvac.auth.vmtokens import TokenSigner, load_or_create_secret
+from cloudvac.auth.vmtokens import TokenSigner, shared_secret
 from cloudvac.clouds.factory import CloudFactory
 from cloudvac.clouds.simpilots import HttpPilots, PilotReporter, StorePilots
 from cloudvac.config import Settings, Space, load_config_dir
 from cloudvac.config.loader import config_files
 from cloudvac.context.userdata import ContextRenderer
 from cloudvac.engine.daemon import ConfigSource, Daemon
+from cloudvac.engine.leases import LeaseKeeper
 from cloudvac.engine.metrics import EngineMetrics
 from cloudvac.engine.tools import CycleTools
 from cloudvac.store import Store
 from cloudvac.web.app import create_app
 from cloudvac.web.context import WebContext
-from cloudvac.web.files import JoboutputsDir, UploadLimits
+from cloudvac.web.files import Joboutputs, UploadLimits, import_directory
 from cloudvac.web.guard import WebLimits
 from cloudvac.web.listen import WebConfigError, bind
 from cloudvac.web.operator import create_operator_app, operator_access, operator_server
@@ -50,11 +51,10 @@ SPACES_RECHECK_SECONDS = 5.0
 HISTORY_SECONDS = 30 * 86400.0  # ended machines and events kept in the store this long
 
 
-def housekeeping(settings: Settings, store: Store, files: JoboutputsDir, now: float) -> int:
+def housekeeping(settings: Settings, store: Store, files: Joboutputs, now: float) -> int:
     """Remove uploads of ended machines after log_retention_hours and store history after
     HISTORY_SECONDS.  Uploads of machines still alive are never removed."""
-    alive = {(m.space, m.name) for m in store.machines()}
-    removed = files.cleanup(now - settings.log_retention_hours * 3600.0, alive)
+    removed = files.cleanup(now - settings.log_retention_hours * 3600.0)
     removed += store.prune(now - max(HISTORY_SECONDS, settings.log_retention_hours * 3600.0))
     return removed
 
@@ -108,7 +108,7 @@ class Service:
     """As configured, with ``web_url`` resolved to the bound port when it was unset."""
     store: Store
     registry: CollectorRegistry
-    files: JoboutputsDir
+    files: Joboutputs
     web: WebContext
     sock: socket.socket
     server: uvicorn.Server
@@ -189,11 +189,12 @@ class Service:
 def build(config: ConfigSource, settings: Settings, store: Store, engine: bool = True,
           keep_reports: int = 0) -> Service:
     """Build the service in dependency order; raises WebConfigError or SecretFileError
-    when it cannot serve as configured (nothing is left open then)."""
-    signer = TokenSigner(load_or_create_secret(settings.state_dir))
-    files = JoboutputsDir(settings.state_dir / "joboutputs",
-                          UploadLimits(settings.upload_max_file_bytes,
-                                       settings.upload_max_machine_bytes))
+    when it cannot serve as configured (nothing is left open then): a secret that is not
+    the one the store's other instances use (``auth/vmtokens.py:shared_secret``)."""
+    signer = TokenSigner(shared_secret(settings.state_dir, store))
+    import_directory(store, settings.state_dir / "joboutputs")  # uploads from before 0009
+    files = Joboutputs(store, UploadLimits(settings.upload_max_file_bytes,
+                                           settings.upload_max_machine_bytes))
     access = operator_access(settings)
     sock = listen_socket(settings)
     try:
@@ -212,8 +213,10 @@ def build(config: ConfigSource, settings: Settings, store: Store, engine: bool =
     if engine:
         metrics = EngineMetrics(registry)
         pilots = HttpPilots(settings.web_base_url, signer)
+        keeper = LeaseKeeper.for_store(store, settings.database_url,
+                                       lambda: daemon.settings.cycle_seconds if daemon else 60.0)
         daemon = Daemon(config, configured, CycleTools(store, metrics, render=renderer),
-                        CloudFactory(metrics, pilots), keep_reports)
+                        CloudFactory(metrics, pilots), keep_reports, keeper)
     spaces = daemon.current_spaces if daemon is not None else FileSpaces(config.directory)
     web = WebContext(settings, store, signer, files, spaces, registry,
                      render=lambda space, mt, name, at: renderer.as_of(at)(space, mt, name),

@@ -8,17 +8,26 @@ from the same formula the planner uses (``model/shares.py``).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from rich import box
 from rich.table import Table
 
 from cloudvac.config.models import Space
-from cloudvac.model.records import Drain, Event, MachineRecord, ProjectRoom, drain_deadline
+from cloudvac.model.records import (
+    WHOLE_SPACE,
+    Drain,
+    Event,
+    MachineRecord,
+    ProjectRoom,
+    Removal,
+    drain_deadline,
+)
 from cloudvac.model.shares import shares
 from cloudvac.model.states import MachineState
 from cloudvac.store import Store
+from cloudvac.store.leases import LeaseView
 
 S = MachineState
 TABLE_WIDTH = 80
@@ -53,6 +62,14 @@ class StatusRow:
     engine's last read of the limits (None: not read yet)."""
     no_room: str = ""
     """Why foreign usage leaves no room for a new machine in the space, or ""."""
+    removal: str = ""
+    """The machinetype (or space) is in no configuration: what becomes of its machines."""
+    owner: str = ""
+    """The instance holding the space's lease ("" when none does)."""
+    owner_host: str = ""
+    """Its host and pid ("host pid N")."""
+    owner_renewed_at: float | None = None
+    """When it last renewed anything (its row's ``seen_at``, the database's clock)."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,12 +86,15 @@ class StoreView:
     credentials: Mapping[str, Mapping[str, float]]
     drains: Mapping[str, Mapping[str, Drain]] = field(default_factory=dict)
     rooms: Mapping[str, ProjectRoom] = field(default_factory=dict)
+    removals: Mapping[str, Mapping[str, Removal]] = field(default_factory=dict)
+    leases: LeaseView | None = None
 
 
 def read_view(store: Store, space: str | None = None, events: int = 200) -> StoreView:
     """Everything status needs, for ``space`` or all spaces, with the newest ``events``."""
     return StoreView(store.machines(space), store.last_aborts(), store.events(space, events),
-                     store.credentials(), store.drains(space), store.rooms())
+                     store.credentials(), store.drains(space), store.rooms(),
+                     store.removals(space), leases=store.lease_view())
 
 
 def status_rows(spaces: Mapping[str, Space], view: StoreView, now: float) -> list[StatusRow]:
@@ -116,7 +136,49 @@ def status_rows(spaces: Mapping[str, Space], view: StoreView, now: float) -> lis
                 foreign_processors=None if room is None else room.foreign_processors,
                 no_room="" if room is None else room.note(),
             ))
+    return _with_owners(rows + _removed_rows(spaces, view, now), view.leases)
+
+
+def _removed_rows(spaces: Mapping[str, Space], view: StoreView, now: float) -> list[StatusRow]:
+    """One row per machinetype with machines that no configuration has (``engine/removal.py``
+    for what becomes of them), with the note saying so."""
+    found: dict[tuple[str, str], list[MachineRecord]] = {}
+    for m in view.machines:
+        conf = spaces.get(m.space)
+        if m.state is not S.GONE and (conf is None or m.machinetype not in conf.machinetypes):
+            found.setdefault((m.space, m.machinetype), []).append(m)
+    rows: list[StatusRow] = []
+    for (space, machinetype), mine in sorted(found.items()):
+        removals = view.removals.get(space, {})
+        removal = removals.get(WHOLE_SPACE) or removals.get(machinetype)
+        rows.append(StatusRow(
+            space=space, machinetype=machinetype,
+            starting=sum(m.state.starting for m in mine),
+            running=sum(m.state is S.RUNNING and m.delete_requested_at is None for m in mine),
+            stopping=sum(m.state in STOPPING or m.delete_requested_at is not None
+                         for m in mine),
+            processors=sum(m.processors for m in mine), actual_share=0.0, target_share=0.0,
+            backoff_seconds_left=0.0, last_error=_last_error(view.events, space, machinetype),
+            removal=_removal_note(space, machinetype, space in spaces, removal)))
     return rows
+
+
+def _removal_note(space: str, machinetype: str, configured: bool,
+                  removal: Removal | None) -> str:
+    if removal is None and not configured:
+        return ("the space is in no configuration: its machines are left alone (no "
+                "credentials to act on them); restore its configuration to manage them")
+    if removal is None:
+        return ("in no configuration: removed at the engine's next cycle if cloudvac created "
+                "them, else orphans deleted once orphan_seconds old")
+    what = "space" if removal.machinetype == WHOLE_SPACE else "machinetype"
+    if removal.confirmed_at is None:
+        target = space if removal.machinetype == WHOLE_SPACE else f"{space} {machinetype}"
+        return (f"{what} removed from the configuration: waiting for confirmation (it would "
+                f"delete over removal_confirm_fraction of the space); machines keep running "
+                f"until `cloudvac confirm-removal {target}` or confirm_removals = true")
+    return (f"{what} removed from the configuration: drained, machines deleted at the drain "
+            "rate from removal_grace_seconds after the confirmation")
 
 
 def status_notes(rows: Sequence[StatusRow], now: float) -> list[str]:
@@ -129,6 +191,8 @@ def status_notes(rows: Sequence[StatusRow], now: float) -> list[str]:
             when = f"in {left:.0f}s" if left > 0 else "now (grace over)"
             notes.append(f"{r.space}/{r.machinetype}: drained: no new machines; pilots told "
                          f"to stop taking jobs; machines still running deleted {when}")
+        if r.removal:
+            notes.append(f"{r.space}/{r.machinetype}: {r.removal}")
         if r.killing:
             notes.append(f"{r.space}/{r.machinetype}: {r.killing} machine(s) to kill at the "
                          "next cycle")
@@ -188,3 +252,48 @@ def _fit(natural: list[int], room: int) -> list[int]:
     while sum(widths) > room and max(widths[0], widths[1]) > MIN_NAME:
         widths[0 if widths[0] >= widths[1] else 1] -= 1
     return widths
+
+
+def _with_owners(rows: list[StatusRow], leases: LeaseView | None) -> list[StatusRow]:
+    """The rows with the owner of their space's lease (an unexpired one, on the database's
+    clock) and that owner's last renewal."""
+    if leases is None:
+        return rows
+    instances = {i.instance: i for i in leases.instances}
+    owners = {lease.space: lease.owner for lease in leases.leases
+              if lease.owner is not None and lease.expires_at > leases.now}
+    found: list[StatusRow] = []
+    for row in rows:
+        owner = owners.get(row.space)
+        who = instances.get(owner) if owner is not None else None
+        found.append(row if owner is None else replace(
+            row, owner=owner, owner_host="" if who is None else f"{who.hostname} pid {who.pid}",
+            owner_renewed_at=None if who is None else who.seen_at))
+    return found
+
+
+def instances_table(leases: LeaseView, width: int = TABLE_WIDTH) -> Table:
+    """The instances sharing the store (``cloudvac status``): who, how many spaces each
+    owns, and its last renewal, as seconds before the database's now."""
+    owned: dict[str, int] = {}
+    for lease in leases.leases:
+        if lease.owner is not None and lease.expires_at > leases.now:
+            owned[lease.owner] = owned.get(lease.owner, 0) + 1
+    table = Table(title="instances", box=box.SIMPLE_HEAD, show_edge=False, padding=0,
+                  width=width, caption="renewed: seconds ago, on the database's clock")
+    for heading in ("instance", "host", "pid", "spaces", "renewed"):
+        table.add_column(heading, no_wrap=True, overflow="ellipsis",
+                         justify="left" if heading in ("instance", "host") else "right")
+    for i in leases.instances:
+        table.add_row(i.instance[:12], i.hostname, str(i.pid), str(owned.get(i.instance, 0)),
+                      f"{max(0.0, leases.now - i.seen_at):.0f}s")
+    return table
+
+
+def instances_json(leases: LeaseView) -> list[dict[str, Any]]:
+    """The instances for ``status --json``: each with its spaces and last renewal."""
+    return [{"instance": i.instance, "host": i.hostname, "pid": i.pid,
+             "renewed_at": i.seen_at, "renewed_seconds_ago": max(0.0, leases.now - i.seen_at),
+             "spaces": sorted(lease.space for lease in leases.leases
+                              if lease.owner == i.instance and lease.expires_at > leases.now)}
+            for i in leases.instances]

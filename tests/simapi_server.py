@@ -5,7 +5,9 @@ credential secret in 0600 files under ``tmp_path``), waits for its ``listening o
 line with a generous deadline, yields a ``SimCloudServer`` (URLs, credentials, the
 admin calls ``faults()`` and ``state()``, ``space_options()`` for a cloudvac config) and
 stops it with SIGTERM (SIGKILL only if it hangs; ``server["exit_code"]`` afterwards).
-Its log is ``server.log_path``.
+Its log is ``server.log_path``.  ``projects=N`` serves N projects (``server.projects``,
+``project-0001``...), ``vm_door=[URL, ...]`` sends the VMs' reports there instead of the
+URL their user_data names, ``heartbeat_seconds`` is how often the VMs heartbeat.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ class SimCloudServer:
     url: str
     username: str
     password: str = field(repr=False)
-    project_name: str
+    projects: tuple[str, ...]
     admin_token: str = field(repr=False)
     log_path: Path
     pid: int
@@ -52,26 +54,34 @@ class SimCloudServer:
     data: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def project_name(self) -> str:
+        """The first project (the only one, unless ``projects=N``)."""
+        return self.projects[0]
+
+    @property
     def auth_url(self) -> str:
         return f"{self.url}/v3"
 
     def __getitem__(self, key: str) -> Any:  # like the oracles' OracleInfo: nova["image_id"]
         return self.data[key]
 
-    def connect_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``openstack.connect`` (password auth)."""
+    def connect_kwargs(self, project: str | None = None) -> dict[str, Any]:
+        """Keyword arguments for ``openstack.connect`` (password auth, scoped to
+        ``project``, default the first)."""
         return {"auth_url": self.auth_url, "username": self.username,
-                "password": self.password, "project_name": self.project_name,
+                "password": self.password, "project_name": project or self.project_name,
                 "user_domain_name": "Default", "project_domain_name": "Default",
                 "region_name": "RegionOne"}
 
-    def space_options(self, password_file: Path) -> str:
-        """The lines of a cloudvac ``[space]`` on this cloud (password auth, written to
-        ``password_file`` with mode 0600), as the oracles' ``space_options``."""
+    def space_options(self, password_file: Path, project: str | None = None) -> str:
+        """The lines of a cloudvac ``[space]`` on this cloud's ``project`` (default the
+        first; password auth, written to ``password_file`` with mode 0600), as the
+        oracles' ``space_options``."""
         password_file.write_text(self.password)
         password_file.chmod(0o600)
         return (f"api = openstack\nauth_url = {self.auth_url}\nusername = {self.username}\n"
-                f"password_file = {password_file}\nproject_name = {self.project_name}\n"
+                f"password_file = {password_file}\n"
+                f"project_name = {project or self.project_name}\n"
                 "region_name = RegionOne\nnetworks = none\nflavor_names = m1.small\n")
 
     def _admin(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
@@ -84,10 +94,11 @@ class SimCloudServer:
         """Replace the fault plan (``simfaults.FaultPlan`` fields; none: no faults)."""
         return dict(self._admin("POST", "/_sim/faults", plan)["faults"])
 
-    def state(self) -> dict[str, Any]:
-        """Servers (live and soft-deleted), creates per name, calls per kind, injected
-        faults, usage."""
-        return dict(self._admin("GET", "/_sim/state"))
+    def state(self, project: str | None = None) -> dict[str, Any]:
+        """Servers (live and soft-deleted; of ``project`` only, if given) with what their
+        VMs sent, creates per name, calls per kind, injected faults, usage."""
+        return dict(self._admin("GET", "/_sim/state" + (f"?project={project}" if project
+                                                         else "")))
 
 
 def _secret_file(directory: Path, name: str, value: str) -> Path:
@@ -136,8 +147,15 @@ class SimCloudOptions:
     password: str = field(default="sim-password-9f3c", repr=False)
     admin_token: str = field(default="sim-admin-5e1d", repr=False)
     app_cred: bool = False
+    projects: int | None = None
+    vm_door: Sequence[str] = ()
+    heartbeat_seconds: float | None = None
     extra: Sequence[str] = ()
     start_seconds: float = START_SECONDS
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(f"project-{i:04d}" for i in range(1, self.projects + 1)) \
+            if self.projects else ("sim-project",)
 
     def arguments(self, directory: Path, tag: str) -> list[str]:
         args = ["--listen", "127.0.0.1:0",
@@ -151,7 +169,10 @@ class SimCloudOptions:
                 str(self.job_seconds), "--log-level", "DEBUG"]
         for option, value in (("--quota-processors", self.quota_processors),
                               ("--quota-instances", self.quota_instances),
-                              ("--page-limit", self.page_limit), ("--seed", self.seed)):
+                              ("--page-limit", self.page_limit), ("--seed", self.seed),
+                              ("--projects", self.projects),
+                              ("--heartbeat-seconds", self.heartbeat_seconds),
+                              ("--vm-door", ",".join(self.vm_door) or None)):
             if value is not None:
                 args += [option, str(value)]
         return [*args, *self.extra]
@@ -178,7 +199,7 @@ def sim_cloud(directory: Path, options: SimCloudOptions | None = None,
     info: dict[str, Any] = {"image_id": image_id("cloudvac-sim-image")}
     try:
         url = _wait_ready(process, time.monotonic() + opts.start_seconds)
-        yield SimCloudServer(url, "cloudvac", opts.password, "sim-project", opts.admin_token,
+        yield SimCloudServer(url, "cloudvac", opts.password, opts.names(), opts.admin_token,
                              log_path, process.pid, cred_id, cred_secret, info)
     finally:
         process.terminate()

@@ -8,6 +8,12 @@ tokens (nothing to leak, nothing to lose), and verification is constant-time.
 
 The secret is generated on first start into ``STATE_DIR/server.secret`` with mode 0600;
 a secret file readable by group or others is refused.
+
+Every instance sharing a store must sign with the same secret, or a VM's token is refused
+by every instance but the one that rendered its user_data.  The store keeps the secret's
+fingerprint (``shared_secret``): HMAC-SHA256 of a fixed label under the secret, which tells
+nothing about the secret.  The first instance records it; an instance whose secret file is
+missing or different refuses to start, naming what to copy, and never creates its own.
 """
 
 from __future__ import annotations
@@ -21,9 +27,14 @@ import secrets
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 SECRET_FILE = "server.secret"
 VERSION = "v1"
+FINGERPRINT_FACT = "server_secret_fingerprint"
+_FINGERPRINT_LABEL = b"cloudvac server secret fingerprint v1"
+_COPY_IT = (f"this store is shared: copy STATE_DIR/{SECRET_FILE} from an instance that already "
+            "runs, mode 0600")
 
 
 class SecretFileError(RuntimeError):
@@ -67,6 +78,42 @@ def load_or_create_secret(state_dir: Path) -> bytes:
     if len(text) < 32:
         raise SecretFileError(f"{path} holds no usable secret (at least 32 characters)")
     return text.encode()
+
+
+class Facts(Protocol):
+    """The store's facts (``store/facts.py``), as far as the secret needs them."""
+
+    def fact(self, key: str) -> str | None: ...
+
+    def claim_fact(self, key: str, value: str) -> str: ...
+
+
+def fingerprint(secret: bytes) -> str:
+    """What the store keeps to recognise the secret: hex HMAC-SHA256 of a fixed label."""
+    return hmac.new(secret, _FINGERPRINT_LABEL, hashlib.sha256).hexdigest()
+
+
+def shared_secret(state_dir: Path, facts: Facts, record: bool = True) -> bytes:
+    """The server secret, checked against the fingerprint the store holds.
+
+    A store that knows a secret and a missing file: SecretFileError, and no file created
+    (a new one would sign tokens no other instance accepts).  A file whose fingerprint
+    differs: SecretFileError naming the first 8 hex digits of both.  A store with no
+    fingerprint yet gets ours (with ``record``; the first instance), the file created if
+    needed."""
+    path = state_dir / SECRET_FILE
+    held = facts.fact(FINGERPRINT_FACT)
+    if held is not None and not path.exists():
+        raise SecretFileError(f"{path} is missing and the store already serves VMs with the "
+                              f"secret of fingerprint {held[:8]}: {_COPY_IT}")
+    secret = load_or_create_secret(state_dir)
+    ours = fingerprint(secret)
+    if held is None and record:
+        held = facts.claim_fact(FINGERPRINT_FACT, ours)
+    if held is not None and not hmac.compare_digest(held, ours):
+        raise SecretFileError(f"{path} (fingerprint {ours[:8]}) is not the secret of the "
+                              f"store's other instances (fingerprint {held[:8]}): {_COPY_IT}")
+    return secret
 
 
 @dataclass(frozen=True, slots=True)

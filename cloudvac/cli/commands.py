@@ -129,12 +129,22 @@ def _serve(config_dir: Path, log_level: str, engine: bool, cycles: int | None,
 
 @app.command()
 def status(config_dir: ConfigDir = DEFAULT_CONFIG_DIR,
-           as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False
-           ) -> None:
+           as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False,
+           instances: Annotated[bool, typer.Option(
+               "--instances", help="The instances sharing the store instead: spaces owned "
+               "and last renewal of each.")] = False) -> None:
     """Spaces x machinetypes: machines, processors, shares, backoff, drains, last error;
-    notes on drains, kills and foreign usage that leaves no room."""
+    notes on drains, kills and foreign usage that leaves no room; the owner of each
+    space's lease (``--json``), and the instances under the table."""
     from cloudvac.config import load_config_dir
-    from cloudvac.status import read_view, status_notes, status_rows, status_table
+    from cloudvac.status import (
+        instances_json,
+        instances_table,
+        read_view,
+        status_notes,
+        status_rows,
+        status_table,
+    )
 
     loaded = load_config_dir(config_dir)
     if loaded.settings is None:
@@ -142,16 +152,24 @@ def status(config_dir: ConfigDir = DEFAULT_CONFIG_DIR,
         raise typer.Exit(2)
     store = open_store(loaded.settings.database_url)
     try:
-        rows = status_rows(loaded.spaces, read_view(store, events=500), time.time())
+        view = read_view(store, events=500)
+        rows = status_rows(loaded.spaces, view, time.time())
     finally:
         store.close()
-    if as_json:
+    leases = view.leases
+    if instances and leases is not None and as_json:
+        typer.echo(json.dumps(instances_json(leases), indent=2))
+    elif instances and leases is not None:
+        Console().print(instances_table(leases))
+    elif as_json:
         typer.echo(json.dumps([r.as_dict() for r in rows], indent=2))
     else:
         console = Console()
         console.print(status_table(rows, width=console.width))
         for note in status_notes(rows, time.time()):
             typer.echo(f"note: {note}")
+        if leases is not None and leases.instances:
+            console.print(instances_table(leases, width=min(console.width, 80)))
     if loaded.issues or loaded.warnings:
         print_issues(loaded)
 
@@ -234,13 +252,19 @@ def render(space: str, machinetype: str, config_dir: ConfigDir = DEFAULT_CONFIG_
 
 
 def _secret(settings: Settings) -> bytes:
-    from cloudvac.auth.vmtokens import SecretFileError, load_or_create_secret
+    """The secret the running instances sign with: checked against the store's fingerprint
+    (never recorded from here: only a starting instance records it)."""
+    from cloudvac.auth.vmtokens import SecretFileError, shared_secret
 
+    store = open_store(settings.database_url)
     try:
-        return load_or_create_secret(settings.state_dir)
+        return shared_secret(settings.state_dir, store, record=False)
     except SecretFileError as exc:
-        err.print(f"[red]cannot read the server secret:[/red] {escape(str(exc))}")
+        err.print(f"[red]cannot read the server secret:[/red] {escape(str(exc))}",
+                  highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
+    finally:
+        store.close()
 
 
 @app.command(name="dirac-cs")

@@ -36,8 +36,12 @@ FILES = (
      "state_dir of [settings], /var/lib/cloudvac by default."),
     ("STATE_DIR/cloudvac.db.lock", "Held by cloudvac run for as long as it runs: one "
      "daemon per store."),
-    ("STATE_DIR/server.secret", "The key that signs every VM's upload token."),
-    ("STATE_DIR/joboutputs/", "What VMs uploaded (heartbeats, shutdown messages, logs)."),
+    ("STATE_DIR/server.secret", "The key that signs every VM's upload token. Every "
+     "instance sharing a store needs the same file (mode 0600): the store keeps its "
+     "fingerprint, and an instance with another secret, or none, refuses to start."),
+    ("STATE_DIR/joboutputs.imported/", "Uploads from before they were kept in the store "
+     "(heartbeats, shutdown messages, logs now live in its joboutputs table), imported at "
+     "the first start of this version; may be removed."),
     ("STATE_DIR/checkin/", "Check-in refresh tokens as the provider rotated them (the "
      "configured file is only read)."),
 )

@@ -1,5 +1,5 @@
 """Commands that act on a running daemon through the store: ``drain``, ``undrain``, ``kill``,
-``logs`` (and ``run --dry-run``'s report, ``dry_run``).
+``confirm-removal``, ``logs`` (and ``run --dry-run``'s report, ``dry_run``).
 
 The daemon is another process: these commands write the store named by the configuration
 (``database``, else the SQLite file in ``state_dir``), and the daemon acts at its next
@@ -174,6 +174,40 @@ def kill(machine: str,
                "deleted at the daemon's next cycle of its space")
 
 
+@app.command("confirm-removal")
+def confirm_removal(space: str,
+                    machinetype: Annotated[str | None, typer.Argument(
+                        help="The removed machinetype (default: the whole space, removed "
+                        "from the configuration).")] = None,
+                    config_dir: ConfigDir = DEFAULT_CONFIG_DIR) -> None:
+    """Let the drain of a machinetype (or a space) removed from the configuration go ahead
+    when it waits because it would delete more than removal_confirm_fraction of the
+    space's machines at once."""
+    loaded = _config(config_dir)
+    assert loaded.settings is not None
+    key = machinetype or "*"
+    target = f"{space}/{machinetype}" if machinetype else space
+    store = open_store(loaded.settings.database_url, writable=True)
+    try:
+        known = store.removals(space).get(space, {})
+        if key not in known:
+            pending = ", ".join(sorted(f"{space}/{k}" if k != "*" else space for k in known))
+            raise _fail(f"no removal of {target} is recorded (recorded: {pending or 'none'}); "
+                        "the daemon records one at its first cycle after the removal", 1)
+        now = time.time()
+        removal = store.confirm_removal(space, key, now)
+        assert removal is not None
+        _operator_event(store, now, (space, machinetype or "", ""),
+                        "removal confirmed by an operator")
+    finally:
+        store.close()
+    found = loaded.spaces.get(space)
+    grace = f" ({found.removal_grace_seconds}s)" if found is not None else ""
+    typer.echo(f"removal of {target} confirmed ({removal.machines} machine(s) when noticed): "
+               f"its machines are deleted removal_grace_seconds{grace} after "
+               f"{_when(removal.confirmed_at)}, at the drain rate")
+
+
 @app.command()
 def logs(machine: str,
          file: Annotated[str | None, typer.Option(
@@ -187,15 +221,14 @@ def logs(machine: str,
     store = open_store(loaded.settings.database_url)
     try:
         record = _find(store, machine, space)
+        if file is not None:
+            _print_file(store, record, file)
+            return
+        lines = [*_summary(record), *_files(store, record)]
         events = _history(store, record)
     finally:
         store.close()
-    directory = loaded.settings.state_dir / "joboutputs" / record.space / machine
-    if file is not None:
-        _print_file(directory, file)
-        return
-    for line in [*_summary(record), *_files(directory), "events (oldest first):",
-                 *_event_lines(events, record)]:
+    for line in [*lines, "events (oldest first):", *_event_lines(events, record)]:
         typer.echo(line)
 
 
@@ -225,35 +258,32 @@ def _summary(m: MachineRecord) -> list[str]:
     return lines
 
 
-def _files(directory: Path) -> list[str]:
-    try:
-        entries = sorted(p for p in directory.iterdir() if p.is_file()
-                         and not p.name.startswith("."))
-    except FileNotFoundError:
-        return [f"uploaded files: none in {directory} (nothing uploaded, or removed after "
+def _files(store: Store, m: MachineRecord) -> list[str]:
+    """The machine's uploads (kept in the store, whichever instance took them)."""
+    stored = store.joboutput_files(m.space, m.name)
+    if not stored:
+        return ["uploaded files: none (nothing uploaded, or removed after "
                 "log_retention_hours)"]
-    except OSError as exc:
-        return [f"uploaded files: cannot read {directory}: {exc.strerror or exc}"]
-    lines = [f"uploaded files in {directory}:"]
-    lines += [f"  {p.name:<24} {p.stat().st_size:>10} bytes  {_when(p.stat().st_mtime)}"
-              for p in entries]
-    for p in entries:
-        if p.name in SHOWN_FILES:
-            text = p.read_bytes()[:SHOWN_BYTES].decode("utf-8", "replace").rstrip()
-            lines += [f"{p.name}:", *(f"  {line}" for line in text.splitlines() or [""])]
+    lines = ["uploaded files:"]
+    lines += [f"  {f.file:<24} {f.size:>10} bytes  {_when(f.written_at)}" for f in stored]
+    shown = store.joboutputs(m.space, m.name, [f.file for f in stored
+                                               if f.file in SHOWN_FILES])
+    for name in SHOWN_FILES:
+        if name in shown:
+            text = shown[name][:SHOWN_BYTES].decode("utf-8", "replace").rstrip()
+            lines += [f"{name}:", *(f"  {line}" for line in text.splitlines() or [""])]
     return lines
 
 
-def _print_file(directory: Path, name: str) -> None:
+def _print_file(store: Store, m: MachineRecord, name: str) -> None:
     from cloudvac.model.layout import FILE_NAME
 
-    path = directory / name
-    if not FILE_NAME.fullmatch(name) or not path.is_file():
-        present = sorted(p.name for p in directory.glob("*") if p.is_file()) \
-            if directory.is_dir() else []
+    body = store.joboutput(m.space, m.name, name) if FILE_NAME.fullmatch(name) else None
+    if body is None:
+        present = [f.file for f in store.joboutput_files(m.space, m.name)]
         raise _fail(f"no uploaded file {name} for this machine (files: "
                     f"{', '.join(present) or 'none'})", 1)
-    typer.echo(path.read_bytes().decode("utf-8", "replace"), nl=False)
+    typer.echo(body.decode("utf-8", "replace"), nl=False)
 
 
 def _event_lines(events: list[Event], machine: MachineRecord) -> list[str]:

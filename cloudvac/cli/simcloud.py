@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
+from urllib.parse import urlsplit
 
 import typer
 from rich.markup import escape
@@ -38,11 +39,18 @@ def sim_cloud(  # noqa: PLR0913 - one parameter per option of the command
         listen: Annotated[str, typer.Option(help="HOST:PORT to serve on, loopback only "
                                             "(port 0: any free port).")] = "127.0.0.1:0",
         username: Annotated[str, typer.Option(help="The Keystone user.")] = "cloudvac",
-        project_name: Annotated[str, typer.Option(help="Its project.")] = "sim-project",
+        project_name: Annotated[str, typer.Option(help="Its project, when neither --project "
+                                                  "nor --projects is given.")] = "sim-project",
+        project: Annotated[list[str] | None, typer.Option(
+            help="A project of the user (repeat for several).")] = None,
+        projects: Annotated[int | None, typer.Option(min=1, help="N projects: project-0001 "
+                                                     "... (the same quota each).")] = None,
         app_cred_id: Annotated[str | None, typer.Option(help="An application credential id "
                                                         "of the user.")] = None,
         app_cred_secret_file: Annotated[Path | None, typer.Option(
             help="File (0600) holding that credential's secret.")] = None,
+        app_cred_project: Annotated[str | None, typer.Option(
+            help="The project of the application credential (default: the first).")] = None,
         admin_token_file: Annotated[Path | None, typer.Option(
             help="File (0600) holding the bearer token of /_sim/faults and /_sim/state "
                  "(without one they refuse every request).")] = None,
@@ -62,10 +70,21 @@ def sim_cloud(  # noqa: PLR0913 - one parameter per option of the command
         token_seconds: Annotated[float, typer.Option(min=1)] = 3600.0,
         image_name: Annotated[str, typer.Option(help="The one Glance image.")]
         = "cloudvac-sim-image",
-        seed: Annotated[int | None, typer.Option(help="Random seed of the project.")] = None,
+        seed: Annotated[int | None, typer.Option(help="Random seed (project i: seed+i).")]
+        = None,
+        heartbeat_seconds: Annotated[float, typer.Option(min=0.01, help="How often each "
+                                                         "VM heartbeats.")] = 60.0,
+        vm_door: Annotated[str, typer.Option(help="Comma-separated base URLs VMs report to "
+                                             "instead of their user_data's.")] = "",
+        vm_concurrency: Annotated[int, typer.Option(min=1, help="VM uploads in flight, "
+                                                    "at most.")] = 100,
+        tombstone_seconds: Annotated[float, typer.Option(min=0, help="How long deleted "
+                                                         "servers stay listed (changes-since)."
+                                                         )] = 3600.0,
         log_level: LogLevel = "INFO") -> None:
-    """Serve a simulated OpenStack project (Keystone at URL/v3, Nova, Glance) until SIGTERM;
-    prints `listening on URL` once it accepts connections."""
+    """Serve simulated OpenStack projects (Keystone at URL/v3, Nova, Glance) until SIGTERM,
+    whose VMs report to the manager named in their user_data; prints `listening on URL`
+    once it accepts connections."""
     _run(_Args(**locals()))
 
 
@@ -77,8 +96,11 @@ class _Args:
     listen: str
     username: str
     project_name: str
+    project: list[str] | None
+    projects: int | None
     app_cred_id: str | None
     app_cred_secret_file: Path | None
+    app_cred_project: str | None
     admin_token_file: Path | None
     flavors: str | None
     unschedulable_flavors: str
@@ -92,7 +114,32 @@ class _Args:
     token_seconds: float
     image_name: str
     seed: int | None
+    heartbeat_seconds: float
+    vm_door: str
+    vm_concurrency: int
+    tombstone_seconds: float
     log_level: str
+
+
+def _projects(args: _Args) -> tuple[str, ...]:
+    if args.project and args.projects is not None:
+        raise _fail("give --project or --projects, not both")
+    names = tuple(args.project or ()) or tuple(
+        f"project-{i:04d}" for i in range(1, (args.projects or 0) + 1)) or (args.project_name,)
+    if len(set(names)) != len(names):
+        raise _fail("--project: a name is given twice")
+    if args.app_cred_project is not None and args.app_cred_project not in names:
+        raise _fail(f"--app-cred-project {args.app_cred_project}: not one of the projects")
+    return names
+
+
+def _doors(text: str) -> tuple[str, ...]:
+    doors = tuple(_split(text))
+    for door in doors:
+        parts = urlsplit(door)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise _fail(f"--vm-door {door}: not an http:// or https:// URL")
+    return doors
 
 
 def _options(args: _Args) -> SimApiOptions:
@@ -124,10 +171,11 @@ def _options(args: _Args) -> SimApiOptions:
         raise _fail(message) from None
     if (args.app_cred_id is None) != (secret is None):
         raise _fail("give --app-cred-id and --app-cred-secret-file together")
-    identity = Identity(args.username, password, args.project_name, args.app_cred_id, secret,
-                        token_seconds=args.token_seconds)
+    identity = Identity(args.username, password, _projects(args), args.app_cred_id, secret,
+                        token_seconds=args.token_seconds, app_cred_project=args.app_cred_project)
     return SimApiOptions(identity, space, pilots, args.page_limit, args.image_name, admin,
-                         args.delete_seconds)
+                         args.delete_seconds, args.heartbeat_seconds, _doors(args.vm_door),
+                         args.vm_concurrency, args.tombstone_seconds)
 
 
 def _run(args: _Args) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import hmac
 import logging
 import socket
@@ -44,6 +45,7 @@ from cloudvac.clouds.simkeystone import (
     glance_routes,
     image_id,
     keystone_routes,
+    project_id,
     reply,
     unauthorized,
 )
@@ -56,10 +58,11 @@ from cloudvac.clouds.simnova import (
     parse_query,
     server_view,
 )
+from cloudvac.clouds.simvm import SimVm, VmPilots, VmSender
 from cloudvac.config.models import SimMachinetype, SimSpace
 
 log = logging.getLogger("cloudvac.clouds.simapi")
-Handler = Callable[[Request, tuple[int, int]], Awaitable[Response]]
+Handler = Callable[[Request, "Call"], Awaitable[Response]]
 NOVA = "/compute/v2.1"
 MAX_TEXT = f"{MAX_MICROVERSION[0]}.{MAX_MICROVERSION[1]}"
 
@@ -75,6 +78,29 @@ class SimApiOptions:
     image_name: str = "cloudvac-sim-image"
     admin_token: str | None = field(default=None, repr=False)
     delete_seconds: float = 1.0
+    heartbeat_seconds: float = 60.0
+    vm_doors: tuple[str, ...] = ()
+    vm_concurrency: int = 100
+    tombstone_seconds: float = 3600.0
+
+
+@dataclass(eq=False)
+class Tenant:
+    """One project of the process: its ``SimProject``, Nova's view of it and its VMs."""
+
+    name: str
+    id: str
+    project: SimProject
+    view: NovaView
+    pilots: VmPilots
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """What a guarded Nova handler gets besides the request."""
+
+    tenant: Tenant
+    microversion: tuple[int, int]
 
 
 def _microversion(request: Request) -> tuple[int, int]:
@@ -103,18 +129,39 @@ def _versioned(response: Response, microversion: tuple[int, int]) -> Response:
 
 
 class SimApi:
-    """The served state: the project, Nova's view of it, tokens, faults, call counts."""
+    """The served state: the projects, Nova's view of each, tokens, faults, call counts."""
 
     def __init__(self, options: SimApiOptions, clock: Callable[[], float] = time.time) -> None:
         self.options = options
-        self.project = SimProject(options=options.project, clock=clock,
-                                  delete_seconds=options.delete_seconds)
         self.tokens = Tokens(options.identity, clock)
-        self.view = NovaView(self.project, image_id(options.image_name),
-                             options.identity.project_id, options.pilots)
+        self.sender = VmSender(options.vm_doors, options.vm_concurrency, clock,
+                               seed=options.project.seed)
+        pilots = options.pilots.model_copy(
+            update={"heartbeat_period_seconds": options.heartbeat_seconds})
+        self.tenants = {name: self._tenant(name, index, pilots, clock)
+                        for index, name in enumerate(options.identity.projects)}
         self.faults = Faults()
         self.calls: collections.Counter[str] = collections.Counter()
         self.started = clock()
+
+    def _tenant(self, name: str, index: int, pilots: SimMachinetype,
+                clock: Callable[[], float]) -> Tenant:
+        seed = self.options.project.seed
+        space = self.options.project if seed is None or index == 0 else \
+            self.options.project.model_copy(update={"seed": seed + index})
+        project = SimProject(options=space, clock=clock,
+                             delete_seconds=self.options.delete_seconds)
+        view = NovaView(project, image_id(self.options.image_name), project_id(name), pilots,
+                        tombstone_seconds=self.options.tombstone_seconds)
+        view.pilots = VmPilots(project, self.sender, self.options.heartbeat_seconds,
+                               view.release)
+        return Tenant(name, project_id(name), project, view, view.pilots)
+
+    async def tick(self) -> None:
+        """Move every project along its timeline (its VMs report even when no manager
+        calls the API)."""
+        for tenant in self.tenants.values():
+            await tenant.view.sync()
 
     def guard(self, kind: str, handler: Handler, *, auth: bool = True,
               create: bool = False) -> Callable[[Request], Awaitable[Response]]:
@@ -127,30 +174,31 @@ class SimApi:
                 await asyncio.sleep(wait)
             outcome = self.faults.outcome(create)
             base = base_url(request)
-            if outcome == "unauthorized" or (auth and self.tokens.valid(
-                    request.headers.get("X-Auth-Token")) is None):
+            issued = self.tokens.valid(request.headers.get("X-Auth-Token"))
+            if outcome == "unauthorized" or (auth and issued is None):
                 return unauthorized(base)
             if outcome in ("error_500", "error_503"):
                 status = 500 if outcome == "error_500" else 503
                 return reply({"computeFault": {"code": status, "message": "Unexpected API "
                               "Error (injected by the sim cloud)."}}, status)
+            plain = kind in ("keystone", "image")
+            tenant = self.tenants[issued.project if issued else self.options.identity.projects[0]]
             microversion = (2, 1)
             try:
-                if kind not in ("keystone", "image"):
+                if not plain:
                     microversion = _microversion(request)
-                await self.view.sync()
+                    await tenant.view.sync()
                 if outcome == "quota":
-                    used = self.project.used_instances
+                    used = tenant.project.used_instances
                     raise ApiError(403, "forbidden", f"Quota exceeded for instances: "
                                    f"Requested 1, but already used {used} of {used} instances")
-                response = await handler(request, microversion)
+                response = await handler(request, Call(tenant, microversion))
             except ApiError as exc:
                 response = reply(exc.doc(), exc.status)
             if outcome == "lost_create" and response.status_code < 300:
                 return Response("<html><body><h1>504 Gateway Time-out</h1></body></html>", 504,
                                 media_type="text/html")
-            return response if kind in ("keystone", "image") else \
-                _versioned(response, microversion)
+            return response if plain else _versioned(response, microversion)
 
         return run
 
@@ -175,13 +223,14 @@ class SimApi:
                 "min_version": "2.1", "updated": "2013-07-23T11:33:21Z",
                 "links": [{"rel": "self", "href": f"{base}/v2.1/"}]}
 
-    async def list_servers(self, request: Request, microversion: tuple[int, int]) -> Response:
+    async def list_servers(self, request: Request, call: Call) -> Response:
         detail = request.url.path.endswith("/detail")
         query = parse_query(list(request.query_params.multi_items()), self.options.page_limit)
-        page = self.view.listing(query)
+        view = call.tenant.view
+        page = view.listing(query)
         base = base_url(request) + "/compute"
         if detail:
-            servers = [server_view(self.view, row, base, microversion) for row in page]
+            servers = [server_view(view, row, base, call.microversion) for row in page]
         else:
             servers = [{"id": r.id, "name": r.name, "links": [
                 {"rel": "self", "href": f"{base}/v2.1/servers/{r.id}"}]} for r in page]
@@ -197,12 +246,12 @@ class SimApi:
         params["marker"] = last.id
         return f"{base_url(request)}{request.url.path}?{urlencode(params)}"
 
-    async def create_server(self, request: Request, microversion: tuple[int, int]) -> Response:
+    async def create_server(self, request: Request, call: Call) -> Response:
         try:
             body = msgspec.json.decode(await request.body())
         except msgspec.DecodeError:
             raise ApiError(400, "badRequest", "Malformed request body") from None
-        row = self.view.create(body, self.options.identity.user_id)
+        row = call.tenant.view.create(body, self.options.identity.user_id)
         base = base_url(request) + "/compute"
         return reply({"server": {"id": row.id, "OS-DCF:diskConfig": "MANUAL",
                                  "security_groups": [{"name": "default"}], "links": [
@@ -210,18 +259,18 @@ class SimApi:
                                      {"rel": "bookmark", "href": f"{base}/servers/{row.id}"}]}},
                      202)
 
-    async def show_server(self, request: Request, microversion: tuple[int, int]) -> Response:
-        row, _ = self.view.live(request.path_params["server"])
+    async def show_server(self, request: Request, call: Call) -> Response:
+        row, _ = call.tenant.view.live(request.path_params["server"])
         base = base_url(request) + "/compute"
-        return reply({"server": server_view(self.view, row, base, microversion)})
+        return reply({"server": server_view(call.tenant.view, row, base, call.microversion)})
 
-    async def delete_server(self, request: Request, microversion: tuple[int, int]) -> Response:
-        self.view.delete(request.path_params["server"])
+    async def delete_server(self, request: Request, call: Call) -> Response:
+        call.tenant.view.delete(request.path_params["server"])
         return Response(status_code=204)
 
-    async def limits(self, request: Request, microversion: tuple[int, int]) -> Response:
-        quota = self.project.options
-        used = self.view.usage()
+    async def limits(self, request: Request, call: Call) -> Response:
+        quota = call.tenant.project.options
+        used = call.tenant.view.usage()
         absolute = {
             "maxTotalCores": -1 if quota.quota_processors is None else quota.quota_processors,
             "maxTotalInstances": -1 if quota.quota_instances is None else quota.quota_instances,
@@ -231,22 +280,22 @@ class SimApi:
             "totalRAMUsed": used["ram"], "totalServerGroupsUsed": 0}
         return reply({"limits": {"rate": [], "absolute": absolute}})
 
-    async def flavors(self, request: Request, microversion: tuple[int, int]) -> Response:
+    async def flavors(self, request: Request, call: Call) -> Response:
         base = base_url(request) + "/compute"
-        flavors = sorted(self.project.flavors.values(), key=lambda f: f.cloud_id)
+        flavors = sorted(call.tenant.project.flavors.values(), key=lambda f: f.cloud_id)
         if request.url.path.endswith("/detail"):
-            docs = [flavor_view(f, base, microversion) for f in flavors]
+            docs = [flavor_view(f, base, call.microversion) for f in flavors]
         else:
             docs = [{"id": f.cloud_id, "name": f.name, "links": flavor_view(
-                f, base, microversion)["links"]} for f in flavors]
+                f, base, call.microversion)["links"]} for f in flavors]
         return reply({"flavors": docs})
 
-    async def flavor(self, request: Request, microversion: tuple[int, int]) -> Response:
+    async def flavor(self, request: Request, call: Call) -> Response:
         wanted = request.path_params["flavor"]
-        for flavor in self.project.flavors.values():
+        for flavor in call.tenant.project.flavors.values():
             if flavor.cloud_id == wanted:
                 return reply({"flavor": flavor_view(flavor, base_url(request) + "/compute",
-                                                    microversion)})
+                                                    call.microversion)})
         raise ApiError(404, "itemNotFound", f"Flavor {wanted} could not be found.")
 
     # -- admin ------------------------------------------------------------------------------
@@ -271,21 +320,38 @@ class SimApi:
         return reply({"faults": plan.model_dump()})
 
     async def state(self, request: Request) -> Response:
+        """Servers (of ``?project=NAME`` only, if given) with what their VMs sent,
+        creates, calls, faults, usage (in all, and per project)."""
         if (refused := self._admin_refused(request)) is not None:
             return refused
-        await self.view.sync()
-        servers = []
-        for row in self.view.rows.values():
-            status, task = self.view.status(row)
-            live = self.project.servers.get(row.id)
-            servers.append({"id": row.id, "name": row.name, "status": status,
-                            "task_state": task, "flavor": row.flavor.name,
-                            "metadata": dict(live.metadata) if live else {},
-                            "created": row.created, "updated": row.updated})
-        return reply({"servers": servers, "creates": dict(self.view.creates),
-                      "calls": dict(self.calls), "injected": dict(self.faults.injected),
-                      "tokens_issued": self.tokens.issued, "usage": self.view.usage(),
-                      "image_id": self.view.image_id, "faults": self.faults.plan.model_dump()})
+        wanted = request.query_params.get("project")
+        tenants = [t for t in self.tenants.values() if wanted in (None, t.name)]
+        servers, creates = [], collections.Counter[str]()
+        for tenant in tenants:
+            view = tenant.view
+            await view.sync()
+            creates.update(view.creates)
+            servers += [self._server_state(tenant, row) for row in view.rows.values()]
+        usage = {t.name: t.view.usage() for t in tenants}
+        return reply({"servers": servers, "creates": dict(creates), "calls": dict(self.calls),
+                      "injected": dict(self.faults.injected),
+                      "tokens_issued": self.tokens.issued, "projects": usage,
+                      "usage": {k: sum(u[k] for u in usage.values())
+                                for k in ("cores", "instances", "ram")},
+                      "vm_uploads_in_flight": self.sender.busy,
+                      "image_id": image_id(self.options.image_name),
+                      "faults": self.faults.plan.model_dump()})
+
+    @staticmethod
+    def _server_state(tenant: Tenant, row: Row) -> dict[str, Any]:
+        status, task = tenant.view.status(row)
+        live = tenant.project.servers.get(row.id)
+        vm = tenant.pilots.by_id.get(row.id)
+        return {"id": row.id, "name": row.name, "project": tenant.name, "status": status,
+                "task_state": task, "flavor": row.flavor.name,
+                "metadata": dict(live.metadata) if live else {},
+                "created": row.created, "updated": row.updated,
+                **(vm.state() if vm is not None else SimVm("", "", "", None).state())}
 
     def app(self) -> Starlette:
         identity = self.options.identity
@@ -317,7 +383,7 @@ class SimApi:
 
 
 def _plain(endpoint: Callable[..., Any]) -> Handler:
-    async def handler(request: Request, microversion: tuple[int, int]) -> Response:
+    async def handler(request: Request, call: Call) -> Response:
         response: Response = await endpoint(request)
         return response
 
@@ -326,16 +392,35 @@ def _plain(endpoint: Callable[..., Any]) -> Handler:
 
 async def serve(api: SimApi, sock: socket.socket, ready: Callable[[str], None]) -> None:
     """Serve ``api`` on the bound ``sock`` until SIGTERM/SIGINT; ``ready(url)`` once it
-    accepts connections."""
+    accepts connections.  Meanwhile its projects move along their timelines every
+    ``tick_seconds`` (a quarter of a heartbeat period, 0.05-1 s), so that their VMs report
+    even when no manager calls."""
     import uvicorn
 
     config = uvicorn.Config(api.app(), log_config=None, access_log=False, lifespan="off",
                             timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started and not task.done():
-        await asyncio.sleep(0.01)
-    if server.started:
-        host, port = sock.getsockname()[:2]
-        ready(f"http://{host}:{port}")
-    await task
+    ticker = asyncio.create_task(_tick(api, min(1.0, max(0.05, api.options.heartbeat_seconds
+                                                         / 4))))
+    try:
+        while not server.started and not task.done():
+            await asyncio.sleep(0.01)
+        if server.started:
+            host, port = sock.getsockname()[:2]
+            ready(f"http://{host}:{port}")
+        await task
+    finally:
+        ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticker
+        await api.sender.close()
+
+
+async def _tick(api: SimApi, seconds: float) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await api.tick()
+        except Exception:  # the next tick tries again; the API keeps serving
+            log.exception("space=- machinetype=- machine=- tick failed")

@@ -62,25 +62,45 @@ def base_url(request: Request) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """The one user and project of the sim cloud, and an optional application credential
-    of that user."""
+    """The one user of the sim cloud, its projects (the first is the default: an unscoped
+    token's, and the application credential's unless ``app_cred_project`` names another),
+    and an optional application credential of that user, bound to one project."""
 
     username: str
     password: str = field(repr=False)
-    project_name: str = "sim-project"
+    projects: tuple[str, ...] = ("sim-project",)
     app_cred_id: str | None = None
     app_cred_secret: str | None = field(default=None, repr=False)
     app_cred_name: str = "cloudvac-sim"
     token_seconds: float = 3600.0
     region: str = "RegionOne"
+    app_cred_project: str | None = None
 
     @property
     def user_id(self) -> str:
         return stable_id("user", self.username)
 
     @property
+    def project_name(self) -> str:
+        return self.projects[0]
+
+    @property
     def project_id(self) -> str:
-        return stable_id("project", self.project_name)
+        return project_id(self.project_name)
+
+
+def project_id(name: str) -> str:
+    """The id of the sim cloud's project called ``name``."""
+    return stable_id("project", name)
+
+
+@dataclass(frozen=True, slots=True)
+class Issued:
+    """A live token: its expiry, how it was obtained and the project it is scoped to."""
+
+    until: float
+    method: str
+    project: str
 
 
 def _same(given: object, wanted: str | None) -> bool:
@@ -95,16 +115,19 @@ def _domain_ok(thing: Mapping[str, Any]) -> bool:
 
 
 class Tokens:
-    """Issued tokens and their expiry (on ``clock``), and the credential checks."""
+    """Issued tokens, their expiry (on ``clock``) and project, and the credential checks."""
 
     def __init__(self, identity: Identity, clock: Callable[[], float]) -> None:
         self.identity, self.clock = identity, clock
-        self._tokens: dict[str, tuple[float, str]] = {}
+        self._tokens: dict[str, Issued] = {}
+        self._by_id = {project_id(name): name for name in identity.projects}
         self.issued = 0
 
-    def method_of(self, body: Any) -> str | None:
-        """The auth method whose credentials in ``body`` are right, else None (raises
-        KeyError/TypeError/AttributeError on a malformed body)."""
+    def method_of(self, body: Any) -> tuple[str, str] | None:
+        """(auth method, project name) if the credentials in ``body`` are right and may
+        have the scope asked, else None (raises KeyError/TypeError/AttributeError on a
+        malformed body).  A password token is scoped to the project asked for (unscoped:
+        the first); an application credential's to its own project."""
         ident = body["auth"]["identity"]
         methods = ident["methods"]
         me = self.identity
@@ -112,54 +135,57 @@ class Tokens:
             user = ident["password"]["user"]
             name_ok = user.get("id") == me.user_id or (
                 user.get("name") == me.username and _domain_ok(user))
-            if name_ok and _same(user.get("password"), me.password) and \
-                    self._scope_ok(body["auth"].get("scope")):
-                return "password"
+            project = self._scoped(body["auth"].get("scope"))
+            if name_ok and _same(user.get("password"), me.password) and project is not None:
+                return "password", project
         if "application_credential" in methods and me.app_cred_id is not None:
             cred = ident["application_credential"]
             id_ok = cred.get("id") == me.app_cred_id or (
                 cred.get("name") == me.app_cred_name
                 and (cred.get("user") or {}).get("name") == me.username)
             if id_ok and _same(cred.get("secret"), me.app_cred_secret):
-                return "application_credential"
+                return "application_credential", me.app_cred_project or me.project_name
         return None
 
-    def _scope_ok(self, scope: Any) -> bool:
+    def _scoped(self, scope: Any) -> str | None:
         if not scope:
-            return True  # unscoped; the catalog is the project's anyway
+            return self.identity.project_name  # unscoped: the default project's catalog
         project = scope["project"]
-        return project.get("id") == self.identity.project_id or (
-            project.get("name") == self.identity.project_name and _domain_ok(project))
+        if project.get("id") in self._by_id:
+            return self._by_id[project["id"]]
+        name = project.get("name")
+        return name if name in self.identity.projects and _domain_ok(project) else None
 
-    def issue(self, method: str) -> tuple[str, float]:
+    def issue(self, method: str, project: str) -> tuple[str, Issued]:
         now = self.clock()
-        for token in [t for t, (until, _) in self._tokens.items() if until <= now]:
-            del self._tokens[token]
+        if len(self._tokens) > 64 and self.issued % 64 == 0:  # amortised expiry sweep
+            for token in [t for t, found in self._tokens.items() if found.until <= now]:
+                del self._tokens[token]
         token = "sim" + secrets.token_hex(24)
-        until = now + self.identity.token_seconds
-        self._tokens[token] = (until, method)
+        issued = self._tokens[token] = Issued(now + self.identity.token_seconds, method, project)
         self.issued += 1
-        return token, until
+        return token, issued
 
-    def valid(self, token: str | None) -> tuple[float, str] | None:
-        """(expiry, method) of a live token, else None."""
+    def valid(self, token: str | None) -> Issued | None:
+        """The live token's facts, else None."""
         found = self._tokens.get(token or "")
-        return found if found is not None and found[0] > self.clock() else None
+        return found if found is not None and found.until > self.clock() else None
 
-    def body(self, base: str, until: float, method: str) -> dict[str, Any]:
+    def body(self, base: str, issued: Issued) -> dict[str, Any]:
         me = self.identity
         domain = {"id": "default", "name": "Default"}
         token: dict[str, Any] = {
-            "methods": [method], "expires_at": iso(until, fraction=True),
-            "issued_at": iso(until - me.token_seconds, fraction=True),
+            "methods": [issued.method], "expires_at": iso(issued.until, fraction=True),
+            "issued_at": iso(issued.until - me.token_seconds, fraction=True),
             "audit_ids": [secrets.token_urlsafe(16)[:22]],
             "user": {"id": me.user_id, "name": me.username, "domain": domain,
                      "password_expires_at": None},
-            "project": {"id": me.project_id, "name": me.project_name, "domain": domain},
+            "project": {"id": project_id(issued.project), "name": issued.project,
+                        "domain": domain},
             "roles": [{"id": stable_id("role", "member"), "name": "member"},
                       {"id": stable_id("role", "reader"), "name": "reader"}],
             "is_domain": False, "catalog": catalog(base, me.region)}
-        if method == "application_credential":
+        if issued.method == "application_credential":
             token["application_credential"] = {"id": me.app_cred_id, "name": me.app_cred_name,
                                                "restricted": True}
         return {"token": token}
@@ -192,17 +218,17 @@ def keystone_routes(tokens: Tokens) -> list[Route]:
 
     async def post_token(request: Request) -> Response:
         try:
-            method = tokens.method_of(msgspec.json.decode(await request.body()))
+            granted = tokens.method_of(msgspec.json.decode(await request.body()))
         except (msgspec.DecodeError, KeyError, TypeError, AttributeError):
             return reply({"error": {"code": 400, "title": "Bad Request",
                                     "message": "Invalid input for field 'identity'."}}, 400)
-        if method is None:
-            log.info("space=- machinetype=- machine=- token refused: wrong credentials")
+        if granted is None:
+            log.info("space=- machinetype=- machine=- token refused: wrong credentials or "
+                     "scope")
             return unauthorized(base_url(request))
-        token, until = tokens.issue(method)
-        log.debug("space=- machinetype=- machine=- token issued (%s)", method)
-        return reply(tokens.body(base_url(request), until, method), 201,
-                     {"X-Subject-Token": token})
+        token, issued = tokens.issue(*granted)
+        log.debug("space=- machinetype=- machine=- token issued (%s, project %s)", *granted)
+        return reply(tokens.body(base_url(request), issued), 201, {"X-Subject-Token": token})
 
     async def get_token(request: Request) -> Response:
         if tokens.valid(request.headers.get("X-Auth-Token")) is None:
@@ -212,7 +238,7 @@ def keystone_routes(tokens: Tokens) -> list[Route]:
         if found is None:
             return reply({"error": {"code": 404, "title": "Not Found",
                                     "message": "Could not find token."}}, 404)
-        return reply(tokens.body(base_url(request), *found), 200,
+        return reply(tokens.body(base_url(request), found), 200,
                      {"X-Subject-Token": subject or ""})
 
     return [Route("/", root), Route("/v3", v3), Route("/v3/", v3),

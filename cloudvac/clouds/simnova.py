@@ -6,8 +6,10 @@ after the delete, which a ``changes-since`` listing shows as ``DELETED`` with it
 gone.  ``NovaView`` adds those around the project without changing it: after every
 ``advance`` it stamps ``updated`` on the servers whose status moved (``SimServer.move``
 drops the server's cached observation; the view takes a fresh one) and turns the servers
-the project dropped into tombstones.  Times are whole seconds, as Nova's database stores
-them.
+the project dropped into tombstones (forgotten after ``tombstone_seconds``).  With
+``pilots`` (``simvm``) its servers' agents report over HTTP, and a server whose pilot ended
+shows ACTIVE until its agent's final uploads are over.  Times are whole seconds, as Nova's
+database stores them.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 from cloudvac.clouds.sim import SimProject
 from cloudvac.clouds.simkeystone import iso
 from cloudvac.clouds.simserver import SimServer
+from cloudvac.clouds.simvm import VmPilots
 from cloudvac.config.models import SimMachinetype
 from cloudvac.model.cloud import TAG_MACHINETYPE, TAG_SPACE, Flavor, MachineSpec
 from cloudvac.model.errors import Misconfigured, QuotaExceeded
@@ -129,12 +132,17 @@ class NovaView:
     image_id: str
     project_id: str
     default_machinetype: SimMachinetype = field(default_factory=SimMachinetype)
+    pilots: VmPilots | None = None
+    tombstone_seconds: float = 3600.0
     rows: dict[str, Row] = field(default_factory=dict)
     creates: collections.Counter[str] = field(default_factory=collections.Counter)
+    _live: int = 0  # rows not deleted
+    _pruned_at: float = 0.0
 
     async def sync(self) -> int:
-        """Advance the project to its clock, drop its pilots' reports (nobody listens in
-        this process), stamp what changed; returns the time (whole seconds)."""
+        """Advance the project to its clock, hand its pilots' reports to ``pilots`` (or
+        drop them), stamp what changed, forget tombstones older than
+        ``tombstone_seconds``; returns the time (whole seconds)."""
         project = self.project
         now = math.floor(project.clock())
         project.advance()
@@ -145,10 +153,27 @@ class NovaView:
             if srv.observed is None and row is not None:
                 row.updated = now
                 srv.observe()
-        for row in self.rows.values():
-            if not row.deleted and row.id not in servers:
-                row.deleted, row.updated = True, now
+        if self._live > len(servers):  # some were dropped: tombstones
+            for row in self.rows.values():
+                if not row.deleted and row.id not in servers:
+                    row.deleted, row.updated = True, now
+                    self._live -= 1
+        if len(self.rows) > 2 * self._live + 100 and now - self._pruned_at >= 60:
+            self._pruned_at = now
+            self._prune(now - self.tombstone_seconds)
         return now
+
+    def _prune(self, before: float) -> None:
+        for row in [r for r in self.rows.values() if r.deleted and r.updated < before]:
+            del self.rows[row.id]
+            if self.pilots is not None:
+                self.pilots.forget(row.id)
+
+    def release(self, server_id: str) -> None:
+        """The server's final uploads are over: it shows SHUTOFF from now on."""
+        row = self.rows.get(server_id)
+        if row is not None and not row.deleted:
+            row.updated = math.floor(self.project.clock())
 
     def create(self, body: Any, user_id: str) -> Row:
         """Nova's ``POST /servers``; raises ApiError as Nova answers."""
@@ -187,7 +212,10 @@ class NovaView:
         created = math.floor(srv.created_at)
         row = self.rows[srv_id] = Row(srv_id, name, created, created, user_id, self.image_id,
                                       srv.flavor, tuple(tags))
+        self._live += 1
         self.creates[name] += 1
+        if self.pilots is not None:
+            self.pilots.boot(srv_id, name, spec.space, spec.user_data)
         return row
 
     def _flavor(self, ref: object) -> Flavor:
@@ -250,6 +278,8 @@ class NovaView:
         status, _, task = srv.status.partition("/")
         if not task and srv.state is MachineState.STARTING:
             task = "spawning"
+        if status == "SHUTOFF" and self.pilots is not None and self.pilots.holds(row.id):
+            status = "ACTIVE"  # its agent is still uploading: not powered off yet
         return status, task or None
 
     def usage(self) -> dict[str, int]:

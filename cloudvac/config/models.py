@@ -261,6 +261,19 @@ class Space(ConfigModel):
                                           "/limits) again only this often; 0: every cycle.")
     shutdown_time: float | None = Field(None, description="Unix time: no new machines after "
                                         "it; running ones carry on (VCycle's meaning).")
+    orphan_seconds: Seconds = Field(86400, description="A server with this space's tags "
+                                    "whose machinetype is in no configuration (and was never "
+                                    "created by this store) is deleted once this old.")
+    removal_confirm_fraction: float = Field(
+        0.5, gt=0, le=1, description="Machines of machinetypes removed from the "
+        "configuration (or of the whole space) are drained; a removal that would delete more "
+        "than this fraction of the space's machines waits for `cloudvac confirm-removal` or "
+        "confirm_removals; 1 disables the guard.")
+    confirm_removals: bool = Field(False, description="Confirm every removal of this space "
+                                   "at once, whatever removal_confirm_fraction says.")
+    removal_grace_seconds: Seconds = Field(3600, description="Machines of a removed (and "
+                                           "confirmed) machinetype or space are deleted this "
+                                           "long after the confirmation, at the drain rate.")
     site_name: str | None = Field(None, description="<Site>.<cc> (GOCDB name and country), "
                                   "e.g. RECAS-NAPOLI.it: DIRAC sites are <prefix>.<site_name> "
                                   "in every [dirac] without a site_name_<dirac>.")

@@ -3,7 +3,8 @@
 A machine is accounted once it is gone (its row's state ``gone``) and had started: from its
 ``MachineRecord`` (times, processors, cloud id, shutdown message), its machinetype's
 configuration (VO, DIRAC site per DIRAC instance, HS06 per processor, ``fizzle_seconds``)
-and what the VM uploaded into its joboutputs directory:
+and what the VM uploaded (its joboutputs, in the store: ``Store.joboutputs``, so the
+instance that owns the space reads what any instance took):
 
 * ``cpu_totals``: ``<user seconds> <system seconds> <idle seconds>`` (the agent's
   ``cpu_totals``: the pilot's process tree, and ``/proc/stat`` idle over the pilot's run;
@@ -31,8 +32,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 
 from cloudvac.config.models import Machinetype, Space
 from cloudvac.context.dirac import site_of
@@ -41,10 +41,9 @@ from cloudvac.model.layout import CPU_TOTALS_FILE, PILOT_LOG_FILE
 from cloudvac.model.records import MachineRecord
 from cloudvac.model.states import MachineState
 from cloudvac.store import Store
+from cloudvac.store.leases import Fence
 
 log = logging.getLogger("cloudvac.engine.accounting")
-MAX_READ_BYTES = 64 * 1024 * 1024
-"""A pilot log is read up to this much (uploads are bounded far below it)."""
 _RECEIVED = re.compile(rb"Received\b[^\n]*?JobID=(\d+),?\s*JobType=([A-Za-z0-9_.-]+)")
 _DEFAULT_FIZZLE = 600.0
 
@@ -81,14 +80,6 @@ def job_counts(data: bytes | None) -> JobCounts:
     return JobCounts(production=len(kinds) - user, user=user, known=True)
 
 
-def _read(directory: Path, file: str) -> bytes | None:
-    try:
-        with open(directory / file, "rb") as handle:
-            return handle.read(MAX_READ_BYTES)
-    except OSError:  # not uploaded (or unreadable): unknown
-        return None
-
-
 def dirac_site(space: Space, mt: Machinetype | None) -> str:
     """The DIRAC site the machinetype's pilots report as, '' if none or not resolvable."""
     instance = space.dirac_instances.get(mt.dirac) if mt is not None and mt.dirac else None
@@ -110,15 +101,20 @@ def _benchmark(mt: Machinetype | None, record: MachineRecord,
     return None, ""
 
 
-def build(space: Space, record: MachineRecord, joboutputs: Path,
+UPLOADS = (CPU_TOTALS_FILE, PILOT_LOG_FILE)
+"""The uploads an accounting record is built from."""
+
+
+def build(space: Space, record: MachineRecord, uploads: Mapping[str, bytes],
           now: float) -> AccountingRecord:
-    """The accounting record of ``record``, a machine that ended (see the module doc)."""
+    """The accounting record of ``record``, a machine that ended (see the module doc);
+    ``uploads``: the machine's files of ``UPLOADS`` (file -> body), the missing ones not
+    uploaded."""
     mt = space.machinetypes.get(record.machinetype)
     started = record.started_at if record.started_at is not None else now
     stopped = record.ended_at or record.shutdown_at or now
     stopped = max(stopped, started)
-    directory = joboutputs / space.name / record.name
-    cpu, idle = cpu_totals(_read(directory, CPU_TOTALS_FILE))
+    cpu, idle = cpu_totals(uploads.get(CPU_TOTALS_FILE))
     processors = max(record.processors, 1)
     benchmark, source = _benchmark(mt, record, processors)
     fizzle = float(mt.fizzle_seconds) if mt is not None else _DEFAULT_FIZZLE
@@ -132,18 +128,22 @@ def build(space: Space, record: MachineRecord, joboutputs: Path,
         started_at=started, stopped_at=stopped, cpu_seconds=cpu, idle_seconds=idle,
         shutdown_code=message.code if message is not None else None,
         shutdown_text=message.text if message is not None else "",
-        jobs=job_counts(_read(directory, PILOT_LOG_FILE)),
+        jobs=job_counts(uploads.get(PILOT_LOG_FILE)),
         fizzled=stopped - started < fizzle, site=space.site_name or "")
 
 
 def account_ended(store: Store, space: Space, changed: Sequence[MachineRecord],
-                  joboutputs: Path, now: float) -> int:
+                  now: float, fence: Fence | None = None) -> int:
     """Write the records of ``space``'s gone machines that have none, if ``changed`` (this
-    cycle's written machine rows) marked any machine gone; how many were new."""
+    cycle's written machine rows) marked any machine gone; how many were new (their
+    uploads read from the store).  With
+    ``fence`` (the space's lease): written only while it holds, else LeaseLost."""
     if not any(r.state is MachineState.GONE for r in changed):
         return 0
-    records = [build(space, r, joboutputs, now) for r in store.unaccounted(space.name)]
-    written = store.record_accounting(records, now)
+    records = [build(space, r, store.joboutputs(space.name, r.name, UPLOADS), now)
+               for r in store.unaccounted(space.name)]
+    written = store.record_accounting(records, now) if fence is None else \
+        store.record_accounting_fenced(fence, records, now)
     for r in records:
         log.info("space=%s machinetype=%s machine=%s accounted: %.0fs wall, %s CPU s, "
                  "%d processors, code %s", r.space, r.machinetype, r.machine, r.wall_seconds,

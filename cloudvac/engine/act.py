@@ -7,17 +7,24 @@ definite refusal (quota, misconfiguration, credentials) or a create that was nev
 (timeout, 5xx) leaves it for the listing to settle.  Deletions were
 recorded by the cycle before this step runs.  At most ``api_concurrency`` calls are in
 flight; each call's events are returned with its outcome, never shared.
+
+Several instances (a ``Tenure``): intents and a refused create's end are written under the
+lease's fence, and no cloud call that acts (create, delete) starts once the lease is not
+trusted by this process's own clock (``Tenure.valid``): those creates are deferred, those
+deletes left for whoever owns the space.  A fenced write that finds the lease lost stops
+every create still to come; ``act`` then raises ``LeaseLost``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from cloudvac.config.models import Space
 from cloudvac.config.settings import Settings
 from cloudvac.context.errors import RenderError
+from cloudvac.engine.leases import Tenure
 from cloudvac.engine.lifecycle import Deletion
 from cloudvac.engine.planner import Create
 from cloudvac.engine.tools import CycleTools
@@ -32,6 +39,7 @@ from cloudvac.model.errors import (
 )
 from cloudvac.model.records import Event, MachineRecord
 from cloudvac.model.states import MachineState
+from cloudvac.store.leases import Fence, LeaseLost
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +66,7 @@ class _Done:
     error: type[CloudError] | None = None
     flavor: str = ""
     deferred: bool = False
+    lost: LeaseLost | None = None
 
 
 class Actor:
@@ -65,27 +74,37 @@ class Actor:
         self.cloud, self.settings, self.tools = cloud, settings, tools
 
     async def act(self, space: Space, deletes: Sequence[Deletion], creates: Sequence[Create],
-                  deadline: float) -> Acted:
+                  deadline: float, tenure: Tenure | None = None) -> Acted:
         """Deletes first (they free capacity), then creates; no create starts after
         ``deadline`` (monotonic), so a large burst spreads over cycles instead of
-        overrunning the cycle's own deadline."""
+        overrunning the cycle's own deadline.  ``tenure``: see the module doc."""
         sem = asyncio.Semaphore(self.settings.api_concurrency)
         refused: set[str] = set()  # machinetypes (or "*") refused this cycle: stop asking
 
-        async def limited(call: Awaitable[_Done]) -> _Done:
+        def trusted() -> bool:
+            return tenure is None or tenure.valid()
+
+        async def delete(d: Deletion) -> _Done:
             async with sem:
-                return await call
+                return await self._delete(space, d) if trusted() else _Done(False)
 
         async def create(c: Create) -> _Done:
             async with sem:
                 if "*" in refused or c.machinetype in refused:
                     return _Done(False)
-                if self.tools.monotonic() > deadline:
+                if self.tools.monotonic() > deadline or not trusted():
                     return _Done(False, deferred=True)
-                return await self._create(space, c, refused)
+                try:
+                    return await self._create(space, c, refused, tenure)
+                except LeaseLost as exc:
+                    refused.add("*")
+                    return _Done(False, lost=exc)
 
-        deleted = await asyncio.gather(*(limited(self._delete(space, d)) for d in deletes))
+        deleted = await asyncio.gather(*(delete(d) for d in deletes))
         created = await asyncio.gather(*(create(c) for c in creates))
+        lost = next((c.lost for c in created if c.lost is not None), None)
+        if lost is not None:
+            raise lost
         return _acted(deleted, created)
 
     async def _delete(self, space: Space, d: Deletion) -> _Done:
@@ -101,8 +120,10 @@ class Actor:
         count(space.name, d.machinetype, d.reason, "ok").inc()
         return _Done(True)
 
-    async def _create(self, space: Space, create: Create, refused: set[str]) -> _Done:
+    async def _create(self, space: Space, create: Create, refused: set[str],
+                      tenure: Tenure | None = None) -> _Done:
         tools, mt = self.tools, space.machinetypes[create.machinetype]
+        fence: Fence | None = None if tenure is None else tenure.fence
         now, name = tools.clock(), tools.namer(space.name, mt.name)
         count = tools.metrics.creates.labels
 
@@ -118,13 +139,15 @@ class Actor:
         intent = MachineRecord(space.name, name, mt.name, MachineState.INTENT,
                                processors=create.flavor.processors, hs06=create.hs06,
                                created_at=now)
-        await asyncio.to_thread(tools.store.apply, space.name, [intent], {}, now)
+        await asyncio.to_thread(tools.store.apply, space.name, [intent], {}, now, fence)
+        if tenure is not None and not tenure.valid():  # the write took long: ask no cloud
+            return _Done(False, deferred=True)  # the intent is settled like a crash's
         try:
             await self.cloud.create_machine(self._spec(space, create, intent, user_data))
         except (QuotaExceeded, Misconfigured, AuthFailed, NotSent) as exc:
             # Definitely nothing created (refused, or never sent): free the intent now.
             gone = replace(intent, state=MachineState.GONE, fault=f"create failed: {exc}")
-            await asyncio.to_thread(tools.store.apply, space.name, [gone], {}, now)
+            await asyncio.to_thread(tools.store.apply, space.name, [gone], {}, now, fence)
             refused.add(mt.name if isinstance(exc, Misconfigured | NotSent) else "*")
             count(space.name, mt.name, type(exc).__name__).inc()
             verb = "not sent" if isinstance(exc, NotSent) else "refused"

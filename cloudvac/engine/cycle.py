@@ -12,6 +12,11 @@ before creates, delete requests before deletes), and every create carries a name
 that the next listing recognises.  A manager killed at any instant therefore leaves no
 duplicate (the intent still counts) and no orphan (the listing adopts what it finds).
 
+Several instances: with a ``Tenure`` (``engine/leases.py``) every engine write of the
+cycle (decisions, intents, a refused create's end, accounting) carries the lease's fence,
+and the actor checks the lease by its own clock before every cloud call that acts; a
+lost lease raises ``store.leases.LeaseLost`` (nothing written) to the daemon.
+
 Errors: a ``CloudError`` fails the cycle with its message (reported, retried next cycle);
 anything else is a bug and propagates to the daemon, which logs its traceback.  The store
 is synchronous; its calls run in worker threads so a slow database never blocks other
@@ -33,14 +38,17 @@ from cloudvac.engine.apel import KEEP_SECONDS as APEL_KEEP_SECONDS
 from cloudvac.engine.apel import export_apel
 from cloudvac.engine.credentials import CredentialWatch
 from cloudvac.engine.decide import Changes, Starts, decide
+from cloudvac.engine.leases import Tenure
 from cloudvac.engine.observe import CloudReader
 from cloudvac.engine.planner import Observation, TypeStatus
 from cloudvac.engine.pressure import BREAKER_SECONDS, Pressure
+from cloudvac.engine.removing import record_removals
 from cloudvac.engine.tools import CycleTools
 from cloudvac.model.cloud import Cloud
 from cloudvac.model.errors import AuthFailed, CloudError
 from cloudvac.model.records import Event
 from cloudvac.model.states import MachineState
+from cloudvac.store.leases import Fence
 
 log = logging.getLogger("cloudvac.engine.cycle")
 #: Creates start only in the first half of a cycle's deadline (``space_timeout_seconds``);
@@ -84,9 +92,10 @@ class SpaceCycle:
         self.credentials = CredentialWatch(cloud, tools.store)
         self.pressure = Pressure()
 
-    async def run(self, space: Space) -> CycleReport:
-        """One cycle; while the cloud refuses the space's credentials, no call at all
-        until the backoff (``pressure.py``) has passed."""
+    async def run(self, space: Space, tenure: Tenure | None = None) -> CycleReport:
+        """One cycle (``tenure``: the lease it runs under, see the module doc); while
+        the cloud refuses the space's credentials, no call at all until the backoff
+        (``pressure.py``) has passed."""
         metrics, now, tick = self.tools.metrics, self.tools.clock(), self.tools.monotonic()
         wait = self.pressure.auth.left(tick)
         if wait > 0:
@@ -96,7 +105,7 @@ class SpaceCycle:
                 f"in {wait:.0f}s (not before, to spare the account a lockout)"))
         before = metrics.requests_of(space.name)
         try:
-            report = await self._cycle(space, now, tick)
+            report = await self._cycle(space, now, tick, tenure)
             self.pressure.auth_accepted()
         except CloudError as exc:
             report = self._failed(space, now, tick, exc)
@@ -117,7 +126,8 @@ class SpaceCycle:
         self.tools.metrics.cloud_errors.labels(space.name, type(exc).__name__).inc()
         return CycleReport(space.name, now, ok=False, error=error)
 
-    async def _cycle(self, space: Space, now: float, tick: float) -> CycleReport:
+    async def _cycle(self, space: Space, now: float, tick: float,
+                     tenure: Tenure | None) -> CycleReport:
         store, pressure = self.tools.store, self.pressure
         observation, seen = await self.reader.observe(space, now, tick)
         observation = replace(observation, blocked_flavors=pressure.blocked_flavors(tick),
@@ -129,13 +139,15 @@ class SpaceCycle:
         observation = await self.reader.settle_intents(observation, history, now)
         decision = decide(space, observation, history, now)
         opened = self._note_starts(space, observation, decision.starts, now, tick)
-        await self._record(space, decision.changes, now)
+        await self._record(space, decision.changes, now,
+                           None if tenure is None else tenure.fence)
+        await record_removals(self.tools, space, decision.plan.removal)
         # The decisions' events are stored before acting: a manager killed while acting
         # loses only what acting itself would have said (the next listing says the rest).
         await self._log(space, (*seen, *decision.changes.events, *opened))
         deadline = tick + ACT_SHARE * self.settings.space_timeout_seconds
         creates = () if opened else decision.plan.creates  # the breaker opened just now
-        acted = await self.actor.act(space, decision.plan.deletes, creates, deadline)
+        acted = await self.actor.act(space, decision.plan.deletes, creates, deadline, tenure)
         self._note_acted(acted, self.tools.monotonic())
         warnings = await self.credentials.check(space, now)
         await self._log(space, (*acted.events, *warnings))
@@ -166,12 +178,13 @@ class SpaceCycle:
         if acted.auth_refused:
             self.pressure.auth_refused(tick)
 
-    async def _record(self, space: Space, changes: Changes, now: float) -> None:
+    async def _record(self, space: Space, changes: Changes, now: float,
+                      fence: Fence | None = None) -> None:
         if changes.records or changes.aborts:  # a steady cycle changes nothing: no thread hop
             await asyncio.to_thread(self.tools.store.apply, space.name, changes.records,
-                                    changes.aborts, now)
+                                    changes.aborts, now, fence)
             if await asyncio.to_thread(account_ended, self.tools.store, space, changes.records,
-                                       self.settings.state_dir / "joboutputs", now) \
+                                       now, fence) \
                     and self.settings.apel_outgoing_dir is not None:
                 records = await asyncio.to_thread(self.tools.store.accounting,
                                                   now - APEL_KEEP_SECONDS)

@@ -21,6 +21,14 @@ Contract:
   because refilling a freed slot takes two cycles (one deletes the stopped VM, the next
   sees it gone and creates); the price is one gap of up to two periods after them.
 * Every delay is on the monotonic clock: a wall-clock step never freezes a space.
+* With a ``LeaseKeeper`` (``cloudvac run``; several instances may share a PostgreSQL
+  store): a round every ``cycle_seconds / ROUNDS_PER_CYCLE`` (``engine/leases.py``), the
+  first before any cycle.  A space cycles only while this instance holds its lease; every
+  engine write of the cycle carries the lease's fence.  A space not owned idles (no
+  listing, no create) until it is; a newly acquired one cycles at once, with a new
+  ``SpaceCycle`` (intents written before are an earlier owner's: ``settle_intents``).
+  A write that finds the lease lost (``LeaseLost``) ends the cycle, reported, and the
+  space idles.  ``stop()`` releases every lease once the cycles in progress have ended.
 """
 
 from __future__ import annotations
@@ -38,11 +46,13 @@ from cloudvac.clouds.factory import CloudFactory
 from cloudvac.config import LoadedConfig, Settings, Space, load_config_dir
 from cloudvac.context.userdata import check_space
 from cloudvac.engine.cycle import CycleReport, SpaceCycle
+from cloudvac.engine.leases import ROUNDS_PER_CYCLE, LeaseKeeper, Tenure
 from cloudvac.engine.pipes import PipeFetcher
 from cloudvac.engine.tools import CycleTools
 from cloudvac.model.errors import CloudError
 from cloudvac.model.records import Event
 from cloudvac.model.redact import redact
+from cloudvac.store.leases import LeaseLost
 
 log = logging.getLogger("cloudvac.engine.daemon")
 WAKE_AHEAD = 2  # a wake may take a slot this many periods ahead, no further
@@ -76,19 +86,27 @@ class SpaceState:
     cycles: int = 0
     reports: list[CycleReport] = field(default_factory=list)
     woken: asyncio.Event = field(default_factory=asyncio.Event)
+    generation: int = 0
+    """The lease generation the space's cycle object was built for (with a keeper)."""
 
 
 class Daemon:
-    def __init__(self, config: ConfigSource, settings: Settings, tools: CycleTools,
-                 clouds: CloudFactory, keep_reports: int = 0) -> None:
-        """``keep_reports``: how many of each space's last cycle reports to keep (demo)."""
+    def __init__(  # noqa: PLR0913 - the lease keeper joined the five parts
+            self, config: ConfigSource, settings: Settings, tools: CycleTools,
+            clouds: CloudFactory, keep_reports: int = 0,
+            keeper: LeaseKeeper | None = None) -> None:
+        """``keep_reports``: how many of each space's last cycle reports to keep (demo);
+        ``keeper``: this instance's leases (None: every space is this daemon's)."""
         self.config, self.settings, self.tools, self.clouds = config, settings, tools, clouds
-        self.keep_reports = keep_reports
+        self.keep_reports, self.keeper = keep_reports, keeper
         self.spaces: dict[str, SpaceState] = {}
         self.last_load: LoadedConfig | None = None
         self._stop = asyncio.Event()
         self._reread = asyncio.Event()
         self._cycles: int | None = None
+        self._leased: set[str] = set()
+        self._round = asyncio.Lock()  # one keeper round at a time
+        """The spaces the last keeper round was given."""
 
     def current_spaces(self) -> dict[str, Space]:
         """The configuration in force for every managed space (last good one if broken)."""
@@ -113,11 +131,18 @@ class Daemon:
         # generation-0 threshold (700) made collection cost 3x more (benchmarks/scale.py).
         gc.set_threshold(50_000, 20, 100)
         self._cycles = cycles
+        keeping: asyncio.Task[None] | None = None
         try:
             asked = False
+            if self.keeper is not None:
+                self.load()
+                await self._lease_round()
+                keeping = asyncio.get_running_loop().create_task(self._keep(), name="leases")
             while not self._stop.is_set():
                 before = self.current_spaces()
                 loaded = self.reload()
+                if self.keeper is not None and set(self.spaces) != self._leased:
+                    await self._lease_round()  # a space came or went: now, not in a round
                 if asked:
                     self._reread_done(loaded, before)
                 if cycles is not None and self.spaces and all(
@@ -130,8 +155,48 @@ class Daemon:
             self._stop.set()
             tasks = [s.task for s in self.spaces.values() if s.task is not None]
             await asyncio.gather(*tasks, return_exceptions=True)
+            if keeping is not None:  # a round in a thread cannot be cancelled: let it end
+                await asyncio.gather(keeping, return_exceptions=True)
+            await self._leave()
             for name in list(self.spaces):
                 await self.clouds.forget(name)
+
+    async def _keep(self) -> None:
+        """Keeper rounds until the stop; a round that fails is logged and retried."""
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(),
+                                       self.settings.cycle_seconds / ROUNDS_PER_CYCLE)
+            if not self._stop.is_set():
+                await self._lease_round()
+
+    async def _lease_round(self) -> None:
+        keeper = self.keeper
+        if keeper is None:
+            return
+        try:
+            async with self._round:
+                self._leased = set(self.spaces)
+                result = await asyncio.to_thread(keeper.round, sorted(self._leased))
+        except Exception as exc:  # the database is away: leases run out, writes are fenced
+            log.error("space=- machinetype=- machine=- lease round failed: %s: %s",
+                      type(exc).__name__, redact(str(exc)))
+            return
+        for name in result.acquired:  # cycles at once, on a new cycle object
+            state = self.spaces.get(name)
+            if state is not None:
+                state.woken.set()
+
+    async def _leave(self) -> None:
+        if self.keeper is None:
+            return
+        try:
+            released = await asyncio.to_thread(self.keeper.leave)
+            log.info("space=- machinetype=- machine=- stopped: %d space leases released",
+                     released)
+        except Exception as exc:
+            log.error("space=- machinetype=- machine=- releasing the leases failed (they "
+                      "expire by themselves): %s: %s", type(exc).__name__, redact(str(exc)))
 
     async def _pause(self) -> bool:
         """Wait one period, or less for the stop or a re-read; True if a re-read was asked."""
@@ -217,13 +282,34 @@ class Daemon:
                           "the last good one", name)
 
     def _drop_removed(self, loaded: LoadedConfig) -> None:
+        """A space that left the configuration keeps its last one and runs drain-only
+        cycles (its ``"*"`` removal row: no creates, every machine removed, subject to the
+        confirmation guard, ``engine/removal.py``) until it has no machine; then it is
+        dropped.  A space back in the configuration cancels its row.  At start, spaces with
+        machines in the store but in no configuration are reported and left alone."""
+        store, now = self.tools.store, self.tools.clock()
+        for name in store.cancel_space_removals(sorted(loaded.spaces)):
+            log.info("space=%s machinetype=- machine=- back in the configuration: its "
+                     "removal is cancelled", name)
         seen = set(loaded.spaces) | loaded.broken
+        if all(state.task is None for state in self.spaces.values()):  # before any cycle
+            for name in sorted(store.live_spaces() - seen - set(self.spaces)):
+                log.warning("space=%s machinetype=- machine=- has machines in the store but "
+                            "is in no configuration: left alone (no credentials to act on "
+                            "them); see `cloudvac status`", name)
         for name in [n for n in self.spaces if n not in seen and not loaded.issues]:
-            log.warning("space=%s machinetype=- machine=- removed from configuration: no longer "
-                        "managed; its machines are left as they are", name)
-            state = self.spaces.pop(name)
-            if state.task is not None:
-                state.task.cancel()
+            live = len(store.machines(name))
+            if live == 0:
+                log.warning("space=%s machinetype=- machine=- removed from configuration and "
+                            "no machine of it is left: no longer managed", name)
+                state = self.spaces.pop(name)
+                if state.task is not None:
+                    state.task.cancel()
+                store.cancel_space_removals([name])
+            elif store.notice_space_removal(name, now, live):
+                log.warning("space=%s machinetype=- machine=- removed from configuration with "
+                            "%d machine(s): drained on its last configuration (no creates) "
+                            "until none is left", name, live)
 
     def _start_tasks(self) -> None:
         for name, state in self.spaces.items():
@@ -245,7 +331,18 @@ class Daemon:
             state = self.spaces.get(name)
             if state is None:
                 return
-            report, cycle = await self._one_cycle(name, state, cycle)
+            tenure = self.keeper.begin(name) if self.keeper is not None else None
+            if self.keeper is not None and tenure is None:
+                await self._idle(state)  # not ours: no listing, no create
+                slot = clock()
+                continue
+            if tenure is not None and tenure.fence.generation != state.generation:
+                cycle, state.generation = None, tenure.fence.generation
+            try:
+                report, cycle = await self._one_cycle(name, state, cycle, tenure)
+            finally:
+                if self.keeper is not None:
+                    self.keeper.end(name)
             state.cycles += 1
             if self.keep_reports:
                 state.reports = [*state.reports[-(self.keep_reports - 1):], report]
@@ -256,6 +353,16 @@ class Daemon:
             # The next slot a period on; a cycle that overran re-anchors the grid.
             slot = max(slot + self.settings.cycle_seconds, clock())
             slot = await self._until_next(state, slot)
+
+    async def _idle(self, state: SpaceState) -> None:
+        """Wait for a wake (the keeper acquired the space), the stop, or a period."""
+        state.woken.clear()
+        waits = {asyncio.ensure_future(self._stop.wait()),
+                 asyncio.ensure_future(state.woken.wait())}
+        _, pending = await asyncio.wait(waits, timeout=self.settings.cycle_seconds,
+                                        return_when=asyncio.FIRST_COMPLETED)
+        for waiter in pending:
+            waiter.cancel()
 
     async def _until_next(self, state: SpaceState, slot: float) -> float:
         """Wait for ``slot``, or a wake (which takes that slot early, but never a slot
@@ -283,14 +390,20 @@ class Daemon:
             cycle = SpaceCycle(cloud, self.settings, self.tools)
         return cycle
 
-    async def _one_cycle(self, name: str, state: SpaceState,
-                         cycle: SpaceCycle | None) -> tuple[CycleReport, SpaceCycle | None]:
+    async def _one_cycle(self, name: str, state: SpaceState, cycle: SpaceCycle | None,
+                         tenure: Tenure | None = None
+                         ) -> tuple[CycleReport, SpaceCycle | None]:
         started, metrics = self.tools.clock(), self.tools.metrics
         begun = self.tools.monotonic()
         timeout = self.settings.space_timeout_seconds
         try:
             cycle = self._cycle_for(state.config, cycle)
-            report = await asyncio.wait_for(cycle.run(state.config), timeout)
+            report = await asyncio.wait_for(cycle.run(state.config, tenure), timeout)
+        except LeaseLost as exc:  # another instance owns it now: idle until ours again
+            if self.keeper is not None:
+                self.keeper.drop(name, exc.fence)
+            report = CycleReport(name, started, ok=False, error=str(exc))
+            metrics.cycles.labels(name, "lease_lost").inc()
         except TimeoutError:
             report = CycleReport(name, started, ok=False, error=(
                 f"cycle exceeded space_timeout_seconds={timeout:g} and was cancelled"))

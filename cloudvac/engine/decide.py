@@ -15,7 +15,7 @@ from cloudvac.config.models import Space
 from cloudvac.engine.lifecycle import aborts_of
 from cloudvac.engine.planner import Observation, Plan, plan
 from cloudvac.engine.reconcile import reconcile
-from cloudvac.model.records import Event, MachineRecord, SpaceHistory
+from cloudvac.model.records import Event, MachineRecord, Removal, SpaceHistory
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +27,10 @@ class Changes:
     aborts: Mapping[str, float] = field(default_factory=dict)
     """Latest abort time per machinetype."""
     events: tuple[Event, ...] = ()
+    removals: tuple[Removal, ...] = ()
+    """Removal rows to write (``removal.py``): noticed, or going ahead now."""
+    cancelled_removals: tuple[str, ...] = ()
+    """Machinetypes whose removal row is dropped."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +60,7 @@ def decide(space: Space, observation: Observation, history: SpaceHistory,
     seen = reconcile(space, observation.machines, history, now, observation.absent)
     chosen = plan(space, observation, seen, history, now)
     records = dict(seen.changed)
-    events = list(seen.events)
+    events = [*seen.events, *chosen.removal.events]
     for deletion in chosen.deletes:
         records[deletion.name] = deletion.record
         if deletion.abort is not None:
@@ -66,4 +70,6 @@ def decide(space: Space, observation: Observation, history: SpaceHistory,
     starts = Starts(seen.started, len(seen.failed_starts) + sum(
         d.reason in FAILED_START_RULES for d in chosen.deletes), frozenset(
         r.machinetype for r in seen.failed_starts if NO_HOST in r.fault.lower()))
-    return Decision(chosen, Changes(tuple(records.values()), aborts, tuple(events)), starts)
+    changes = Changes(tuple(records.values()), aborts, tuple(events), chosen.removal.rows,
+                      chosen.removal.cancelled)
+    return Decision(chosen, changes, starts)

@@ -18,6 +18,9 @@ is ``lifecycle``'s, and recording them is the cycle's.  It decides
   machinetype, foreign usage included), ``max_starting_processors`` (counted once), the
   cloud's free cores, instances and RAM (minus creates not yet listed), and the per-cycle
   burst;
+* removals (``removal.py``): machinetypes, or the whole space, that left the configuration
+  are drained by the ``removed`` rule within the same per-cycle share as drains, once
+  confirmed; a space that left creates nothing;
 * backoff: after an abort no machinetype creates for ``backoff_seconds``; then one probe
   machine at a time until one survives ``fizzle_seconds``.  Quota refusals never abort.
 
@@ -33,6 +36,7 @@ from dataclasses import dataclass, field
 from cloudvac.config.models import Machinetype, Space
 from cloudvac.engine.lifecycle import Deletion, aborts_of, delete
 from cloudvac.engine.reconcile import MachineView, Reconciled
+from cloudvac.engine.removal import RemovalPlan, removals
 from cloudvac.engine.rules import RuleContext, deletion_rule
 from cloudvac.model.cloud import Flavor, Limits, ObservedMachine
 from cloudvac.model.records import Drain, SpaceHistory
@@ -45,6 +49,8 @@ PROBING = "probing after backoff: one machine until it passes fizzle_seconds"
 #: (a drain of 1,000 machines whose pilots did not end by themselves takes ~30 cycles).
 DRAIN_SHARE = 0.1
 DRAIN_MIN_PER_CYCLE = 10
+#: The deletion rules that share the per-cycle drain budget.
+DRAIN_RULES = frozenset({"drained", "removed"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +100,7 @@ class Plan:
     creates: tuple[Create, ...] = ()
     deletes: tuple[Deletion, ...] = ()
     status: Mapping[str, TypeStatus] = field(default_factory=dict)
+    removal: RemovalPlan = field(default_factory=RemovalPlan)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +113,8 @@ class _Inputs:
     last_abort: Mapping[str, float]
     """Latest abort per machinetype: the store's, and this cycle's."""
     now: float
+    space_removed: bool = False
+    """The space left the configuration: it only drains."""
 
     def backoff_until(self, mt: Machinetype) -> float | None:
         """End of ``mt``'s backoff while it is within backoff or probing, else None."""
@@ -117,20 +126,21 @@ class _Inputs:
 
 def plan(space: Space, observation: Observation, reconciled: Reconciled,
          history: SpaceHistory, now: float) -> Plan:
-    deletes, live = _deletions(space, reconciled.views, history.drains, now)
+    removal = removals(space, [v.record for v in reconciled.views], history, now)
+    deletes, live = _deletions(space, reconciled.views, history.drains, removal, now)
     last_abort = dict(history.last_abort)
     for name, at in aborts_of([*reconciled.aborts, *(d.abort for d in deletes)]).items():
         last_abort[name] = max(last_abort.get(name, at), at)
-    inputs = _Inputs(space, observation, history, last_abort, now)
+    inputs = _Inputs(space, observation, history, last_abort, now, removal.space_removed)
     tallies, capacity = _tally(space, live, observation, now)
     blocked = {name: why for name, mt in space.machinetypes.items()
                if (why := _closed(inputs, mt, tallies[name]))}
     creates = _creates(inputs, tallies, capacity, blocked)
-    return Plan(tuple(creates), tuple(deletes), _status(inputs, tallies, blocked))
+    return Plan(tuple(creates), tuple(deletes), _status(inputs, tallies, blocked), removal)
 
 
 def _deletions(space: Space, views: Sequence[MachineView], drains: Mapping[str, Drain],
-               now: float) -> tuple[list[Deletion], list[MachineView]]:
+               removal: RemovalPlan, now: float) -> tuple[list[Deletion], list[MachineView]]:
     """Choose deletions; return them and the machines that still hold capacity."""
     deletes: list[Deletion] = []
     kept: list[MachineView] = []
@@ -143,9 +153,10 @@ def _deletions(space: Space, views: Sequence[MachineView], drains: Mapping[str, 
                 requested is not None and now - requested < retry):
             kept.append(view)
             continue
-        ctx = RuleContext(space, machinetypes.get(record.machinetype), record, now, drains)
+        ctx = RuleContext(space, machinetypes.get(record.machinetype), record, now, drains,
+                          removal.deadlines)
         rule = deletion_rule(ctx)
-        if rule is not None and rule.name == "drained":
+        if rule is not None and rule.name in DRAIN_RULES:
             drain_budget -= 1
             if drain_budget < 0:
                 rule = None  # this cycle's share of drain deletions is used
@@ -261,16 +272,27 @@ def _tally(space: Space, live: Sequence[MachineView], obs: Observation,
                              space.burst_processors(largest))
 
 
-def _closed(inputs: _Inputs, mt: Machinetype, tally: _Tally) -> str:
-    """Why ``mt`` may not create at all this cycle, or ""."""
-    space, history, now = inputs.space, inputs.history, inputs.now
-    abort = inputs.last_abort.get(mt.name)
-    if "*" in history.drains:
+def _space_closed(inputs: _Inputs) -> str:
+    """Why no machinetype of the space may create this cycle, or ""."""
+    space, now = inputs.space, inputs.now
+    if inputs.space_removed:
+        return "space removed from the configuration"
+    if "*" in inputs.history.drains:
         return "space drained"
     if inputs.observation.stopped:
         return inputs.observation.stopped
     if space.shutdown_time is not None and now >= space.shutdown_time:
         return "space shutdown_time passed"
+    return ""
+
+
+def _closed(inputs: _Inputs, mt: Machinetype, tally: _Tally) -> str:
+    """Why ``mt`` may not create at all this cycle, or ""."""
+    history, now = inputs.history, inputs.now
+    abort = inputs.last_abort.get(mt.name)
+    why = _space_closed(inputs)
+    if why:
+        return why
     if mt.target_share <= 0:
         return "target_share is 0"
     if mt.name in history.drains:

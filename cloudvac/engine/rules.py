@@ -11,15 +11,21 @@ rule about the machine's own health had its say, so a machine that ended by itse
 that broke, is cleaned under its own reason.  A passed ``shutdown_time`` deletes nothing
 (VCycle's meaning: no new machines after it); running machines end at their
 ``max_wallclock_seconds`` as always.
+
+The configuration: a machine whose machinetype is in no configuration is an orphan when
+nothing removed it (``removal.py``: only ever adopted, never created by this store), deleted
+once ``orphan_seconds`` old (since the cloud created it); a removed machinetype's (or
+space's) machines are drained like an operator's drain, once the removal is confirmed and
+its grace has passed, and kept while it waits for confirmation.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cloudvac.config.models import Machinetype, Space
-from cloudvac.model.records import Drain, MachineRecord, drain_deadline
+from cloudvac.model.records import WHOLE_SPACE, Drain, MachineRecord, drain_deadline
 from cloudvac.model.states import (
     DRAINED,
     EXCEEDED_WALLCLOCK,
@@ -31,8 +37,9 @@ from cloudvac.model.states import (
     ShutdownMessage,
 )
 
-#: Wall-clock limit for machines whose machinetype was removed from the configuration.
-ORPHAN_WALLCLOCK_SECONDS = 86400
+ORPHANED = ShutdownMessage(100, "Orphan: machinetype in no configuration, deleted after "
+                           "orphan_seconds")
+REMOVED = ShutdownMessage(100, "Removed from the configuration: drained")
 
 S = MachineState
 
@@ -44,6 +51,9 @@ class RuleContext:
     record: MachineRecord
     now: float
     drains: Mapping[str, Drain]
+    removed: Mapping[str, float | None] = field(default_factory=dict)
+    """Removed machinetypes (``"*"``: the space) -> when their machines may be deleted,
+    None while the removal waits for confirmation (``removal.RemovalPlan.deadlines``)."""
 
     @property
     def age(self) -> float:
@@ -99,7 +109,25 @@ def _starting_too_long(c: RuleContext) -> bool:
 
 
 def _wallclock(c: RuleContext) -> bool:
-    return c.ran > (c.mt.max_wallclock_seconds if c.mt is not None else ORPHAN_WALLCLOCK_SECONDS)
+    return c.mt is not None and c.ran > c.mt.max_wallclock_seconds
+
+
+def _orphan(c: RuleContext) -> bool:
+    """In no configuration and not removed, and older than ``orphan_seconds``."""
+    record, removed = c.record, c.removed
+    if c.mt is not None or WHOLE_SPACE in removed or record.machinetype in removed:
+        return False
+    since = record.created_at or record.adopted_at or c.now
+    return c.now - since > c.space.orphan_seconds
+
+
+def _removed(c: RuleContext) -> bool:
+    """Removed, confirmed, and its grace has passed."""
+    if not c.removed:
+        return False
+    found = [d for key in (WHOLE_SPACE, c.record.machinetype)
+             if (d := c.removed.get(key)) is not None]
+    return bool(found) and c.now >= min(found)
 
 
 def _heartbeat_stale(c: RuleContext) -> bool:
@@ -155,8 +183,10 @@ RULES: tuple[Rule, ...] = (
     Rule("wallclock", _wallclock, _fixed(EXCEEDED_WALLCLOCK), frozenset({S.RUNNING})),
     Rule("heartbeat", _heartbeat_stale, _fixed(HEARTBEAT_LOST), frozenset({S.RUNNING})),
     Rule("unknown_state", _unknown_too_long, _fixed(UNEXPECTED_STATE), frozenset({S.UNKNOWN})),
-    # the planner deletes at most DRAIN_SHARE of a space's machines per cycle by this rule
+    Rule("orphan", _orphan, _fixed(ORPHANED)),
+    # the planner deletes at most DRAIN_SHARE of a space's machines per cycle by these rules
     Rule("drained", _drained, _fixed(DRAINED)),
+    Rule("removed", _removed, _fixed(REMOVED)),
 )
 
 # The table, in its order, restricted to each state's rules: derived here, never written

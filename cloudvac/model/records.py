@@ -118,6 +118,24 @@ def drain_deadline(drains: Mapping[str, Drain], machinetype: str) -> float | Non
     return min(found) if found else None
 
 
+#: The machinetype key of a removal (and of a drain) that covers the whole space.
+WHOLE_SPACE = "*"
+
+
+@dataclass(frozen=True, slots=True)
+class Removal:
+    """A machinetype (``"*"``: the whole space) that left the configuration while machines
+    of it still ran: its machines are drained, once confirmed (``engine/removal.py``)."""
+
+    machinetype: str
+    noticed_at: float
+    machines: int
+    """Its machines when the removal was noticed."""
+    confirmed_at: float | None = None
+    """When an operator (``cloudvac confirm-removal``), the ``confirm_removals`` flag or a
+    removal within ``removal_confirm_fraction`` let the drain go ahead; None: waiting."""
+
+
 @dataclass(frozen=True, slots=True)
 class ProjectRoom:
     """What the cloud's quota leaves this space once usage cloudvac does not own (foreign
@@ -162,6 +180,8 @@ class SpaceHistory:
     last_abort: Mapping[str, float] = field(default_factory=dict)
     drains: Mapping[str, Drain] = field(default_factory=dict)
     """Drains by machinetype name; ``"*"`` drains the whole space."""
+    removals: Mapping[str, Removal] = field(default_factory=dict)
+    """Removals by machinetype name; ``"*"``: the space left the configuration."""
     restored: bool = False
     """The store went backwards since the last read (restored, replaced or lost): what it
     says about heartbeats and starts is older than what the machines did."""

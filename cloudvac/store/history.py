@@ -24,8 +24,8 @@ Contract (shared with the writers in ``store.py``):
   the engine then treats every machine as adopted, never as evidence for a deletion.
 * The ``machines`` mapping of a returned ``SpaceHistory`` is never mutated afterwards
   (each change builds a new mapping), so a caller may keep it as long as it likes.
-* Intents are machine rows (state ``intent``) like any other; aborts and drains are few
-  and read whole every time.
+* Intents are machine rows (state ``intent``) like any other; aborts, drains and removals
+  are few and read whole every time.
 """
 
 from __future__ import annotations
@@ -40,8 +40,9 @@ from sqlalchemy import BindParameter, Connection, Integer, String, Table, bindpa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.expression import Executable
 
-from cloudvac.model.records import Drain, MachineRecord, SpaceHistory
+from cloudvac.model.records import Drain, MachineRecord, Removal, SpaceHistory
 from cloudvac.model.states import MachineState
+from cloudvac.store.hatables import RemovalRow
 from cloudvac.store.tables import (
     MACHINES,
     RECORD_COLUMNS,
@@ -68,6 +69,8 @@ _ABORTS = select(BackoffRow.machinetype, BackoffRow.last_abort_at).where(
     BackoffRow.space == _SPACE)
 _DRAINED = select(DrainRow.machinetype, DrainRow.drained_at, DrainRow.grace_seconds).where(
     DrainRow.space == _SPACE)
+_REMOVALS = select(RemovalRow.machinetype, RemovalRow.noticed_at, RemovalRow.machines,
+                   RemovalRow.confirmed_at).where(RemovalRow.space == _SPACE)
 
 
 _NEW_REVISIONS = select(_REVISIONS.c.space, _REVISIONS.c.rev).where(
@@ -160,10 +163,12 @@ class HistoryCache:
             self._snapshots[space] = snap
         aborts = connection.execute(_ABORTS, params).all()
         drains = connection.execute(_DRAINED, params).all()
+        removals = connection.execute(_REMOVALS, params).all()
         return SpaceHistory(
             machines=snap.machines,
             last_abort={machinetype: at for machinetype, at in aborts},
             drains={mt: Drain(mt, at, grace) for mt, at, grace in drains},
+            removals={mt: Removal(mt, at, n, ok) for mt, at, n, ok in removals},
             restored=restored,
         )
 

@@ -46,7 +46,11 @@ from cloudvac.store.engine import (
     open_read_only,
     sqlite_path,
 )
+from cloudvac.store.facts import FactStore
 from cloudvac.store.history import FULL_READ_SECONDS, HistoryCache, bump_revisions
+from cloudvac.store.joboutputs import JoboutputStore
+from cloudvac.store.leases import Fence, LeaseStore, check_fence
+from cloudvac.store.removals import RemovalStore
 from cloudvac.store.tables import (
     ENGINE_COLUMNS,
     MACHINES,
@@ -76,7 +80,7 @@ def _record(row: Sequence[Any]) -> MachineRecord:
     return record_from_values(row[0], row[1:])
 
 
-class Store(AccountingStore):
+class Store(AccountingStore, RemovalStore, JoboutputStore, FactStore, LeaseStore):
     """Persistent memory of cloudvac.  All methods are synchronous and thread-safe; each
     commits before returning, so a returned call is durable."""
 
@@ -169,7 +173,7 @@ class Store(AccountingStore):
             return self.histories.read(session.connection(), space)
 
     def apply(self, space: str, records: Sequence[MachineRecord],
-              aborts: Mapping[str, float], now: float) -> None:
+              aborts: Mapping[str, float], now: float, fence: Fence | None = None) -> None:
         """Store engine decisions for ``space`` in a single transaction, stamped ``now``.
 
         Each record upserts its machine's engine-owned fields (``ENGINE_FIELDS``; a name
@@ -189,6 +193,8 @@ class Store(AccountingStore):
         if strays:
             raise ValueError(f"records of space {', '.join(sorted(strays))} given for {space}")
         with self._write() as session:
+            if fence is not None:  # first statement: a stale owner writes nothing (LeaseLost)
+                check_fence(session.connection(), fence)
             if latest:
                 rev = bump_revisions(session.connection(), [space])[space]
                 session.execute(self._machine_upsert(),

@@ -16,7 +16,7 @@ from cloudvac.config.models import Machinetype, Space
 from cloudvac.config.settings import Settings
 from cloudvac.model.records import MachineRecord
 from cloudvac.store import Store
-from cloudvac.web.files import JoboutputsDir
+from cloudvac.web.files import Joboutputs
 from cloudvac.web.heartbeats import HeartbeatBuffer
 
 Renderer = Callable[[Space, Machinetype, str, float], str]
@@ -71,7 +71,7 @@ class WebContext:
     settings: Settings
     store: Store
     signer: TokenSigner
-    files: JoboutputsDir
+    files: Joboutputs
     spaces: Callable[[], Mapping[str, Space]]
     """The configuration in force for every space (the daemon's, or re-read from files)."""
     registry: CollectorRegistry

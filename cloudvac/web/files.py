@@ -1,38 +1,45 @@
-"""Files VMs upload (``$JOBOUTPUTS``): one directory per machine, atomic writes, limits.
+"""Files VMs upload (``$JOBOUTPUTS``), kept in the store's ``joboutputs`` table.
 
-Layout: ``STATE_DIR/joboutputs/<space>/<machine>/<file>``.  A write goes to a temporary
-file in the same directory and is renamed into place, so readers never see half a file
-and a failed upload leaves the previous version intact.  Names are checked against a
-strict pattern before any path is built, so no upload can leave its machine's directory.
+Any instance behind a load balancer takes a VM's upload and any instance reads it
+(accounting, ``cloudvac logs``), so uploads live in the database every instance shares,
+not in a directory (which would make HA hang on a shared file system and its locking and
+rename semantics).  One code path for SQLite and PostgreSQL: ``store/joboutputs.py``.
 
-A write the file system refuses (full disk, quota, read-only, I/O error) is answered 507
-Insufficient Storage, logged, and leaves nothing behind: the temporary file is removed and
-the previous version stays.  507 rather than 503: it names the cause (503 says the
-service is overloaded or down, and balancers act on that), and the in-VM agent retries
-every 5xx alike, so the upload is tried again once there is room.
+Contracts: a write is one transaction, so readers never see half a file and a refused or
+failed write leaves the previous version.  Names are checked against strict patterns
+before anything is stored.  The per-file limit is checked here, the per-machine limit
+(``max_machine_bytes``, over every file of the machine) inside the write's transaction
+under the machine's row lock, so it holds exactly across instances.  A store that fails
+(database down, full, read-only) raises the store's error, which the application answers
+503 with Retry-After (``web/app.py``; the in-VM agent retries every 5xx): the cause is
+the store, and 503 is what a balancer and the agent both understand.
+
+Before this table, uploads were files under ``STATE_DIR/joboutputs/<space>/<machine>/``;
+``import_directory`` moves such a tree into the table once, at start.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import shutil
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from cloudvac.model.layout import FILE_NAME
+from cloudvac.model.layout import FILE_NAME, SHUTDOWN_FILE
 from cloudvac.model.naming import MACHINE_NAME, SPACE_NAME
+from cloudvac.model.records import Recorded
+from cloudvac.model.states import ShutdownMessage
+from cloudvac.store import Store
+from cloudvac.store.joboutputs import IMPORT_BATCH_ROWS, Beat, MachineFull, NoSuchMachine, Upload
 
 log = logging.getLogger("cloudvac.web.files")
-REFUSAL_LOG_SECONDS = 60.0
-LOCK_STRIPES = 64
 SIZES_KEPT = 100_000
 FILE_RE = FILE_NAME
+IMPORTED_SUFFIX = ".imported"
 
 
 class UploadRejected(Exception):
@@ -49,149 +56,143 @@ class UploadLimits:
     max_machine_bytes: int
 
 
-class JoboutputsDir:
-    """The machines' upload directories.  Thread-safe: writes of one machine are
-    serialised (``_lock``), so its quota holds exactly under concurrent uploads."""
+class Joboutputs:
+    """The machines' uploaded files, in the store.  Thread-safe (the store's writes are
+    transactions; the size cache has its own lock)."""
 
-    def __init__(self, root: Path, limits: UploadLimits) -> None:
-        self.root, self.limits = root, limits
-        # a full disk refuses every VM's upload: one log line a minute says it
-        self._refusals = 0
-        self._logged_at = -1e9
-        self._locks = tuple(threading.Lock() for _ in range(LOCK_STRIPES))
-        # bytes per file of recently written machines, for ``fits`` (bounded LRU); a
-        # machine's entry changes under its lock, the mapping under ``_sizes_lock``
-        self._sizes: OrderedDict[Path, dict[str, int]] = OrderedDict()
+    def __init__(self, store: Store, limits: UploadLimits,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store, self.limits, self._clock = store, limits, clock
+        # bytes per file of machines this instance wrote recently, for ``fits`` (bounded
+        # LRU; another instance's writes are unknown here: the write itself checks)
+        self._sizes: OrderedDict[tuple[str, str], dict[str, int]] = OrderedDict()
         self._sizes_lock = threading.Lock()
 
-    def machine_dir(self, space: str, name: str) -> Path:
+    def _check(self, space: str, name: str, file: str, size: int) -> None:
         if not SPACE_NAME.fullmatch(space) or not MACHINE_NAME.fullmatch(name):
             raise UploadRejected(404, "no such machine")
-        return self.root / space / name
-
-    def _lock(self, directory: Path) -> threading.Lock:
-        return self._locks[hash(directory) % LOCK_STRIPES]
-
-    def write(self, space: str, name: str, file: str, data: bytes, durable: bool) -> None:
-        """Write ``data`` as ``file`` atomically; ``durable`` also fsyncs (shutdown messages
-        and logs; heartbeats are rewritten every minute and need not survive a crash).
-        UploadRejected: 400/404/413 for the request, 507 when the file system refuses
-        the write; either way nothing is written."""
-        with self.staged(space, name, file, data, durable) as commit:
-            commit()
-
-    @contextlib.contextmanager
-    def staged(self, space: str, name: str, file: str, data: bytes,
-               durable: bool) -> Iterator[Callable[[], None]]:
-        """Write ``data`` to a temporary file beside ``file`` and yield the function that
-        renames it into place: call it where the upload is final (inside the store's
-        transaction, for a shutdown message).  Without the call, or if the block raises,
-        nothing changes.  The machine's lock is held for the block, so the quota
-        (``max_machine_bytes``, over every file of the machine) holds exactly.  Raises
-        UploadRejected as ``write``."""
         if not FILE_RE.fullmatch(file):
             raise UploadRejected(400, "file name must match " + FILE_RE.pattern)
-        if len(data) > self.limits.max_file_bytes:
+        if size > self.limits.max_file_bytes:
             raise UploadRejected(413, f"file larger than {self.limits.max_file_bytes} bytes")
-        directory = self.machine_dir(space, name)
-        with self._lock(directory):
-            try:
-                sizes = self._usage(directory)
-                if sum(sizes.values()) - sizes.get(file, 0) + len(data) > \
-                        self.limits.max_machine_bytes:
-                    raise UploadRejected(413, f"machine's uploads would exceed "
-                                         f"{self.limits.max_machine_bytes} bytes")
-                tmp = self._temporary(directory, file, data, durable)
-            except OSError as exc:
-                raise self._refused(space, name, file, exc) from None
-            try:
-                yield lambda: self._replace(tmp, directory, file, len(data))
-            except OSError as exc:
-                raise self._refused(space, name, file, exc) from None
-            finally:
-                with contextlib.suppress(OSError):  # the write's own error is the one to report
-                    tmp.unlink(missing_ok=True)
+
+    def _upload(self, file: str, data: bytes) -> Upload:
+        return Upload(file, data, self.limits.max_machine_bytes)
+
+    def write(self, space: str, name: str, file: str, data: bytes) -> None:
+        """Store ``data`` as ``file``, replacing its previous version, in one transaction.
+        UploadRejected 400/404/413 for the request (nothing written); the store's own
+        errors propagate (503)."""
+        self._check(space, name, file, len(data))
+        try:
+            sizes = self.store.put_joboutput(space, name, self._upload(file, data),
+                                             self._clock())
+        except MachineFull as exc:
+            raise UploadRejected(413, str(exc)) from None
+        except NoSuchMachine:
+            raise UploadRejected(404, "no such machine") from None
+        self._noted({(space, name): sizes})
+
+    def record_shutdown(self, space: str, name: str, message: ShutdownMessage,
+                        data: bytes, at: float) -> Recorded:
+        """Record the VM's shutdown message and store its file, together or not at all
+        (the file only when the message is recorded now)."""
+        self._check(space, name, SHUTDOWN_FILE, len(data))
+        try:
+            recorded = self.store.record_shutdown_upload(
+                space, name, message, self._upload(SHUTDOWN_FILE, data), at)
+        except MachineFull as exc:
+            raise UploadRejected(413, str(exc)) from None
+        except NoSuchMachine:  # the machine's row went between the two statements
+            return Recorded.UNKNOWN
+        return recorded
+
+    def heartbeats(self, beats: Mapping[tuple[str, str], Beat]) -> int:
+        """Record a batch of heartbeats, times and bodies, in one transaction (see
+        ``Store.record_heartbeat_bodies``); a body over its machine's quota is logged and
+        not stored.  Returns the rows matched (-1 where the driver cannot count)."""
+        written = self.store.record_heartbeat_bodies(beats, self.limits.max_machine_bytes)
+        for space, name in written.refused:
+            log.warning("space=%s machinetype=- machine=%s heartbeat file not stored: the "
+                        "machine's uploads would exceed %d bytes", space, name,
+                        self.limits.max_machine_bytes)
+        self._noted(written.sizes)
+        return written.matched
 
     def fits(self, space: str, name: str, file: str, size: int) -> bool:
-        """Whether ``size`` bytes as ``file`` fit the machine's quota, as far as its recent
-        writes tell (True for a machine not written recently: the write itself checks).
-        Cheap and lock-free, for the event loop."""
-        sizes = self._sizes.get(self.root / space / name)
+        """Whether ``size`` bytes as ``file`` fit the machine's quota, as far as this
+        instance's recent writes tell (True for a machine it did not write recently: the
+        write itself checks).  Cheap, for the event loop."""
+        sizes = self._sizes.get((space, name))
         if sizes is None:
             return True
         return sum(sizes.values()) - sizes.get(file, 0) + size <= self.limits.max_machine_bytes
 
-    def _usage(self, directory: Path) -> dict[str, int]:
-        """Bytes per file of the machine (every file: a leftover temporary one counts)."""
-        sizes = self._sizes.get(directory)
-        if sizes is None:
-            directory.mkdir(parents=True, exist_ok=True)
-            sizes = {e.name: e.stat().st_size for e in os.scandir(directory) if e.is_file()}
+    def _noted(self, sizes: Mapping[tuple[str, str], dict[str, int]]) -> None:
+        """Remember machines' bytes per file as a write of this instance found them."""
         with self._sizes_lock:
-            self._sizes[directory] = sizes
-            self._sizes.move_to_end(directory)
+            for key, files in sizes.items():
+                self._sizes[key] = files
+                self._sizes.move_to_end(key)
             while len(self._sizes) > SIZES_KEPT:
                 self._sizes.popitem(last=False)
-        return sizes
-
-    def _temporary(self, directory: Path, file: str, data: bytes, durable: bool) -> Path:
-        tmp = directory / f".{file}.{os.getpid()}.{time.monotonic_ns()}"
-        try:
-            with open(tmp, "wb") as handle:
-                handle.write(data)
-                if durable:
-                    handle.flush()
-                    os.fsync(handle.fileno())
-        except OSError:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
-            raise
-        return tmp
-
-    def _replace(self, tmp: Path, directory: Path, file: str, size: int) -> None:
-        os.replace(tmp, directory / file)
-        self._usage(directory)[file] = size
-
-    def _refused(self, space: str, name: str, file: str, exc: OSError) -> UploadRejected:
-        self._refusals += 1
-        now = time.monotonic()
-        if now - self._logged_at >= REFUSAL_LOG_SECONDS:
-            log.error("space=%s machinetype=- machine=%s cannot store upload %s: %s (%d "
-                      "uploads refused since the last such line)", space, name, file, exc,
-                      self._refusals)
-            self._logged_at, self._refusals = now, 0
-        # the VM is told the cause, not the server's paths
-        return UploadRejected(507, "the server cannot store the upload now: "
-                              f"{exc.strerror or type(exc).__name__}")
 
     def read(self, space: str, name: str, file: str) -> bytes | None:
         if not FILE_RE.fullmatch(file):
             return None
-        path = self.machine_dir(space, name) / file
-        try:
-            return path.read_bytes()
-        except FileNotFoundError:
-            return None
+        return self.store.joboutput(space, name, file)
 
-    def cleanup(self, older_than: float, keep: set[tuple[str, str]]) -> int:
-        """Remove machine directories not modified since ``older_than`` whose machine is not
-        in ``keep`` (machines still alive).  Returns how many were removed."""
-        removed = 0
-        if not self.root.is_dir():
-            return 0
-        for space_dir in self.root.iterdir():
-            if not space_dir.is_dir():
-                continue
-            for machine_dir in space_dir.iterdir():
-                if (space_dir.name, machine_dir.name) in keep:
-                    continue
-                try:
-                    if machine_dir.stat().st_mtime < older_than:
-                        with self._lock(machine_dir):
-                            shutil.rmtree(machine_dir)
-                            with self._sizes_lock:
-                                self._sizes.pop(machine_dir, None)
-                        removed += 1
-                except FileNotFoundError:
-                    continue
+    def cleanup(self, older_than: float) -> int:
+        """Remove the uploads of ended (or pruned) machines that wrote nothing since
+        ``older_than``; a machine alive keeps its files.  Returns how many files went."""
+        removed = self.store.prune_joboutputs(older_than)
+        with self._sizes_lock:
+            self._sizes.clear()
         return removed
+
+
+def _found(root: Path) -> Iterator[tuple[str, str, str, Path]]:
+    """(space, machine, file, path) of every upload under ``root`` (names checked; the
+    old writer's temporary files, dot-named, left out)."""
+    for space_dir in sorted(root.iterdir()):
+        if not space_dir.is_dir() or not SPACE_NAME.fullmatch(space_dir.name):
+            continue
+        for machine_dir in sorted(space_dir.iterdir()):
+            if not machine_dir.is_dir() or not MACHINE_NAME.fullmatch(machine_dir.name):
+                continue
+            for entry in sorted(os.scandir(machine_dir), key=lambda e: e.name):
+                if entry.is_file() and FILE_RE.fullmatch(entry.name):
+                    yield space_dir.name, machine_dir.name, entry.name, Path(entry.path)
+
+
+def import_directory(store: Store, root: Path) -> int:
+    """Import the files of ``root`` (``STATE_DIR/joboutputs`` from before the table) into
+    the store, keeping rows the table has already, then rename ``root`` to
+    ``joboutputs.imported`` so it is done once.  How many files were added; 0 without a
+    directory.  A tree that cannot be read or renamed is logged and left: nothing is lost,
+    the next start imports it again (rows already there are kept)."""
+    if not root.is_dir():
+        return 0
+    added = found = 0
+    try:
+        batch: list[tuple[str, str, str, bytes, float]] = []
+        for space, machine, file, path in _found(root):
+            batch.append((space, machine, file, path.read_bytes(), path.stat().st_mtime))
+            found += 1
+            if len(batch) >= IMPORT_BATCH_ROWS:
+                added += store.import_joboutputs(batch)
+                batch = []
+        added += store.import_joboutputs(batch)
+        target = root.with_name(root.name + IMPORTED_SUFFIX)
+        if target.exists():
+            target = root.with_name(f"{root.name}{IMPORTED_SUFFIX}-{int(time.time())}")
+        root.rename(target)
+    except OSError as exc:
+        log.error("space=- machinetype=- machine=- cannot import the uploads under %s into "
+                  "the store (%d files so far): %s; trying again at the next start", root,
+                  added, exc.strerror or exc)
+        return added
+    log.warning("space=- machinetype=- machine=- imported %d of %d uploaded files from %s "
+                "into the store (the others were there already); the directory is now %s "
+                "and may be removed", added, found, root, target)
+    return added

@@ -1,10 +1,12 @@
 """Heartbeats are batched: the request only notes time and body; a flusher, once a second,
-commits all times to the store in one transaction and rewrites the heartbeat files.
+commits all times and all heartbeat files' bodies to the store in one transaction (one
+executemany update of the times, one executemany upsert of the bodies:
+``Store.record_heartbeat_bodies``).
 
-At 60,000 VMs beating once a minute that is 1,000 requests a second; a database commit and
-a file rename each would be the bottleneck (benchmarks/web_heartbeats: ~400/s), while one
-commit and a few hundred renames per second in a worker thread cost little.  A crash loses
-at most one flush period of heartbeats, which the next minute's beats repair.
+At 60,000 VMs beating once a minute that is 1,000 requests a second; a database commit
+each would be the bottleneck (benchmarks/web_heartbeats: ~400/s), while one commit per
+second in a worker thread costs little.  A crash loses at most one flush period of
+heartbeats, which the next minute's beats repair.
 """
 
 from __future__ import annotations
@@ -12,27 +14,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
 
 from cloudvac.model.layout import HEARTBEAT_FILE
 from cloudvac.store import Store
-from cloudvac.web.files import JoboutputsDir, UploadRejected
+from cloudvac.store.joboutputs import Beat
+from cloudvac.web.files import Joboutputs
 
 log = logging.getLogger("cloudvac.web.heartbeats")
 
 
-@dataclass(slots=True)
-class _Beat:
-    at: float
-    file: str
-    body: bytes
-
-
 class HeartbeatBuffer:
-    def __init__(self, store: Store, files: JoboutputsDir | None = None,
+    """Without ``files``, only the times are recorded (tests and benchmarks of the store)."""
+
+    def __init__(self, store: Store, files: Joboutputs | None = None,
                  flush_seconds: float = 1.0) -> None:
         self.store, self.files, self.flush_seconds = store, files, flush_seconds
-        self._pending: dict[tuple[str, str], _Beat] = {}
+        self._pending: dict[tuple[str, str], Beat] = {}
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
 
@@ -41,18 +38,12 @@ class HeartbeatBuffer:
         key = (space, name)
         old = self._pending.get(key)
         if old is None or old.at <= at:
-            self._pending[key] = _Beat(at, file, body)
+            self._pending[key] = Beat(at, file, body)
 
-    def _write(self, batch: dict[tuple[str, str], _Beat]) -> int:
-        matched = self.store.record_heartbeats({key: beat.at for key, beat in batch.items()})
+    def _write(self, batch: dict[tuple[str, str], Beat]) -> int:
         if self.files is not None:
-            for (space, name), beat in batch.items():
-                try:
-                    self.files.write(space, name, beat.file, beat.body, durable=False)
-                except (UploadRejected, OSError) as exc:
-                    log.warning("space=%s machinetype=- machine=%s heartbeat file not "
-                                "written: %s", space, name, exc)
-        return matched
+            return self.files.heartbeats(batch)
+        return self.store.record_heartbeats({key: beat.at for key, beat in batch.items()})
 
     async def flush(self) -> int:
         batch, self._pending = self._pending, {}

@@ -17,10 +17,10 @@ GET user_data                 200 once     410                                  
                               address), 409
 ============================  ===========  ====================================  =========
 
-Contract for uploads: a request is either fully accepted (file replaced atomically and the
-store updated, together) or refused with a 4xx and a JSON ``detail``, nothing written, no
-5xx for any input.  The VM's first shutdown_message is kept: the same one again is 204, a
-different one 409.
+Contract for uploads: a request is either fully accepted (file replaced and the machine's
+row updated in one store transaction) or refused with a 4xx and a JSON ``detail``, nothing
+written, no 5xx for any input; a failing store is a 503 with Retry-After.  The VM's
+first shutdown_message is kept: the same one again is 204, a different one 409.
 """
 
 from __future__ import annotations
@@ -134,8 +134,7 @@ def _kind(file: str, mt: Machinetype | None) -> str:
 @vm.put(layout.JOBOUTPUT, status_code=204, responses={
     409: {"description": "another shutdown_message is recorded", "model": None},
     410: {"description": "machine has ended", "model": None},
-    413: {"description": "too large", "model": None},
-    507: {"description": "the server cannot store it now (retry)", "model": None}},
+    413: {"description": "too large", "model": None}},
     openapi_extra={"requestBody": {  # read raw (any Content-Type), so FastAPI cannot see it
         "description": "the file's new content, at most upload_max_file_bytes",
         "content": {"application/octet-stream": {"schema": {"type": "string",
@@ -158,7 +157,7 @@ async def upload(request: Request, space: SpaceName, name: MachineName,
             # Time and body are kept; the flusher writes both within a second.
             ctx.heartbeats.note(space, name, ctx.clock(), file, data)
         else:
-            await asyncio.to_thread(ctx.files.write, space, name, file, data, True)
+            await asyncio.to_thread(ctx.files.write, space, name, file, data)
     except ClientDisconnect:
         ctx.metrics.disconnects.inc()
         log.debug("space=%s machinetype=- machine=%s client left during its upload",
@@ -181,11 +180,8 @@ async def _shutdown_message(ctx: WebContext, space: str, name: str, data: bytes)
         raise UploadRejected(400, f"malformed shutdown_message: {exc}") from None
     now = ctx.clock()
 
-    def record() -> Recorded:
-        with ctx.files.staged(space, name, layout.SHUTDOWN_FILE, data, True) as commit:
-            return ctx.store.record_shutdown(space, name, message, now, before_commit=commit)
-
-    recorded = await asyncio.to_thread(record)
+    recorded = await asyncio.to_thread(ctx.files.record_shutdown, space, name, message, data,
+                                       now)
     if recorded is Recorded.UNKNOWN:
         raise UploadRejected(404, "no such machine")
     if recorded is Recorded.CONFLICT:

@@ -20,6 +20,7 @@ from cloudvac.model.accounting import JobCounts
 from cloudvac.model.records import MachineRecord
 from cloudvac.model.states import MachineState, ShutdownMessage
 from cloudvac.store import Store
+from cloudvac.store.joboutputs import Upload
 from tests.unit.test_usage import RECORDS, SINCE, UNTIL
 
 SPACE = "sim-a.example"
@@ -44,26 +45,28 @@ def gone(name: str, machinetype: str = "belle", **changes: object) -> MachineRec
     return MachineRecord(**values)  # type: ignore[arg-type]
 
 
+def upload(store: Store, name: str, file: str, body: bytes) -> None:
+    """What the web side stores for a VM's upload (any instance: the store is shared)."""
+    store.put_joboutput(SPACE, name, Upload(file, body, 1 << 20), 2700.0)
+
+
 def test_record_from_row_config_and_uploads_written_once_across_a_restart(
-        store_url: str, space: Space, tmp_path: Path) -> None:
-    joboutputs = tmp_path / "joboutputs"
-    uploads = joboutputs / SPACE / "belle-1"
-    uploads.mkdir(parents=True)
-    (uploads / "cpu_totals").write_bytes(b"5000.50 399.50 1234.00\n")
-    (uploads / "pilot.log").write_bytes(PILOT_LOG)
+        store_url: str, space: Space) -> None:
     store = Store(store_url)
     try:
         record = gone("belle-1")
         store.apply(SPACE, [record], {}, 3000.0)
+        upload(store, "belle-1", "cpu_totals", b"5000.50 399.50 1234.00\n")
+        upload(store, "belle-1", "pilot.log", PILOT_LOG)
         store.record_shutdown(SPACE, "belle-1", ShutdownMessage(200, "Success"), 2790.0)
-        assert account_ended(store, space, [record], joboutputs, 3000.0) == 1
+        assert account_ended(store, space, [record], 3000.0) == 1
         first = store.accounting()
+        upload(store, "belle-1", "cpu_totals", b"1.00 1.00 1.00\n")  # a late change: ignored
     finally:
         store.close()
-    (uploads / "cpu_totals").write_bytes(b"1.00 1.00 1.00\n")  # a late change is ignored
     store = Store(store_url)  # the manager restarted
     try:
-        assert account_ended(store, space, [record], joboutputs, 4000.0) == 0
+        assert account_ended(store, space, [record], 4000.0) == 0
         assert store.accounting() == first
     finally:
         store.close()
@@ -80,7 +83,7 @@ def test_record_from_row_config_and_uploads_written_once_across_a_restart(
 
 
 def test_a_crash_before_the_record_is_caught_up_and_never_run_machines_are_skipped(
-        store_url: str, space: Space, tmp_path: Path) -> None:
+        store_url: str, space: Space) -> None:
     store = Store(store_url)
     try:
         crashed = gone("t2k-1", "t2k", started_at=1000.0, stopped_at=1003.0)
@@ -88,10 +91,10 @@ def test_a_crash_before_the_record_is_caught_up_and_never_run_machines_are_skipp
         store.apply(SPACE, [crashed, never], {}, 1100.0)  # gone, then the manager died
         running = MachineRecord(space=SPACE, name="belle-2", machinetype="belle",
                                 state=MachineState.RUNNING, started_at=1000.0)
-        assert account_ended(store, space, [running], tmp_path, 1200.0) == 0  # nothing gone
+        assert account_ended(store, space, [running], 1200.0) == 0  # nothing gone
         later = gone("belle-3")
         store.apply(SPACE, [later], {}, 3000.0)
-        assert account_ended(store, space, [later], tmp_path, 3000.0) == 2
+        assert account_ended(store, space, [later], 3000.0) == 2
         records = {r.machine: r for r in store.accounting()}
     finally:
         store.close()

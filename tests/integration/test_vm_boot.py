@@ -220,7 +220,7 @@ def test_the_pilot_runs_unprivileged_with_its_features(web: Running, tmp_path: P
     assert "-N" in vm.seen["argv"] and "VCYCLE.Napoli.it" in " ".join(vm.seen["argv"])
     assert vm.token not in vm.agent_stderr
     assert _shutdown(web) == ShutdownMessage(300, "Nothing to do")
-    assert "Nothing to do" in web.joboutput(NAME, "pilot.log").read_text()
+    assert "Nothing to do" in (web.joboutput(NAME, "pilot.log") or b"").decode()
 
 
 def test_a_failed_metadata_block_keeps_the_pilot_from_running(web: Running,

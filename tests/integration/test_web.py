@@ -67,8 +67,8 @@ def test_heartbeat_lands_in_store_and_file(web: Running) -> None:
 
     # batched: both the store and the file are written by the flusher within a second
     assert wait_for(heartbeat_stored)
-    assert wait_for(lambda: web.joboutput(A, "heartbeat").exists())
-    assert web.joboutput(A, "heartbeat").read_bytes() == b"123 0.5\n"
+    assert wait_for(lambda: web.joboutput(A, "heartbeat") is not None)
+    assert web.joboutput(A, "heartbeat") == b"123 0.5\n"
 
 
 def test_other_machines_token_is_forbidden_and_writes_nothing(web: Running) -> None:
@@ -77,8 +77,8 @@ def test_other_machines_token_is_forbidden_and_writes_nothing(web: Running) -> N
     assert response.json()["detail"] == "token belongs to another machine"
     response = put(web, B, "shutdown_message", b"200 ok", web.token(A))
     assert response.status_code == 403
-    assert not web.joboutput(B, "heartbeat").exists()
-    assert not web.joboutput(B, "shutdown_message").exists()
+    assert web.joboutput(B, "heartbeat") is None
+    assert web.joboutput(B, "shutdown_message") is None
     time.sleep(1.2)  # a flush period: nothing may reach B's record either
     record = web.store.machine(SPACE, B)
     assert record is not None and record.heartbeat_at is None and record.shutdown is None
@@ -94,7 +94,7 @@ def test_other_machines_token_is_forbidden_and_writes_nothing(web: Running) -> N
 def test_bad_tokens(web: Running, auth: str | None, status: int, detail: str) -> None:
     response = put_raw(upload_url(web, A, "heartbeat"), b"x", auth)
     assert (response.status_code, response.json()["detail"]) == (status, detail)
-    assert not web.joboutput(A, "heartbeat").exists()
+    assert web.joboutput(A, "heartbeat") is None
 
 
 def test_expired_token(web: Running) -> None:
@@ -118,17 +118,18 @@ def test_traversal_is_refused_and_writes_nothing(web: Running, path: str) -> Non
                and p.name not in ("cloudvac.db", "server.secret") and "-wal" not in p.name
                and "-shm" not in p.name]
     assert written == []
+    assert web.store.joboutput_files(SPACE, A) == []
 
 
 def test_size_limits(web: Running) -> None:
     token = web.token(A)
     assert put(web, A, "big.log", b"x" * 5000, token).status_code == 413
-    assert not web.joboutput(A, "big.log").exists()
+    assert web.joboutput(A, "big.log") is None
     for i in range(2):
         assert put(web, A, f"part{i}.log", b"x" * 4000, token).status_code == 204
     response = put(web, A, "part2.log", b"x" * 4000, token)
     assert response.status_code == 413 and "exceed" in response.json()["detail"]
-    assert not web.joboutput(A, "part2.log").exists()
+    assert web.joboutput(A, "part2.log") is None
     assert put(web, A, "part1.log", b"y" * 4000, token).status_code == 204  # replace is fine
 
 
@@ -143,7 +144,7 @@ def test_malformed_shutdown_message(web: Running, body: bytes) -> None:
     response = put(web, A, "shutdown_message", body, web.token(A))
     assert response.status_code == 400 and "malformed shutdown_message" in response.json()[
         "detail"]
-    assert not web.joboutput(A, "shutdown_message").exists()
+    assert web.joboutput(A, "shutdown_message") is None
     record = web.store.machine(SPACE, A)
     assert record is not None and record.shutdown is None
 
@@ -153,7 +154,7 @@ def test_shutdown_message_is_parsed_and_stored(web: Running) -> None:
         == 204
     record = web.store.machine(SPACE, A)
     assert record is not None and record.shutdown == ShutdownMessage(300, "Nothing to do")
-    assert web.joboutput(A, "shutdown_message").read_bytes() == b"300 Nothing to do\n"
+    assert web.joboutput(A, "shutdown_message") == b"300 Nothing to do\n"
 
 
 def test_machine_and_job_features_match_config_and_store(web: Running) -> None:
@@ -320,75 +321,50 @@ def test_tls_startup_errors_are_clear(tmp_path: Path) -> None:
 
 
 def test_housekeeping_removes_only_old_uploads_of_ended_machines(web: Running) -> None:
-    import os
-
     from cloudvac.service import housekeeping
 
     for name in (A, B):
         assert put(web, name, "job.log", b"log", web.token(name)).status_code == 204
     web.add_machine(B, state=MachineState.GONE)
-    old = time.time() - 4 * 86400
-    for name in (A, B):
-        os.utime(web.joboutput(name, "job.log").parent, (old, old))
-    removed = housekeeping(web.settings, web.store, web.context.files, time.time())
+    later = time.time() + 4 * 86400  # both uploads are older than log_retention_hours then
+    housekeeping(web.settings, web.store, web.context.files, time.time())
+    assert web.joboutput(B, "job.log") == b"log", "ended, but within log_retention_hours"
+    removed = housekeeping(web.settings, web.store, web.context.files, later)
     assert removed >= 1
-    assert web.joboutput(A, "job.log").exists()  # alive: kept however old
-    assert not web.joboutput(B, "job.log").parent.exists()
+    assert web.joboutput(A, "job.log") == b"log"  # alive: kept however old
+    assert web.store.joboutput_files(SPACE, B) == []
 
 
-@pytest.fixture
-def full_dir(web: Running) -> Iterator[Path]:
-    """Machine A's upload directory on a file system with no room left: a tiny tmpfs
-    (needs root), else a directory this process may not write; skips where neither is
-    possible.  Undone at the end."""
-    import os
-    import subprocess
-
-    directory = web.joboutput(A, "x").parent
-    directory.mkdir(parents=True)
-    if os.geteuid() != 0:
-        directory.chmod(0o555)
-        try:
-            yield directory
-        finally:
-            directory.chmod(0o755)
-        return
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs",
-                              str(directory)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"root, but cannot mount a tmpfs: {mounted.stderr!r}")
-    try:
-        yield directory
-    finally:
-        subprocess.run(["umount", str(directory)], check=True)
-
-
-def test_upload_to_a_full_disk_is_507_and_writes_nothing(web: Running, full_dir: Path) -> None:
-    import errno
-    import os
+def test_a_failing_store_is_503_with_retry_after_and_keeps_the_old_version(
+        web: Running) -> None:
+    """The database refuses every write of an upload (a trigger raising SQLite's own
+    'database or disk is full'): 503 with Retry-After, which the agent retries; the
+    previous version stays and a refused shutdown message is not recorded either."""
+    import sqlite3
 
     token = web.token(A)
-    if os.geteuid() == 0:  # a tmpfs: store a first version, then fill it up
-        assert put(web, A, "job.log", b"first\n", token).status_code == 204
-        # unbuffered: the write itself meets the full disk, closing has nothing left to flush
-        with open(full_dir / ".filler", "wb", buffering=0) as filler, \
-                pytest.raises(OSError) as full:
-            while True:
-                filler.write(b"x" * 4096)
-        assert full.value.errno == errno.ENOSPC
-        reason = "No space left on device"
-    else:
-        reason = "Permission denied"
-    before = sorted(p.name for p in full_dir.iterdir())
-    response = put(web, A, "job.log", b"y" * 4000, token)
-    assert response.status_code == 507, response.text
-    assert response.json()["detail"] == f"the server cannot store the upload now: {reason}"
-    assert sorted(p.name for p in full_dir.iterdir()) == before, "no temporary file left"
-    if os.geteuid() == 0:
-        assert (full_dir / "job.log").read_bytes() == b"first\n", "the old version stays"
-    response = put(web, A, "shutdown_message", b"200 ok", token)
-    assert response.status_code == 507
-    record = web.store.machine(SPACE, A)
-    assert record is not None and record.shutdown is None, "refused means not recorded"
-    metrics = httpx.get(f"{web.operator_url}/metrics", timeout=10).text
-    assert 'cloudvac_uploads_total{kind="log",status="507"} 1.0' in metrics
+    assert put(web, A, "job.log", b"first\n", token).status_code == 204
+    database = web.settings.state_dir / "cloudvac.db"
+    with sqlite3.connect(database) as connection:
+        for event in ("INSERT", "UPDATE"):
+            connection.execute(f"CREATE TRIGGER full_{event.lower()} BEFORE {event} ON "
+                               "joboutputs BEGIN SELECT RAISE(ABORT, 'database or disk is "
+                               "full'); END")
+    try:
+        response = put(web, A, "job.log", b"y" * 4000, token)
+        assert response.status_code == 503, response.text
+        assert int(response.headers["Retry-After"]) > 0
+        assert web.joboutput(A, "job.log") == b"first\n", "the old version stays"
+        response = put(web, A, "shutdown_message", b"200 ok", token)
+        assert response.status_code == 503
+        record = web.store.machine(SPACE, A)
+        assert record is not None and record.shutdown is None, "refused means not recorded"
+        assert web.joboutput(A, "shutdown_message") is None
+        metrics = httpx.get(f"{web.operator_url}/metrics", timeout=10).text
+        assert "cloudvac_web_store_errors_total 2.0" in metrics
+    finally:
+        with sqlite3.connect(database) as connection:
+            connection.execute("DROP TRIGGER full_insert")
+            connection.execute("DROP TRIGGER full_update")
+    assert put(web, A, "shutdown_message", b"200 ok", token).status_code == 204
+    assert web.joboutput(A, "shutdown_message") == b"200 ok"

@@ -12,7 +12,7 @@ import logging
 import re
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -23,7 +23,8 @@ import pytest
 from cloudvac.auth.vmtokens import TokenSigner
 from cloudvac.model.states import MachineState
 from cloudvac.store import Store
-from cloudvac.web.files import JoboutputsDir, UploadLimits
+from cloudvac.store.joboutputs import Beat
+from cloudvac.web.files import Joboutputs, UploadLimits
 from cloudvac.web.heartbeats import HeartbeatBuffer
 from tests.integration.webserver import SPACE, Running, web_server
 
@@ -113,7 +114,7 @@ def test_malformed_tokens_are_401_before_anything_and_log_no_traceback(
             b"Authorization: Bearer " + token + b"\r\n\r\nx"
         status = raw_status(web.url, request)
         assert status in (400, 401, 431), (what, status)  # 431: too long for the server
-    assert not web.joboutput(A, "heartbeat").exists()
+    assert web.joboutput(A, "heartbeat") is None
     assert no_tracebacks(caplog) == []
 
 
@@ -127,7 +128,7 @@ def test_the_canonical_token_still_works(web: Running) -> None:
                                   b"2OO ok", b""])
 def test_a_refused_shutdown_message_writes_nothing(web: Running, body: bytes) -> None:
     assert put(web, A, "shutdown_message", body).status_code == 400
-    assert not web.joboutput(A, "shutdown_message").exists()
+    assert web.joboutput(A, "shutdown_message") is None
     record = web.store.machine(SPACE, A)
     assert record is not None and record.shutdown is None and record.reported_at is None
 
@@ -137,7 +138,7 @@ def test_a_recorded_shutdown_message_is_never_overwritten(web: Running) -> None:
     assert put(web, A, "shutdown_message", b"200 Success").status_code == 204  # a retry
     refused = put(web, A, "shutdown_message", b"500 Changed my mind")
     assert refused.status_code == 409
-    assert web.joboutput(A, "shutdown_message").read_bytes() == b"200 Success"
+    assert web.joboutput(A, "shutdown_message") == b"200 Success"
     record = web.store.machine(SPACE, A)
     assert record is not None and record.shutdown is not None and record.shutdown.code == 200
 
@@ -157,7 +158,7 @@ def test_an_ended_machine_may_only_send_its_final_files_for_a_grace(web: Running
     for file, body in (("shutdown_message", b"200 late"), ("pilot.log", b"x"),
                        ("heartbeat", b"1")):
         assert put(web, B, file, body).status_code == 410, file
-    assert not web.joboutput(B, "shutdown_message").exists()
+    assert web.joboutput(B, "shutdown_message") is None
     assert get(web, B, "user_data").status_code == 410
 
 
@@ -204,7 +205,7 @@ def test_the_machine_quota_holds_under_concurrent_uploads(tmp_path: Path,
         with ThreadPoolExecutor(16) as pool:
             answers = list(pool.map(lambda i: put(web, A, f"log{i}", bytes(piece)).status_code,
                                     range(64)))
-        stored = sum(p.stat().st_size for p in web.joboutput(A, "x").parent.iterdir())
+        stored = sum(f.size for f in web.store.joboutput_files(SPACE, A))
     assert answers.count(204) == room // piece and set(answers) == {204, 413}
     assert stored == room
 
@@ -237,7 +238,7 @@ def test_a_client_leaving_mid_body_is_counted_and_quiet(
 
     assert poll(counted)
     assert no_tracebacks(caplog) == []
-    assert not web.joboutput(A, "pilot.log").exists()
+    assert web.joboutput(A, "pilot.log") is None
 
 
 # -- 9. the OpenAPI document says what the server answers ---------------------------------------
@@ -249,23 +250,25 @@ def test_the_openapi_document_lists_the_real_answers(web: Running) -> None:
         for method, operation in operations.items():
             assert {"400", "401", "403", "404"} <= set(operation["responses"]), (method, path)
     upload = document["paths"]["/machines/{space}/{name}/joboutputs/{file}"]["put"]
-    assert {"204", "409", "410", "413", "507"} <= set(upload["responses"])
+    assert {"204", "409", "410", "413", "503"} <= set(upload["responses"])
+    assert "507" not in upload["responses"]  # a failing store is a 503 (retried)
 
 
 # -- 8. the last flush on stop writes the newest body of every machine ---------------------------
 
-class SlowFiles(JoboutputsDir):
-    """Writes take a millisecond each, so a stop lands while a flush is writing."""
+class SlowFiles(Joboutputs):
+    """A batch takes a millisecond per heartbeat more, so a stop lands while a flush is
+    writing."""
 
-    def write(self, space: str, name: str, file: str, data: bytes, durable: bool) -> None:
-        time.sleep(0.001)
-        super().write(space, name, file, data, durable)
+    def heartbeats(self, beats: Mapping[tuple[str, str], Beat]) -> int:
+        time.sleep(0.001 * len(beats))
+        return super().heartbeats(beats)
 
 
 def test_stop_during_a_flush_leaves_every_file_with_its_newest_body(tmp_path: Path) -> None:
     names = [f"cloudvac-aaaaaa-belle-{i:010d}" for i in range(300)]
     store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    files = SlowFiles(tmp_path / "joboutputs", UploadLimits(4096, 65536))
+    files = SlowFiles(store, UploadLimits(4096, 65536))
 
     async def run() -> None:
         buffer = HeartbeatBuffer(store, files, flush_seconds=0.01)
@@ -279,8 +282,7 @@ def test_stop_during_a_flush_leaves_every_file_with_its_newest_body(tmp_path: Pa
 
     try:
         asyncio.run(run())
+        stale = [n for n in names if store.joboutput(SPACE, n, "heartbeat") != b"new"]
     finally:
         store.close()
-    stale = [n for n in names if (tmp_path / "joboutputs" / SPACE / n / "heartbeat")
-             .read_bytes() != b"new"]
     assert stale == []

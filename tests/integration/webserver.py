@@ -21,7 +21,7 @@ from cloudvac.model.states import MachineState
 from cloudvac.store import Store
 from cloudvac.web.app import create_app
 from cloudvac.web.context import WebContext
-from cloudvac.web.files import JoboutputsDir, UploadLimits
+from cloudvac.web.files import Joboutputs, UploadLimits
 from cloudvac.web.guard import WebLimits
 from cloudvac.web.operator import create_operator_app, operator_access, operator_server
 from cloudvac.web.server import bound_port, make_server
@@ -62,8 +62,9 @@ class Running:
                                                **fields)],
                          {}, started)
 
-    def joboutput(self, name: str, file: str) -> Path:
-        return self.settings.state_dir / "joboutputs" / SPACE / name / file
+    def joboutput(self, name: str, file: str) -> bytes | None:
+        """The machine's uploaded file as the store holds it, or None."""
+        return self.store.joboutput(SPACE, name, file)
 
 
 @contextmanager
@@ -77,9 +78,8 @@ def web_server(state_dir: Path, space: Space | None = None, **settings: object
     store = Store(config.database_url)
     signer = TokenSigner(load_or_create_secret(config.state_dir))
     the_space = space or test_space()
-    files = JoboutputsDir(config.state_dir / "joboutputs",
-                          UploadLimits(config.upload_max_file_bytes,
-                                       config.upload_max_machine_bytes))
+    files = Joboutputs(store, UploadLimits(config.upload_max_file_bytes,
+                                           config.upload_max_machine_bytes))
     renderer = ContextRenderer(config, signer)
     context = WebContext(config, store, signer, files, lambda: {SPACE: the_space},
                          CollectorRegistry(),

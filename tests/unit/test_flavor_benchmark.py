@@ -87,7 +87,7 @@ def test_the_accounting_records_benchmark_and_its_source(
         config: float | None, row: float | None, benchmark: float | None, source: str,
         tmp_path: Path) -> None:
     space = make_space({"belle": {"target_share": 1, "hs06_per_processor": config}})
-    record = build(space, gone(row), tmp_path, 3000.0)
+    record = build(space, gone(row), {}, 3000.0)
     assert (record.benchmark_per_processor, record.benchmark_source) == (benchmark, source)
 
 

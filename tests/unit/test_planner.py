@@ -147,13 +147,18 @@ def test_future_shutdown_time_does_not_break_creation() -> None:
     assert len(run(space).creates) > 0
 
 
-def test_orphan_machinetype_only_reaped_by_wallclock_or_stop() -> None:
+def test_orphan_machinetype_only_reaped_by_age_or_stop() -> None:
+    """Adopted machines of a machinetype in no configuration: orphans, deleted once
+    orphan_seconds old (since the cloud created them); tests/unit/test_removal.py has
+    the rest."""
     space = make_space()
-    young = observed("a", mt="gone-vo", started=NOW - 100)
-    old = observed("b", mt="gone-vo", started=NOW - 90000)
-    hist = SpaceHistory(machines={"a": record("a", mt="gone-vo"), "b": record("b", mt="gone-vo")})
+    young = observed("a", mt="gone-vo", created=NOW - 100)
+    old = observed("b", mt="gone-vo", created=NOW - 90000)
+    hist = SpaceHistory(machines={
+        "a": record("a", mt="gone-vo", adopted_at=NOW - 50, created_at=NOW - 100),
+        "b": record("b", mt="gone-vo", adopted_at=NOW - 50, created_at=NOW - 90000)})
     result = run(space, [young, old], hist)
-    assert [(d.name, d.reason) for d in result.deletes] == [("b", "wallclock")]
+    assert [(d.name, d.reason) for d in result.deletes] == [("b", "orphan")]
 
 
 def test_delete_records_stop_and_own_message_for_accounting() -> None:
