@@ -25,6 +25,10 @@ command -v man >/dev/null || missing+=(man-db)
 # errors, a screenshot kept.
 command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
+# faketime (libfaketime) starts one `cloudvac run` with its wall clock moved ahead or behind:
+# leases are on the database's clock, so ownership holds under a clock offset
+# (tests/integration/test_multi_instance.py).
+command -v faketime >/dev/null || missing+=(faketime)
 # Debian keeps the server's binaries under /usr/lib/postgresql/<version>/bin, off PATH.
 if ! command -v initdb >/dev/null && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null
 then
