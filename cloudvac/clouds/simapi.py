@@ -1,12 +1,19 @@
-"""The simulated cloud served as its own process: a ``SimProject`` behind enough of
-Keystone v3, Nova v2.1 and Glance v2 that the real OpenStack adapter (openstacksdk,
+"""The simulated cloud served as its own process: one or many ``SimProject``s behind enough
+of Keystone v3, Nova v2.1 and Glance v2 that the real OpenStack adapter (openstacksdk,
 keystoneauth1, the raw listings of ``novalist``) drives it unchanged (``cloudvac sim-cloud``).
+
+Projects: each is a ``Tenant`` (its own ``SimProject``, ``NovaView`` and VMs, the same
+quota options); a Keystone token is scoped to one of them and Nova serves that one only,
+so a call costs what its own project holds, whatever the number of others.  Their VMs
+report to the manager over HTTP (``simvm``); a ticker moves every project along its
+timeline between calls, so reports go on while no manager calls.
 
 Layout on one server: Keystone at ``/`` (``auth_url = URL/v3``), Nova at
 ``/compute/v2.1``, Glance at ``/image``, and the admin endpoints ``/_sim/faults`` and
-``/_sim/state`` (a bearer token given at start; refused when none was given).  Every Nova
-and Glance call needs a live ``X-Auth-Token`` (else Keystone's 401), advances the project
-on the real clock and may suffer an injected fault (``simfaults``).
+``/_sim/state`` (a bearer token given at start; refused when none was given; the state
+lists each server with what its VM sent).  Every Nova and Glance call needs a live
+``X-Auth-Token`` (else Keystone's 401), advances the token's project on the real clock and
+may suffer an injected fault (``simfaults``).
 
 Nova as the adapter sees it (``simnova``): microversions 2.1-2.79 (flavors carry
 ``extra_specs`` from 2.61, servers embed their flavor from 2.47), servers listed newest
@@ -50,13 +57,15 @@ from cloudvac.clouds.simkeystone import (
     unauthorized,
 )
 from cloudvac.clouds.simnova import (
-    MAX_MICROVERSION,
+    MAX_TEXT,
     ApiError,
     NovaView,
     Row,
     flavor_view,
+    microversion_of,
     parse_query,
     server_view,
+    versioned,
 )
 from cloudvac.clouds.simvm import SimVm, VmPilots, VmSender
 from cloudvac.config.models import SimMachinetype, SimSpace
@@ -64,7 +73,6 @@ from cloudvac.config.models import SimMachinetype, SimSpace
 log = logging.getLogger("cloudvac.clouds.simapi")
 Handler = Callable[[Request, "Call"], Awaitable[Response]]
 NOVA = "/compute/v2.1"
-MAX_TEXT = f"{MAX_MICROVERSION[0]}.{MAX_MICROVERSION[1]}"
 
 
 @dataclass(frozen=True)
@@ -101,31 +109,6 @@ class Call:
 
     tenant: Tenant
     microversion: tuple[int, int]
-
-
-def _microversion(request: Request) -> tuple[int, int]:
-    text = request.headers.get("OpenStack-API-Version", "")
-    words = text.split()
-    value = words[1] if len(words) == 2 and words[0].lower() == "compute" else \
-        request.headers.get("X-OpenStack-Nova-API-Version", "2.1")
-    if value == "latest":
-        return MAX_MICROVERSION
-    try:
-        major, minor = (int(p) for p in value.split("."))
-    except ValueError:
-        raise ApiError(400, "badRequest", f"Invalid API version request: {value}") from None
-    if not (2, 1) <= (major, minor) <= MAX_MICROVERSION:
-        raise ApiError(406, "computeFault", f"Version {value} is not supported by the API. "
-                                            f"Minimum is 2.1 and maximum is {MAX_TEXT}.")
-    return major, minor
-
-
-def _versioned(response: Response, microversion: tuple[int, int]) -> Response:
-    text = f"{microversion[0]}.{microversion[1]}"
-    response.headers["OpenStack-API-Version"] = f"compute {text}"
-    response.headers["X-OpenStack-Nova-API-Version"] = text
-    response.headers["Vary"] = "OpenStack-API-Version, X-OpenStack-Nova-API-Version"
-    return response
 
 
 class SimApi:
@@ -186,7 +169,7 @@ class SimApi:
             microversion = (2, 1)
             try:
                 if not plain:
-                    microversion = _microversion(request)
+                    microversion = microversion_of(request)
                     await tenant.view.sync()
                 if outcome == "quota":
                     used = tenant.project.used_instances
@@ -198,7 +181,7 @@ class SimApi:
             if outcome == "lost_create" and response.status_code < 300:
                 return Response("<html><body><h1>504 Gateway Time-out</h1></body></html>", 504,
                                 media_type="text/html")
-            return response if plain else _versioned(response, microversion)
+            return response if plain else versioned(response, microversion)
 
         return run
 

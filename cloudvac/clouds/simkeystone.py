@@ -3,7 +3,10 @@ served as its own process (``simapi``).
 
 Keystone: version discovery (``GET /``, ``GET /v3``), ``POST /v3/auth/tokens`` with the
 ``password`` or ``application_credential`` method checked against the configured
-credentials (anything else: Keystone's 401 body), ``GET /v3/auth/tokens`` to validate.  A
+credentials (anything else: Keystone's 401 body), ``GET /v3/auth/tokens`` to validate.
+One user, one or many projects: a password token is scoped to the project asked for (by
+name or id; unscoped: the first), an application credential's to its one project; a
+project that is not served is Keystone's 401.  A
 token lives ``token_seconds``; its catalog lists compute (``/compute/v2.1``) and image
 (``/image``) on this same server.  Glance: the version list, one image, found by id or by
 name, as ``conn.image.find_image`` asks.  Secrets are compared in constant time and never

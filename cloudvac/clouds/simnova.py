@@ -24,6 +24,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from starlette.requests import Request
+from starlette.responses import Response
+
 from cloudvac.clouds.sim import SimProject
 from cloudvac.clouds.simkeystone import iso
 from cloudvac.clouds.simserver import SimServer
@@ -34,6 +37,7 @@ from cloudvac.model.errors import Misconfigured, QuotaExceeded
 from cloudvac.model.states import MachineState
 
 MAX_MICROVERSION = (2, 79)
+MAX_TEXT = f"{MAX_MICROVERSION[0]}.{MAX_MICROVERSION[1]}"
 _VM_STATE = {"BUILD": ("building", 0), "ACTIVE": ("active", 1), "SHUTOFF": ("stopped", 4),
              "ERROR": ("error", 0), "DELETED": ("deleted", 0)}
 
@@ -47,6 +51,34 @@ class ApiError(Exception):
 
     def doc(self) -> dict[str, Any]:
         return {self.key: {"code": self.status, "message": self.message}}
+
+
+
+def microversion_of(request: Request) -> tuple[int, int]:
+    """The compute microversion a request asks (ApiError 400/406 as Nova answers)."""
+    text = request.headers.get("OpenStack-API-Version", "")
+    words = text.split()
+    value = words[1] if len(words) == 2 and words[0].lower() == "compute" else \
+        request.headers.get("X-OpenStack-Nova-API-Version", "2.1")
+    if value == "latest":
+        return MAX_MICROVERSION
+    try:
+        major, minor = (int(p) for p in value.split("."))
+    except ValueError:
+        raise ApiError(400, "badRequest", f"Invalid API version request: {value}") from None
+    if not (2, 1) <= (major, minor) <= MAX_MICROVERSION:
+        raise ApiError(406, "computeFault", f"Version {value} is not supported by the API. "
+                                            f"Minimum is 2.1 and maximum is {MAX_TEXT}.")
+    return major, minor
+
+
+def versioned(response: Response, microversion: tuple[int, int]) -> Response:
+    """``response`` with Nova's microversion headers."""
+    text = f"{microversion[0]}.{microversion[1]}"
+    response.headers["OpenStack-API-Version"] = f"compute {text}"
+    response.headers["X-OpenStack-Nova-API-Version"] = text
+    response.headers["Vary"] = "OpenStack-API-Version, X-OpenStack-Nova-API-Version"
+    return response
 
 
 def bad_request(message: str) -> ApiError:
