@@ -37,6 +37,7 @@ from cloudvac.engine.leases import LeaseKeeper
 from cloudvac.engine.metrics import EngineMetrics
 from cloudvac.engine.tools import CycleTools
 from cloudvac.store import Store
+from cloudvac.store.clock import StoreClock
 from cloudvac.web.app import create_app
 from cloudvac.web.context import WebContext
 from cloudvac.web.files import Joboutputs, UploadLimits, import_directory
@@ -177,7 +178,7 @@ class Service:
         while True:
             try:
                 removed = await asyncio.to_thread(housekeeping, self.settings, self.store,
-                                                  self.files, time.time())
+                                                  self.files, self.web.clock())
                 if removed:
                     log.info("space=- machinetype=- machine=- housekeeping removed %d old "
                              "uploads/records", removed)
@@ -192,9 +193,11 @@ def build(config: ConfigSource, settings: Settings, store: Store, engine: bool =
     when it cannot serve as configured (nothing is left open then): a secret that is not
     the one the store's other instances use (``auth/vmtokens.py:shared_secret``)."""
     signer = TokenSigner(shared_secret(settings.state_dir, store))
+    clock = StoreClock()
+    clock.measure(store)  # every time written goes on the database's clock (store/clock.py)
     import_directory(store, settings.state_dir / "joboutputs")  # uploads from before 0009
     files = Joboutputs(store, UploadLimits(settings.upload_max_file_bytes,
-                                           settings.upload_max_machine_bytes))
+                                           settings.upload_max_machine_bytes), clock.now)
     access = operator_access(settings)
     sock = listen_socket(settings)
     try:
@@ -206,7 +209,7 @@ def build(config: ConfigSource, settings: Settings, store: Store, engine: bool =
     if settings.web_url is None:  # tell VMs the port really bound (web_listen may say 0)
         base = settings.web_base_url
         settings = settings.model_copy(update={"web_url": f"{base.rsplit(':', 1)[0]}:{port}"})
-    renderer = ContextRenderer(settings, signer, squids=lambda space, mt, since: [
+    renderer = ContextRenderer(settings, signer, clock.now, squids=lambda space, mt, since: [
         m.address for m in store.heartbeating(space, mt, since) if m.address])
     registry = CollectorRegistry()
     daemon = pilots = None
@@ -214,13 +217,15 @@ def build(config: ConfigSource, settings: Settings, store: Store, engine: bool =
         metrics = EngineMetrics(registry)
         pilots = HttpPilots(settings.web_base_url, signer)
         keeper = LeaseKeeper.for_store(store, settings.database_url,
-                                       lambda: daemon.settings.cycle_seconds if daemon else 60.0)
-        daemon = Daemon(config, configured, CycleTools(store, metrics, render=renderer),
+                                       lambda: daemon.settings.cycle_seconds if daemon else 60.0,
+                                       clock=clock)
+        tools = CycleTools(store, metrics, render=renderer, clock=clock.now)
+        daemon = Daemon(config, configured, tools,
                         CloudFactory(metrics, pilots), keep_reports, keeper)
     spaces = daemon.current_spaces if daemon is not None else FileSpaces(config.directory)
     web = WebContext(settings, store, signer, files, spaces, registry,
                      render=lambda space, mt, name, at: renderer.as_of(at)(space, mt, name),
-                     wake=daemon.wake if daemon is not None else None)
+                     clock=clock.now, wake=daemon.wake if daemon is not None else None)
     vm_app = create_app(web)
     return Service(settings, store, registry, files, web, sock, make_server(vm_app, settings),
                    operator_sock,

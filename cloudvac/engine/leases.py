@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from cloudvac.store import Store
+from cloudvac.store.clock import StoreClock
 from cloudvac.store.engine import sqlite_path
 from cloudvac.store.leases import Fence, LeaseView, Presence, ordered, quota
 
@@ -80,6 +81,8 @@ class LeaseKeeper:
     cycle_seconds: Callable[[], float]
     monotonic: Callable[[], float]
     presence: Presence | None = None
+    clock: StoreClock = field(default_factory=StoreClock)
+    """Told the database's time at every round (``announce`` reads it anyway)."""
     instance: str = field(default_factory=lambda: os.urandom(16).hex())
     hostname: str = field(default_factory=socket.gethostname)
     pid: int = field(default_factory=os.getpid)
@@ -129,7 +132,10 @@ class LeaseKeeper:
         if self._left:
             return RoundResult()
         key = self.presence.ensure() if self.presence is not None else 0
-        self.store.announce(self.instance, self.hostname, self.pid, key, self.cycle_seconds())
+        before = time.time()
+        at = self.store.announce(self.instance, self.hostname, self.pid, key,
+                                 self.cycle_seconds())
+        self.clock.observe(at, before, time.time())
         lost = self._renew(ttl)
         view = self.store.lease_view(self.instance)
         live = self._live(view)
@@ -214,11 +220,12 @@ class LeaseKeeper:
 
     @classmethod
     def for_store(cls, store: Store, url: str, cycle_seconds: Callable[[], float],
-                  monotonic: Callable[[], float] = time.monotonic) -> LeaseKeeper:
+                  monotonic: Callable[[], float] = time.monotonic,
+                  clock: StoreClock | None = None) -> LeaseKeeper:
         """A keeper with a new instance id for ``store`` (opened from ``url``): with a
         presence lock on PostgreSQL; on SQLite the store's flock stands for it."""
         presence = Presence(url) if sqlite_path(url) is None else None
-        return cls(store, cycle_seconds, monotonic, presence)
+        return cls(store, cycle_seconds, monotonic, presence, clock or StoreClock())
 
     def leave(self) -> int:
         """Graceful stop: release every lease, delete this instance's row, drop the

@@ -13,9 +13,13 @@ Contract:
   holds its presence lock (``Presence``: a session advisory lock on a connection of its
   own, which the server drops the moment the process or its connection dies); on SQLite
   only the caller (the store's flock, ``store/lock.py``, proves every other manager dead).
+* Expiry only makes a lease *takeable*: until another instance takes it, an expired lease
+  is still its owner's, and the owner's renewal or fenced write revives it at the same
+  generation.  So an owner whose rounds ran late (a loaded host) keeps its space and its
+  cycle's memory, and the generation changes exactly when the owner does.
 * Fencing: an engine write for a space carries a ``Fence``; ``check_fence`` is the first
   statement of its transaction, an UPDATE of the lease row that renews it only if the
-  owner and generation still match and it has not expired.  It matches nothing after a
+  owner and generation still match.  It matches nothing after a
   takeover (the taker's UPDATE bumped the generation, and the row lock orders the two):
   ``LeaseLost``, and the transaction rolls back, so a stale owner writes nothing.  A lock
   alone could not do this: a partitioned owner does not know its lock is gone, and only a
@@ -138,8 +142,7 @@ def check_fence(connection: Connection, fence: Fence) -> None:
     now = now_sql(connection)
     result = connection.execute(text(
         f"UPDATE space_leases SET renewed_at = {now}, expires_at = {now} + :ttl "
-        f"WHERE space = :space AND owner = :owner AND generation = :generation "
-        f"AND expires_at > {now}"),
+        f"WHERE space = :space AND owner = :owner AND generation = :generation"),
         {"ttl": fence.ttl, "space": fence.space, "owner": fence.owner,
          "generation": fence.generation})
     if result.rowcount != 1:
@@ -167,6 +170,11 @@ class LeaseStore(ABC):
     @abstractmethod
     def _read(self) -> AbstractContextManager[Session]:
         """A read-only session (``Store._read``)."""
+
+    def db_time(self) -> float:
+        """The database's clock now (``store/clock.py``)."""
+        with self._read() as session:
+            return db_now(session.connection())
 
     def announce(self, instance: str, hostname: str, pid: int, presence_key: int,
                  cycle_seconds: float) -> float:
@@ -229,13 +237,14 @@ class LeaseStore(ABC):
             return None if row is None else Fence(space, owner, int(row[0]), ttl)
 
     def renew(self, owner: str, ttl: float) -> dict[str, int]:
-        """Renew every unexpired lease of ``owner`` for ``ttl``: space -> generation."""
+        """Renew every lease ``owner`` still holds (expired ones nobody took included) for
+        ``ttl``: space -> generation."""
         with self._write() as session:
             connection = session.connection()
             now = now_sql(connection)
             rows = connection.execute(text(
                 f"UPDATE space_leases SET renewed_at = {now}, expires_at = {now} + :ttl "
-                f"WHERE owner = :me AND expires_at > {now} RETURNING space, generation"),
+                f"WHERE owner = :me RETURNING space, generation"),
                 {"ttl": ttl, "me": owner})
             return {str(space): int(generation) for space, generation in rows}
 

@@ -80,17 +80,25 @@ def test_acquire_renew_release_on_the_database_clock(store: Store) -> None:
 
 
 def test_a_lease_expires_on_the_database_clock(store: Store) -> None:
+    """Expiry makes a lease takeable, nothing more: its owner revives it at the same
+    generation while nobody took it, and loses it (writes refused) once somebody did."""
     fence = store.acquire("s1", "a", 0.5)
     assert fence is not None
     deadline = time.monotonic() + DEADLINE_S
     while (view := store.lease_view()).now < view.leases[0].expires_at:  # not renewed
         assert time.monotonic() < deadline, "the lease never expired"
         time.sleep(0.1)
+    assert store.renew("a", 0.5) == {"s1": fence.generation}  # nobody took it: revived
+    store.apply("s1", [intent("s1", "m1")], {}, 1000.0, fence)
+    while (view := store.lease_view()).now < view.leases[0].expires_at:
+        assert time.monotonic() < deadline, "the lease never expired"
+        time.sleep(0.1)
+    taken = store.acquire("s1", "b", TTL)  # expired: anyone may take it
+    assert taken is not None and taken.generation == fence.generation + 1
     assert store.renew("a", 0.5) == {}
     with pytest.raises(LeaseLost):
-        store.apply("s1", [intent("s1", "m1")], {}, 1000.0, fence)
-    taken = store.acquire("s1", "b", TTL)  # expired: anyone may take it
-    assert taken is not None and taken.generation == 2
+        store.apply("s1", [intent("s1", "m2")], {}, 1000.0, fence)
+    assert [m.name for m in store.machines("s1")] == ["m1"]
 
 
 def test_a_fenced_write_after_a_takeover_is_refused_and_writes_nothing(store: Store) -> None:
