@@ -205,14 +205,21 @@ def summarize(service: Service, store: Store, state: Path) -> dict[str, Any]:
     for name, st in daemon.spaces.items():
         space = st.config
         quota = space.sim.quota_processors if space.sim else None
-        limit = min((x for x in (space.processors_limit, quota) if x is not None), default=None)
         used = [sum(s.processors for s in r.status.values()) for r in st.reports if r.ok]
-        within = limit is None or all(u <= limit for u in used)
+        # The engine's own count holds a deleted machine until a listing shows it gone, so
+        # it may pass the quota for a cycle while the cloud already freed it: the quota is
+        # checked against what the cloud itself held, processors_limit against the count.
+        project = daemon.clouds.project(name)
+        peak = project.peak_processors if project is not None else None
+        within = (space.processors_limit is None
+                  or all(u <= space.processors_limit for u in used)) and (
+            quota is None or peak is None or peak <= quota)
         ok = ok and within
         rows = status_rows({name: space}, read_view(store, name, events=200), time.time())
         spaces[name] = {
             "processors_limit": space.processors_limit, "quota_processors": quota,
-            "max_processors_used": max(used, default=0), "within_limits": within,
+            "max_processors_used": max(used, default=0), "cloud_peak_processors": peak,
+            "within_limits": within,
             "share_distance_by_cycle": [_distance(r.status) for r in st.reports if r.status],
             "machinetypes": {r.machinetype: {k: v for k, v in r.as_dict().items()
                                              if k not in ("space", "machinetype")}

@@ -39,6 +39,9 @@ def sim_cloud(  # noqa: PLR0913 - one parameter per option of the command
         listen: Annotated[str, typer.Option(help="HOST:PORT to serve on, loopback only "
                                             "(port 0: any free port).")] = "127.0.0.1:0",
         username: Annotated[str, typer.Option(help="The Keystone user.")] = "cloudvac",
+        user: Annotated[list[str] | None, typer.Option(
+            help="One more user with the same password and projects (repeat for several; "
+                 "the audit of /_sim/state tells them apart).")] = None,
         project_name: Annotated[str, typer.Option(help="Its project, when neither --project "
                                                   "nor --projects is given.")] = "sim-project",
         project: Annotated[list[str] | None, typer.Option(
@@ -95,6 +98,7 @@ class _Args:
     password_file: Path
     listen: str
     username: str
+    user: list[str] | None
     project_name: str
     project: list[str] | None
     projects: int | None
@@ -172,7 +176,8 @@ def _options(args: _Args) -> SimApiOptions:
     if (args.app_cred_id is None) != (secret is None):
         raise _fail("give --app-cred-id and --app-cred-secret-file together")
     identity = Identity(args.username, password, _projects(args), args.app_cred_id, secret,
-                        token_seconds=args.token_seconds, app_cred_project=args.app_cred_project)
+                        token_seconds=args.token_seconds, app_cred_project=args.app_cred_project,
+                        other_users=tuple(args.user or ()))
     return SimApiOptions(identity, space, pilots, args.page_limit, args.image_name, admin,
                          args.delete_seconds, args.heartbeat_seconds, _doors(args.vm_door),
                          args.vm_concurrency, args.tombstone_seconds)

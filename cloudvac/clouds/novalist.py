@@ -45,7 +45,10 @@ def observe(server: nova.Server) -> ObservedMachine:
         cloud_id=server.id, name=server.name,
         machinetype=server.metadata.get(TAG_MACHINETYPE, ""), state=state,
         processors=server.flavor.vcpus, created_at=nova.timestamp(server.created),
-        started_at=nova.timestamp(server.launched_at) if state is nova.S.RUNNING else None,
+        # Nova keeps launched_at once the server ran: a server first listed after its VM
+        # powered off (it started and stopped between two listings) still started, and
+        # only a machine with a start is accounted (engine/accounting.py).
+        started_at=nova.timestamp(server.launched_at),
         cloud_status=f"{server.status}/{server.task_state or '-'}",
         fault=redact(server.fault.message.strip(), FAULT_LIMIT) if server.fault else "",
         address=nova.first_address(server))

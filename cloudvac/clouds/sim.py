@@ -89,6 +89,8 @@ class SimProject:
         self._owned: dict[Owner, dict[str, SimServer]] = {}
         self._owner_processors: collections.Counter[Owner | None] = collections.Counter()
         self.used_processors = self.used_instances = self.used_ram_mb = 0
+        self.peak_processors = 0
+        """The most processors the project ever held at once (quota checks in the demo)."""
         self._reporters: dict[Owner, PilotReporter] = {}
         self._outbox: collections.deque[_Report] = collections.deque()
 
@@ -242,6 +244,7 @@ class SimProject:
         # Usage is kept as running totals so that quota checks and limits() are O(1).
         self._owner_processors[srv.owner] += sign * srv.flavor.processors
         self.used_processors += sign * srv.flavor.processors
+        self.peak_processors = max(self.peak_processors, self.used_processors)
         self.used_instances += sign
         self.used_ram_mb += sign * srv.flavor.ram_mb
 

@@ -11,9 +11,10 @@ timeline between calls, so reports go on while no manager calls.
 Layout on one server: Keystone at ``/`` (``auth_url = URL/v3``), Nova at
 ``/compute/v2.1``, Glance at ``/image``, and the admin endpoints ``/_sim/faults`` and
 ``/_sim/state`` (a bearer token given at start; refused when none was given; the state
-lists each server with what its VM sent).  Every Nova and Glance call needs a live
-``X-Auth-Token`` (else Keystone's 401), advances the token's project on the real clock and
-may suffer an injected fault (``simfaults``).
+lists each server with what its VM sent; ``?audit=1`` adds who asked each create and
+delete, and when: the chaos tests check it against the space leases).  Every Nova and
+Glance call needs a live ``X-Auth-Token`` (else Keystone's 401), advances the token's
+project on the real clock and may suffer an injected fault (``simfaults``).
 
 Nova as the adapter sees it (``simnova``): microversions 2.1-2.79 (flavors carry
 ``extra_specs`` from 2.61, servers embed their flavor from 2.47), servers listed newest
@@ -73,6 +74,8 @@ from cloudvac.config.models import SimMachinetype, SimSpace
 log = logging.getLogger("cloudvac.clouds.simapi")
 Handler = Callable[[Request, "Call"], Awaitable[Response]]
 NOVA = "/compute/v2.1"
+AUDIT_KEEP = 100_000
+"""Creates and deletes remembered for ``/_sim/state?audit=1`` (the newest)."""
 
 
 @dataclass(frozen=True)
@@ -125,7 +128,8 @@ class SimApi:
                         for index, name in enumerate(options.identity.projects)}
         self.faults = Faults()
         self.calls: collections.Counter[str] = collections.Counter()
-        self.started = clock()
+        self.audit: collections.deque[dict[str, Any]] = collections.deque(maxlen=AUDIT_KEEP)
+        self.started, self.clock = clock(), clock
 
     def _tenant(self, name: str, index: int, pilots: SimMachinetype,
                 clock: Callable[[], float]) -> Tenant:
@@ -152,6 +156,7 @@ class SimApi:
 
         async def run(request: Request) -> Response:
             self.calls[kind] += 1
+            self._audit(kind, request)
             wait = self.faults.delay()
             if wait:
                 await asyncio.sleep(wait)
@@ -184,6 +189,15 @@ class SimApi:
             return response if plain else versioned(response, microversion)
 
         return run
+
+    def _audit(self, kind: str, request: Request) -> None:
+        """Remember a create or delete as it arrives: when, whose token, which project."""
+        if kind not in ("create", "delete"):
+            return
+        issued = self.tokens.valid(request.headers.get("X-Auth-Token"))
+        if issued is not None:
+            self.audit.append({"at": self.clock(), "kind": kind, "user": issued.user,
+                               "project": issued.project})
 
     # -- Nova -------------------------------------------------------------------------------
 
@@ -323,7 +337,9 @@ class SimApi:
                                 for k in ("cores", "instances", "ram")},
                       "vm_uploads_in_flight": self.sender.busy,
                       "image_id": image_id(self.options.image_name),
-                      "faults": self.faults.plan.model_dump()})
+                      "faults": self.faults.plan.model_dump(),
+                      **({"audit": list(self.audit)} if request.query_params.get("audit")
+                         else {})})
 
     @staticmethod
     def _server_state(tenant: Tenant, row: Row) -> dict[str, Any]:

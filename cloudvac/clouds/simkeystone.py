@@ -4,9 +4,10 @@ served as its own process (``simapi``).
 Keystone: version discovery (``GET /``, ``GET /v3``), ``POST /v3/auth/tokens`` with the
 ``password`` or ``application_credential`` method checked against the configured
 credentials (anything else: Keystone's 401 body), ``GET /v3/auth/tokens`` to validate.
-One user, one or many projects: a password token is scoped to the project asked for (by
-name or id; unscoped: the first), an application credential's to its one project; a
-project that is not served is Keystone's 401.  A
+One user (``other_users``: more with the same password and projects, so that a chaos
+test can tell several managers apart), one or many projects: a password token is scoped
+to the project asked for (by name or id; unscoped: the first), an application
+credential's to its one project; a project that is not served is Keystone's 401.  A
 token lives ``token_seconds``; its catalog lists compute (``/compute/v2.1``) and image
 (``/image``) on this same server.  Glance: the version list, one image, found by id or by
 name, as ``conn.image.find_image`` asks.  Secrets are compared in constant time and never
@@ -78,10 +79,16 @@ class Identity:
     token_seconds: float = 3600.0
     region: str = "RegionOne"
     app_cred_project: str | None = None
+    other_users: tuple[str, ...] = ()
+    """More users with the same password and projects (``--user``)."""
 
     @property
     def user_id(self) -> str:
         return stable_id("user", self.username)
+
+    @property
+    def usernames(self) -> tuple[str, ...]:
+        return (self.username, *self.other_users)
 
     @property
     def project_name(self) -> str:
@@ -104,6 +111,8 @@ class Issued:
     until: float
     method: str
     project: str
+    user: str = ""
+    """The user's name."""
 
 
 def _same(given: object, wanted: str | None) -> bool:
@@ -126,8 +135,8 @@ class Tokens:
         self._by_id = {project_id(name): name for name in identity.projects}
         self.issued = 0
 
-    def method_of(self, body: Any) -> tuple[str, str] | None:
-        """(auth method, project name) if the credentials in ``body`` are right and may
+    def method_of(self, body: Any) -> tuple[str, str, str] | None:
+        """(auth method, project name, user name) if the credentials in ``body`` are right and may
         have the scope asked, else None (raises KeyError/TypeError/AttributeError on a
         malformed body).  A password token is scoped to the project asked for (unscoped:
         the first); an application credential's to its own project."""
@@ -136,18 +145,19 @@ class Tokens:
         me = self.identity
         if "password" in methods:
             user = ident["password"]["user"]
-            name_ok = user.get("id") == me.user_id or (
-                user.get("name") == me.username and _domain_ok(user))
+            name = next((n for n in me.usernames if user.get("id") == stable_id("user", n)
+                         or (user.get("name") == n and _domain_ok(user))), None)
             project = self._scoped(body["auth"].get("scope"))
-            if name_ok and _same(user.get("password"), me.password) and project is not None:
-                return "password", project
+            if name and _same(user.get("password"), me.password) and project is not None:
+                return "password", project, name
         if "application_credential" in methods and me.app_cred_id is not None:
             cred = ident["application_credential"]
             id_ok = cred.get("id") == me.app_cred_id or (
                 cred.get("name") == me.app_cred_name
                 and (cred.get("user") or {}).get("name") == me.username)
             if id_ok and _same(cred.get("secret"), me.app_cred_secret):
-                return "application_credential", me.app_cred_project or me.project_name
+                return ("application_credential", me.app_cred_project or me.project_name,
+                        me.username)
         return None
 
     def _scoped(self, scope: Any) -> str | None:
@@ -159,13 +169,14 @@ class Tokens:
         name = project.get("name")
         return name if name in self.identity.projects and _domain_ok(project) else None
 
-    def issue(self, method: str, project: str) -> tuple[str, Issued]:
+    def issue(self, method: str, project: str, user: str = "") -> tuple[str, Issued]:
         now = self.clock()
         if len(self._tokens) > 64 and self.issued % 64 == 0:  # amortised expiry sweep
             for token in [t for t, found in self._tokens.items() if found.until <= now]:
                 del self._tokens[token]
         token = "sim" + secrets.token_hex(24)
-        issued = self._tokens[token] = Issued(now + self.identity.token_seconds, method, project)
+        issued = self._tokens[token] = Issued(now + self.identity.token_seconds, method, project,
+                                                   user or self.identity.username)
         self.issued += 1
         return token, issued
 
@@ -181,7 +192,8 @@ class Tokens:
             "methods": [issued.method], "expires_at": iso(issued.until, fraction=True),
             "issued_at": iso(issued.until - me.token_seconds, fraction=True),
             "audit_ids": [secrets.token_urlsafe(16)[:22]],
-            "user": {"id": me.user_id, "name": me.username, "domain": domain,
+            "user": {"id": stable_id("user", issued.user), "name": issued.user,
+                     "domain": domain,
                      "password_expires_at": None},
             "project": {"id": project_id(issued.project), "name": issued.project,
                         "domain": domain},
@@ -230,7 +242,8 @@ def keystone_routes(tokens: Tokens) -> list[Route]:
                      "scope")
             return unauthorized(base_url(request))
         token, issued = tokens.issue(*granted)
-        log.debug("space=- machinetype=- machine=- token issued (%s, project %s)", *granted)
+        log.debug("space=- machinetype=- machine=- token issued (%s, project %s, user %s)",
+                  *granted)
         return reply(tokens.body(base_url(request), issued), 201, {"X-Subject-Token": token})
 
     async def get_token(request: Request) -> Response:

@@ -256,7 +256,11 @@ class Daemon:
             state.config, state.config_ok = space, True
             metrics.space_config_ok.labels(name).set(1)
         self._mark_broken(loaded.broken)
-        self._drop_removed(loaded)
+        try:
+            self._drop_removed(loaded)
+        except Exception as exc:  # the store is away (a PostgreSQL restart): next re-read
+            log.error("space=- machinetype=- machine=- removed spaces not checked, the store "
+                      "failed: %s", redact(f"{type(exc).__name__}: {exc}"))
         return loaded
 
     def _render_problems(self, space: Space) -> list[str]:

@@ -48,6 +48,12 @@ FORGET_CYCLES = 10.0
 """Rows of instances gone this many periods are deleted (status stops listing them)."""
 
 
+def new_instance_id() -> str:
+    """``HOST-PID-RANDOM``: unique per start, and readable in logs and status (a long
+    random hex string would look like a token, and the log redaction would hide it)."""
+    return f"{socket.gethostname().split('.')[0][:20]}-{os.getpid()}-{os.urandom(3).hex()}"
+
+
 @dataclass(frozen=True, slots=True)
 class Tenure:
     """One held lease, as a cycle carries it: the fence its writes present, and the
@@ -83,7 +89,7 @@ class LeaseKeeper:
     presence: Presence | None = None
     clock: StoreClock = field(default_factory=StoreClock)
     """Told the database's time at every round (``announce`` reads it anyway)."""
-    instance: str = field(default_factory=lambda: os.urandom(16).hex())
+    instance: str = field(default_factory=new_instance_id)
     hostname: str = field(default_factory=socket.gethostname)
     pid: int = field(default_factory=os.getpid)
     _held: dict[str, _Held] = field(default_factory=dict)
@@ -195,7 +201,8 @@ class LeaseKeeper:
                     lease.expires_at > view.now and lease.owner in present:
                 continue  # held by a live owner: not worth a write
             started = self.monotonic()
-            fence = self.store.acquire(space, self.instance, ttl)
+            fence = self.store.acquire(space, self.instance, ttl,
+                                       lease.generation if lease is not None else 0)
             if fence is None:
                 continue
             with self._lock:

@@ -218,9 +218,16 @@ class LeaseStore(ABC):
                     "FROM instances ORDER BY instance")))
             return LeaseView(now, leases, instances)
 
-    def acquire(self, space: str, owner: str, ttl: float) -> Fence | None:
+    def acquire(self, space: str, owner: str, ttl: float,
+                seen: int | None = None) -> Fence | None:
         """Take ``space`` for ``owner`` if its lease is free, expired, or held by another
-        instance not present (see the module doc); the new fence, else None."""
+        instance not present (see the module doc); the new fence, else None.
+
+        ``seen``: the generation the caller's view showed (0: no row yet).  The take then
+        only succeeds if nobody changed the lease since: under READ COMMITTED the row is
+        re-checked after a concurrent take commits, but the "present" subquery still sees
+        the statement's snapshot, in which an instance that started a moment ago (and
+        just took the space) is not present yet."""
         with self._write() as session:
             connection = session.connection()
             now = now_sql(connection)
@@ -232,8 +239,10 @@ class LeaseStore(ABC):
                 f"UPDATE space_leases SET owner = :me, generation = generation + 1, "
                 f"expires_at = {now} + :ttl, renewed_at = {now} WHERE space = :space AND "
                 f"(owner IS NULL OR expires_at <= {now} OR (owner <> :me AND owner NOT IN "
-                f"({_present(connection)}))) RETURNING generation"),
-                {"me": owner, "ttl": ttl, "space": space, "cls": PRESENCE_CLASS}).first()
+                f"({_present(connection)}))) AND "
+                "(CAST(:seen AS INTEGER) IS NULL OR generation = :seen) RETURNING generation"),
+                {"me": owner, "ttl": ttl, "space": space, "cls": PRESENCE_CLASS,
+                 "seen": seen}).first()
             return None if row is None else Fence(space, owner, int(row[0]), ttl)
 
     def renew(self, owner: str, ttl: float) -> dict[str, int]:

@@ -124,8 +124,10 @@ def test_demo_json_reports_all_vos_in_both_spaces_within_limits(tmp_path: Path) 
     assert set(summary["spaces"]) == {"sim-a.example", "sim-b.example"}
     for space in summary["spaces"].values():
         assert space["within_limits"] is True
-        limit = min(x for x in (space["processors_limit"], space["quota_processors"]) if x)
-        assert 0 < space["max_processors_used"] <= limit
+        # the cloud never held more than its quota; the engine's count (which holds a
+        # deleted machine until a listing shows it gone) never passed processors_limit
+        assert 0 < space["cloud_peak_processors"] <= space["quota_processors"]
+        assert 0 < space["max_processors_used"] <= space["processors_limit"]
         for mt in ("belle", "t2k", "hyperk"):
             assert space["machinetypes"][mt]["running"] > 0, (mt, space["machinetypes"])
         assert len(space["cycles"]) == 10

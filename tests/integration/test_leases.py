@@ -370,3 +370,17 @@ def test_status_shows_the_owner_of_each_space_and_each_instances_last_renewal(
     assert all(0 <= i["renewed_seconds_ago"] < DEADLINE_S for i in shown.values())
     table = runner.invoke(app, ["status", "--config-dir", str(cdir)])
     assert table.exit_code == 0 and "inst-a" in table.stdout and "host-b" in table.stdout
+
+
+def test_a_take_on_a_stale_view_fails(store: Store) -> None:
+    """Two instances saw a dead owner's lease at generation 1; the first to take it wins,
+    and the second's take (its view is stale) fails even though the winner is not present
+    in the second's statement snapshot (no presence locks here: nobody is)."""
+    first = store.acquire("s1", "dead", TTL)
+    assert first is not None and first.generation == 1
+    winner = store.acquire("s1", "c", TTL, seen=1)
+    assert winner is not None and winner.generation == 2
+    assert store.acquire("s1", "b", TTL, seen=1) is None
+    assert store.lease_view().leases[0].owner == "c"
+    again = store.acquire("s1", "b", TTL, seen=2)  # a fresh view: c is not present either
+    assert again is not None and again.generation == 3
