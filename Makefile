@@ -23,7 +23,7 @@ system-deps:
 	@scripts/system-deps.sh
 
 test: venv wheelhouse lint oracle system-deps
-	.venv/bin/python -m pytest -q -p no:cacheprovider
+	.venv/bin/python -m pytest -q -p no:cacheprovider --durations=30
 
 unit: venv
 	.venv/bin/python -m pytest -q tests/unit

@@ -48,6 +48,9 @@ STARTS_WITH = tuple(sorted({
     "#cloud-config-jsonp": "text/cloud-config-jsonp", "## template: jinja": "text/jinja2",
 }.items(), key=lambda item: -len(item[0])))
 RETYPED = frozenset({"text/plain", "text/x-not-multipart", "text/x-shellscript"})
+# libyaml's safe loader when PyYAML was built with it: the same documents, about 20 times
+# faster than the pure-Python one on a 20 KB cloud-config, which every create validates.
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class UserDataInvalid(RenderError):
@@ -126,7 +129,7 @@ def _type_from_start(text: str) -> str | None:
 
 def _check_cloud_config(text: str, where: str) -> None:
     try:
-        document = yaml.safe_load(text)
+        document = yaml.load(text, Loader=SAFE_LOADER)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""

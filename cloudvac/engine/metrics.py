@@ -9,6 +9,7 @@ for a space that has not completed one yet)."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
@@ -22,6 +23,8 @@ class EngineMetrics:
     def __init__(self, registry: CollectorRegistry | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.registry = registry or CollectorRegistry()
+        self._requests: dict[str, dict[str, int]] = {}  # space -> kind -> requests so far
+        self._requests_lock = threading.Lock()
         r = self.registry
         self.last_cycle = Gauge(LAST_CYCLE, "Unix time the space's last successful cycle "
                                 "ended", ["space"], registry=r)
@@ -76,6 +79,9 @@ class EngineMetrics:
     def cloud_request(self, space: str, kind: str, outcome: str,
                       seconds: float | None = None) -> None:
         self.cloud_requests.labels(space, kind, outcome).inc()
+        with self._requests_lock:
+            kinds = self._requests.setdefault(space, {})
+            kinds[kind] = kinds.get(kind, 0) + 1
         if seconds is not None:
             self.cloud_request_seconds.labels(space, kind).observe(max(seconds, 0.0))
 
@@ -93,11 +99,9 @@ class EngineMetrics:
         self.token_expiry_seconds.labels(space, kind).set(seconds_left)
 
     def requests_of(self, space: str) -> dict[str, int]:
-        """Cloud API requests made so far for ``space``, by kind (list, limits, create...)."""
-        counts: dict[str, int] = {}
-        for metric in self.cloud_requests.collect():
-            for sample in metric.samples:
-                if sample.name.endswith("_total") and sample.labels["space"] == space:
-                    kind = sample.labels["kind"]
-                    counts[kind] = counts.get(kind, 0) + int(sample.value)
-        return counts
+        """Cloud API requests made so far for ``space``, by kind (list, limits, create...):
+        ``cloud_requests`` summed over outcomes, kept per space as they are counted (reading
+        them back through ``collect()`` walked every space's samples: 46 ms a call at 1,000
+        spaces, twice per space cycle)."""
+        with self._requests_lock:
+            return dict(self._requests.get(space, {}))
