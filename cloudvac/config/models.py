@@ -242,7 +242,10 @@ class Space(ConfigModel):
     name: str
     api: Literal["sim", "openstack"] = Field(description="Cloud adapter.")
     processors_limit: int | None = Field(None, ge=0, description="Cap on processors of all "
-                                         "machines in the space; the cloud's quota also applies.")
+                                         "machines in the space's project, including servers "
+                                         "cloudvac does not own there (other users, other "
+                                         "spaces on the same project); the cloud's quota also "
+                                         "applies.")
     max_starting_processors: int | None = Field(None, ge=0, description="Cap on processors "
                                                 "of starting machines in the space.")
     creation_burst_processors: int | None = Field(

@@ -246,6 +246,7 @@ class Watch:
     """The sampler thread (see the module docstring)."""
 
     sim_url: str
+    """The sim cloud's URL; empty: no sim (usage is not sampled here)."""
     admin_token: str = field(repr=False)
     limits: Mapping[str, int]
     """Project -> the most instances (= processors: one per machine) its space may hold."""
@@ -294,6 +295,8 @@ class Watch:
             n += 1
 
     def _usage(self) -> None:
+        if not self.sim_url:
+            return
         try:
             projects = self.sim_state()["projects"]
         except (httpx.HTTPError, ValueError):
@@ -342,12 +345,13 @@ class Watch:
 
 
 def owner_audit(audit: list[dict[str, Any]], leases: list[tuple[float, dict[str, int | None]]],
-                user_slot: Mapping[str, int], space_of: Mapping[str, str]
+                user_slot: Mapping[str, int], space_of: Mapping[str, str],
+                span: tuple[float, float] = (AUDIT_BEFORE, AUDIT_AFTER)
                 ) -> list[dict[str, Any]]:
     """The creates and deletes the sim saw from a slot that did not own the space then: a
-    lease sample within [at - AUDIT_BEFORE, at + AUDIT_AFTER] must show the asker as owner (across a
-    gap in the samples, the database away: the last before or the first after)."""
-    before, after = AUDIT_BEFORE, AUDIT_AFTER
+    lease sample within [at - before, at + after] (``span``) must show the asker as owner
+    (across a gap in the samples, the database away: the last before or the first after)."""
+    before, after = span
     times = [t for t, _ in leases]
     bad = []
     for op in audit:
