@@ -140,6 +140,24 @@ class Proxy:
 # -- the managers ---------------------------------------------------------------------------
 
 
+@dataclass(kw_only=True)
+class Schedule:
+    """What a scenario's schedule did: faults injected by kind, and a timed log (a base of
+    each scenario's ``Run``)."""
+
+    injected: dict[str, int] = field(default_factory=dict)
+    log: list[str] = field(default_factory=list)
+    began: float = field(default_factory=time.monotonic)
+
+    def note(self, kind: str, what: str) -> None:
+        self.injected[kind] = self.injected.get(kind, 0) + 1
+        self.log.append(f"{time.monotonic() - self.began:7.1f}s {what}")
+
+    def at(self, seconds: float) -> None:
+        """Sleep until ``seconds`` into the run (never backwards)."""
+        time.sleep(max(0.0, self.began + seconds - time.monotonic()))
+
+
 @dataclass
 class Slot:
     """One manager's place: kept across its restarts."""

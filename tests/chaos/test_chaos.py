@@ -27,7 +27,7 @@ import random
 import signal
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from cloudvac.store import Store
 from tests.chaos.harness import (
     Fleet,
     Proxy,
+    Schedule,
     Watch,
     duplicates,
     orphans,
@@ -104,24 +105,13 @@ def chaos_pg() -> Iterator[PostgresServer]:
 
 
 @dataclass
-class Run:
+class Run(Schedule):
     """One scenario's moving parts and what the schedule did."""
 
     cloud: SimCloudServer
     fleet: Fleet
     watch: Watch
     rng: random.Random
-    injected: dict[str, int] = field(default_factory=dict)
-    log: list[str] = field(default_factory=list)
-    began: float = field(default_factory=time.monotonic)
-
-    def note(self, kind: str, what: str) -> None:
-        self.injected[kind] = self.injected.get(kind, 0) + 1
-        self.log.append(f"{time.monotonic() - self.began:7.1f}s {what}")
-
-    def at(self, seconds: float) -> None:
-        """Sleep until ``seconds`` into the run (never backwards)."""
-        time.sleep(max(0.0, self.began + seconds - time.monotonic()))
 
     def faults(self, index: int) -> None:
         plan = {**SIM_FAULTS[index], "seed": self.rng.randrange(1 << 30)}

@@ -49,6 +49,7 @@ from cloudvac.store import Store
 from tests.chaos.harness import (
     Fleet,
     Proxy,
+    Schedule,
     Watch,
     orphans,
     owner_audit,
@@ -196,23 +197,13 @@ class NovaWatch:
 
 
 @dataclass
-class Run:
+class Run(Schedule):
     """The moving parts and what the schedule did."""
 
     fleet: Fleet
     watch: Watch
     sdk: Any
     rng: random.Random
-    injected: dict[str, int] = field(default_factory=dict)
-    log: list[str] = field(default_factory=list)
-    began: float = field(default_factory=time.monotonic)
-
-    def note(self, kind: str, what: str) -> None:
-        self.injected[kind] = self.injected.get(kind, 0) + 1
-        self.log.append(f"{time.monotonic() - self.began:7.1f}s {what}")
-
-    def at(self, seconds: float) -> None:
-        time.sleep(max(0.0, self.began + seconds - time.monotonic()))
 
     def shutoff(self) -> None:
         """The admin stops one ACTIVE server: its owner must delete and replace it."""
