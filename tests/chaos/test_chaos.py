@@ -118,6 +118,18 @@ class Run(Schedule):
         self.cloud.faults(**plan)
         self.log.append(f"{time.monotonic() - self.began:7.1f}s sim faults {plan}")
 
+    def quiet_once_injected(self, earliest: float, latest: float) -> None:
+        """Switch the faults off at ``earliest`` seconds into the run, or later once every
+        sim fault kind fired at least once (a loaded machine makes fewer calls, and the
+        faults are drawn per call), but no later than ``latest``."""
+        self.at(earliest)
+        while time.monotonic() < self.began + latest:
+            injected = self.cloud.state()["injected"]
+            if all(injected.get(kind) for kind in SIM_KINDS):
+                break
+            time.sleep(1.0)
+        self.quiet()
+
     def quiet(self) -> None:
         self.cloud.faults()
         self.log.append(f"{time.monotonic() - self.began:7.1f}s sim faults off")
@@ -253,8 +265,7 @@ def _schedule(run: Run, proxy: Proxy, pg: PostgresServer) -> None:
     run.faults(4)
     run.at(120 + jitter(0, 5))
     run.kill(pause=5)
-    run.at(140)
-    run.quiet()
+    run.quiet_once_injected(140, 240)
 
 
 @pytest.mark.timeout(900)
@@ -340,8 +351,7 @@ def test_one_instance_on_sqlite_with_its_file_deleted(tmp_path: Path) -> None:
             run.note("sqlite_deleted", f"deleted {database.name}")
             run.at(30)
             run.faults(4)
-            run.at(60)
-            run.quiet()
+            run.quiet_once_injected(60, 180)
             store = Store(f"sqlite:///{database}")
             try:
                 summary = _settle_and_check(run, store, spaces, SQLITE_CYCLES,
