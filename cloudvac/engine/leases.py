@@ -94,6 +94,11 @@ class LeaseKeeper:
     pid: int = field(default_factory=os.getpid)
     _held: dict[str, _Held] = field(default_factory=dict)
     _busy: set[str] = field(default_factory=set)
+    _leaving: set[str] = field(default_factory=set)
+    """Extras that were mid-cycle when a round wanted to give them up: no new cycle starts,
+    and ``end`` hands them to the next round to release (a space that cycles back to back
+    under load would otherwise never be idle at a round)."""
+    _to_release: list[Fence] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _left: bool = False
 
@@ -109,7 +114,7 @@ class LeaseKeeper:
         None when this instance does not own it (the cycle must not run)."""
         with self._lock:
             held = self._held.get(space)
-            if held is None:
+            if held is None or space in self._leaving:
                 return None
             self._busy.add(space)
             fence = held.fence
@@ -118,6 +123,11 @@ class LeaseKeeper:
     def end(self, space: str) -> None:
         with self._lock:
             self._busy.discard(space)
+            if space in self._leaving:
+                self._leaving.discard(space)
+                held = self._held.pop(space, None)
+                if held is not None:
+                    self._to_release.append(held.fence)
 
     def drop(self, space: str, fence: Fence) -> None:
         """A write found the lease lost: forget it (if it is still that one)."""
@@ -125,6 +135,7 @@ class LeaseKeeper:
             held = self._held.get(space)
             if held is not None and held.fence == fence:
                 del self._held[space]
+                self._leaving.discard(space)
 
     def _trusted(self, fence: Fence) -> bool:
         with self._lock:
@@ -176,14 +187,21 @@ class LeaseKeeper:
                       if i.present and i.seen_at > view.now - TTL_CYCLES * i.cycle_seconds)
 
     def _release_extras(self, want: int) -> list[str]:
+        """Give up the spaces over ``want``: idle ones now, busy ones once their cycle
+        ends (``_leaving``); also release those whose cycle ended since the last round."""
         with self._lock:
-            extra = len(self._held) - want
+            fences, self._to_release = self._to_release, []
+            extra = len(self._held) - len(self._leaving) - want
             idle = sorted((s for s in self._held if s not in self._busy), reverse=True)
-            giving = idle[:max(0, extra)]
-            fences = [self._held.pop(space).fence for space in giving]
+            for space in idle[:max(0, extra)]:
+                fences.append(self._held.pop(space).fence)
+                extra -= 1
+            busy = sorted((s for s in self._busy if s in self._held and s not in self._leaving),
+                          reverse=True)
+            self._leaving.update(busy[:max(0, extra)])
         for fence in fences:
             self.store.release(fence)
-        return giving
+        return [fence.space for fence in fences]
 
     def _acquire(self, spaces: Sequence[str], view: LeaseView, want: int,
                  ttl: float) -> list[str]:
@@ -239,6 +257,8 @@ class LeaseKeeper:
         presence lock; how many leases were released."""
         with self._lock:
             self._held.clear()
+            self._leaving.clear()
+            self._to_release.clear()
             self._left = True
         try:
             return self.store.leave(self.instance)

@@ -270,6 +270,12 @@ def test_a_busy_space_is_not_released(store: Store, store_url: str) -> None:
     assert a._release_extras(0) == ["s2"]
     assert a.owned() == {"s1"}
     assert a.begin("s2") is None  # not owned: its cycle must not run
+    # s1 was marked to go when it was busy: once its cycle ends it starts no other, and
+    # the next round releases it (a space cycling back to back is never idle at a round)
+    a.end("s1")
+    assert a.begin("s1") is None
+    assert a._release_extras(0) == ["s1"]
+    assert {lease.owner for lease in store.lease_view().leases} == {None}
 
 
 # --- takeover by a second daemon -----------------------------------------------------
