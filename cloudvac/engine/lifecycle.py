@@ -49,13 +49,18 @@ class Ending:
 def end(space: Space, record: MachineRecord, now: float,
         reason: ShutdownMessage | None) -> Ending:
     """End ``record`` at ``now``.  ``reason`` is cloudvac's own account, stored only when
-    the VM reported none.  Machines of a machinetype no longer configured never abort."""
+    the VM reported none.  Machines of a machinetype no longer configured never abort, nor
+    do adopted machines that said nothing."""
     effective = record.shutdown or reason
     ended = replace(record, stopped_at=now, shutdown=effective)
     mt = space.machinetypes.get(record.machinetype)
     if mt is None or (record.started_at is None and record.shutdown is None):
         # Never ran and the VM said nothing: the cloud failed to start it (ERROR, BUILD),
         # which is the circuit breaker's and the flavor backoff's business, not the VO's.
+        return Ending(ended)
+    if record.adopted_at is not None and record.shutdown is None:
+        # Adopted and silent: whatever it said went with the store it said it to, so its
+        # short life is no evidence against the VO.
         return Ending(ended)
     ran = (now - record.started_at) if record.started_at is not None else 0.0
     why = ""

@@ -193,6 +193,18 @@ def test_shutdown_codes_and_fizzle(code: int | None, ran: float, abort: bool) ->
         assert result.creates == [] and result.status["belle"].blocked.startswith("backoff")
 
 
+@pytest.mark.parametrize(("adopted", "abort"), [(True, False), (False, True)])
+def test_a_silent_short_life_is_no_evidence_when_adopted(adopted: bool, abort: bool) -> None:
+    """A machine that stopped soon after it started and said nothing fizzled, unless it was
+    adopted: then what it said went with the store that was lost."""
+    space = make_space({"belle": {"target_share": 1, "fizzle_seconds": 600}})
+    hist = SpaceHistory(machines={"m": record(
+        "m", started_at=NOW - 10, adopted_at=NOW - 5 if adopted else None)})
+    result = run(space, [observed("m", S.STOPPED, started=NOW - 10)], hist)
+    assert ("belle" in result.aborts) is abort
+    assert [d.reason for d in result.deletes] == ["stopped"]
+
+
 def test_machine_that_vanished_is_gone_after_two_listings_and_evaluated_once() -> None:
     """One listing can miss a server (moving from its build request into its cell between
     two pages): the first miss only marks it; the second makes it gone, judged once."""
