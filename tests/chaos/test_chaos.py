@@ -26,7 +26,6 @@ from __future__ import annotations
 import random
 import signal
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +47,7 @@ from tests.chaos.harness import (
 )
 from tests.chaos.leaselog import lease_events, non_owner_acts
 from tests.instances import START_SECONDS, until
-from tests.postgres import PostgresServer, find_bindir
+from tests.postgres import PostgresServer
 from tests.simapi_server import SimCloudServer, sim_cloud
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
@@ -89,19 +88,6 @@ SIM_FAULTS: list[dict[str, float]] = [
      "unauthorized": 0.02, "lost_create": 0.1, "quota": 0.15},
 ]
 SIM_KINDS = ("error_500", "error_503", "delay", "unauthorized", "quota", "lost_create")
-
-
-@pytest.fixture(scope="module")
-def chaos_pg() -> Iterator[PostgresServer]:
-    """A PostgreSQL server of the chaos tests' own: restarting it touches no other test."""
-    bindir = find_bindir()
-    assert bindir is not None, "no PostgreSQL server (initdb): run `make system-deps`"
-    server = PostgresServer(bindir)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
 
 
 @dataclass

@@ -59,7 +59,7 @@ from tests.chaos.harness import (
 )
 from tests.contract.conftest import budget, connect, launch
 from tests.instances import START_SECONDS, until
-from tests.postgres import PostgresServer, find_bindir
+from tests.postgres import PostgresServer
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 SEED = 1807
@@ -99,19 +99,6 @@ backoff_seconds = 5
 """
 _ACT = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO cloudvac\.engine\.cycle "
                   r"space=(\S+) machinetype=\S+ machine=(\S+) (create|delete): ", re.M)
-
-
-@pytest.fixture(scope="module")
-def chaos_pg() -> Iterator[PostgresServer]:
-    """A PostgreSQL server of this module's own: restarting it touches no other test."""
-    bindir = find_bindir()
-    assert bindir is not None, "no PostgreSQL server (initdb): run `make system-deps`"
-    server = PostgresServer(bindir)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
