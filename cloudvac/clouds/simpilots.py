@@ -2,8 +2,11 @@
 
 ``HttpPilots`` sends it the way real VMs do, over HTTP with each machine's own token to
 the real VM-facing endpoints (``cloudvac run`` and ``cloudvac demo``); ``StorePilots``
-writes it straight into the store where the web side would (``cloudvac simulate``, whose
-clock is virtual); ``NullPilots`` drops it (benchmarks of the engine alone).
+writes it straight into the store where the web side would, from a worker thread (``cloudvac
+run`` of a sim space without the web side); ``BatchPilots`` keeps it until its owner
+flushes it into the store, on the caller's thread, the heartbeats in one transaction
+(``cloudvac simulate``, whose clock is virtual: repeatable and fast); ``NullPilots`` drops
+it (benchmarks of the engine alone).
 """
 
 from __future__ import annotations
@@ -12,16 +15,18 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
-
-import httpx
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from cloudvac.auth.vmtokens import TokenSigner
 from cloudvac.model.layout import CPU_TOTALS_FILE, PILOT_LOG_FILE, SHUTDOWN_FILE, joboutput_url
 from cloudvac.model.naming import machinetype_of
 from cloudvac.model.records import Recorded
 from cloudvac.model.states import ShutdownMessage
+
+if TYPE_CHECKING:  # httpx only where pilots report over HTTP (not `cloudvac simulate`)
+    import httpx
 
 log = logging.getLogger("cloudvac.clouds.simpilots")
 TOKEN_SECONDS = 86400.0
@@ -105,12 +110,56 @@ class StorePilots:
 
     async def shutdown(self, space: str, name: str, message: ShutdownMessage, at: float) -> None:
         recorded = await asyncio.to_thread(self.sink.record_shutdown, space, name, message, at)
-        if recorded is not Recorded.UNKNOWN:
-            log.info("space=%s machinetype=%s machine=%s shutdown_message: %s", space,
-                     machinetype_of(name), name, message)
-        else:
-            log.warning("space=%s machinetype=%s machine=%s shutdown_message for unknown "
-                        "machine: %s", space, machinetype_of(name), name, message)
+        _log_shutdown(space, name, message, recorded)
+
+
+def _log_shutdown(space: str, name: str, message: ShutdownMessage, recorded: Recorded) -> None:
+    if recorded is not Recorded.UNKNOWN:
+        log.info("space=%s machinetype=%s machine=%s shutdown_message: %s", space,
+                 machinetype_of(name), name, message)
+    else:
+        log.warning("space=%s machinetype=%s machine=%s shutdown_message for unknown "
+                    "machine: %s", space, machinetype_of(name), name, message)
+
+
+class BatchSink(Protocol):
+    """What ``BatchPilots`` writes to (the store's VM-side methods, heartbeats batched)."""
+
+    def record_heartbeats(self, beats: Mapping[tuple[str, str], float]) -> int: ...
+
+    def record_shutdown(self, space: str, name: str, message: ShutdownMessage,
+                        at: float) -> Recorded: ...
+
+
+class BatchPilots:
+    """Keeps what the pilots report until ``flush``, which writes it to the store on the
+    caller's thread: every heartbeat kept (the latest per machine) in one transaction,
+    then each shutdown message in the order reported.  For a virtual clock, whose owner
+    flushes before the manager reads the store: nothing races the cycle, and a simulated
+    hour costs a few transactions instead of one per heartbeat."""
+
+    def __init__(self, sink: BatchSink) -> None:
+        self.sink = sink
+        self._beats: dict[tuple[str, str], float] = {}
+        self._shutdowns: list[tuple[str, str, ShutdownMessage, float]] = []
+
+    async def heartbeat(self, space: str, name: str, at: float, file: str) -> None:
+        key = (space, name)
+        self._beats[key] = max(at, self._beats.get(key, at))
+
+    async def shutdown(self, space: str, name: str, message: ShutdownMessage, at: float) -> None:
+        self._shutdowns.append((space, name, message, at))
+
+    def flush(self) -> int:
+        """Write what was kept; how many reports that was."""
+        beats, self._beats = self._beats, {}
+        shutdowns, self._shutdowns = self._shutdowns, []
+        if beats:
+            self.sink.record_heartbeats(beats)
+        for space, name, message, at in shutdowns:
+            _log_shutdown(space, name, message,
+                          self.sink.record_shutdown(space, name, message, at))
+        return len(beats) + len(shutdowns)
 
 
 class HttpPilots:
@@ -118,10 +167,14 @@ class HttpPilots:
 
     def __init__(self, base_url: str, signer: TokenSigner,
                  client: httpx.AsyncClient | None = None) -> None:
+        import httpx
+
         self.base_url, self.signer = base_url, signer
         self.client = client or httpx.AsyncClient(timeout=10.0)
 
     async def _put(self, space: str, name: str, file: str, body: bytes) -> None:
+        import httpx
+
         token = self.signer.token(space, name, time.time() + TOKEN_SECONDS)
         url = joboutput_url(self.base_url, space, name, file)
         try:

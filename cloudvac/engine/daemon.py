@@ -199,12 +199,17 @@ class Daemon:
                       "expire by themselves): %s: %s", type(exc).__name__, redact(str(exc)))
 
     async def _pause(self) -> bool:
-        """Wait one period, or less for the stop or a re-read; True if a re-read was asked."""
-        waits = {asyncio.ensure_future(self._stop.wait()),
-                 asyncio.ensure_future(self._reread.wait())}
-        _, pending = await asyncio.wait(waits, timeout=self.settings.cycle_seconds,
+        """Wait one period, or less for the stop, a re-read or (with counted cycles) a space
+        that ran its last cycle; True if a re-read was asked."""
+        waits: set[asyncio.Future[Any]] = {asyncio.ensure_future(self._stop.wait()),
+                                           asyncio.ensure_future(self._reread.wait())}
+        ending: set[asyncio.Future[Any]] = set()
+        if self._cycles is not None:  # `run --cycles N` returns when its cycles end, not later
+            ending = {s.task for s in self.spaces.values()
+                      if s.task is not None and not s.task.done()}
+        _, pending = await asyncio.wait(waits | ending, timeout=self.settings.cycle_seconds,
                                         return_when=asyncio.FIRST_COMPLETED)
-        for waiter in pending:
+        for waiter in pending - ending:
             waiter.cancel()
         asked = self._reread.is_set()
         self._reread.clear()

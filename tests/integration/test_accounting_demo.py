@@ -3,8 +3,9 @@ prints non-zero kHS06 hours for belle, t2k and hyperk, with CPU time the simulat
 reported (``cpu_totals``) and jobs read from their pilot logs; and APEL files appear in the
 demo's outgoing directory (``STATE/apel/outgoing``, printed with the dashboard URL) and load
 back, with the ``dirq`` package ssmsend uses, as v0.4 records: one per finished machine.
-A demo whose sim flavors declare a benchmark (the ``accounting:benchmark_value`` extra spec)
-reports it for a machinetype without ``hs06_per_processor``, end to end."""
+The demo's sim-b flavors declare a benchmark (the ``accounting:benchmark_value`` extra spec),
+and its t2k machinetype has no ``hs06_per_processor``: the flavor's figure reaches its
+records, end to end.  One demo run (20 cycles, the slow part) serves every test here."""
 
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ def run_demo(state: Path) -> None:
 @pytest.fixture(scope="module")
 def demo_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
     state = tmp_path_factory.mktemp("demo")
+    with_flavor_benchmarks(state)
     run_demo(state)
     return state
 
@@ -58,10 +60,11 @@ def stored(state: Path) -> tuple[list[AccountingRecord], set[str]]:
         store.close()
 
 
-def apel_records(state: Path) -> list[dict[str, str]]:
-    """Every record of the outgoing directory, consumed as ssmsend does, each checked
-    against APEL's v0.4 rules."""
-    out = state / "apel" / "outgoing"
+@pytest.fixture(scope="module")
+def demo_apel(demo_state: Path) -> list[dict[str, str]]:
+    """Every record of the demo's outgoing directory, consumed (once: consuming removes
+    them) as ssmsend does, each checked against APEL's v0.4 rules."""
+    out = demo_state / "apel" / "outgoing"
     assert out.is_dir(), f"no APEL outgoing directory at {out}"
     return [r for message in consume(out) for r in parse_message(message)]
 
@@ -89,8 +92,8 @@ def test_demo_then_accounting_by_vo_shows_every_vo(demo_state: Path) -> None:
 
 @pytest.mark.slow
 def test_demo_apel_files_load_back_as_v04_records_one_per_finished_machine(
-        demo_state: Path) -> None:
-    records = apel_records(demo_state)
+        demo_state: Path, demo_apel: list[dict[str, str]]) -> None:
+    records = demo_apel
     accounted, finished = stored(demo_state)
     ids = Counter(r["LocalJobId"] for r in records)
     assert [i for i, n in ids.items() if n > 1] == [], "a machine written twice"
@@ -124,11 +127,9 @@ def with_flavor_benchmarks(state: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_flavor_benchmark_reaches_accounting_and_apel(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    state.mkdir()
-    with_flavor_benchmarks(state)
-    run_demo(state)
+def test_a_flavor_benchmark_reaches_accounting_and_apel(
+        demo_state: Path, demo_apel: list[dict[str, str]]) -> None:
+    state = demo_state
     accounted, _ = stored(state)
     sources = {(a.space, a.machinetype): (a.benchmark_per_processor, a.benchmark_source)
                for a in accounted}
@@ -136,7 +137,7 @@ def test_a_flavor_benchmark_reaches_accounting_and_apel(tmp_path: Path) -> None:
     assert sources[("sim-b.example", "hyperk")] == (12.0, "config"), sources
     assert sources[("sim-a.example", "t2k")] == (10.0, "config"), sources
     t2k_b = {a.vm_uuid for a in accounted if (a.space, a.machinetype) == ("sim-b.example", "t2k")}
-    records = [r for r in apel_records(state) if r["LocalJobId"] in t2k_b]
+    records = [r for r in demo_apel if r["LocalJobId"] in t2k_b]
     assert len(records) == len(t2k_b)
     for r in records:
         assert service_level(r["ServiceLevel"]) == {"HEPSPEC": 13.5, "HEPscore23": 13.5}, r

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -106,3 +107,53 @@ def test_cli_writes_csv_json_and_plot(tmp_path: Path) -> None:
     missing = subprocess.run([sys.executable, "-m", "cloudvac", "simulate", "nope"],
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and "no-work-backoff" in missing.stderr
+
+
+STEADY = Path(__file__).resolve().parents[2] / "cloudvac" / "examples" / "scenarios" \
+    / "steady-shares.conf"
+
+
+def shortened_steady_shares(tmp_path: Path, seed: int) -> Path:
+    """steady-shares in 3 hours, pilots 8 times shorter (churn: ends, deletes, creates) and
+    a dry phase (aborts, backoff): every path whose order could vary."""
+    text = STEADY.read_text().replace("hours = 12", "hours = 3")
+    text = text.replace("sim_seed = 1", f"sim_seed = {seed}")
+    for long, short in (("14400", "1800"), ("10800", "1350")):
+        text = text.replace(f"sim_job_seconds = {long}", f"sim_job_seconds = {short}")
+    text = text.replace("[settings]", "[phase dry]\nstart_hours = 1\nend_hours = 2\n"
+                        "machinetype = t2k\nno_work_probability = 1\n\n[settings]")
+    path = tmp_path / f"seed{seed}" / "steady.conf"
+    path.parent.mkdir()
+    path.write_text(text)
+    return path
+
+
+def simulate_cli(path: Path, out: Path, hash_seed: int) -> dict[str, bytes]:
+    """``cloudvac simulate`` in its own process; the CSV and JSON it wrote."""
+    env = {**os.environ, "PYTHONHASHSEED": str(hash_seed)}  # set order must not matter
+    done = subprocess.run([sys.executable, "-m", "cloudvac", "simulate", str(path), "--out",
+                           str(out)], capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr
+    return {suffix: (out / f"{path.stem}.{suffix}").read_bytes() for suffix in ("csv", "json")}
+
+
+@pytest.mark.timeout(900)  # three processes on a loaded 2-core box
+def test_the_same_seed_writes_the_same_bytes_and_another_seed_other_bytes(
+        tmp_path: Path) -> None:
+    path = shortened_steady_shares(tmp_path, seed=1)
+    first = simulate_cli(path, tmp_path / "first", hash_seed=1)
+    second = simulate_cli(path, tmp_path / "second", hash_seed=2)
+    other = simulate_cli(shortened_steady_shares(tmp_path, seed=2), tmp_path / "other",
+                         hash_seed=1)
+    assert first == second
+    assert first["csv"] != other["csv"] and first["json"] != other["json"]
+    rows = json.loads(first["json"])["rows"]
+    assert sum(r["deleted"] for r in rows) > 0 and any(r["backoff"] for r in rows)
+
+
+@pytest.mark.timeout(600)
+def test_a_run_seed_replaces_the_scenario_seeds(tmp_path: Path) -> None:
+    loaded = load_scenario(shortened_steady_shares(tmp_path, seed=1))
+    assert run(loaded, seed=5) == run(loaded, seed=5)
+    assert run(loaded, seed=5) != run(loaded, seed=6)
+    assert run(loaded, seed=5) != run(loaded)
