@@ -218,40 +218,40 @@ of issue 18."""
 
 
 def _schedule(run: Run, proxy: Proxy, pg: PostgresServer) -> None:
-    """About 150 s of seeded chaos (times jittered by the seed)."""
+    """About 110 s of seeded chaos (times jittered by the seed)."""
     jitter = run.rng.uniform
-    run.at(5)
+    run.at(4)
     run.faults(0)
-    run.at(15 + jitter(0, 5))
-    run.kill(pause=6)
-    run.at(28)
+    run.at(11 + jitter(0, 4))
+    run.kill(pause=5)
+    run.at(21)
     run.quiet()
-    run.at(32)
+    run.at(24)
     run.faults(1)
-    run.at(45 + jitter(0, 5))
-    run.pause(7)
-    run.at(58)
+    run.at(34 + jitter(0, 4))
+    run.pause(6)
+    run.at(44)
     run.faults(2)
-    run.at(70 + jitter(0, 5))
+    run.at(52 + jitter(0, 4))
     away = restart_postgres(pg)
     run.note("pg_restart", f"PostgreSQL restarted ({away:.1f}s away)")
     time.sleep(3 * CYCLE)  # every instance re-read its configuration meanwhile
     for slot in run.fleet.slots:  # a store away once made `cloudvac run` exit (fixed)
         process = slot.current
         assert process is not None and process.alive(), process and process.log()[-3000:]
-    run.at(82)
+    run.at(62)
     run.quiet()
-    run.at(88)
+    run.at(66)
     run.faults(3)
-    run.at(95 + jitter(0, 5))
-    seconds = 8.0
+    run.at(71 + jitter(0, 4))
+    seconds = 7.0
     proxy.cut(seconds)
     run.note("partition", f"slot {INSTANCES - 1} cut off the database for {seconds:g}s")
-    run.at(110)
+    run.at(83)
     run.faults(4)
-    run.at(120 + jitter(0, 5))
-    run.kill(pause=5)
-    run.quiet_once_injected(140, 240)
+    run.at(90 + jitter(0, 4))
+    run.kill(pause=4)
+    run.quiet_once_injected(105, 200)
 
 
 @pytest.mark.timeout(900)
@@ -332,15 +332,15 @@ def test_one_instance_on_sqlite_with_its_file_deleted(tmp_path: Path) -> None:
             fleet.start_all()
             watch.start()
             run = Run(cloud, fleet, watch, random.Random(SEED + 1))
-            run.at(5)
+            run.at(4)
             run.faults(0)
-            run.at(20 + run.rng.uniform(0, 5))
+            run.at(14 + run.rng.uniform(0, 4))
             database.unlink()
             deleted = time.time()
             run.note("sqlite_deleted", f"deleted {database.name}")
-            run.at(30)
+            run.at(22)
             run.faults(4)
-            run.quiet_once_injected(60, 180)
+            run.quiet_once_injected(42, 160)
             store = Store(f"sqlite:///{database}")
             try:
                 summary = _settle_and_check(run, store, spaces, SQLITE_CYCLES,
