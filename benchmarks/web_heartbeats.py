@@ -35,7 +35,15 @@ one JSON (default ``results/web_heartbeats_slow.json``).
 
 ``--server-module`` runs ``python -m MODULE web ...`` instead of ``cloudvac``: a way to
 measure a patched build (e.g. a scratch package on PYTHONPATH that monkeypatches
-cloudvac and calls ``cloudvac.cli.main``) with the very same harness.
+cloudvac and calls ``cloudvac.cli.main``) with the very same harness.  ``--server-tree
+DIR`` runs the server from another source tree (the build before a change, a ``git
+worktree``): run both in turn for a before/after figure on a shared machine.
+
+The floor (issue 19): before cloudvac, the same load generator drives the smallest ASGI
+app on the same stack (``benchmarks/_asgi_floor.py``: uvicorn, uvloop, httptools, 204 to
+every PUT), and the report gives cloudvac's throughput as a fraction of it
+(``ratio_to_floor``, goal >= 0.5) and its CPU per request as a multiple of the floor's:
+figures that survive the machine's speed changing from day to day.  ``--no-floor`` skips it.
 """
 
 from __future__ import annotations
@@ -74,6 +82,7 @@ STOP_TIMEOUT = 15.0
 CLIENT_SLACK = 30.0  # beyond warm-up + measurement, before client processes are killed
 SLOW_TRICKLE_SECONDS = 3.0  # a hostile connection sends one byte this often
 SLOW_SETTLE_SECONDS = 3.0   # the hostile connections are opened over this, before warm-up
+GOAL_RATIO = 0.5  # cloudvac's heartbeats per second / the floor's (issue 19)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -225,11 +234,22 @@ def system_cpu() -> tuple[float, float]:
 def client_main(spec: dict[str, Any], pipe: Connection) -> None:
     """One load-generator process (multiprocessing target)."""
     try:
-        result = asyncio.run(_client(spec))
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            result = runner.run(_client(spec))
     except BaseException as exc:  # report, never hang the parent
         result = {"fatal": f"{type(exc).__name__}: {exc}"}
     pipe.send(result)
     pipe.close()
+
+
+def _loop_factory() -> Any:
+    """uvloop's loop when installed: the generator's cost per request is a third lower, so
+    it keeps ahead of the floor server (its CPU is reported either way)."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 class _Tally:
@@ -529,10 +549,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="hostile slow connections held during the run; several values: "
                         "one run each, into one JSON")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--target", type=float, default=1000.0,
+    parser.add_argument("--target", type=float, default=3000.0,
                         help="req/s the issue asks for (reported, not enforced)")
+    parser.add_argument("--goal-ratio", type=float, default=GOAL_RATIO,
+                        help="cloudvac's throughput as a fraction of the floor's, the goal "
+                        "(reported, not enforced)")
+    parser.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True,
+                        help="also drive the minimal ASGI app (benchmarks/_asgi_floor.py) "
+                        "on the same stack, before cloudvac, and report the ratio")
     parser.add_argument("--server-module", default="cloudvac",
                         help="run `python -m MODULE web` (default cloudvac)")
+    parser.add_argument("--server-tree", type=Path, default=None, metavar="DIR",
+                        help="run the server from the source tree DIR (its `python -m "
+                        "cloudvac` imports DIR/cloudvac): a build before a change, e.g. a "
+                        "`git worktree`; the harness itself is this tree's")
     parser.add_argument("--out", type=Path, default=None, help="default results/"
                         "web_heartbeats.json (web_heartbeats_slow.json for several runs)")
     args = parser.parse_args(argv)
@@ -562,7 +592,8 @@ def _serve_and_load(args: argparse.Namespace, root: Path, names: list[str],
         server = subprocess.Popen(
             [sys.executable, "-m", args.server_module, "web", "--config-dir",
              str(config_dir), "--log-level", "WARNING"],
-            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            cwd=args.server_tree)
     load: dict[str, Any] = {}
     try:
         report["server_start_seconds"] = round(wait_healthy(port, server, START_TIMEOUT), 3)
@@ -584,6 +615,39 @@ def _serve_and_load(args: argparse.Namespace, root: Path, names: list[str],
         report["server_log_tail"] = server_log[-2000:]
         report["server_log_lines"] = len(server_log.splitlines())
     return load
+
+
+def run_floor(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
+    """The same load, by the same generator, against ``benchmarks/_asgi_floor.py`` (the
+    minimal ASGI app on uvicorn + uvloop + httptools): the most this machine serves
+    through that stack now.  No hostile clients (the floor has no guard to meet them)."""
+    report: dict[str, Any] = {"target_rps": args.target}
+    failures: list[str] = []
+    port = free_port()
+    with tempfile.TemporaryFile() as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks._asgi_floor", "--port", str(port)],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=Path(__file__).resolve().parent.parent)
+        try:
+            report["server_start_seconds"] = round(wait_healthy(port, server, START_TIMEOUT), 3)
+            load = run_clients(argparse.Namespace(**{**vars(args), "slow": 0}), port,
+                               os.urandom(32), names, server.pid)
+        finally:
+            server_exit, killed = stop_process(server, STOP_TIMEOUT)
+            log.seek(0)
+            tail = log.read()[-2000:].decode(errors="replace")
+    load.pop("slow", None)
+    _tally(load, report, failures)
+    if killed or server_exit not in (0, -signal.SIGTERM):  # uvicorn re-raises SIGTERM
+        failures.append(f"floor server exited with status {server_exit}"
+                        + (" (killed)" if killed else ""))
+    if tail.strip():
+        report["server_log_tail"] = tail
+    report.pop("target_rps")
+    report.pop("meets_target", None)
+    report["failures"] = failures
+    return report
 
 
 def database_url(root: Path) -> str:
@@ -721,19 +785,22 @@ def run(args: argparse.Namespace, slow: int = 0) -> dict[str, Any]:
         "params": {"machines": args.machines, "seconds": args.seconds, "warmup": args.warmup,
                    "concurrency": args.concurrency, "clients": args.clients,
                    "slow_clients": slow, "seed": args.seed,
-                   "server_module": args.server_module},
+                   "server_module": args.server_module, "goal_ratio": args.goal_ratio},
         "host": {"cpus": os.cpu_count(), "python": platform.python_version(),
                  "platform": platform.platform()},
         "target_rps": args.target,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     names = machine_names(args.machines)
+    if args.server_tree is not None:
+        report["params"]["server_tree"] = str(args.server_tree)
     busy0 = system_cpu()
     time.sleep(1.0)
     busy1 = system_cpu()
     # Other work on the machine skews the numbers: say how busy it was before we started.
     report["host"]["background_busy_cores"] = round(
         (busy1[0] - busy0[0]) / max(1.0, busy1[1] - busy0[1]) * (os.cpu_count() or 1), 2)
+    floor = run_floor(args, names) if args.floor else None
     with tempfile.TemporaryDirectory(prefix="cloudvac-bench-") as tmp:
         root = Path(tmp)
         load = _serve_and_load(argparse.Namespace(**vars(args), slow=slow), root, names,
@@ -744,9 +811,26 @@ def run(args: argparse.Namespace, slow: int = 0) -> dict[str, Any]:
                 failures.append(f"slow clients failed: {slow_report['fatal']}")
         puts = _tally(load, report, failures)
         _landed(root, names, puts, report, failures)
+    if floor is not None:
+        _against_floor(floor, report, failures)
     report["failures"] = failures
     report["ok"] = not failures
     return report
+
+
+def _against_floor(floor: dict[str, Any], report: dict[str, Any],
+                   failures: list[str]) -> None:
+    """The floor's run in ``report``, and cloudvac's throughput as a fraction of it."""
+    report["floor"] = floor
+    failures += [f"floor: {text}" for text in floor["failures"]]
+    if floor.get("throughput_rps"):
+        ratio = report["throughput_rps"] / floor["throughput_rps"]
+        report["ratio_to_floor"] = round(ratio, 3)
+        report["goal_ratio"] = report["params"]["goal_ratio"]
+        report["meets_goal_ratio"] = ratio >= report["goal_ratio"]
+        report["cpu_per_request_vs_floor"] = round(
+            report["server"]["cpu_ms_per_request"]
+            / max(1e-9, floor["server"]["cpu_ms_per_request"]), 2)
 
 
 def summary(report: dict[str, Any]) -> str:
@@ -774,6 +858,8 @@ def summary(report: dict[str, Any]) -> str:
         f"{landed['machines_with_heartbeat_file']} have the file; stale {landed['stale']}, "
         f"lost {landed['lost']}, newer unacknowledged {landed['newer_unacknowledged']}",
     ]
+    if floor := report.get("floor"):
+        lines.append(_floor_line(report, floor))
     if slow := report.get("slow_clients"):
         held = slow.get("open_in_window", {})
         answers = {k: v for k, v in slow.items() if k.startswith("answered")}
@@ -786,12 +872,25 @@ def summary(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _floor_line(report: dict[str, Any], floor: dict[str, Any]) -> str:
+    if "ratio_to_floor" not in report:
+        return f"  floor        failed: {floor['failures']}"
+    lat, s = floor["latency_ms"], floor["server"]
+    return (f"  floor        {floor['throughput_rps']:8.1f} req/s (minimal ASGI app, same "
+            f"stack and load), p99 {lat['p99']} ms, {s['cpu_ms_per_request']} ms CPU/req, "
+            f"load gen {floor['load_generator']['cpu_percent_of_one_core_per_process']}% of "
+            f"a core\n  ratio        {report['ratio_to_floor']:.3f} of the floor (goal "
+            f"{report['goal_ratio']}: {'MET' if report['meets_goal_ratio'] else 'NOT MET'}); "
+            f"CPU per request {report['cpu_per_request_vs_floor']}x the floor's")
+
+
 def combined(reports: list[dict[str, Any]]) -> dict[str, Any]:
     """Several runs (one per --slow-clients value) side by side."""
     return {
         "benchmark": "web_heartbeats_slow",
         "comparison": [{"slow_clients": r["params"]["slow_clients"],
                         "throughput_rps": r["throughput_rps"],
+                        "ratio_to_floor": r.get("ratio_to_floor"),
                         "p50_ms": r["latency_ms"]["p50"], "p99_ms": r["latency_ms"]["p99"],
                         "errors_by_status": r["requests"]["errors_by_status"],
                         "stale": r["landed"]["stale"], "lost": r["landed"]["lost"],

@@ -24,9 +24,20 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, bindparam, delete, exists, select, tuple_
+from sqlalchemy import (
+    ClauseElement,
+    Connection,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    select,
+    tuple_,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased
+from sqlalchemy.sql.compiler import SQLCompiler
 
 import cloudvac.store.uploads as uploads
 from cloudvac.model.records import Recorded
@@ -93,6 +104,44 @@ def _upsert(connection: Connection, newer: bool = False) -> sqlite.Insert | post
         where=(_J.c.written_at <= stmt.excluded.written_at) if newer else None)
 
 
+@dataclass(frozen=True, slots=True)
+class _DriverSql:
+    """A statement compiled once for a dialect: its text, the order of its positional
+    parameters (None: named), and its own literal values."""
+
+    sql: str
+    order: tuple[str, ...] | None
+    literals: dict[str, Any]
+
+
+_DRIVER_SQL: dict[tuple[str, str], _DriverSql] = {}
+
+
+def _execute_many(connection: Connection, name: str, statement: ClauseElement,
+                  rows: list[dict[str, Any]]) -> int:
+    """``statement`` (called ``name``) once per row, as one executemany of the driver, on
+    SQL compiled once per dialect: for a second's heartbeats SQLAlchemy's processing of
+    each row's parameters cost more than the database's work.  The rows' values must be
+    what the driver takes as they are (str, int, float, bytes: no type conversion is
+    applied).  Returns the rows matched (-1 where the driver cannot count an
+    executemany)."""
+    key = (connection.dialect.name, name)
+    compiled = _DRIVER_SQL.get(key)
+    if compiled is None:
+        done = cast(SQLCompiler, statement.compile(dialect=connection.dialect,
+                                                   column_keys=list(rows[0])))
+        literals = {k: v for k, v in done.params.items() if k not in rows[0]}
+        order = tuple(done.positiontup or ()) if done.positional else None
+        compiled = _DRIVER_SQL[key] = _DriverSql(str(done), order, literals)
+    if compiled.order is None:
+        params: list[Any] = [{**compiled.literals, **row} for row in rows]
+    else:
+        params = [tuple(values[bind] for bind in compiled.order)
+                  for values in ({**compiled.literals, **row} for row in rows)]
+    result = connection.exec_driver_sql(compiled.sql, params)
+    return int(result.rowcount) if connection.dialect.supports_sane_multi_rowcount else -1
+
+
 def put(connection: Connection, space: str, name: str, upload: Upload,
         at: float) -> dict[str, int]:
     """Write ``upload`` as the machine's file in ``connection``'s transaction, its quota
@@ -136,13 +185,41 @@ class BeatsWritten:
     """Bytes per file of each machine of the batch, afterwards."""
 
 
-def _fitting(connection: Connection, beats: Mapping[tuple[str, str], Beat],
-             max_machine_bytes: int) -> tuple[list[dict[str, Any]], BeatsWritten]:
-    """The upsert rows of the bodies that fit their machine's quota, and the outcome."""
-    keys = sorted(beats)
+# The files of the machines one transaction stamped with its revision: one range of
+# ix_machines_space_rev, each machine with its files (or one row of NULLs without any).
+_STAMPED_FILES = select(MACHINES.c.name, _J.c.file, _J.c.size).select_from(
+    MACHINES.outerjoin(_J, and_(_J.c.space == MACHINES.c.space,
+                                _J.c.machine == MACHINES.c.name))
+).where(MACHINES.c.space == bindparam("b_space"), MACHINES.c.rev == bindparam("b_rev"))
+
+
+def _stamped_usages(connection: Connection, revs: Mapping[str, int],
+                    keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], dict[str, int]]:
+    """Bytes per file of each machine of ``keys``: those the transaction stamped with
+    ``revs`` (its heartbeat update) read by revision, the others (not updated: GONE, or
+    no row) by name."""
     sizes: dict[tuple[str, str], dict[str, int]] = {key: {} for key in keys}
-    for (space, machine, file), size in _usages(connection, keys).items():
-        sizes[(space, machine)][file] = size
+    seen: set[tuple[str, str]] = set()
+    for space, rev in revs.items():
+        for name, file, size in connection.execute(_STAMPED_FILES,
+                                                   {"b_space": space, "b_rev": rev}):
+            key = (space, name)
+            seen.add(key)
+            if file is not None and key in sizes:
+                sizes[key][file] = size
+    if others := [key for key in keys if key not in seen]:
+        for (space, machine, file), size in _usages(connection, others).items():
+            sizes[(space, machine)][file] = size
+    return sizes
+
+
+def _fitting(connection: Connection, beats: Mapping[tuple[str, str], Beat],
+             max_machine_bytes: int, revs: Mapping[str, int]
+             ) -> tuple[list[dict[str, Any]], BeatsWritten]:
+    """The upsert rows of the bodies that fit their machine's quota, and the outcome
+    (``revs``: the revisions the transaction stamped the beats' machines with)."""
+    keys = sorted(beats)
+    sizes = _stamped_usages(connection, revs, keys)
     rows, refused = [], []
     for key in keys:
         beat, files = beats[key], sizes[key]
@@ -151,7 +228,8 @@ def _fitting(connection: Connection, beats: Mapping[tuple[str, str], Beat],
             continue
         files[beat.file] = len(beat.body)
         rows.append({"space": key[0], "machine": key[1], "file": beat.file,
-                     "body": beat.body, "size": len(beat.body), "written_at": beat.at})
+                     "body": beat.body, "size": len(beat.body),
+                     "written_at": float(beat.at)})
     return rows, BeatsWritten(0, refused, sizes)
 
 
@@ -199,15 +277,29 @@ class JoboutputStore(ABC):
         with self._write() as session:
             connection = session.connection()
             revs = bump_revisions(connection, (space for space, _ in beats))
-            times = [{"b_space": space, "b_name": name, "b_at": beat.at, "b_rev": revs[space]}
+            times = [{"b_space": space, "b_name": name, "b_at": float(beat.at),
+                      "b_rev": revs[space]}
                      for (space, name), beat in sorted(beats.items())]
-            result = connection.execute(uploads.HEARTBEAT, times)  # locks the machine rows
-            matched = int(result.rowcount) if connection.dialect.supports_sane_multi_rowcount \
-                else -1
-            rows, written = _fitting(connection, beats, max_machine_bytes)
+            # locks the machine rows
+            matched = _execute_many(connection, "heartbeat", uploads.HEARTBEAT, times)
+            rows, written = _fitting(connection, beats, max_machine_bytes, revs)
             if rows:
-                connection.execute(_upsert(connection, newer=True), rows)
+                _execute_many(connection, "heartbeat body", _upsert(connection, newer=True),
+                              rows)
             return BeatsWritten(matched, written.refused, written.sizes)
+
+    def machines_named(self, keys: Iterable[tuple[str, str]]) -> uploads.Named:
+        """The machines of ``keys`` (space, name) the store has, GONE included, and their
+        spaces' revisions, read in one snapshot: the VM door looks up the machines of many
+        requests at once (``web/context.py:MachineCache``)."""
+        with self._read() as session:
+            return uploads.machines_named(session.connection(), keys)
+
+    def ended_since(self, revs: Mapping[str, int]) -> dict[str, tuple[int, list[str]]]:
+        """Per space of ``revs``: its revision now and its machines that ended after the
+        revision given (``store/uploads.py:ended_since``), in one read."""
+        with self._read() as session:
+            return uploads.ended_since(session.connection(), revs)
 
     def joboutput(self, space: str, name: str, file: str) -> bytes | None:
         """The body of one uploaded file, or None."""

@@ -1,6 +1,6 @@
 """What the VM-facing side writes and reads: heartbeats, the VM's own shutdown message
-(kept once, never overwritten), the first serving of a machine's user_data, and the
-heartbeat lists.
+(kept once, never overwritten), the first serving of a machine's user_data, the
+heartbeat lists, and the machines requests name, looked up many at a time.
 
 Functions here run inside a write transaction the ``Store`` opened, after it bumped the
 space's revision (``b_rev``); they never commit.  Statements are built once: SQLAlchemy
@@ -9,14 +9,15 @@ caches their compiled form (the web side writes a batch of heartbeats every seco
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import cast
 
-from sqlalchemy import Connection, Float, Integer, bindparam, case, or_, select, update
+from sqlalchemy import Connection, Float, Integer, Table, bindparam, case, or_, select, update
 
-from cloudvac.model.records import Recorded
-from cloudvac.model.states import MachineState, ShutdownMessage
-from cloudvac.store.tables import MACHINES
+from cloudvac.model.records import MachineRecord, Recorded
+from cloudvac.model.states import FINISHED, MachineState, ShutdownMessage
+from cloudvac.store.tables import MACHINES, RECORD_COLUMNS, SpaceRevisionRow, record_from_values
 
 _ROW = (MACHINES.c.space == bindparam("b_space"), MACHINES.c.name == bindparam("b_name"))
 _AT = bindparam("b_at", type_=Float())
@@ -87,3 +88,59 @@ def record_shutdown(connection: Connection, key: dict[str, object], message: Shu
 def claim_user_data(connection: Connection, key: dict[str, object], at: float) -> bool:
     """Mark the machine's user_data served at ``at``: True the first time only."""
     return bool(connection.execute(_USER_DATA, {**key, "b_at": at}).rowcount > 0)
+
+
+#: Names per statement of a lookup of many machines (bounded IN lists).
+NAMED_CHUNK = 500
+_NAMED = select(*(MACHINES.c[name] for name in RECORD_COLUMNS)).where(
+    MACHINES.c.space == bindparam("b_space"),
+    MACHINES.c.name.in_(bindparam("b_names", expanding=True)))
+_REVISIONS = cast(Table, SpaceRevisionRow.__table__)
+_REVISION = select(_REVISIONS.c.rev).where(_REVISIONS.c.space == bindparam("b_space"))
+#: A machine that has ended (``MachineRecord.ended_at`` is not None), in SQL.
+_ENDED = or_(MACHINES.c.stopped_at.is_not(None), MACHINES.c.delete_requested_at.is_not(None),
+             MACHINES.c.state.in_(sorted(state.value for state in FINISHED)))
+# One range of ix_machines_space_rev: the rows written since, of which only ended ones.
+_ENDED_SINCE = select(MACHINES.c.name).where(
+    MACHINES.c.space == bindparam("b_space"), MACHINES.c.rev > _REV, _ENDED)
+
+
+@dataclass(frozen=True, slots=True)
+class Named:
+    """Machines looked up by name, and each space's revision in the same snapshot."""
+
+    records: dict[tuple[str, str], MachineRecord]
+    revisions: dict[str, int]
+
+
+def machines_named(connection: Connection, keys: Iterable[tuple[str, str]]) -> Named:
+    """The machines of ``keys`` (space, name) the store has (GONE included), by key: one
+    primary-key range per space and chunk of names; and each space's revision (0: none
+    yet), read first (``ended_since`` carries on from it)."""
+    names: dict[str, list[str]] = {}
+    for space, name in keys:
+        names.setdefault(space, []).append(name)
+    found: dict[tuple[str, str], MachineRecord] = {}
+    revisions: dict[str, int] = {}
+    for space, wanted in names.items():
+        revisions[space] = connection.execute(_REVISION, {"b_space": space}).scalar() or 0
+        for start in range(0, len(wanted), NAMED_CHUNK):
+            chunk = wanted[start:start + NAMED_CHUNK]
+            for row in connection.execute(_NAMED, {"b_space": space, "b_names": chunk}):
+                record = record_from_values(space, row)
+                found[(space, record.name)] = record
+    return Named(found, revisions)
+
+
+def ended_since(connection: Connection, revs: Mapping[str, int]
+                ) -> dict[str, tuple[int, list[str]]]:
+    """For each space of ``revs``: its revision now, and its machines written after the
+    revision given that have ended: every machine that ended since a read at that
+    revision (the revision is read first; a write committed after it is in the next
+    call's range)."""
+    found: dict[str, tuple[int, list[str]]] = {}
+    for space, rev in revs.items():
+        now = connection.execute(_REVISION, {"b_space": space}).scalar() or 0
+        params = {"b_space": space, "b_rev": rev}
+        found[space] = (now, list(connection.execute(_ENDED_SINCE, params).scalars()))
+    return found

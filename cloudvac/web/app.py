@@ -20,9 +20,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.types import Receive, Scope, Send
 
 from cloudvac.store.engine import StoreUnavailable
 from cloudvac.web import vm
+from cloudvac.web.beats import HeartbeatFastPath
 from cloudvac.web.context import WebContext, context
 from cloudvac.web.files import UploadRejected
 
@@ -127,6 +129,21 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     return app.openapi_schema
 
 
+class VmDoor(FastAPI):
+    """The VM door's application: heartbeat PUTs it can answer go to the fast path
+    (``beats.py``), before FastAPI and its middleware; everything else to FastAPI."""
+
+    def __init__(self, ctx: WebContext, **options: Any) -> None:
+        super().__init__(**options)
+        self.fast = HeartbeatFastPath(self._framework, ctx)
+
+    async def _framework(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await super().__call__(scope, receive, send)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.fast(scope, receive, send)
+
+
 def create_app(ctx: WebContext) -> FastAPI:
     """The VM door serving ``ctx``; its lifespan runs the heartbeat flusher."""
 
@@ -138,8 +155,8 @@ def create_app(ctx: WebContext) -> FastAPI:
         finally:
             await ctx.heartbeats.stop()
 
-    app = FastAPI(title="cloudvac", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url=None)
+    app = VmDoor(ctx, title="cloudvac", lifespan=lifespan, docs_url=None, redoc_url=None,
+                 openapi_url=None)
     app.state.ctx = ctx
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(UploadRejected, _rejected)

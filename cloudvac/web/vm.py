@@ -124,7 +124,8 @@ async def known_machine(ctx: WebContext, space: str, name: str, use: Use, fresh:
     return record, config, config.machinetypes.get(record.machinetype)
 
 
-def _kind(file: str, mt: Machinetype | None) -> str:
+def kind_of(file: str, mt: Machinetype | None) -> str:
+    """What an upload of ``file`` is: "shutdown_message", "heartbeat" or "log"."""
     if file == layout.SHUTDOWN_FILE:
         return "shutdown_message"
     return "heartbeat" if file == ((mt.heartbeat_file if mt else None)
@@ -146,16 +147,11 @@ async def upload(request: Request, space: SpaceName, name: MachineName,
     try:
         data = await _read_limited(request, ctx.settings.upload_max_file_bytes)
         record, _, mt = await known_machine(ctx, space, name, Use.FINAL)
-        kind = _kind(file, mt)
+        kind = kind_of(file, mt)
         if kind == "shutdown_message":
             await _shutdown_message(ctx, space, name, data)
         elif kind == "heartbeat":
-            admit(record, Use.BEAT, ctx.clock(), 0.0)
-            if not ctx.files.fits(space, name, file, len(data)):
-                raise UploadRejected(413, f"machine's uploads would exceed "
-                                     f"{ctx.settings.upload_max_machine_bytes} bytes")
-            # Time and body are kept; the flusher writes both within a second.
-            ctx.heartbeats.note(space, name, ctx.clock(), file, data)
+            note_beat(ctx, record, file, data)
         else:
             await asyncio.to_thread(ctx.files.write, space, name, file, data)
     except ClientDisconnect:
@@ -170,6 +166,17 @@ async def upload(request: Request, space: SpaceName, name: MachineName,
     ctx.metrics.uploads.labels(kind, "204").inc()
     ctx.metrics.upload_bytes.inc(len(data))
     return Response(status_code=204)
+
+
+def note_beat(ctx: WebContext, record: MachineRecord, file: str, data: bytes) -> None:
+    """A heartbeat of ``record``'s machine: refused (410 ended, 413 over the machine's
+    quota as far as this instance knows) or noted; the flusher writes time and body to
+    the store within a second (``heartbeats.py``).  Also the fast path's (``beats.py``)."""
+    admit(record, Use.BEAT, ctx.clock(), 0.0)
+    if not ctx.files.fits(record.space, record.name, file, len(data)):
+        raise UploadRejected(413, f"machine's uploads would exceed "
+                             f"{ctx.settings.upload_max_machine_bytes} bytes")
+    ctx.heartbeats.note(record.space, record.name, ctx.clock(), file, data)
 
 
 async def _shutdown_message(ctx: WebContext, space: str, name: str, data: bytes) -> None:

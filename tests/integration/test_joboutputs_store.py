@@ -117,6 +117,29 @@ def test_heartbeat_bodies_ride_the_batch_and_the_newest_body_wins(store: Store) 
     assert store.joboutput(SPACE, B, "heartbeat") is None
 
 
+def test_a_heartbeat_batch_counts_each_machines_other_files(store: Store) -> None:
+    """The quota of a batch's bodies counts every file of the machine: those it updated
+    (read by the revision it stamped them with) and a GONE one's (read by name)."""
+    gone = "cloudvac-aaaaaa-belle-gggggggggg"
+    store.apply(SPACE, [machine(gone, MachineState.GONE)], {}, 1000.0)
+    for name in (A, gone):
+        store.put_joboutput(SPACE, name, Upload("pilot.log", bytes(ROOM - 10), ROOM), 1.0)
+    written = store.record_heartbeat_bodies({
+        (SPACE, A): Beat(5.0, "heartbeat", bytes(11)),
+        (SPACE, B): Beat(5.0, "heartbeat", bytes(11)),
+        (SPACE, gone): Beat(5.0, "heartbeat", bytes(11))}, ROOM)
+    assert written.refused == [(SPACE, A), (SPACE, gone)]
+    assert written.sizes[(SPACE, A)] == written.sizes[(SPACE, gone)] == {
+        "pilot.log": ROOM - 10}
+    assert written.sizes[(SPACE, B)] == {"heartbeat": 11}
+    written = store.record_heartbeat_bodies({(SPACE, A): Beat(6.0, "heartbeat", bytes(10))},
+                                            ROOM)
+    assert written.refused == [] and written.sizes[(SPACE, A)] == {
+        "pilot.log": ROOM - 10, "heartbeat": 10}
+    assert store.joboutput(SPACE, A, "heartbeat") == bytes(10)
+    assert store.joboutput(SPACE, gone, "heartbeat") is None
+
+
 def test_prune_keeps_the_living_and_the_recent(store: Store) -> None:
     gone, pruned = "cloudvac-aaaaaa-belle-cccccccccc", "cloudvac-aaaaaa-belle-dddddddddd"
     store.apply(SPACE, [machine(gone), machine(pruned)], {}, 1000.0)

@@ -21,6 +21,7 @@ from tests.integration.webserver import test_space as space_with
 
 S = MachineState
 NOW = 1_800_000_000.0
+WAIT = 60.0  # upper bound of a poll on a loaded machine; polls end as soon as they can
 
 
 def machine(name: str, mt: str = "squid", state: S = S.RUNNING,
@@ -98,6 +99,99 @@ def test_machine_cache_entries_expire(store: Store) -> None:
     store.apply("a", [replace(machine("m0"), state=S.STOPPED)], {}, NOW)
     second = asyncio.run(cache.get("a", "m0"))
     assert first is not None and second is not None and second.state is S.STOPPED
+
+
+def test_machine_cache_reads_the_misses_of_many_requests_together(store: Store) -> None:
+    store.apply("a", [machine(f"m{i}") for i in range(1200)], {}, NOW)
+    cache = MachineCache(store, seconds=3600)
+    names = [f"m{i}" for i in range(1200)] + ["ghost"]
+
+    async def scenario() -> list[MachineRecord | None]:
+        return await asyncio.gather(*(cache.get("a", name) for name in names),
+                                    cache.get("b", "m1"), cache.get("a", "m7"))
+
+    found = asyncio.run(scenario())
+    assert [r.name if r else None for r in found] == [*names[:-1], None, None, "m7"]
+    assert cache.reads == 1, "one read for every miss asked together (chunks of names)"
+    assert asyncio.run(scenario()) == found and cache.reads == 1  # all kept, unknown too
+
+
+def test_a_failing_machine_lookup_fails_every_waiter_and_the_next_one_reads_again(
+        store: Store, tmp_path: Path) -> None:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    store.apply("a", [machine("m0"), machine("m1")], {}, NOW)
+    cache = MachineCache(store, seconds=3600)
+
+    async def both() -> list[MachineRecord | BaseException | None]:
+        return list(await asyncio.gather(cache.get("a", "m0"), cache.get("a", "m1"),
+                                         return_exceptions=True))
+
+    with sqlite3.connect(tmp_path / "db.sqlite") as raw:
+        raw.execute("ALTER TABLE machines RENAME TO machines_away")
+    failed = asyncio.run(both())
+    assert all(isinstance(f, SQLAlchemyError) for f in failed), failed
+    with sqlite3.connect(tmp_path / "db.sqlite") as raw:
+        raw.execute("ALTER TABLE machines_away RENAME TO machines")
+    found = asyncio.run(both())
+    assert [r.name for r in found if isinstance(r, MachineRecord)] == ["m0", "m1"]
+    assert cache.reads == 2
+
+
+def test_a_live_machine_is_kept_past_the_lookup_time_until_it_ends(store_url: str) -> None:
+    """``alive`` trusts a lookup of a live machine beyond ``seconds`` while the space's
+    ends are read; a heartbeat (a write too) does not drop it, the machine's end does.
+    On both backends."""
+    store = Store(store_url)
+    store.apply("a", [machine("m0"), machine("m1")], {}, NOW)
+    cache = MachineCache(store, seconds=0.5)
+
+    async def scenario() -> list[object]:
+        assert await cache.get("a", "m0") is not None and await cache.get("a", "m1")
+        seen: list[object] = []
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline and cache.peek("a", "m0")[0]:
+            seen.append(cache.alive("a", "m0"))  # (each call reads ends when due)
+            await asyncio.sleep(0.05)
+        store.record_heartbeats({("a", "m0"): NOW + 1, ("a", "m1"): NOW + 1})
+        until = time.monotonic() + 2.0  # ends read meanwhile: nothing ended
+        while time.monotonic() < until:
+            seen.append(cache.alive("a", "m0"))
+            await asyncio.sleep(0.05)
+        store.apply("a", [replace(machine("m0"), state=S.STOPPED, stopped_at=NOW)], {}, NOW)
+        while time.monotonic() < deadline and cache.alive("a", "m0") is not None:
+            await asyncio.sleep(0.05)
+        return [seen, cache.peek("a", "m1"), cache.alive("a", "m0"), cache.alive("a", "m1")]
+
+    try:
+        seen, peeked, ended, other = asyncio.run(scenario())
+    finally:
+        store.close()
+    assert isinstance(seen, list) and all(isinstance(r, MachineRecord) for r in seen)
+    assert peeked == (False, None), "past the lookup time, yet alive() keeps it"
+    assert ended is None, "its end was read"
+    assert isinstance(other, MachineRecord) and cache.reads == 2
+
+
+def test_the_ends_of_every_space_are_read_together(store: Store) -> None:
+    for space in ("a", "b"):
+        store.apply(space, [replace(machine(n), space=space) for n in ("m0", "m1")], {}, NOW)
+    cache = MachineCache(store, seconds=3600)
+
+    async def scenario() -> list[object]:
+        for space in ("a", "b"):
+            for name in ("m0", "m1"):
+                assert await cache.get(space, name) is not None
+        for space in ("a", "b"):
+            store.apply(space, [replace(machine("m1"), space=space, state=S.FAILED,
+                                        stopped_at=NOW)], {}, NOW)
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline and (cache.alive("a", "m1") or cache.alive("b", "m1")):
+            await asyncio.sleep(0.05)
+        return [cache.alive(space, name) for space in ("a", "b") for name in ("m0", "m1")]
+
+    found = asyncio.run(scenario())
+    assert [r is not None for r in found] == [True, False, True, False]
 
 
 def test_heartbeat_list_horizon_is_its_own_option(tmp_path: Path) -> None:
