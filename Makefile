@@ -1,5 +1,5 @@
 # The two entry points of the README: `make demo` and `make test`.
-.PHONY: demo test lint unit venv wheelhouse oracle system-deps install
+.PHONY: demo test lint unit venv wheelhouse oracle system-deps install bench
 
 # Creates .venv, or completes/repairs it after an interrupted install; quick when done.
 venv:
@@ -22,11 +22,21 @@ oracle:
 system-deps:
 	@scripts/system-deps.sh
 
-test: venv wheelhouse lint oracle system-deps
+# The set-up steps after the venv are independent: they run side by side (the install
+# steps prefix their progress lines with their names), about a minute off a fresh clone.
+test: venv
+	@$(MAKE) --no-print-directory -j4 wheelhouse lint oracle system-deps
 	.venv/bin/python -m pytest -q -p no:cacheprovider --durations=30
 
 unit: venv
 	.venv/bin/python -m pytest -q tests/unit
+
+# Every benchmark in a small, bounded configuration (about 15-20 minutes; `faults` needs
+# `make oracle`, `ha_postgres` `make system-deps`, else they are skipped), JSON into
+# BENCH_OUT; the full figures' commands are in benchmarks/README.md.  Not run by `make test`.
+BENCH_OUT ?= benchmarks/results/small
+bench: venv
+	.venv/bin/python -m benchmarks.all --out $(BENCH_OUT)
 
 # Install cloudvac as a systemd service (root): a virtualenv under /opt/cloudvac, the units,
 # the cloudvac user, tmpfiles, logrotate, man pages.  Options in deploy/install.sh's header,

@@ -150,8 +150,8 @@ async def _live(service: Service, store: Store, runner: asyncio.Task[None], cons
                 view.update(Group(table, Rule("events", style="dim"),
                                   *(Text(line, no_wrap=True, overflow="ellipsis")
                                     for line in shown)))
-            if not ended:
-                ended = await _tick(runner)
+            if not ended:  # one more round once it ended: what its last cycle did
+                await _tick(runner)
 
 
 async def _plain(service: Service, store: Store, runner: asyncio.Task[None],
@@ -171,8 +171,8 @@ async def _plain(service: Service, store: Store, runner: asyncio.Task[None],
             rows = await asyncio.to_thread(_rows, daemon.current_spaces(), store)
             console.print(status_table(rows, f"cloudvac demo: cycle {cycled}",
                                        width=min(console.width, WIDTH)))
-        if not ended:
-            ended = await _tick(runner)
+        if not ended:  # one more round once it ended: what its last cycle did
+            await _tick(runner)
 
 
 def _rows(spaces: dict[str, Space], store: Store) -> list[StatusRow]:

@@ -36,6 +36,7 @@ from cloudvac.engine.daemon import ConfigSource, Daemon
 from cloudvac.engine.leases import LeaseKeeper
 from cloudvac.engine.metrics import EngineMetrics
 from cloudvac.engine.tools import CycleTools
+from cloudvac.engine.wakes import ShutdownWaker, WakeWatcher
 from cloudvac.store import Store
 from cloudvac.store.clock import StoreClock
 from cloudvac.web.app import create_app
@@ -117,6 +118,8 @@ class Service:
     operator_server: uvicorn.Server
     daemon: Daemon | None
     pilots: HttpPilots | None
+    watcher: WakeWatcher | None = None
+    """Wakes this daemon's spaces for shutdown messages other processes received."""
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -149,6 +152,8 @@ class Service:
         try:
             await _started(doors, (self.server, self.operator_server))
             keeper = asyncio.create_task(self._housekeeping(), name="housekeeping")
+            watching = None if self.watcher is None else \
+                asyncio.create_task(self.watcher.watch(self.stopping), name="wakes")
             log.info("space=- machinetype=- machine=- web service on %s, operator door on "
                      "%s", self.settings.web_base_url, self._operator_url())
             try:
@@ -158,6 +163,8 @@ class Service:
                     await self.stopping.wait()
             finally:
                 keeper.cancel()
+                if watching is not None:
+                    watching.cancel()
         finally:
             for server in (self.server, self.operator_server):
                 server.should_exit = True
@@ -212,7 +219,8 @@ def build(config: ConfigSource, settings: Settings, store: Store, engine: bool =
     renderer = ContextRenderer(settings, signer, clock.now, squids=lambda space, mt, since: [
         m.address for m in store.heartbeating(space, mt, since) if m.address])
     registry = CollectorRegistry()
-    daemon = pilots = None
+    daemon = pilots = watcher = None
+    waker = ShutdownWaker(store, clock.now)  # cloudvac web: the owner reads the board
     if engine:
         metrics = EngineMetrics(registry)
         pilots = HttpPilots(settings.web_base_url, signer)
@@ -222,16 +230,18 @@ def build(config: ConfigSource, settings: Settings, store: Store, engine: bool =
         tools = CycleTools(store, metrics, render=renderer, clock=clock.now)
         daemon = Daemon(config, configured, tools,
                         CloudFactory(metrics, pilots), keep_reports, keeper)
+        waker = ShutdownWaker(store, clock.now, daemon.wake, keeper.owned)
+        watcher = WakeWatcher(store, daemon.wake, keeper.owned)
     spaces = daemon.current_spaces if daemon is not None else FileSpaces(config.directory)
     web = WebContext(settings, store, signer, files, spaces, registry,
                      render=lambda space, mt, name, at: renderer.as_of(at)(space, mt, name),
-                     clock=clock.now, wake=daemon.wake if daemon is not None else None)
+                     clock=clock.now, wake=waker)
     vm_app = create_app(web)
     return Service(settings, store, registry, files, web, sock, make_server(vm_app, settings),
                    operator_sock,
                    operator_server(create_operator_app(vm_app, access), access.door,
                                    WebLimits.from_settings(settings)),
-                   daemon, pilots)
+                   daemon, pilots, watcher)
 
 
 def build_daemon(config_dir: Path, settings: Settings, store: Store, keep_reports: int = 0,

@@ -74,7 +74,7 @@ class Settings(ConfigModel):
                                        "machines are removed after this.")
     token_grace_seconds: int = Field(86400, ge=0, description="VM tokens stay valid this long "
                                      "after max_wallclock_seconds.")
-    wake_seconds: float = Field(10.0, ge=0, description="A VM's shutdown_message, or a "
+    wake_seconds: float = Field(2.0, ge=0, description="A VM's shutdown_message, or a "
                                 "deletion, brings its space's next cycle forward to this much "
                                 "later (it takes that cycle's slot: no more cycles per hour), "
                                 "so a freed slot is refilled in seconds; 0: never early.")

@@ -27,6 +27,7 @@ from cloudvac.context.errors import RenderError
 from cloudvac.engine.leases import Tenure
 from cloudvac.engine.lifecycle import Deletion
 from cloudvac.engine.planner import Create
+from cloudvac.engine.stages import Stopwatch
 from cloudvac.engine.tools import CycleTools
 from cloudvac.model.cloud import Cloud, MachineSpec, machine_metadata
 from cloudvac.model.errors import (
@@ -70,8 +71,11 @@ class _Done:
 
 
 class Actor:
-    def __init__(self, cloud: Cloud, settings: Settings, tools: CycleTools) -> None:
+    def __init__(self, cloud: Cloud, settings: Settings, tools: CycleTools,
+                 watch: Stopwatch | None = None) -> None:
+        """``watch``: where the CPU of the store's writes is added (``stages.py``)."""
         self.cloud, self.settings, self.tools = cloud, settings, tools
+        self.watch = watch if watch is not None else Stopwatch()
 
     async def act(self, space: Space, deletes: Sequence[Deletion], creates: Sequence[Create],
                   deadline: float, tenure: Tenure | None = None) -> Acted:
@@ -122,7 +126,7 @@ class Actor:
 
     async def _create(self, space: Space, create: Create, refused: set[str],
                       tenure: Tenure | None = None) -> _Done:
-        tools, mt = self.tools, space.machinetypes[create.machinetype]
+        tools, mt, watch = self.tools, space.machinetypes[create.machinetype], self.watch
         fence: Fence | None = None if tenure is None else tenure.fence
         now, name = tools.clock(), tools.namer(space.name, mt.name)
         count = tools.metrics.creates.labels
@@ -139,7 +143,8 @@ class Actor:
         intent = MachineRecord(space.name, name, mt.name, MachineState.INTENT,
                                processors=create.flavor.processors, hs06=create.hs06,
                                created_at=now)
-        await asyncio.to_thread(tools.store.apply, space.name, [intent], {}, now, fence)
+        await asyncio.to_thread(watch.call, "store_write", tools.store.apply, space.name,
+                                [intent], {}, now, fence)
         if tenure is not None and not tenure.valid():  # the write took long: ask no cloud
             return _Done(False, deferred=True)  # the intent is settled like a crash's
         try:
@@ -147,7 +152,8 @@ class Actor:
         except (QuotaExceeded, Misconfigured, AuthFailed, NotSent) as exc:
             # Definitely nothing created (refused, or never sent): free the intent now.
             gone = replace(intent, state=MachineState.GONE, fault=f"create failed: {exc}")
-            await asyncio.to_thread(tools.store.apply, space.name, [gone], {}, now, fence)
+            await asyncio.to_thread(watch.call, "store_write", tools.store.apply, space.name,
+                                    [gone], {}, now, fence)
             refused.add(mt.name if isinstance(exc, Misconfigured | NotSent) else "*")
             count(space.name, mt.name, type(exc).__name__).inc()
             verb = "not sent" if isinstance(exc, NotSent) else "refused"

@@ -5,7 +5,12 @@
 * plan: ``decide.decide`` (pure) reconciles, plans and says what to record;
 * act: first record the decisions (machine rows, aborts) in one transaction, then carry
   out the plan (``act.Actor``: intents before creates);
-* record: the events of the whole cycle, in order, and the metrics.
+* record: the events of the whole cycle, in order, and the metrics, and the CPU each
+  stage took (``CycleReport.cpu``, ``stages.py``).
+
+The space's ``SpaceCycle`` carries the planner's ``RuleMemo`` from one cycle to the next
+(``rules.py``): a machine whose record did not change is not walked through the deletion
+rules again before the first time one of them could apply.
 
 Crash safety: every decision is written to the store before the cloud is asked (intents
 before creates, delete requests before deletes), and every create carries a name and tags
@@ -42,7 +47,10 @@ from cloudvac.engine.leases import Tenure
 from cloudvac.engine.observe import CloudReader
 from cloudvac.engine.planner import Observation, TypeStatus
 from cloudvac.engine.pressure import BREAKER_SECONDS, Pressure
+from cloudvac.engine.reconcile import reconcile
 from cloudvac.engine.removing import record_removals
+from cloudvac.engine.rules import RuleMemo
+from cloudvac.engine.stages import StageTimes, Stopwatch
 from cloudvac.engine.tools import CycleTools
 from cloudvac.model.cloud import Cloud
 from cloudvac.model.errors import AuthFailed, CloudError
@@ -79,6 +87,8 @@ class CycleReport:
     listed: int = 0
     api_requests: Mapping[str, int] = field(default_factory=dict)
     """HTTP requests the adapter made this cycle by kind (adapters that count: openstack)."""
+    cpu: StageTimes = field(default_factory=StageTimes)
+    """CPU seconds per stage of the cycle (``stages.py``)."""
 
 
 class SpaceCycle:
@@ -88,9 +98,12 @@ class SpaceCycle:
     def __init__(self, cloud: Cloud, settings: Settings, tools: CycleTools) -> None:
         self.cloud, self.settings, self.tools = cloud, settings, tools
         self.reader = CloudReader(cloud, tools.clock())
-        self.actor = Actor(cloud, settings, tools)
+        self.watch = Stopwatch()  # CPU per stage, added up over every cycle
+        self.memo = RuleMemo()  # the planner's judgements, from one cycle to the next
+        self.actor = Actor(cloud, settings, tools, self.watch)
         self.credentials = CredentialWatch(cloud, tools.store)
         self.pressure = Pressure()
+        self._shown: dict[str, tuple[Mapping[str, int], int]] = {}  # what the gauges hold
 
     async def run(self, space: Space, tenure: Tenure | None = None) -> CycleReport:
         """One cycle (``tenure``: the lease it runs under, see the module doc); while
@@ -128,16 +141,22 @@ class SpaceCycle:
 
     async def _cycle(self, space: Space, now: float, tick: float,
                      tenure: Tenure | None) -> CycleReport:
-        store, pressure = self.tools.store, self.pressure
-        observation, seen = await self.reader.observe(space, now, tick)
+        store, pressure, watch = self.tools.store, self.pressure, self.watch
+        begun = watch.times()
+        with watch.stage("listing"):
+            observation, seen = await self.reader.observe(space, now, tick)
         observation = replace(observation, blocked_flavors=pressure.blocked_flavors(tick),
-                              stopped=pressure.breaker(tick))
-        history = await asyncio.to_thread(store.history, space.name)
+                              stopped=pressure.breaker(tick), memo=self.memo)
+        history = await asyncio.to_thread(watch.call, "store_read", store.history, space.name)
         room = self.reader.new_room()
         if room is not None:  # for status: foreign usage leaving no room is told there
-            await asyncio.to_thread(store.set_room, space.name, room)
+            await asyncio.to_thread(watch.call, "store_write", store.set_room, space.name, room)
         observation = await self.reader.settle_intents(observation, history, now)
-        decision = decide(space, observation, history, now)
+        with watch.stage("reconcile"):
+            reconciled = reconcile(space, observation.machines, history, now,
+                                   observation.absent)
+        with watch.stage("plan"):
+            decision = decide(space, observation, history, now, reconciled)
         opened = self._note_starts(space, observation, decision.starts, now, tick)
         await self._record(space, decision.changes, now,
                            None if tenure is None else tenure.fence)
@@ -155,7 +174,8 @@ class SpaceCycle:
         return CycleReport(space.name, now, created=acted.created,
                            create_failures=acted.create_failures, deleted=acted.deleted,
                            deferred=acted.deferred, status=decision.plan.status,
-                           listed=len(observation.machines))
+                           listed=len(observation.machines),
+                           cpu=watch.times().since(begun))
 
     def _note_starts(self, space: Space, observation: Observation, starts: Starts,
                      now: float, tick: float) -> tuple[Event, ...]:
@@ -181,20 +201,21 @@ class SpaceCycle:
     async def _record(self, space: Space, changes: Changes, now: float,
                       fence: Fence | None = None) -> None:
         if changes.records or changes.aborts:  # a steady cycle changes nothing: no thread hop
-            await asyncio.to_thread(self.tools.store.apply, space.name, changes.records,
-                                    changes.aborts, now, fence)
-            if await asyncio.to_thread(account_ended, self.tools.store, space, changes.records,
-                                       now, fence) \
+            store, watch = self.tools.store, self.watch
+            await asyncio.to_thread(watch.call, "store_write", store.apply, space.name,
+                                    changes.records, changes.aborts, now, fence)
+            if await asyncio.to_thread(watch.call, "store_write", account_ended, store, space,
+                                       changes.records, now, fence) \
                     and self.settings.apel_outgoing_dir is not None:
-                records = await asyncio.to_thread(self.tools.store.accounting,
-                                                  now - APEL_KEEP_SECONDS)
+                records = await asyncio.to_thread(store.accounting, now - APEL_KEEP_SECONDS)
                 await asyncio.to_thread(export_apel, self.settings, space, records, lambda: now)
 
     async def _log(self, space: Space, events: tuple[Event, ...]) -> None:
         for event in events:
             log_event(event)
         if events:
-            await asyncio.to_thread(self.tools.store.add_events, events)
+            await asyncio.to_thread(self.watch.call, "store_write",
+                                    self.tools.store.add_events, events)
 
     def _waits(self, space: Space, tick: float) -> None:
         waits = self.tools.metrics.space_waits
@@ -208,6 +229,10 @@ class SpaceCycle:
         metrics = self.tools.metrics
         for mt in aborts:
             metrics.aborts.labels(space.name, mt).inc()
+        shown = {mt: (st.machines, st.processors) for mt, st in status.items()}
+        if shown == self._shown:
+            return  # the gauges hold these already (16 label lookups a space cycle)
+        self._shown = shown
         for mt, st in status.items():
             for state in MachineState:
                 metrics.machines.labels(space.name, mt, state.value).set(

@@ -13,13 +13,12 @@ Contract:
   of at the end of the period, logs that it did, and wakes the spaces whose configuration
   changed (a wake: their next cycle comes forward, no cycle is added).
 * With ``cycles=N`` each space runs N cycles and ``run()`` returns (demo, tests).
-* ``wake(space)`` (a VM's shutdown message; also after a cycle that deleted machines)
-  brings the space's next cycle forward to ``wake_seconds`` from now.  The early cycle
-  takes the place of the next scheduled one (the one after comes a full period after
-  that slot), and never a slot more than ``WAKE_AHEAD`` (2) periods ahead: a space runs
-  one cycle per ``cycle_seconds`` slot, woken or not, so wakes never add listings.  Two,
-  because refilling a freed slot takes two cycles (one deletes the stopped VM, the next
-  sees it gone and creates); the price is one gap of up to two periods after them.
+* ``wake(space)`` (a VM's shutdown message, from any process through ``engine/wakes.py``;
+  a cycle that deleted machines) brings the space's next cycle forward to ``wake_seconds``
+  from then.  The early cycle takes the place of the next scheduled one, never more than
+  ``WAKE_AHEAD`` (2) periods early (a sooner wake waits until then): a space runs one
+  cycle per ``cycle_seconds`` slot, woken or not, so wakes never add listings.  Two,
+  because a refill takes two cycles (one deletes the stopped VM, the next creates).
 * Every delay is on the monotonic clock: a wall-clock step never freezes a space.
 * With a ``LeaseKeeper`` (``cloudvac run``; several instances may share a PostgreSQL
   store): a round every ``cycle_seconds / ROUNDS_PER_CYCLE`` (``engine/leases.py``), the
@@ -119,11 +118,17 @@ class Daemon:
         """Re-read the configuration now (SIGHUP).  Called from the event loop."""
         self._reread.set()
 
-    def wake(self, space: str) -> None:
-        """Bring ``space``'s next cycle forward to ``wake_seconds`` from now (if its next
-        slot is not taken yet).  Called from the event loop (the web handlers run there)."""
+    def wake(self, space: str, at: float | None = None) -> None:
+        """Bring ``space``'s next cycle forward to ``wake_seconds`` from now, or from ``at``
+        (``tools.clock``: a message another process got; one older than a period is past).
+        Called from the event loop (the web handlers run there)."""
         state, delay = self.spaces.get(space), self.settings.wake_seconds
-        if state is not None and delay > 0 and not self._stop.is_set():
+        if at is not None:
+            age = self.tools.clock() - at
+            if age > self.settings.cycle_seconds:
+                return
+            delay = max(0.0, delay - age)
+        if state is not None and self.settings.wake_seconds > 0 and not self._stop.is_set():
             asyncio.get_running_loop().call_later(delay, state.woken.set)
 
     async def run(self, cycles: int | None = None) -> None:
@@ -374,21 +379,23 @@ class Daemon:
             waiter.cancel()
 
     async def _until_next(self, state: SpaceState, slot: float) -> float:
-        """Wait for ``slot``, or a wake (which takes that slot early, but never a slot
-        more than WAKE_AHEAD periods ahead), or the stop; returns the slot the coming cycle
-        fills."""
-        clock, period = self.tools.monotonic, self.settings.cycle_seconds
-        state.woken.clear()  # wakes before this cycle were served by it
+        """Wait for ``slot``, or a wake (which takes that slot early, but never more than
+        WAKE_AHEAD periods early: a wake that comes sooner waits until then, not for the
+        slot's own time), or the stop; returns the slot the coming cycle fills."""
+        clock, period, woken = self.tools.monotonic, self.settings.cycle_seconds, state.woken
+        woken.clear()  # wakes before this cycle were served by it
         while not self._stop.is_set():
-            waits = {asyncio.ensure_future(self._stop.wait()),
-                     asyncio.ensure_future(state.woken.wait())}
-            done, pending = await asyncio.wait(waits, timeout=max(0.0, slot - clock()),
-                                               return_when=asyncio.FIRST_COMPLETED)
+            now, early = clock(), slot - WAKE_AHEAD * period
+            if now >= slot or (woken.is_set() and now >= early):
+                break  # the slot's time, or a wake this slot may serve
+            waits = {asyncio.ensure_future(self._stop.wait())}
+            if not woken.is_set():
+                waits.add(asyncio.ensure_future(woken.wait()))
+            _, pending = await asyncio.wait(
+                waits, timeout=max(0.0, (early if woken.is_set() else slot) - now),
+                return_when=asyncio.FIRST_COMPLETED)
             for waiter in pending:
                 waiter.cancel()
-            if not done or not state.woken.is_set() or slot - clock() <= WAKE_AHEAD * period:
-                break  # the slot's time, the stop, or a wake this slot may serve
-            state.woken.clear()  # this slot was taken early already: wait for its time
         return slot
 
     def _cycle_for(self, space: Space, cycle: SpaceCycle | None) -> SpaceCycle:

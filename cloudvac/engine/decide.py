@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from cloudvac.config.models import Space
 from cloudvac.engine.lifecycle import aborts_of
 from cloudvac.engine.planner import Observation, Plan, plan
-from cloudvac.engine.reconcile import reconcile
+from cloudvac.engine.reconcile import Reconciled, reconcile
 from cloudvac.model.records import Event, MachineRecord, Removal, SpaceHistory
 
 
@@ -56,8 +56,10 @@ class Decision:
 
 
 def decide(space: Space, observation: Observation, history: SpaceHistory,
-           now: float) -> Decision:
-    seen = reconcile(space, observation.machines, history, now, observation.absent)
+           now: float, seen: Reconciled | None = None) -> Decision:
+    """``seen``: the reconciliation of these inputs when the caller made it (timed apart)."""
+    if seen is None:
+        seen = reconcile(space, observation.machines, history, now, observation.absent)
     chosen = plan(space, observation, seen, history, now)
     records = dict(seen.changed)
     events = [*seen.events, *chosen.removal.events]

@@ -25,6 +25,12 @@ is ``lifecycle``'s, and recording them is the cycle's.  It decides
   machine at a time until one survives ``fizzle_seconds``.  Quota refusals never abort.
 
 Machines being deleted still hold quota, so they count against limits but not shares.
+
+Cost: the planner looks at every machine of the space every cycle (100,000 at the scale
+of ``benchmarks/scale.py``), so its per-machine work is kept small: one pass for the
+rules, one for the tallies, and with the space's ``RuleMemo`` (``Observation.memo``) a
+machine whose record did not change is not walked through the rules again before the
+first time one of them could apply.  The memo is a cache: the plan is the same without.
 """
 
 from __future__ import annotations
@@ -35,11 +41,11 @@ from dataclasses import dataclass, field
 
 from cloudvac.config.models import Machinetype, Space
 from cloudvac.engine.lifecycle import Deletion, aborts_of, delete
-from cloudvac.engine.reconcile import MachineView, Reconciled
+from cloudvac.engine.reconcile import Reconciled
 from cloudvac.engine.removal import RemovalPlan, removals
-from cloudvac.engine.rules import RuleContext, deletion_rule
+from cloudvac.engine.rules import RuleMemo, deletion_rule
 from cloudvac.model.cloud import Flavor, Limits, ObservedMachine
-from cloudvac.model.records import Drain, SpaceHistory
+from cloudvac.model.records import MachineRecord, SpaceHistory
 from cloudvac.model.shares import shares
 from cloudvac.model.states import FINISHED, STARTING, MachineState
 
@@ -51,6 +57,7 @@ DRAIN_SHARE = 0.1
 DRAIN_MIN_PER_CYCLE = 10
 #: The deletion rules that share the per-cycle drain budget.
 DRAIN_RULES = frozenset({"drained", "removed"})
+_DELETING, _RUNNING = MachineState.DELETING, MachineState.RUNNING
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +75,9 @@ class Observation:
     """Flavor name -> why the cloud's recent refusals keep it from being created now."""
     stopped: str = ""
     """Why no create may happen in the space now (the circuit breaker), or ""."""
+    memo: RuleMemo | None = field(default=None, compare=False, repr=False)
+    """What this space's last plan found about its machines' rules (the cycle keeps it
+    from one plan to the next): a cache that never changes a decision."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,46 +136,50 @@ class _Inputs:
 
 def plan(space: Space, observation: Observation, reconciled: Reconciled,
          history: SpaceHistory, now: float) -> Plan:
-    removal = removals(space, [v.record for v in reconciled.views], history, now)
-    deletes, live = _deletions(space, reconciled.views, history.drains, removal, now)
+    removal = removals(space, reconciled.records, history, now)
+    memo = observation.memo if observation.memo is not None else RuleMemo()
+    memo.start(space, history.drains, removal.deadlines)
+    deletes, live = _deletions(space, reconciled, removal, now, memo)
     last_abort = dict(history.last_abort)
     for name, at in aborts_of([*reconciled.aborts, *(d.abort for d in deletes)]).items():
         last_abort[name] = max(last_abort.get(name, at), at)
     inputs = _Inputs(space, observation, history, last_abort, now, removal.space_removed)
-    tallies, capacity = _tally(space, live, observation, now)
+    tallies, capacity = _tally(space, live, reconciled.unlisted, observation, now)
     blocked = {name: why for name, mt in space.machinetypes.items()
                if (why := _closed(inputs, mt, tallies[name]))}
     creates = _creates(inputs, tallies, capacity, blocked)
     return Plan(tuple(creates), tuple(deletes), _status(inputs, tallies, blocked), removal)
 
 
-def _deletions(space: Space, views: Sequence[MachineView], drains: Mapping[str, Drain],
-               removal: RemovalPlan, now: float) -> tuple[list[Deletion], list[MachineView]]:
-    """Choose deletions; return them and the machines that still hold capacity."""
+def _deletions(space: Space, reconciled: Reconciled, removal: RemovalPlan, now: float,
+               memo: RuleMemo) -> tuple[list[Deletion], list[MachineRecord]]:
+    """Choose deletions; return them and the machines that still hold capacity.  A
+    machine whose record ``memo`` judged last time, and whose quiet time has not come,
+    is not walked through the rules again."""
     deletes: list[Deletion] = []
-    kept: list[MachineView] = []
-    retry, machinetypes = space.delete_retry_seconds, space.machinetypes
-    drain_budget = max(DRAIN_MIN_PER_CYCLE, math.ceil(DRAIN_SHARE * len(views)))
-    for view in views:
-        record = view.record
+    kept: list[MachineRecord] = []
+    retry, unlisted = space.delete_retry_seconds, reconciled.unlisted
+    drain_budget = max(DRAIN_MIN_PER_CYCLE, math.ceil(DRAIN_SHARE * len(reconciled.records)))
+    for record in reconciled.records:
         requested = record.delete_requested_at
-        if not view.listed or record.state is MachineState.DELETING or (
-                requested is not None and now - requested < retry):
-            kept.append(view)
+        if record.state is _DELETING or (requested is not None and now - requested < retry) \
+                or (unlisted and record.name in unlisted):
+            kept.append(record)
             continue
-        ctx = RuleContext(space, machinetypes.get(record.machinetype), record, now, drains,
-                          removal.deadlines)
-        rule = deletion_rule(ctx)
+        ctx = memo.judge(record, now)
+        rule = None if ctx is None else deletion_rule(ctx)
         if rule is not None and rule.name in DRAIN_RULES:
             drain_budget -= 1
             if drain_budget < 0:
                 rule = None  # this cycle's share of drain deletions is used
-        if rule is None:
-            kept.append(view)
+        if rule is None or ctx is None:
+            if ctx is not None:
+                memo.note(ctx)
+            kept.append(record)
             continue
         deletion = delete(space, record, rule.name, rule.message(ctx), now)
         deletes.append(deletion)
-        kept.append(MachineView(deletion.record, view.listed))
+        kept.append(deletion.record)
     return deletes, kept
 
 
@@ -237,37 +251,41 @@ def _minus(value: int | None, amount: int) -> int | None:
     return None if value is None else value - amount
 
 
-def _tally(space: Space, live: Sequence[MachineView], obs: Observation,
-           now: float) -> tuple[dict[str, _Tally], Capacity]:
+def _tally(space: Space, live: Sequence[MachineRecord], unlisted: frozenset[str],
+           obs: Observation, now: float) -> tuple[dict[str, _Tally], Capacity]:
     """One pass over every machine of the space, for limits, shares and status alike."""
     tallies = {name: _Tally() for name in space.machinetypes}
-    machinetypes = space.machinetypes
-    total, starting, unlisted = obs.limits.foreign_processors, 0, 0
-    for view in live:
-        record = view.record
+    # per machinetype: its tally, machines by state, HS06 per processor, fizzle_seconds
+    kinds: dict[str, tuple[_Tally, dict[MachineState, int], float | None, float]] = {
+        name: (tallies[name], {}, mt.hs06_per_processor, mt.fizzle_seconds)
+        for name, mt in space.machinetypes.items()}
+    total, starting = obs.limits.foreign_processors, 0
+    for record in live:
         state, processors = record.state, record.processors
         total += processors
-        if not view.listed:
-            unlisted += processors
-        mt = machinetypes.get(record.machinetype)
-        if mt is None:
+        kind = kinds.get(record.machinetype)
+        if kind is None:
             continue
-        tally = tallies[mt.name]
+        tally, states, hs06, fizzle = kind
         tally.total += processors
-        tally.states[state.value] = tally.states.get(state.value, 0) + 1
-        is_starting = state in STARTING
-        if is_starting:
+        states[state] = states.get(state, 0) + 1
+        if state in STARTING:
             tally.starting += processors
             starting += processors
-        if state not in FINISHED and record.delete_requested_at is None:
-            tally.weight += mt.share_weight(processors)
-        started = record.started_at
-        if is_starting or (state is MachineState.RUNNING and started is not None
-                           and now - started < mt.fizzle_seconds):
             tally.unproven += 1
+        elif state is _RUNNING:
+            started = record.started_at
+            if started is not None and now - started < fizzle:
+                tally.unproven += 1
+        if state not in FINISHED and record.delete_requested_at is None:
+            # Machinetype.share_weight, inline: this loop runs for every machine
+            tally.weight += processors * hs06 if hs06 else float(processors)
+    for tally, states, _, _ in kinds.values():  # by state value, in the order first seen
+        tally.states.update((state.value, n) for state, n in states.items())
+    pending = sum(r.processors for r in live if r.name in unlisted) if unlisted else 0
     limits = obs.limits
     largest = max((f.processors for f in obs.flavors.values()), default=1)
-    return tallies, Capacity(space, total, starting, _minus(limits.free_processors, unlisted),
+    return tallies, Capacity(space, total, starting, _minus(limits.free_processors, pending),
                              limits.free_instances, limits.free_ram_mb,
                              space.burst_processors(largest))
 

@@ -35,20 +35,14 @@ _INTENT, _GONE = MachineState.INTENT, MachineState.GONE
 
 
 @dataclass(frozen=True, slots=True)
-class MachineView:
-    """One machine this cycle: its record as it will be stored, and whether it is listed
-    (an intent the cloud does not list yet is the only unlisted view)."""
-
-    record: MachineRecord
-    listed: bool
-
-
-@dataclass(frozen=True, slots=True)
 class Reconciled:
     """What the listing taught about the space's machines."""
 
-    views: tuple[MachineView, ...] = ()
-    """Every machine that holds capacity or may: listed ones and pending intents."""
+    records: tuple[MachineRecord, ...] = ()
+    """Every machine that holds capacity or may, as it will be stored: the listed ones in
+    listing order, then those the listing missed (pending intents, missing machines)."""
+    unlisted: frozenset[str] = frozenset()
+    """The names among ``records`` that this listing did not show."""
     changed: Mapping[str, MachineRecord] = field(default_factory=dict)
     """Records whose stored form changes, by name (machines gone included)."""
     aborts: tuple[Event, ...] = ()
@@ -65,7 +59,8 @@ class Reconciled:
 class _Found:
     """What one reconciliation gathers, in order."""
 
-    views: list[MachineView] = field(default_factory=list)
+    records: list[MachineRecord] = field(default_factory=list)
+    unlisted: set[str] = field(default_factory=set)
     changed: dict[str, MachineRecord] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     aborts: list[Event] = field(default_factory=list)
@@ -73,8 +68,9 @@ class _Found:
     failed: list[MachineRecord] = field(default_factory=list)
 
     def result(self) -> Reconciled:
-        return Reconciled(tuple(self.views), self.changed, tuple(self.aborts),
-                          tuple(self.events), self.started, tuple(self.failed))
+        return Reconciled(tuple(self.records), frozenset(self.unlisted), self.changed,
+                          tuple(self.aborts), tuple(self.events), self.started,
+                          tuple(self.failed))
 
 
 def reconcile(space: Space, observed: Sequence[ObservedMachine], history: SpaceHistory,
@@ -86,18 +82,34 @@ def reconcile(space: Space, observed: Sequence[ObservedMachine], history: SpaceH
                                   "backwards (restored, replaced or lost): every listed "
                                   "machine is treated as adopted, with a fresh grace"))
     listed: set[str] = set()
+    machines, records = history.machines, found.records
     for seen in observed:
-        listed.add(seen.name)
-        _listed(space, seen, history, now, found)
-    for name, old in history.machines.items():
+        name = seen.name
+        listed.add(name)
+        old = machines.get(name)
+        # The common case, cycle after cycle: nothing changed, no event, no write, no copy
+        # (_merge returns ``old`` itself; benchmarks/scale.py).
+        if old is None or history.restored or _merge(space.name, seen, old, now) is not old \
+                or (old.stopped_at is None and old.state in _FINISHED):
+            _listed(space, seen, history, now, found)
+        else:
+            records.append(old)
+    for name, old in machines.items():
         if name not in listed:
-            record = _unlisted(space, old, now, found.events, found.aborts) \
-                if name not in absent else _never_created(old, now, found.events)
-            if record is not old:
-                found.changed[name] = record
-            if record.state is not _GONE:
-                found.views.append(MachineView(record, False))
+            _missed(space, old, now, name in absent, found)
     return found.result()
+
+
+def _missed(space: Space, old: MachineRecord, now: float, absent: bool, found: _Found) -> None:
+    """A recorded machine this listing did not show (``absent``: the cloud said it has no
+    server of this name)."""
+    record = _unlisted(space, old, now, found.events, found.aborts) if not absent \
+        else _never_created(old, now, found.events)
+    if record is not old:
+        found.changed[old.name] = record
+    if record.state is not _GONE:
+        found.records.append(record)
+        found.unlisted.add(old.name)
 
 
 def _listed(space: Space, seen: ObservedMachine, history: SpaceHistory, now: float,
@@ -120,7 +132,7 @@ def _listed(space: Space, seen: ObservedMachine, history: SpaceHistory, now: flo
         record = _ended(space, record, now, found.events, found.aborts)
     if record is not old and record != old:
         found.changed[record.name] = record
-    found.views.append(MachineView(record, True))
+    found.records.append(record)
 
 
 def _listing_event(old: MachineRecord | None, record: MachineRecord, now: float) -> Event | None:

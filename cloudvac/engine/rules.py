@@ -21,6 +21,7 @@ its grace has passed, and kept while it waits for confirmation.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -146,6 +147,82 @@ def _unknown_too_long(c: RuleContext) -> bool:
     return c.age > c.space.max_starting_seconds
 
 
+# When each rule may fire first (``Rule.after``): a lower bound of the ``now`` at which the
+# predicate above may be true, for the context's record, configuration, drains and
+# removals.  -inf when unsure: the rule is then asked every cycle.
+
+_ANY, _NEVER = -math.inf, math.inf
+
+
+def _any_time(_: RuleContext) -> float:
+    return _ANY
+
+
+def _age_passes(c: RuleContext, limit: float) -> float:
+    """When ``age`` passes ``limit``."""
+    record = c.record
+    if not record.created_at or limit < 0:
+        return _ANY  # its age runs from ``now``: not worth a bound
+    since = record.created_at
+    if record.adopted_at is not None and record.adopted_at > since:
+        since = record.adopted_at
+    return since + limit
+
+
+def _killed_after(c: RuleContext) -> float:
+    return _ANY if c.record.kill_requested_at is not None else _NEVER
+
+
+def _starting_after(c: RuleContext) -> float:
+    mt = c.mt
+    return _age_passes(c, c.space.starting_seconds(mt) if mt is not None
+                       else c.space.max_starting_seconds)
+
+
+def _wallclock_after(c: RuleContext) -> float:
+    if c.mt is None:
+        return _NEVER
+    started = c.record.started_at
+    return _ANY if started is None else started + c.mt.max_wallclock_seconds
+
+
+def _orphan_after(c: RuleContext) -> float:
+    record, removed = c.record, c.removed
+    if c.mt is not None or WHOLE_SPACE in removed or record.machinetype in removed:
+        return _NEVER
+    since = record.created_at or record.adopted_at
+    return _ANY if not since else since + c.space.orphan_seconds
+
+
+def _drained_after(c: RuleContext) -> float:
+    deadline = drain_deadline(c.drains, c.record.machinetype) if c.drains else None
+    return _NEVER if deadline is None else deadline
+
+
+def _removed_after(c: RuleContext) -> float:
+    found = [d for key in (WHOLE_SPACE, c.record.machinetype)
+             if (d := c.removed.get(key)) is not None] if c.removed else []
+    return min(found) if found else _NEVER
+
+
+def _heartbeat_after(c: RuleContext) -> float:
+    mt, record = c.mt, c.record
+    if mt is None or not mt.heartbeat_check:
+        return _NEVER
+    since = record.started_at
+    if record.adopted_at is not None and (since is None or record.adopted_at > since):
+        since = record.adopted_at
+    if since is None:
+        return _ANY
+    limit = float(mt.heartbeat_seconds or 0)
+    beat = record.heartbeat_at
+    return max(since + mt.fizzle_seconds, since + limit, _ANY if beat is None else beat + limit)
+
+
+def _unknown_after(c: RuleContext) -> float:
+    return _age_passes(c, c.space.max_starting_seconds)
+
+
 @dataclass(frozen=True, slots=True)
 class Rule:
     name: str
@@ -154,6 +231,11 @@ class Rule:
     message: Callable[[RuleContext], ShutdownMessage | None]
     states: frozenset[MachineState] | None = None
     """The machine states the rule can fire in; None: any state."""
+    after: Callable[[RuleContext], float] = _any_time
+    """When ``applies`` may first be true for this machine while its record, its
+    configuration, the drains and the removals stay as they are: a lower bound (-inf:
+    any time; inf: never).  The planner asks no rule of a machine before the earliest
+    of its rules' (``quiet_until``, ``RuleMemo``); a test checks each bound."""
 
 
 def _none(_: RuleContext) -> ShutdownMessage | None:
@@ -177,16 +259,19 @@ def _failed_message(ctx: RuleContext) -> ShutdownMessage:
 RULES: tuple[Rule, ...] = (
     Rule("stopped", _always, _none, frozenset({S.STOPPED})),
     Rule("failed", _always, _failed_message, frozenset({S.FAILED})),
-    Rule("killed", _killed, _kill_message),
+    Rule("killed", _killed, _kill_message, after=_killed_after),
     Rule("starting_too_long", _starting_too_long, _fixed(FAILED_TO_START),
-         frozenset({S.STARTING})),
-    Rule("wallclock", _wallclock, _fixed(EXCEEDED_WALLCLOCK), frozenset({S.RUNNING})),
-    Rule("heartbeat", _heartbeat_stale, _fixed(HEARTBEAT_LOST), frozenset({S.RUNNING})),
-    Rule("unknown_state", _unknown_too_long, _fixed(UNEXPECTED_STATE), frozenset({S.UNKNOWN})),
-    Rule("orphan", _orphan, _fixed(ORPHANED)),
+         frozenset({S.STARTING}), _starting_after),
+    Rule("wallclock", _wallclock, _fixed(EXCEEDED_WALLCLOCK), frozenset({S.RUNNING}),
+         _wallclock_after),
+    Rule("heartbeat", _heartbeat_stale, _fixed(HEARTBEAT_LOST), frozenset({S.RUNNING}),
+         _heartbeat_after),
+    Rule("unknown_state", _unknown_too_long, _fixed(UNEXPECTED_STATE), frozenset({S.UNKNOWN}),
+         _unknown_after),
+    Rule("orphan", _orphan, _fixed(ORPHANED), after=_orphan_after),
     # the planner deletes at most DRAIN_SHARE of a space's machines per cycle by these rules
-    Rule("drained", _drained, _fixed(DRAINED)),
-    Rule("removed", _removed, _fixed(REMOVED)),
+    Rule("drained", _drained, _fixed(DRAINED), after=_drained_after),
+    Rule("removed", _removed, _fixed(REMOVED), after=_removed_after),
 )
 
 # The table, in its order, restricted to each state's rules: derived here, never written
@@ -203,3 +288,54 @@ def deletion_rule(ctx: RuleContext) -> Rule | None:
         if rule.applies(ctx):
             return rule
     return None
+
+
+def quiet_until(ctx: RuleContext) -> float:
+    """Before this time no rule deletes the machine (its record, configuration, drains and
+    removals unchanged): the earliest ``after`` of the rules of its state."""
+    return min((rule.after(ctx) for rule in _BY_STATE[ctx.record.state]), default=_NEVER)
+
+
+#: A machine is judged again this long before its quiet time (float rounding of bounds).
+QUIET_MARGIN = 1e-3
+
+
+@dataclass(slots=True)
+class RuleMemo:
+    """What the plans of one space carry from one cycle to the next: per machine, the
+    record last judged and the time until which no rule can delete it, so that a machine
+    whose record did not change is not walked through the table again before then.  Only
+    a cache: a plan with it is the plan without it (``tests/unit/test_rule_memo.py``).
+    One plan at a time: ``start``, then ``judge`` each machine, ``note`` those kept."""
+
+    space: Space | None = None
+    drains: Mapping[str, Drain] = field(default_factory=dict)
+    removed: Mapping[str, float | None] = field(default_factory=dict)
+    quiet: dict[str, tuple[MachineRecord, float]] = field(default_factory=dict)
+    _last: dict[str, tuple[MachineRecord, float]] = field(default_factory=dict)
+
+    def start(self, space: Space, drains: Mapping[str, Drain],
+              removed: Mapping[str, float | None]) -> None:
+        """Begin a plan of ``space`` under ``drains`` and ``removed``: the last plan's
+        judgements hold only while these are the same."""
+        same = (space, drains, removed) == (self.space, self.drains, self.removed)
+        self._last = self.quiet if same else {}
+        self.space, self.drains, self.removed, self.quiet = space, drains, removed, {}
+
+    def judge(self, record: MachineRecord, now: float) -> RuleContext | None:
+        """The context in which to ask the rules about ``record`` at ``now``; None while
+        no rule can delete it (this very record was judged, its quiet time not come)."""
+        # Taken out: what is left at the next start is of machines no longer there, and
+        # an older record is not kept alive by the memo once its successor was judged.
+        judged = self._last.pop(record.name, None)
+        if judged is not None and judged[0] is record and now < judged[1]:
+            self.quiet[record.name] = judged
+            return None
+        space = self.space
+        assert space is not None, "start() first"
+        return RuleContext(space, space.machinetypes.get(record.machinetype), record, now,
+                           self.drains, self.removed)
+
+    def note(self, ctx: RuleContext) -> None:
+        """No rule deletes ``ctx.record`` now: remember until when none can."""
+        self.quiet[ctx.record.name] = (ctx.record, quiet_until(ctx) - QUIET_MARGIN)

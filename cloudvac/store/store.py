@@ -13,14 +13,14 @@ no dialect-only SQL is written by hand.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from typing import Any, cast
+from contextlib import AbstractContextManager, contextmanager
+from functools import partial
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
     CursorResult,
     Engine,
     Update,
-    case,
     delete,
     func,
     insert,
@@ -52,7 +52,6 @@ from cloudvac.store.joboutputs import JoboutputStore
 from cloudvac.store.leases import Fence, LeaseStore, check_fence
 from cloudvac.store.removals import RemovalStore
 from cloudvac.store.tables import (
-    ENGINE_COLUMNS,
     MACHINES,
     RECORD_COLUMNS,
     BackoffRow,
@@ -64,23 +63,32 @@ from cloudvac.store.tables import (
     record_from_values,
     storable,
 )
+from cloudvac.store.transaction import (
+    ABORT_UPSERT,
+    MACHINE_UPSERT,
+    core_transaction,
+    orm_transaction,
+)
 from cloudvac.store.uploads import (
     HEARTBEAT,
     HEARTBEATING,
     HEARTBEATING_LIMIT,
     Beating,
 )
+from cloudvac.store.wakes import WakeStore
 
 _GONE = MachineState.GONE.value
 _RUNNING = MachineState.RUNNING.value
 _MACHINES = MACHINES
 _RECORD = select(_MACHINES.c.space, *(_MACHINES.c[name] for name in RECORD_COLUMNS))
+T = TypeVar("T")
 def _record(row: Sequence[Any]) -> MachineRecord:
     """A record from a row of ``_RECORD`` (space, then RECORD_COLUMNS)."""
     return record_from_values(row[0], row[1:])
 
 
-class Store(AccountingStore, RemovalStore, JoboutputStore, FactStore, LeaseStore):
+class Store(AccountingStore, RemovalStore, JoboutputStore, FactStore, LeaseStore,
+            WakeStore):
     """Persistent memory of cloudvac.  All methods are synchronous and thread-safe; each
     commits before returning, so a returned call is durable."""
 
@@ -133,16 +141,20 @@ class Store(AccountingStore, RemovalStore, JoboutputStore, FactStore, LeaseStore
         changed since (``DatabaseFile.check``) is refused, and the session starts again
         once the file is reopened.
         """
+        with self._on_file(partial(orm_transaction, bind)) as session:
+            yield session
+
+    @contextmanager
+    def _on_file(self, opened: Callable[[], AbstractContextManager[T]]) -> Iterator[T]:
         for attempt in (1, 2):
             if self._file is not None and follow(self._engine, self._file, self._gate,
                                                  self.histories.clear):
                 self.reopened += 1
             entered = False
             try:
-                with self._gate.shared(), Session(bind) as session, session.begin():
-                    session.connection()
+                with self._gate.shared(), opened() as handle:
                     entered = True
-                    yield session
+                    yield handle
                 return
             except StoreMoved:
                 if entered or attempt == 2:
@@ -169,8 +181,8 @@ class Store(AccountingStore, RemovalStore, JoboutputStore, FactStore, LeaseStore
         and the drained machinetypes (``"*"`` for the whole space).  Only the machines
         written since this Store's previous read of ``space`` are fetched
         (``store/history.py``); the returned mappings are never mutated afterwards."""
-        with self._read() as session:
-            return self.histories.read(session.connection(), space)
+        with self._on_file(partial(core_transaction, self._reader)) as connection:
+            return self.histories.read(connection, space)
 
     def apply(self, space: str, records: Sequence[MachineRecord],
               aborts: Mapping[str, float], now: float, fence: Fence | None = None) -> None:
@@ -197,41 +209,14 @@ class Store(AccountingStore, RemovalStore, JoboutputStore, FactStore, LeaseStore
                 check_fence(session.connection(), fence)
             if latest:
                 rev = bump_revisions(session.connection(), [space])[space]
-                session.execute(self._machine_upsert(),
+                session.execute(MACHINE_UPSERT[self._dialect],
                                 [engine_values(r, now, rev) for r in latest.values()])
             if aborts:
                 session.execute(
-                    self._abort_upsert(),
+                    ABORT_UPSERT[self._dialect],
                     [{"space": space, "machinetype": mt, "last_abort_at": at}
                      for mt, at in aborts.items()],
                 )  # fmt: skip
-
-    def _machine_upsert(self) -> sqlite.Insert | postgresql.Insert:
-        stmt = self._insert(_MACHINES)
-        new = stmt.excluded
-        # SET expressions read the row as it was before the update, so testing
-        # shutdown_code in all three keeps code, text and time together.
-        unset = _MACHINES.c.shutdown_code.is_(None)
-        keep_vm_message = {
-            col: case((unset, new[col]), else_=_MACHINES.c[col])
-            for col in ("shutdown_code", "shutdown_text", "shutdown_at")
-        }
-        return stmt.on_conflict_do_update(
-            index_elements=["space", "name"],
-            set_={**{col: new[col] for col in ENGINE_COLUMNS}, **keep_vm_message},
-        )
-
-    def _abort_upsert(self) -> sqlite.Insert | postgresql.Insert:
-        stmt = self._insert(BackoffRow)
-        new = stmt.excluded.last_abort_at
-        return stmt.on_conflict_do_update(
-            index_elements=["space", "machinetype"],
-            set_={
-                "last_abort_at": case(
-                    (new > BackoffRow.last_abort_at, new), else_=BackoffRow.last_abort_at
-                )
-            },
-        )
 
     def record_heartbeat(self, space: str, name: str, at: float) -> bool:
         """Note a heartbeat at ``at``.  The stored time only moves forward (an older
