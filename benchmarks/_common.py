@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import resource
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -51,6 +52,19 @@ def rss_mb() -> dict[str, float]:
     return {"current": round(values.get("VmRSS", 0.0), 1),
             "peak_vmhwm": round(values.get("VmHWM", 0.0), 1),
             "peak_ru_maxrss": round(values["ru_maxrss"], 1)}
+
+
+def add_baseline_args(parser: argparse.ArgumentParser, results: Path) -> None:
+    """The options of a benchmark that times whole ``cloudvac`` processes of this tree
+    against a baseline tree (alternating runs): ``--python``, ``--baseline-ref`` or
+    ``--baseline``, ``--out`` (default ``results``) and ``--log-level``."""
+    parser.add_argument("--python", default=sys.executable,
+                        help="interpreter with cloudvac's dependencies (default: this one)")
+    base = parser.add_mutually_exclusive_group()
+    base.add_argument("--baseline-ref", help="git ref to compare with (e.g. HEAD)")
+    base.add_argument("--baseline", type=Path, help="source tree to compare with")
+    parser.add_argument("--out", type=Path, default=results)
+    parser.add_argument("--log-level", default="WARNING")
 
 
 def write_report(report: dict[str, Any], out: Path) -> None:

@@ -37,7 +37,7 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import RESULTS_DIR, host_info, run_benchmark
+from benchmarks._common import RESULTS_DIR, add_baseline_args, host_info, run_benchmark
 
 RESULTS = RESULTS_DIR / "cli_startup.json"
 REPO = Path(__file__).resolve().parent.parent
@@ -77,13 +77,7 @@ ENV = {**{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--runs", type=int, default=11, help="timed runs per command")
-    parser.add_argument("--python", default=sys.executable,
-                        help="interpreter with cloudvac's dependencies (default: this one)")
-    base = parser.add_mutually_exclusive_group()
-    base.add_argument("--baseline-ref", help="git ref to compare with (e.g. HEAD)")
-    base.add_argument("--baseline", type=Path, help="source tree to compare with")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--log-level", default="WARNING")
+    add_baseline_args(parser, RESULTS)
     return parser.parse_args(argv)
 
 

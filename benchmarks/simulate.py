@@ -34,7 +34,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import RESULTS_DIR, host_info, run_benchmark, system_cpu
+from benchmarks._common import (
+    RESULTS_DIR,
+    add_baseline_args,
+    host_info,
+    run_benchmark,
+    system_cpu,
+)
 from benchmarks.cli_startup import export_ref
 
 RESULTS = RESULTS_DIR / "simulate.json"
@@ -51,13 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--hours", type=float, default=None,
                         help="simulated hours (default: the scenario's own)")
     parser.add_argument("--timeout", type=float, default=900.0, help="bound on one run, s")
-    parser.add_argument("--python", default=sys.executable,
-                        help="interpreter with cloudvac's dependencies (default: this one)")
-    base = parser.add_mutually_exclusive_group()
-    base.add_argument("--baseline-ref", help="git ref to compare with (e.g. HEAD)")
-    base.add_argument("--baseline", type=Path, help="source tree to compare with")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--log-level", default="WARNING")
+    add_baseline_args(parser, RESULTS)
     return parser.parse_args(argv)
 
 

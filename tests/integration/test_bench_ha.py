@@ -5,15 +5,12 @@ hand, see benchmarks/README.md)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.benchrun import run_benchmark
+
 SPACES, MACHINES, INSTANCES = 20, 10, 2
 RUN_SECONDS = 1200  # the benchmark's own --deadline is 900 s; a loaded box is slow to start
 
@@ -23,15 +20,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(RUN_SECONDS + 120)]
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("bench-ha") / "ha_postgres.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.ha_postgres", "--spaces", str(SPACES),
-         "--machines", str(MACHINES), "--instances", str(INSTANCES), "--burst", "10",
-         "--cycle-seconds", "4", "--seconds", "12", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=RUN_SECONDS, check=False)
-    assert out.is_file(), f"no JSON written (exit {done.returncode}):\n{done.stderr[-3000:]}"
-    found: dict[str, Any] = json.loads(out.read_text())
-    assert done.returncode == (0 if found["ok"] else 1), done.stderr[-3000:]
-    return found
+    args = ["--spaces", str(SPACES), "--machines", str(MACHINES), "--instances",
+            str(INSTANCES), "--burst", "10", "--cycle-seconds", "4", "--seconds", "12"]
+    return run_benchmark("ha_postgres", args, out, RUN_SECONDS)
 
 
 def test_the_run_fills_every_space_and_measures_a_window(report: dict[str, Any]) -> None:

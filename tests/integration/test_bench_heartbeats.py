@@ -5,15 +5,12 @@ asserted (the figures are measured by hand, see benchmarks/README.md)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.benchrun import run_benchmark
+
 RUN_SECONDS = 600  # the run takes ~20 s on a quiet machine; a loaded box is slow to start
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(RUN_SECONDS + 60)]
@@ -22,14 +19,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(RUN_SECONDS + 60)]
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("bench-beats") / "web_heartbeats.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.web_heartbeats", "--machines", "200",
-         "--seconds", "2", "--warmup", "1", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=RUN_SECONDS, check=False)
-    assert out.is_file(), f"no JSON written (exit {done.returncode}):\n{done.stderr[-3000:]}"
-    found: dict[str, Any] = json.loads(out.read_text())
-    assert done.returncode == (0 if found["ok"] else 1), done.stderr[-3000:]
-    return found
+    args = ["--machines", "200", "--seconds", "2", "--warmup", "1"]
+    return run_benchmark("web_heartbeats", args, out, RUN_SECONDS)
 
 
 def test_every_heartbeat_landed_and_the_figures_are_there(report: dict[str, Any]) -> None:

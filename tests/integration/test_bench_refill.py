@@ -5,15 +5,12 @@ run` start and stop, and the JSON it writes has every figure, consistent with ea
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.benchrun import ROOT, run_benchmark
+
 SPACES, MACHINES, CYCLE, WINDOW = 2, 2, 10, 90
 RUN_SECONDS = 900  # start-up of three processes and a fill on a loaded box, then the window
 
@@ -23,15 +20,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(RUN_SECONDS + 120)]
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("bench-refill") / "refill.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.refill", "--spaces", str(SPACES), "--machines",
-         str(MACHINES), "--cycle-seconds", str(CYCLE), "--job-seconds", "40",
-         "--seconds", str(WINDOW), "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=RUN_SECONDS, check=False)
-    assert out.is_file(), f"no JSON written (exit {done.returncode}):\n{done.stderr[-3000:]}"
-    found: dict[str, Any] = json.loads(out.read_text())
-    assert done.returncode == (0 if found["ok"] else 1), done.stderr[-3000:]
-    return found
+    args = ["--spaces", str(SPACES), "--machines", str(MACHINES), "--cycle-seconds",
+            str(CYCLE), "--job-seconds", "40", "--seconds", str(WINDOW)]
+    return run_benchmark("refill", args, out, RUN_SECONDS)
 
 
 def test_every_process_ran_and_stopped_cleanly(report: dict[str, Any]) -> None:

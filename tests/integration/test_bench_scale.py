@@ -5,15 +5,13 @@ is asserted; the full figures are run by hand, see benchmarks/README.md)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.benchrun import ROOT, run_benchmark
+
 RUN_SECONDS = 900  # a child's own deadline is 540 s; a loaded box is slow to start
 STAGES = {"listing", "store_read", "reconcile", "plan", "store_write", "other"}
 SMALL = ["--cycles", "2", "--warmup", "1", "--period", "1", "--boot-seconds", "0.2",
@@ -23,13 +21,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(2 * RUN_SECONDS + 120)]
 
 
 def bench(*args: str, out: Path) -> dict[str, Any]:
-    done = subprocess.run([sys.executable, "-m", "benchmarks.scale", *SMALL, *args,
-                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=RUN_SECONDS, check=False)
-    assert out.is_file(), f"no JSON written (exit {done.returncode}):\n{done.stderr[-3000:]}"
-    found: dict[str, Any] = json.loads(out.read_text())
-    assert done.returncode == (0 if found["ok"] else 1), done.stderr[-3000:]
-    return found
+    return run_benchmark("scale", [*SMALL, *args], out, RUN_SECONDS)
 
 
 def test_one_run_splits_the_cycle_and_measures_the_yardstick(tmp_path: Path) -> None:

@@ -5,15 +5,12 @@ benchmarks/README.md)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.benchrun import ROOT, run_benchmark
+
 RUN_SECONDS = 900  # four `cloudvac simulate` processes on a loaded 2-core box
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(RUN_SECONDS + 120)]
@@ -22,14 +19,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(RUN_SECONDS + 120)]
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("bench-simulate") / "simulate.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.simulate", "--hours", "1", "--runs", "2",
-         "--baseline", str(ROOT), "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=RUN_SECONDS, check=False)
-    assert out.is_file(), f"no JSON written (exit {done.returncode}):\n{done.stderr[-3000:]}"
-    found: dict[str, Any] = json.loads(out.read_text())
-    assert done.returncode == (0 if found["ok"] else 1), done.stderr[-3000:]
-    return found
+    args = ["--hours", "1", "--runs", "2", "--baseline", str(ROOT)]
+    return run_benchmark("simulate", args, out, RUN_SECONDS)
 
 
 def test_every_run_finished_and_wrote_the_same_bytes(report: dict[str, Any]) -> None:
