@@ -323,7 +323,10 @@ def simulate(scenario: Annotated[str, typer.Argument(help="A scenario file, or t
                                                      "shipped one: " + ", ".join(
                                                          shipped_scenarios()))],
              out: Annotated[Path, typer.Option(help="Directory for NAME.csv, NAME.json and "
-                                               "NAME.png.")] = Path("simulation")) -> None:
+                                               "NAME.png.")] = Path("simulation"),
+             seed: Annotated[int | None, typer.Option(
+                 help="Replaces every space's sim_seed: the same seed, the same CSV and "
+                      "JSON bytes.")] = None) -> None:
     """Run the real planner and cycle on the sim cloud on a virtual clock (hours in
     seconds); write per-cycle CSV/JSON and a plot of processors per machinetype."""
     from cloudvac.simulate.output import plot, summarize, write_csv, write_json
@@ -342,7 +345,7 @@ def simulate(scenario: Annotated[str, typer.Argument(help="A scenario file, or t
     except ScenarioError as exc:
         err.print(f"[red]invalid scenario:[/red]\n{escape(str(exc))}")
         raise typer.Exit(1) from None
-    rows = run_simulation(loaded)
+    rows = run_simulation(loaded, seed=seed)
     out.mkdir(parents=True, exist_ok=True)
     name = path.stem
     summary = summarize(rows)
