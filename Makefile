@@ -31,9 +31,10 @@ test: venv
 unit: venv
 	.venv/bin/python -m pytest -q tests/unit
 
-# Every benchmark in a small, bounded configuration (about 15-20 minutes; `faults` needs
-# `make oracle`, `ha_postgres` `make system-deps`, else they are skipped), JSON into
-# BENCH_OUT; the full figures' commands are in benchmarks/README.md.  Not run by `make test`.
+# Every benchmark in a small configuration, each within its own budget (8 minutes in all
+# on the loaded 2-core machine; `faults` needs `make oracle`, `ha_postgres` `make
+# system-deps`, else they are skipped), JSON into BENCH_OUT; the full figures' commands are
+# in benchmarks/README.md.  Not run by `make test`.
 BENCH_OUT ?= benchmarks/results/small
 bench: venv
 	.venv/bin/python -m benchmarks.all --out $(BENCH_OUT)

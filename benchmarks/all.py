@@ -1,6 +1,7 @@
-"""Every benchmark in a small, bounded configuration (``make bench``): about 15-20 minutes
-on the 2-core machine, each one's JSON in ``--out`` (default ``results/small/``, beside the
-full runs' files in ``results/``, which it never overwrites).
+"""Every benchmark in a small, bounded configuration (``make bench``): 8 minutes (485 s,
+all 11) on the 2-core machine under a full test run, each one's JSON in ``--out``
+(default ``results/small/``, beside the full runs' files in ``results/``, which it never
+overwrites).
 
     .venv/bin/python -m benchmarks.all [--out DIR] [--only NAME ...] [--skip NAME ...]
 
