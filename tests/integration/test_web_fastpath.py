@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -16,11 +16,10 @@ import httpx
 import pytest
 
 from cloudvac.model.states import MachineState
-from tests.integration.webserver import SPACE, Running, web_server
+from tests.integration.webserver import SPACE, WAIT, Running, poll, web_server
 
 A = "cloudvac-aaaaaa-belle-aaaaaaaaaa"
 B = "cloudvac-aaaaaa-belle-bbbbbbbbbb"
-WAIT = 60.0  # upper bound of a poll on a loaded machine; polls end as soon as they can
 
 
 @pytest.fixture
@@ -41,15 +40,6 @@ def put(web: Running, name: str, file: str, body: bytes,
         else authorization}
     url = f"{web.url}/machines/{SPACE}/{name}/joboutputs/{file}"
     return httpx.put(url, content=body, headers=headers, timeout=WAIT)
-
-
-def poll(check: Callable[[], object], seconds: float = WAIT) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def answer(response: httpx.Response) -> tuple[int, str | None]:

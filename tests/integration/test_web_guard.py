@@ -21,7 +21,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,12 +34,11 @@ from cloudvac.model.records import MachineRecord
 from cloudvac.model.states import MachineState
 from cloudvac.store import Store
 from cloudvac.web import protocols
-from tests.integration.webserver import SPACE, Running, web_server
+from tests.integration.webserver import SPACE, WAIT, Running, poll, web_server
 
 A = "cloudvac-aaaaaa-belle-aaaaaaaaaa"
 B = "cloudvac-aaaaaa-belle-bbbbbbbbbb"
 ROOT = Path(__file__).resolve().parents[2]
-WAIT = 60.0  # generous bound of any wait for the server
 
 
 @pytest.fixture(params=["httptools", "h11"])
@@ -91,15 +90,6 @@ def status_of(port: int, request: bytes, seconds: float = WAIT) -> int:
         except ConnectionResetError:
             return 0
     return int(head.split()[1])
-
-
-def poll(check: Callable[[], bool], seconds: float = WAIT) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def sample(web: Running, name: str, **labels: str) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +27,18 @@ from cloudvac.web.operator import create_operator_app, operator_access, operator
 from cloudvac.web.server import bound_port, make_server
 
 SPACE = "web.example"
+WAIT = 60.0
+"""Bound of a poll for the server on a loaded 2-core machine; polls end as soon as they can."""
+
+
+def poll(check: Callable[[], object], seconds: float = WAIT) -> bool:
+    """True as soon as ``check()`` is, False once ``seconds`` have passed."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def test_space(**mt_options: object) -> Space:
