@@ -1,5 +1,5 @@
-"""``benchmarks/refill.py`` in a small configuration (2 spaces x 2 machines, 10 s cycles,
-pilots of 20-60 s), run as its command: `cloudvac sim-cloud`, `cloudvac web` and `cloudvac
+"""``benchmarks/refill.py`` in a small configuration (2 spaces x 2 machines, 5 s cycles,
+pilots of 10-30 s), run as its command: `cloudvac sim-cloud`, `cloudvac web` and `cloudvac
 run` start and stop, and the JSON it writes has every figure, consistent with each other
 (no timing is asserted; the full figure is run by hand, see benchmarks/README.md)."""
 
@@ -11,7 +11,7 @@ import pytest
 
 from tests.benchrun import ROOT, run_benchmark
 
-SPACES, MACHINES, CYCLE, WINDOW = 2, 2, 10, 90
+SPACES, MACHINES, CYCLE, WINDOW = 2, 2, 5, 45
 RUN_SECONDS = 900  # start-up of three processes and a fill on a loaded box, then the window
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(RUN_SECONDS + 120)]
@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(RUN_SECONDS + 120)]
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("bench-refill") / "refill.json"
     args = ["--spaces", str(SPACES), "--machines", str(MACHINES), "--cycle-seconds",
-            str(CYCLE), "--job-seconds", "40", "--seconds", str(WINDOW)]
+            str(CYCLE), "--job-seconds", "20", "--seconds", str(WINDOW)]
     return run_benchmark("refill", args, out, RUN_SECONDS)
 
 
