@@ -101,14 +101,21 @@ def test_the_door_posts_only_for_spaces_this_instance_does_not_run(tmp_path: Pat
         assert local == [SPACE] and web.store.wakes()[SPACE] == posted
 
 
-def test_a_wake_for_a_message_older_than_a_period_is_past(tmp_path: Path) -> None:
+def one_space_daemon(tmp_path: Path, cycle_seconds: int) -> tuple[Daemon, Store]:
+    """A daemon of one sim space ``a.example`` (limit 1) on a SQLite store of its own,
+    ``wake_seconds`` 0.2."""
     cdir = tmp_path / "conf"
     cdir.mkdir()
-    (cdir / "00.conf").write_text("[settings]\ncycle_seconds = 30\nwake_seconds = 0.2\n")
+    (cdir / "00.conf").write_text(f"[settings]\ncycle_seconds = {cycle_seconds}\n"
+                                  "wake_seconds = 0.2\n")
     (cdir / "10.conf").write_text(SIM_SPACE.format(name="a.example", limit=1, intent=600,
                                                     latency=0, extra=""))
     store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    daemon: Daemon = make_daemon(cdir, store)
+    return make_daemon(cdir, store), store
+
+
+def test_a_wake_for_a_message_older_than_a_period_is_past(tmp_path: Path) -> None:
+    daemon, store = one_space_daemon(tmp_path, 30)
 
     async def cycles_after(at: float) -> int:
         daemon.wake("a.example", at)
@@ -138,13 +145,7 @@ def test_a_wake_too_soon_for_its_slot_waits_only_until_the_slot_may_be_taken(
     """cycle_seconds is 10: two wakes take the next two slots (10 and 20 s after the first
     cycle); a third, at ~5 s, may take the slot of 30 s only from 10 s on, two periods
     early, and runs then, not at 30 s."""
-    cdir = tmp_path / "conf"
-    cdir.mkdir()
-    (cdir / "00.conf").write_text("[settings]\ncycle_seconds = 10\nwake_seconds = 0.2\n")
-    (cdir / "10.conf").write_text(SIM_SPACE.format(name="a.example", limit=1, intent=600,
-                                                    latency=0, extra=""))
-    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    daemon: Daemon = make_daemon(cdir, store)
+    daemon, store = one_space_daemon(tmp_path, 10)
 
     async def scenario() -> tuple[list[int], float]:
         runner = asyncio.create_task(daemon.run())
