@@ -28,7 +28,7 @@ from rich.rule import Rule
 from rich.text import Text
 
 from cloudvac.config import Space, load_config_dir
-from cloudvac.engine.daemon import ConfigSource
+from cloudvac.engine.configsource import ConfigSource
 from cloudvac.engine.planner import TypeStatus
 from cloudvac.events import WIDTH, lines, newer, newest
 from cloudvac.model.records import Event

@@ -32,7 +32,8 @@ from cloudvac.clouds.simpilots import HttpPilots, PilotReporter, StorePilots
 from cloudvac.config import Settings, Space, load_config_dir
 from cloudvac.config.loader import config_files
 from cloudvac.context.userdata import ContextRenderer
-from cloudvac.engine.daemon import ConfigSource, Daemon
+from cloudvac.engine.configsource import ConfigSource
+from cloudvac.engine.daemon import Daemon
 from cloudvac.engine.leases import LeaseKeeper
 from cloudvac.engine.metrics import EngineMetrics
 from cloudvac.engine.tools import CycleTools

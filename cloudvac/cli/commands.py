@@ -84,7 +84,7 @@ def _serve(config_dir: Path, log_level: str, engine: bool, cycles: int | None,
     from cloudvac.auth.vmtokens import SecretFileError
     from cloudvac.config import load_config_dir
     from cloudvac.config.secrets import SecretError
-    from cloudvac.engine.daemon import ConfigSource
+    from cloudvac.engine.configsource import ConfigSource
     from cloudvac.logs import LogFileError, setup_logging
     from cloudvac.service import build, run_service
     from cloudvac.web.listen import WebConfigError

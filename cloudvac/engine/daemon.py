@@ -38,15 +38,14 @@ import gc
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from cloudvac.clouds.factory import CloudFactory
-from cloudvac.config import LoadedConfig, Settings, Space, load_config_dir
+from cloudvac.config import LoadedConfig, Settings, Space
 from cloudvac.context.userdata import check_space
+from cloudvac.engine.configsource import ConfigSource
 from cloudvac.engine.cycle import CycleReport, SpaceCycle
 from cloudvac.engine.leases import ROUNDS_PER_CYCLE, LeaseKeeper, Tenure
-from cloudvac.engine.pipes import PipeFetcher
 from cloudvac.engine.tools import CycleTools
 from cloudvac.model.errors import CloudError
 from cloudvac.model.records import Event
@@ -55,26 +54,6 @@ from cloudvac.store.leases import LeaseLost
 
 log = logging.getLogger("cloudvac.engine.daemon")
 WAKE_AHEAD = 2  # a wake may take a slot this many periods ahead, no further
-
-
-@dataclass(frozen=True, slots=True)
-class ConfigSource:
-    """Where the daemon re-reads its configuration, and settings it must keep whatever
-    the files say (the demo's state directory and loopback port)."""
-
-    directory: Path
-    overrides: Mapping[str, Any] = field(default_factory=dict)
-    pipes: PipeFetcher = field(default_factory=PipeFetcher, compare=False, repr=False)
-    """Fetches the [vacuum_pipe] documents into the cache the loader reads."""
-
-    def load(self, previous: LoadedConfig | None = None) -> LoadedConfig:
-        """The configuration now; ``previous`` (the last load) lets the loader tell a file
-        that became unreadable or empty from a space the operator removed."""
-        self.pipes.poll(self.directory)  # starts due fetches; never waits long
-        loaded = load_config_dir(self.directory, previous)
-        if loaded.settings is not None and self.overrides:
-            loaded.settings = loaded.settings.model_copy(update=dict(self.overrides))
-        return loaded
 
 
 @dataclass(slots=True)
@@ -99,6 +78,7 @@ class Daemon:
         self.config, self.settings, self.tools, self.clouds = config, settings, tools, clouds
         self.keep_reports, self.keeper = keep_reports, keeper
         self.spaces: dict[str, SpaceState] = {}
+        self._current: dict[str, Space] = {}
         self.last_load: LoadedConfig | None = None
         self._stop = asyncio.Event()
         self._reread = asyncio.Event()
@@ -108,8 +88,9 @@ class Daemon:
         """The spaces the last keeper round was given."""
 
     def current_spaces(self) -> dict[str, Space]:
-        """The configuration in force for every managed space (last good one if broken)."""
-        return {name: state.config for name, state in self.spaces.items()}
+        """The configuration in force for every managed space (last good one if broken);
+        built once per ``load`` (the VM door asks at every request), never changed."""
+        return self._current
 
     def stop(self) -> None:
         self._stop.set()
@@ -271,6 +252,7 @@ class Daemon:
         except Exception as exc:  # the store is away (a PostgreSQL restart): next re-read
             log.error("space=- machinetype=- machine=- removed spaces not checked, the store "
                       "failed: %s", redact(f"{type(exc).__name__}: {exc}"))
+        self._current = {name: state.config for name, state in self.spaces.items()}
         return loaded
 
     def _render_problems(self, space: Space) -> list[str]:

@@ -19,9 +19,10 @@ no two writers wait for each other in a cycle.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -106,39 +107,60 @@ def _upsert(connection: Connection, newer: bool = False) -> sqlite.Insert | post
 
 @dataclass(frozen=True, slots=True)
 class _DriverSql:
-    """A statement compiled once for a dialect: its text, the order of its positional
-    parameters (None: named), and its own literal values."""
+    """A statement compiled once for a dialect and one order of row values: its text,
+    and how to turn a row into the driver's parameters.  Positional: ``pick`` takes each
+    parameter from the row followed by ``extra`` (the statement's own literal values);
+    None when the row is that already.  Named (``positional`` false): a dict per row."""
 
     sql: str
-    order: tuple[str, ...] | None
+    keys: tuple[str, ...]
+    positional: bool
     literals: dict[str, Any]
+    extra: tuple[Any, ...] = ()
+    pick: Callable[[tuple[Any, ...]], tuple[Any, ...]] | None = None
+
+    def params(self, rows: list[tuple[Any, ...]]) -> list[Any]:
+        if not self.positional:
+            keys, literals = self.keys, self.literals
+            return [{**literals, **dict(zip(keys, row, strict=True))} for row in rows]
+        if self.pick is None:
+            return rows
+        pick, extra = self.pick, self.extra
+        return [pick(row + extra) for row in rows]
+
+    @classmethod
+    def compile(cls, statement: ClauseElement, connection: Connection,
+                keys: tuple[str, ...]) -> _DriverSql:
+        done = cast(SQLCompiler, statement.compile(dialect=connection.dialect,
+                                                   column_keys=list(keys)))
+        literals = {k: v for k, v in done.params.items() if k not in keys}
+        if not done.positional:
+            return cls(str(done), keys, False, literals)
+        names = (*keys, *literals)
+        order = tuple(names.index(bind) for bind in done.positiontup or ())
+        if order == tuple(range(len(keys))):
+            return cls(str(done), keys, True, literals)
+        return cls(str(done), keys, True, literals, tuple(literals.values()),
+                   itemgetter(*order) if len(order) > 1 else lambda row: (row[order[0]],))
 
 
 _DRIVER_SQL: dict[tuple[str, str], _DriverSql] = {}
 
 
 def _execute_many(connection: Connection, name: str, statement: ClauseElement,
-                  rows: list[dict[str, Any]]) -> int:
+                  keys: tuple[str, ...], rows: list[tuple[Any, ...]]) -> int:
     """``statement`` (called ``name``) once per row, as one executemany of the driver, on
     SQL compiled once per dialect: for a second's heartbeats SQLAlchemy's processing of
-    each row's parameters cost more than the database's work.  The rows' values must be
-    what the driver takes as they are (str, int, float, bytes: no type conversion is
-    applied).  Returns the rows matched (-1 where the driver cannot count an
-    executemany)."""
+    each row's parameters cost more than the database's work.  Each row holds the values
+    of ``keys`` (parameter names), in that order, always the same for one ``name``; the
+    values must be what the driver takes as they are (str, int, float, bytes: no type
+    conversion is applied).  Returns the rows matched (-1 where the driver cannot count
+    an executemany)."""
     key = (connection.dialect.name, name)
     compiled = _DRIVER_SQL.get(key)
-    if compiled is None:
-        done = cast(SQLCompiler, statement.compile(dialect=connection.dialect,
-                                                   column_keys=list(rows[0])))
-        literals = {k: v for k, v in done.params.items() if k not in rows[0]}
-        order = tuple(done.positiontup or ()) if done.positional else None
-        compiled = _DRIVER_SQL[key] = _DriverSql(str(done), order, literals)
-    if compiled.order is None:
-        params: list[Any] = [{**compiled.literals, **row} for row in rows]
-    else:
-        params = [tuple(values[bind] for bind in compiled.order)
-                  for values in ({**compiled.literals, **row} for row in rows)]
-    result = connection.exec_driver_sql(compiled.sql, params)
+    if compiled is None or compiled.keys != keys:
+        compiled = _DRIVER_SQL[key] = _DriverSql.compile(statement, connection, keys)
+    result = connection.exec_driver_sql(compiled.sql, compiled.params(rows))
     return int(result.rowcount) if connection.dialect.supports_sane_multi_rowcount else -1
 
 
@@ -201,8 +223,8 @@ def _stamped_usages(connection: Connection, revs: Mapping[str, int],
     sizes: dict[tuple[str, str], dict[str, int]] = {key: {} for key in keys}
     seen: set[tuple[str, str]] = set()
     for space, rev in revs.items():
-        for name, file, size in connection.execute(_STAMPED_FILES,
-                                                   {"b_space": space, "b_rev": rev}):
+        for name, file, size in connection.execute(
+                _STAMPED_FILES, {"b_space": space, "b_rev": rev}).tuples().all():
             key = (space, name)
             seen.add(key)
             if file is not None and key in sizes:
@@ -213,11 +235,16 @@ def _stamped_usages(connection: Connection, revs: Mapping[str, int],
     return sizes
 
 
+_BODY_KEYS = ("space", "machine", "file", "body", "size", "written_at")
+_TIME_KEYS = ("b_space", "b_name", "b_at", "b_rev")
+
+
 def _fitting(connection: Connection, beats: Mapping[tuple[str, str], Beat],
              max_machine_bytes: int, revs: Mapping[str, int]
-             ) -> tuple[list[dict[str, Any]], BeatsWritten]:
-    """The upsert rows of the bodies that fit their machine's quota, and the outcome
-    (``revs``: the revisions the transaction stamped the beats' machines with)."""
+             ) -> tuple[list[tuple[Any, ...]], BeatsWritten]:
+    """The upsert rows (``_BODY_KEYS``) of the bodies that fit their machine's quota, and
+    the outcome (``revs``: the revisions the transaction stamped the beats' machines
+    with)."""
     keys = sorted(beats)
     sizes = _stamped_usages(connection, revs, keys)
     rows, refused = [], []
@@ -227,9 +254,7 @@ def _fitting(connection: Connection, beats: Mapping[tuple[str, str], Beat],
             refused.append(key)
             continue
         files[beat.file] = len(beat.body)
-        rows.append({"space": key[0], "machine": key[1], "file": beat.file,
-                     "body": beat.body, "size": len(beat.body),
-                     "written_at": float(beat.at)})
+        rows.append((key[0], key[1], beat.file, beat.body, len(beat.body), float(beat.at)))
     return rows, BeatsWritten(0, refused, sizes)
 
 
@@ -277,15 +302,15 @@ class JoboutputStore(ABC):
         with self._write() as session:
             connection = session.connection()
             revs = bump_revisions(connection, (space for space, _ in beats))
-            times = [{"b_space": space, "b_name": name, "b_at": float(beat.at),
-                      "b_rev": revs[space]}
+            times = [(space, name, float(beat.at), revs[space])
                      for (space, name), beat in sorted(beats.items())]
             # locks the machine rows
-            matched = _execute_many(connection, "heartbeat", uploads.HEARTBEAT, times)
+            matched = _execute_many(connection, "heartbeat", uploads.HEARTBEAT, _TIME_KEYS,
+                                    times)
             rows, written = _fitting(connection, beats, max_machine_bytes, revs)
             if rows:
                 _execute_many(connection, "heartbeat body", _upsert(connection, newer=True),
-                              rows)
+                              _BODY_KEYS, rows)
             return BeatsWritten(matched, written.refused, written.sizes)
 
     def machines_named(self, keys: Iterable[tuple[str, str]]) -> uploads.Named:

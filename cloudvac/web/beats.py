@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from dataclasses import dataclass
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -38,7 +37,6 @@ from cloudvac.web.files import FILE_RE, UploadRejected
 from cloudvac.web.vm import kind_of, note_beat
 
 log = logging.getLogger("cloudvac.web.beats")
-_PATH = re.compile(r"/machines/([^/]+)/([^/]+)/joboutputs/([^/]+)")
 TOKENS_KEPT = 200_000  # as many as machine lookups (MACHINE_CACHE_SIZE)
 
 
@@ -70,30 +68,60 @@ def _headers(scope: Scope) -> tuple[str | None, int | None]:
     return authorization, length if lengths == 1 else None
 
 
+@dataclass(frozen=True, slots=True)
+class _Token:
+    """A bearer token this signer verified: whose it is, until when, and the upload path
+    prefix of its machine (a token's text fixes all three)."""
+
+    space: str
+    name: str
+    expires: int
+    prefix: str
+
+
 class HeartbeatFastPath:
-    """Pure ASGI middleware in front of the VM door's application (``app.VmDoor``)."""
+    """Pure ASGI middleware in front of the VM door's application (``app.VmDoor``).
+
+    It counts its 204s and their bytes in memory; they reach the metrics
+    (``cloudvac_uploads_total``, ``cloudvac_upload_bytes_total``) at every flush of the
+    heartbeat buffer and every scrape (``HeartbeatBuffer.counting``)."""
 
     def __init__(self, app: ASGIApp, ctx: WebContext) -> None:
         self.app, self.ctx = app, ctx
         self._accepted = ctx.metrics.uploads.labels("heartbeat", "204")
-        self._tokens: dict[str, tuple[str, str, int]] = {}
-        """Tokens this signer verified (bounded, oldest out): their subject and expiry."""
+        self._tokens: dict[str, _Token] = {}
+        """Authorization header values this signer verified (bounded, oldest out)."""
+        self._beats = self._bytes = 0
+        """Accepted since the metrics were last told (``_publish``)."""
+        ctx.heartbeats.counting(self._publish)
 
-    def _verified(self, token: str, space: str, name: str) -> bool:
-        """Whether ``token`` is the machine's own and unexpired: a token verified before
-        (the signature checked in full then; a token's text fixes subject and expiry)
-        costs a dictionary lookup, a new one ``TokenSigner.verify``."""
-        now = self.ctx.clock()
-        known = self._tokens.get(token)
+    def _publish(self) -> None:
+        beats, self._beats = self._beats, 0
+        size, self._bytes = self._bytes, 0
+        if beats:
+            self._accepted.inc(beats)
+            self.ctx.metrics.upload_bytes.inc(size)
+
+    def _token(self, authorization: str, now: float) -> _Token | None:
+        """The unexpired token of ``authorization`` ("Bearer TOKEN"): one verified before
+        costs a dictionary lookup, a new one ``TokenSigner.subject``."""
+        known = self._tokens.get(authorization)
         if known is None:
+            scheme, _, token = authorization.partition(" ")
+            if scheme.lower() != "bearer" or not token:
+                return None
             try:
-                self.ctx.signer.verify(token, space, name, now)
+                space, name = self.ctx.signer.subject(token, now)
             except TokenError:
-                return False
+                return None
+            if len(space) > 63 or len(name) > 63 or not (
+                    SPACE_NAME.fullmatch(space) and MACHINE_NAME.fullmatch(name)):
+                return None
             if len(self._tokens) >= TOKENS_KEPT:
                 del self._tokens[next(iter(self._tokens))]
-            known = self._tokens[token] = (space, name, int(token.split(".")[2]))
-        return known[0] == space and known[1] == name and known[2] >= now
+            known = self._tokens[authorization] = _Token(
+                space, name, int(token.split(".")[2]), f"/machines/{space}/{name}/joboutputs/")
+        return known if known.expires >= now else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         beat = None
@@ -123,11 +151,11 @@ class HeartbeatFastPath:
                                 separators=(",", ":")).encode()
             await _answer(send, exc.status, detail, b"application/json")
             return
-        self._accepted.inc()
+        self._beats += 1
+        self._bytes += len(data)
         self.ctx.fast_beats += 1
-        self.ctx.metrics.upload_bytes.inc(len(data))
-        await send({"type": "http.response.start", "status": 204, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
+        await send(_NO_CONTENT)
+        await send(_EMPTY_BODY)
 
     async def _ours(self, scope: Scope) -> _Beat | None:
         """The heartbeat this request is, if the fast path can answer it (see above)."""
@@ -153,23 +181,25 @@ class HeartbeatFastPath:
     def _asked(self, scope: Scope) -> tuple[str, str, str] | None:
         """(space, machine, file) of a PUT to a well-formed upload path with the
         machine's own valid token and a declared length within the per-file limit."""
-        match = _PATH.fullmatch(scope["path"])
-        if match is None or scope.get("root_path"):
+        if scope.get("root_path"):
             return None
-        space, name, file = match.groups()
-        if len(space) > 63 or len(name) > 63 or len(file) > 64 or not (
-                SPACE_NAME.fullmatch(space) and MACHINE_NAME.fullmatch(name)
-                and FILE_RE.fullmatch(file)):
-            return None
-        ctx = self.ctx
         authorization, length = _headers(scope)
-        if length is None or length > ctx.settings.upload_max_file_bytes \
+        if length is None or length > self.ctx.settings.upload_max_file_bytes \
                 or authorization is None:
             return None
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token:
+        token = self._token(authorization, self.ctx.clock())
+        path: str = scope["path"]
+        if token is None or not path.startswith(token.prefix):
             return None
-        return (space, name, file) if self._verified(token, space, name) else None
+        file = path[len(token.prefix):]
+        if len(file) > 64 or not FILE_RE.fullmatch(file):
+            return None
+        return token.space, token.name, file
+
+
+# The 204 answer, the same two messages every time (uvicorn only reads them).
+_NO_CONTENT: Message = {"type": "http.response.start", "status": 204, "headers": []}
+_EMPTY_BODY: Message = {"type": "http.response.body", "body": b""}
 
 
 async def _answer(send: Send, status: int, body: bytes,

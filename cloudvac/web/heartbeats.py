@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 from cloudvac.model.layout import HEARTBEAT_FILE
 from cloudvac.store import Store
@@ -32,6 +33,18 @@ class HeartbeatBuffer:
         self._pending: dict[tuple[str, str], Beat] = {}
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self._before: list[Callable[[], None]] = []
+
+    def counting(self, publish: Callable[[], None]) -> None:
+        """Call ``publish`` at the start of every flush and at every ``publish_counts``,
+        on the event loop: what counts heartbeats in memory (``beats.py``) adds its counts
+        to the metrics there, so that a scrape sees every heartbeat answered before it,
+        and the metrics never lag what the store holds."""
+        self._before.append(publish)
+
+    def publish_counts(self) -> None:
+        for publish in self._before:
+            publish()
 
     def note(self, space: str, name: str, at: float, file: str = HEARTBEAT_FILE,
              body: bytes = b"") -> None:
@@ -46,6 +59,7 @@ class HeartbeatBuffer:
         return self.store.record_heartbeats({key: beat.at for key, beat in batch.items()})
 
     async def flush(self) -> int:
+        self.publish_counts()
         batch, self._pending = self._pending, {}
         if not batch:
             return 0

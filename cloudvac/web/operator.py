@@ -150,6 +150,7 @@ async def metrics(request: Request) -> Response:
     and credential expiry (``status_metrics``).  No machine is read: a scrape costs the
     same at 100 or 100,000 machines."""
     ctx = context(request)
+    ctx.heartbeats.publish_counts()
     own = generate_latest(ctx.registry)
     try:
         rows = await asyncio.to_thread(_alarms, ctx)

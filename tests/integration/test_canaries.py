@@ -48,7 +48,7 @@ import httpx
 import pytest
 
 from cloudvac.config import load_config_dir
-from cloudvac.engine.daemon import ConfigSource
+from cloudvac.engine.configsource import ConfigSource
 from cloudvac.logs import LINE_BYTES, RedactingFilter, redacting
 from cloudvac.model.redact import CUT
 from cloudvac.service import Service, build

@@ -14,8 +14,9 @@ from cloudvac.clouds.factory import CloudFactory
 from cloudvac.config import load_config_dir
 from cloudvac.config.models import SimMachinetype
 from cloudvac.engine import observe
+from cloudvac.engine.configsource import ConfigSource
 from cloudvac.engine.cycle import SpaceCycle
-from cloudvac.engine.daemon import ConfigSource, Daemon
+from cloudvac.engine.daemon import Daemon
 from cloudvac.engine.metrics import EngineMetrics
 from cloudvac.engine.tools import CycleTools
 from cloudvac.model.cloud import Cloud, Flavor, Limits, MachineSpec, ObservedMachine

@@ -11,7 +11,7 @@ import httpx
 from cloudvac.auth.vmtokens import TokenSigner, load_or_create_secret
 from cloudvac.config import load_config_dir
 from cloudvac.demo import prepare
-from cloudvac.engine.daemon import ConfigSource
+from cloudvac.engine.configsource import ConfigSource
 from cloudvac.model.records import MachineRecord
 from cloudvac.model.states import MachineState
 from cloudvac.service import build, run_service

@@ -21,7 +21,8 @@ from cloudvac.clouds.factory import CloudFactory
 from cloudvac.clouds.simpilots import StorePilots
 from cloudvac.config import load_config_dir
 from cloudvac.engine import observe
-from cloudvac.engine.daemon import ConfigSource, Daemon
+from cloudvac.engine.configsource import ConfigSource
+from cloudvac.engine.daemon import Daemon
 from cloudvac.engine.leases import LeaseKeeper
 from cloudvac.engine.metrics import EngineMetrics
 from cloudvac.engine.tools import CycleTools

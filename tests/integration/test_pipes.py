@@ -26,7 +26,8 @@ import pytest
 
 from cloudvac.config import LoadedConfig, load_config_dir
 from cloudvac.config.pipecache import url_hash
-from cloudvac.engine.daemon import ConfigSource, Daemon
+from cloudvac.engine.configsource import ConfigSource
+from cloudvac.engine.daemon import Daemon
 from cloudvac.engine.pipes import RETRY_SECONDS, PipeFetcher, http_get
 from cloudvac.service import build_daemon
 from cloudvac.store import Store

@@ -21,7 +21,7 @@ from cloudvac.auth.vmtokens import (
 from cloudvac.cli import app
 from cloudvac.config import load_config_dir
 from cloudvac.demo import example_dir
-from cloudvac.engine.daemon import ConfigSource
+from cloudvac.engine.configsource import ConfigSource
 from cloudvac.service import build
 from cloudvac.store import Store
 

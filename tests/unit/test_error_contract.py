@@ -19,8 +19,9 @@ from cloudvac.clouds.sim import SimCloud, SimProject
 from cloudvac.config import Machinetype, Settings, Space
 from cloudvac.config.openstack import OpenStackSpace
 from cloudvac.context.errors import RenderError
+from cloudvac.engine.configsource import ConfigSource
 from cloudvac.engine.cycle import SpaceCycle
-from cloudvac.engine.daemon import ConfigSource, Daemon
+from cloudvac.engine.daemon import Daemon
 from cloudvac.engine.metrics import EngineMetrics
 from cloudvac.engine.tools import CycleTools
 from cloudvac.model.errors import Retryable
