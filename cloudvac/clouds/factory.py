@@ -17,8 +17,8 @@ from cloudvac.model.observer import Observer
 
 class CloudFactory:
     """Adapters are reused across cycles (connections, tokens and caches survive); a changed
-    configuration reconfigures a sim adapter, and rebuilds an OpenStack one only when its
-    cloud options or the settings it uses changed.  Simulated projects outlive their
+    configuration reconfigures a sim adapter, and rebuilds an OpenStack or EC2 one only
+    when its cloud options or the settings it uses changed.  Simulated projects outlive their
     adapters (a restarted manager finds its VMs)."""
 
     def __init__(self, observer: Observer, pilots: PilotReporter | None = None,
@@ -37,6 +37,8 @@ class CloudFactory:
         self._configs[space.name] = (space, settings)
         if space.api == "openstack":
             cloud = self._openstack(space, settings, cloud)
+        elif space.api == "ec2":
+            cloud = self._ec2(space, settings, cloud)
         else:
             cloud = self._sim(space, settings, cloud)
         self._clouds[space.name] = cloud
@@ -52,6 +54,16 @@ class CloudFactory:
         if cloud is not None:
             asyncio.get_running_loop().create_task(cloud.close())
         return OpenStackCloud(space, settings, self.observer)
+
+    def _ec2(self, space: Space, settings: Settings, cloud: Cloud | None) -> Cloud:
+        from cloudvac.clouds.ec2 import Ec2Cloud  # only spaces that need it (boto3 is heavy)
+
+        if isinstance(cloud, Ec2Cloud) and cloud.options == space.ec2 \
+                and cloud.settings == settings:
+            return cloud
+        if cloud is not None:
+            asyncio.get_running_loop().create_task(cloud.close())
+        return Ec2Cloud(space, settings, self.observer)
 
     def _sim(self, space: Space, settings: Settings, cloud: Cloud | None) -> Cloud:
         options = space.sim or SimSpace()

@@ -54,6 +54,7 @@ from cloudvac.config.checks import (
 )
 from cloudvac.config.dirac import DiracInstance
 from cloudvac.config.diracsites import SITE_NAME_KEY, DiracSections, attach_dirac
+from cloudvac.config.ec2 import EC2_SECRETS, Ec2Space
 from cloudvac.config.ini import IniDocument, Issue, Location, Section, read_files
 from cloudvac.config.models import Machinetype, SimMachinetype, SimSpace, Space
 from cloudvac.config.openstack import OpenStackSpace
@@ -69,7 +70,7 @@ DEFAULT_CONFIG_DIR = Path("/etc/cloudvac.d")
 LIST_OPTIONS = frozenset({"flavor_names", "sim_flavors", "sim_unschedulable_flavors",
                           "networks", "security_groups", "squid_proxies", "cvmfs_repositories",
                           "pilot_options", "configuration_servers", "command_extensions",
-                          "cvmfs_locations"})
+                          "cvmfs_locations", "image_owners", "security_group_ids"})
 SECTION_KINDS = ("[settings], [dirac NAME], [space NAME], [machinetype SPACE NAME] and "
                  "[vacuum_pipe SPACE PREFIX]")
 
@@ -295,12 +296,17 @@ def _space_options(section: Section, issues: list[Issue]) -> tuple[dict[str, Any
     names = [k for k in values if k.startswith(prefix)]
     if names:
         values[target] = {k[len(prefix):]: values.pop(k) for k in names}
-    if values.get("api") != "sim":  # openstack, or a wrong api that its error names
-        cloud = {k: values.pop(k) for k in list(values) if k in OpenStackSpace.model_fields}
-        if values.get("api") == "openstack":
-            checked = validate_model(OpenStackSpace, cloud, section, issues)
-            ok = check_secrets(section, OPENSTACK_SECRETS, issues) and checked is not None
-            values["openstack"] = checked or OpenStackSpace.model_construct()
+    api = values.get("api")
+    if api != "sim":  # openstack, ec2, or a wrong api that its error names
+        model, secrets = (Ec2Space, EC2_SECRETS) if api == "ec2" \
+            else (OpenStackSpace, OPENSTACK_SECRETS)
+        fields = model.model_fields if api in ("openstack", "ec2") \
+            else {**OpenStackSpace.model_fields, **Ec2Space.model_fields}
+        cloud = {k: values.pop(k) for k in list(values) if k in fields}
+        if api in ("openstack", "ec2"):
+            checked = validate_model(model, cloud, section, issues)
+            ok = check_secrets(section, secrets, issues) and checked is not None
+            values[api] = checked or model.model_construct()
     if sim and values.get("api") != "sim":
         first = "sim_" + min(sim)
         issues.append(Issue(section.where(first), section.title, first,

@@ -17,6 +17,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from cloudvac.config.dirac import DiracInstance
+from cloudvac.config.ec2 import Ec2Space
 from cloudvac.config.openstack import OpenStackSpace
 from cloudvac.config.paths import AbsolutePath, Template
 from cloudvac.config.proxies import normalize_proxy_list
@@ -240,7 +241,8 @@ class Space(ConfigModel):
     """One ``[space NAME]`` section with its machinetypes."""
 
     name: str
-    api: Literal["sim", "openstack"] = Field(description="Cloud adapter.")
+    api: Literal["sim", "openstack", "ec2"] = Field(description="Cloud adapter: sim, "
+                                                   "openstack or ec2.")
     processors_limit: int | None = Field(None, ge=0, description="Cap on processors of all "
                                          "machines in the space's project, including servers "
                                          "cloudvac does not own there (other users, other "
@@ -304,6 +306,7 @@ class Space(ConfigModel):
                                                       "sections the machinetypes name.")
     sim: SimSpace | None = None
     openstack: OpenStackSpace | None = None
+    ec2: Ec2Space | None = None
     machinetypes: dict[str, Machinetype] = Field(default_factory=dict)
 
     @field_validator("name")
@@ -328,6 +331,8 @@ class Space(ConfigModel):
                              "flavor_names in the space or in each machinetype")
         if self.api == "openstack" and self.openstack is None:
             raise ValueError("api = openstack needs auth_url and credentials")
+        if self.api == "ec2" and self.ec2 is None:
+            raise ValueError("api = ec2 needs region and credentials")
         return self
 
     @model_validator(mode="before")

@@ -29,6 +29,8 @@ from pydantic.fields import FieldInfo
 
 from cloudvac.config.dirac import DiracInstance
 from cloudvac.config.diracsites import SITE_NAME_KEY
+from cloudvac.config.ec2 import INLINE_SECRETS as EC2_INLINE_SECRETS
+from cloudvac.config.ec2 import Ec2Space
 from cloudvac.config.loader import PLACEHOLDER_KEYS, SECTION_KINDS
 from cloudvac.config.models import Machinetype, SimMachinetype, SimSpace, Space
 from cloudvac.config.openstack import INLINE_SECRETS, OpenStackSpace
@@ -81,6 +83,9 @@ GROUPS: tuple[tuple[type[BaseModel], str, str, str, str], ...] = (
      "One per cloud project (a space). NAME is DNS-like: a-z, 0-9, '.' and '-'."),
     (OpenStackSpace, "space", "[space NAME] with api = openstack", "",
      "Written in the [space] section itself when api = openstack."),
+    (Ec2Space, "space", "[space NAME] with api = ec2", "",
+     "Written in the [space] section itself when api = ec2 (AWS, or a cloud's EC2 API); "
+     "instance types are the flavor_names, the AMI (id or name) the root_image."),
     (SimSpace, "space", "[space NAME] with api = sim", "sim_",
      "The embedded simulated cloud (cloudvac demo, cloudvac simulate): sim_* options of the "
      "[space] section, only valid with api = sim."),
@@ -223,8 +228,8 @@ SYNTAX = (
 )
 
 
-def _refused_text() -> str:
-    refused = refused_inline()
+def _refused_text(model: type[BaseModel]) -> str:
+    refused = refused_inline() if model is OpenStackSpace else dict(EC2_INLINE_SECRETS)
     return "Refused inline (a secret): " + "; ".join(
         f"{name} (use {instead})" for name, instead in sorted(refused.items())) + "."
 
@@ -255,8 +260,8 @@ def markdown() -> str:
                   f"{_md(o.meaning)} | {f'`{o.vcycle}`' if o.vcycle else ''} |"
                   for o in group.options]
         lines.append("")
-        if group.model is OpenStackSpace:
-            lines += [_md(_refused_text()), ""]
+        if group.model in (OpenStackSpace, Ec2Space):
+            lines += [_md(_refused_text(group.model)), ""]
     lines += _md_vcycle()
     return "\n".join(lines).rstrip("\n") + "\n"
 
@@ -312,8 +317,8 @@ def conf_man(version: str) -> str:
             what = f"({option.type}; default: {option.default}"
             what += f"; VCycle: {option.vcycle})" if option.vcycle else ")"
             lines.append(roff(what if not option.meaning else f"{option.meaning} {what}"))
-        if group.model is OpenStackSpace:
-            lines += [".PP", roff(_refused_text())]
+        if group.model in (OpenStackSpace, Ec2Space):
+            lines += [".PP", roff(_refused_text(group.model))]
     notes = vcycle_notes()
     if notes:
         lines += [".SH \"VCYCLE OPTIONS\"",

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ValidationError
 
 from cloudvac.config.dirac import DiracInstance
 from cloudvac.config.diracsites import SITE_NAME_KEY
+from cloudvac.config.ec2 import Ec2Space
 from cloudvac.config.ini import Issue, Section
 from cloudvac.config.models import Machinetype, SimMachinetype, SimSpace, Space
 from cloudvac.config.openstack import OpenStackSpace
@@ -39,10 +40,10 @@ PLACEHOLDER_KEYS = (("user_data_option_", "user_data_options"),
 PREFIXED = {target: prefix for prefix, target in (*PLACEHOLDER_KEYS, SITE_NAME_KEY)}
 HEADER_FIELDS = frozenset({"name", "space"})
 """Fields filled from the section header, never written as options."""
-INTERNAL = frozenset({"machinetypes", "dirac_instances", "sim", "openstack", "site_names",
+INTERNAL = frozenset({"machinetypes", "dirac_instances", "sim", "openstack", "ec2", "site_names",
                       "user_data_options", "user_data_files"})
 """Fields the loader fills from other sections or from prefixed options."""
-NESTED = frozenset({"openstack", "sim", "machinetypes"})
+NESTED = frozenset({"openstack", "ec2", "sim", "machinetypes"})
 """Fields holding models that are validated, and reported, on their own (a stand-in takes
 the place of an invalid one): their errors are not repeated."""
 
@@ -61,10 +62,12 @@ def _fields(model: type[BaseModel], prefix: str = "") -> frozenset[str]:
 
 
 OPENSTACK_OPTIONS = _fields(OpenStackSpace)
+EC2_OPTIONS = _fields(Ec2Space)
 KINDS: dict[str, Kind] = {
     "settings": Kind("settings", _fields(Settings)),
     "dirac": Kind("dirac", _fields(DiracInstance)),
-    "space": Kind("space", _fields(Space) | _fields(SimSpace, "sim_") | OPENSTACK_OPTIONS),
+    "space": Kind("space", _fields(Space) | _fields(SimSpace, "sim_") | OPENSTACK_OPTIONS
+                  | EC2_OPTIONS),
     "machinetype": Kind("machinetype", _fields(Machinetype) | _fields(SimMachinetype, "sim_")),
 }
 

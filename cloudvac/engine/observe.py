@@ -133,7 +133,8 @@ class CloudReader:
           room then, and that is re-read at least every ``quota_reread_seconds``.
         """
         limit = space.processors_limit
-        ours = (sum(m.processors for m in machines), len(machines))
+        live = [m for m in machines if m.state is not MachineState.GONE]  # hold nothing
+        ours = (sum(m.processors for m in live), len(live))
         if limit is not None and ours[0] >= limit:
             return Limits()
         full = self._full

@@ -26,10 +26,10 @@ from dataclasses import dataclass, field, replace
 
 from cloudvac.config.models import Space
 from cloudvac.engine.lifecycle import end, event
-from cloudvac.model.cloud import ObservedMachine
+from cloudvac.model.cloud import RECLAIMED, ObservedMachine
 from cloudvac.model.records import Event, MachineRecord, SpaceHistory
 from cloudvac.model.states import FINISHED as _FINISHED
-from cloudvac.model.states import STARTING, MachineState
+from cloudvac.model.states import MAX_MESSAGE_TEXT, STARTING, MachineState, ShutdownMessage
 
 _INTENT, _GONE = MachineState.INTENT, MachineState.GONE
 
@@ -87,6 +87,10 @@ def reconcile(space: Space, observed: Sequence[ObservedMachine], history: SpaceH
         name = seen.name
         listed.add(name)
         old = machines.get(name)
+        if seen.state is _GONE:  # shown ended (model/cloud.py): holds no capacity
+            if old is not None:
+                _shown_gone(space, seen, old, now, found)
+            continue
         # The common case, cycle after cycle: nothing changed, no event, no write, no copy
         # (_merge returns ``old`` itself; benchmarks/scale.py).
         if old is None or history.restored or _merge(space.name, seen, old, now) is not old \
@@ -135,6 +139,17 @@ def _listed(space: Space, seen: ObservedMachine, history: SpaceHistory, now: flo
     found.records.append(record)
 
 
+def _shown_gone(space: Space, seen: ObservedMachine, old: MachineRecord, now: float,
+                found: _Found) -> None:
+    """A live machine the cloud lists as ended: ended (with the listed fault) and gone."""
+    record = _merge(space.name, seen, old, now)
+    if record.stopped_at is None:
+        record = _ended(space, record, now, found.events, found.aborts)
+    fault = f": {record.fault}" if record.fault else ""
+    found.events.append(event(now, record, "gone", f"ended in the cloud{fault}"))
+    found.changed[record.name] = record
+
+
 def _listing_event(old: MachineRecord | None, record: MachineRecord, now: float) -> Event | None:
     if old is None or old.state is _INTENT:
         how = "adopted from its tags" if old is None else "created"
@@ -147,7 +162,10 @@ def _listing_event(old: MachineRecord | None, record: MachineRecord, now: float)
 
 def _ended(space: Space, record: MachineRecord, now: float, events: list[Event],
            aborts: list[Event]) -> MachineRecord:
-    ending = end(space, record, now, None)
+    reclaimed = record.fault.startswith(RECLAIMED)
+    # "reclaimed by the cloud (spot interruption ...)" -> "100 Reclaimed by the cloud (...)"
+    ending = end(space, record, now, ShutdownMessage(
+        100, record.fault[:1].upper() + record.fault[1:MAX_MESSAGE_TEXT]) if reclaimed else None)
     if ending.abort is not None:
         events.append(ending.abort)
         aborts.append(ending.abort)

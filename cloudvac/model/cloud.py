@@ -20,6 +20,11 @@ Contract for adapters:
   it lists, so asking every cycle costs no request.
 * ``create_machine`` raises ``NotSent`` for anything that failed before the create
   request left (an image lookup, a refused connection): the engine frees the intent.
+* A listing may show a server the cloud keeps visible after it ended (EC2 lists terminated
+  instances for about an hour) in state ``GONE``: the engine ends its live record with the
+  listed fault and otherwise ignores it (it holds no capacity).  A fault starting with
+  ``RECLAIMED`` (a spot interruption) ends the machine as ``100 Reclaimed by the cloud``,
+  which never sets a backoff.
 
 Metadata (Nova server properties) on every machine cloudvac creates, built by
 ``machine_metadata``; none of it is secret (every user of the project, and the VM itself
@@ -70,6 +75,9 @@ ORCHESTRATOR = "cloudvac"
 METADATA_KEY = re.compile(r"^[a-zA-Z0-9-_:. ]{1,255}$")
 METADATA_VALUE_CHARS = 255
 METADATA_ITEMS = 128
+
+#: How a fault says the provider took the machine back (a spot interruption).
+RECLAIMED = "reclaimed by the cloud"
 
 #: Adapters list a cloud's flavors at most this often (they rarely change).
 FLAVOR_CACHE_SECONDS = 3600.0

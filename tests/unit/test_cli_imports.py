@@ -16,7 +16,7 @@ from cloudvac.cli.base import DEFAULT_CONFIG_DIR
 #: Never imported by --help or validate.
 HEAVY = ("openstack", "keystoneauth1", "sqlalchemy", "alembic", "fastapi", "starlette",
          "uvicorn", "matplotlib", "numpy", "httpx", "requests", "msgspec",
-         "prometheus_client", "psycopg", "cryptography")
+         "prometheus_client", "psycopg", "cryptography", "boto3", "botocore", "moto")
 #: What validate needs (the configuration models, user_data rendering and its schema) but
 #: --help does not.
 VALIDATE_ONLY = ("pydantic", "jinja2", "jsonschema", "yaml")
