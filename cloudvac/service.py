@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import socket
@@ -152,6 +153,9 @@ class Service:
                                      name="operator")]
         try:
             await _started(doors, (self.server, self.operator_server))
+            # What exists now (modules, configuration, the applications) lives as long as
+            # the process: frozen, no full collection walks it again while requests come.
+            gc.freeze()
             keeper = asyncio.create_task(self._housekeeping(), name="housekeeping")
             watching = None if self.watcher is None else \
                 asyncio.create_task(self.watcher.watch(self.stopping), name="wakes")

@@ -65,10 +65,12 @@ class MachineRecord:
         """When cloudvac saw the machine end (stopped, failed or gone) or asked for its
         deletion, whichever came first; None while it is alive.  A machine in a finished
         state with no such time (an old row) ended at 0."""
-        times = [t for t in (self.stopped_at, self.delete_requested_at) if t is not None]
-        if times:
-            return min(times)
-        return 0.0 if self.state in FINISHED else None
+        stopped, deleting = self.stopped_at, self.delete_requested_at
+        if stopped is None:  # (asked at every heartbeat: no list built)
+            if deleting is None:
+                return 0.0 if self.state in FINISHED else None
+            return deleting
+        return stopped if deleting is None else min(stopped, deleting)
 
     @property
     def holds_share(self) -> bool:
