@@ -335,18 +335,31 @@ class Ec2Cloud:
             batch.ids.append(cloud_id)
         else:
             batch = self._batch = _Batch([cloud_id], asyncio.get_running_loop().create_future())
+            await self._send(batch)
+        assert batch.done is not None
+        await asyncio.shield(batch.done)
+
+    async def _send(self, batch: _Batch) -> None:
+        """Collect this moment's deletes into ``batch``, terminate them, and settle its
+        future whatever happens: a cancelled sender must leave no delete waiting on it."""
+        assert batch.done is not None
+        try:
             await asyncio.sleep(0)  # every delete of this moment joins the batch
             await asyncio.sleep(0)
             self._batch = None
-            assert batch.done is not None
-            try:
-                await self._terminate(batch.ids)
-            except CloudError as exc:
-                batch.done.set_exception(exc)
-            else:
-                batch.done.set_result(None)
-        assert batch.done is not None
-        await asyncio.shield(batch.done)
+            await self._terminate(batch.ids)
+        except CloudError as exc:
+            batch.done.set_exception(exc)
+        except BaseException:
+            if not batch.done.done():
+                batch.done.set_exception(Retryable("delete not sent: its cycle ended"))
+                batch.done.exception()  # its joiners read it, if any: no "never retrieved"
+            raise
+        else:
+            batch.done.set_result(None)
+        finally:
+            if self._batch is batch:
+                self._batch = None
 
     async def _terminate(self, ids: list[str]) -> None:
         try:
