@@ -139,6 +139,7 @@ class FaultProxy:
     seen: list[str] = field(default_factory=list)
     url: str = ""
     _server: ThreadingHTTPServer | None = None
+    _client: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=60))
 
     def __enter__(self) -> FaultProxy:
         proxy = self
@@ -156,7 +157,7 @@ class FaultProxy:
                     return
                 headers = {k: v for k, v in self.headers.items()
                            if k.lower() not in ("host", "content-length")}
-                answer = httpx.post(proxy.upstream, content=body, headers=headers, timeout=60)
+                answer = proxy._client.post(proxy.upstream, content=body, headers=headers)
                 self._answer(answer.status_code, answer.content)
 
             def _answer(self, status: int, content: bytes) -> None:
@@ -178,6 +179,7 @@ class FaultProxy:
         assert self._server is not None
         self._server.shutdown()
         self._server.server_close()
+        self._client.close()
 
 
 def _error_xml(code: str, message: str) -> bytes:

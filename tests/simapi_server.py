@@ -33,7 +33,7 @@ from cloudvac.clouds.simkeystone import image_id
 READY = "listening on "
 START_SECONDS = 120.0  # a loaded 2-core CI machine: imports alone may take many seconds
 STOP_SECONDS = 60.0
-#: The flavors of the shared contract scenario (tests/contract/test_openstack_adapter.py).
+#: The flavors of the shared contract scenario (tests/contract/scenario.py, ScenarioCloud).
 CONTRACT_FLAVORS = ("m1.tiny:1:512", "m1.small:1:2048", "m1.xlarge:8:16384",
                     "cv.unschedulable:1:512", "cv.accounted:1:512:12.5:HEPscore23")
 

@@ -1,17 +1,15 @@
 """cloudvac's EC2 adapter against moto's EC2 API served on 127.0.0.1 (``tests/ec2server.py``).
 
-The scenario follows the shared one of ``test_openstack_adapter.py`` (flavors, creates,
-listing with tags and times, foreign usage in limits, quota refusal, idempotent deletes,
-lookup by name); that function itself names Nova's flavors and waits for Nova's ERROR
-state, which EC2 has not, so EC2 runs this version of it.  Quota, auth and throttling
-answers that moto cannot give come from ``FaultProxy``, a test fake in front of moto.
+First the shared contract scenario (``tests/contract/scenario.py``, the one real Nova and
+the sim pass), with EC2's instance types and more machines than one listing page; then
+what only EC2 has.  Quota, auth and throttling answers that moto cannot give come from
+``FaultProxy``, a test fake in front of moto.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +19,9 @@ from cloudvac.clouds.ec2 import Ec2Cloud
 from cloudvac.config import Machinetype, Settings, Space
 from cloudvac.config.ec2 import Ec2Space
 from cloudvac.engine.metrics import EngineMetrics
-from cloudvac.model.cloud import Flavor, MachineSpec, machine_metadata
 from cloudvac.model.errors import AuthFailed, Misconfigured, QuotaExceeded, Retryable
 from cloudvac.model.states import MachineState
+from tests.contract.scenario import PREFIX, SPACE, ScenarioCloud, expected, scenario, spec
 from tests.ec2server import (
     ACCESS_KEY,
     EMPTY_LISTING,
@@ -37,8 +35,6 @@ from tests.ec2server import (
 )
 
 pytestmark = pytest.mark.contract
-SPACE = "ec2.example"
-PREFIX = "cloudvac-e2e2e2-"
 S = MachineState
 
 
@@ -50,66 +46,66 @@ def ec2_space(url: str, tmp_path: Path, **options: Any) -> Space:
                  machinetypes={"belle": mt})
 
 
-def spec(name: str, flavor: Flavor, image: str = IMAGE_NAME) -> MachineSpec:
-    metadata = machine_metadata(space=SPACE, machinetype="belle", manager_id="cloudvac",
-                                created_at=time.time(), manager_url="https://vc.example:8443")
-    return MachineSpec(name=PREFIX + name, space=SPACE, machinetype="belle", flavor=flavor,
-                       image=image, user_data="#cloud-config\n", metadata=metadata)
-
-
-async def scenario(cloud: Ec2Cloud, ec2: MotoServer, metrics: EngineMetrics) -> dict[str, Any]:
-    seen: dict[str, Any] = {}
-    micro = await cloud.flavor(["no-such.type", "t3.micro"], 1, None)
-    seen["micro"] = (micro.processors, micro.ram_mb)
-    with pytest.raises(Misconfigured, match="no instance type"):
-        await cloud.flavor(["no-such.type"], 1, None)
-    ids = [await cloud.create_machine(spec(f"vm{i}", micro)) for i in range(7)]
-    before = dict(metrics.requests_of(SPACE))
-    machines = await cloud.list_machines()
-    seen["pages"] = metrics.requests_of(SPACE)["list"] - before.get("list", 0)
-    seen["listed"] = sorted(m.name[len(PREFIX):] for m in machines)
-    seen["states"] = {m.state for m in machines}
-    seen["tags"] = {m.machinetype for m in machines}
-    seen["times"] = all(m.created_at and m.started_at for m in machines)
-    seen["found"] = (await cloud.find_machine(PREFIX + "vm3") or machines[0]).cloud_id == ids[3]
-    seen["not_found"] = await cloud.find_machine(PREFIX + "nobody")
-    client = ec2.client()
-    client.run_instances(ImageId=ec2.image_id, MinCount=1, MaxCount=1, InstanceType="t3.micro")
-    limits = await cloud.limits()
-    seen["free"], seen["foreign"] = limits.free_processors, limits.foreign_processors
-    client.stop_instances(InstanceIds=[ids[0]])
-    seen["stopped"] = {m.cloud_id: m.state for m in await cloud.list_machines()}[ids[0]]
-    await asyncio.gather(*(cloud.delete_machine(i) for i in ids[:3]))
-    await cloud.delete_machine(ids[0])  # idempotent: already terminated
-    await cloud.delete_machine("i-0123456789abcdef0")  # never existed
-    after = {m.cloud_id: m.state for m in await cloud.list_machines()}
-    seen["after_delete"] = sorted(after[i].value for i in ids)
-    seen["lookup_terminated"] = await cloud.find_machine(PREFIX + "vm1")
-    with pytest.raises(Misconfigured, match="InvalidAMIID"):
-        await cloud.create_machine(spec("badami", micro, "ami-12345678"))
-    with pytest.raises(Misconfigured, match="no image named"):
-        await cloud.create_machine(spec("badname", micro, "no-such-image"))
-    return seen
-
-
-def test_scenario_on_moto(ec2: MotoServer, tmp_path: Path) -> None:
+def test_shared_scenario_on_moto(ec2: MotoServer, tmp_path: Path) -> None:
+    """Six t3.small (2 vCPUs, 2 GiB in moto's DescribeInstanceTypes) under a vcpu_limit of
+    18, listed in pages of 5; the refusal of a t3.2xlarge is EC2's own error document,
+    served by the proxy (moto enforces no vCPU limit).  Skipped, as EC2 has no counterpart:
+    the benchmark extra specs (instance types have none) and Nova's ERROR state (a launch
+    that fails is refused by RunInstances at once or ends ``terminated``, which moto never
+    does by itself)."""
     metrics = EngineMetrics()
-    cloud = Ec2Cloud(ec2_space(ec2.url, tmp_path, list_page_size=5, vcpu_limit=32),
-                     Settings(), metrics)
+    client = ec2.client()
+    refusal = Fault(400, "VcpuLimitExceeded", "You have requested more vCPU capacity than "
+                    "your current vCPU limit of 18 allows for the instance bucket that the "
+                    "specified instance type belongs to.", times=1)
+
+    async def foreign() -> None:  # someone else's instance: no tags
+        await asyncio.to_thread(lambda: client.run_instances(
+            ImageId=ec2.image_id, MinCount=1, MaxCount=1, InstanceType="t3.small"))
+
+    with FaultProxy(ec2.url) as proxy:
+        cloud = Ec2Cloud(ec2_space(proxy.url, tmp_path, list_page_size=5, vcpu_limit=18),
+                         Settings(), metrics)
+
+        def over_quota() -> None:
+            proxy.faults = {"RunInstances": refusal}
+
+        sc = ScenarioCloud(
+            cloud, IMAGE_NAME, foreign, quota_processors=18, machines=6, small="t3.small",
+            small_processors=2, small_ram_mb=2048, foreign_processors=2, too_big="t3.2xlarge",
+            quota_error="VcpuLimitExceeded", over_quota=over_quota,
+            accounted=None, unschedulable=None,  # no counterpart on EC2: see the docstring
+            shows_starting=False,  # moto's instances are running at once (AWS: pending)
+            missing_id="i-0123456789abcdef0",
+            list_requests=lambda: metrics.requests_of(SPACE).get("list", 0))
+        seen = asyncio.run(scenario(sc))
+    assert seen == {**expected(sc), "pages": 2}
+    assert refusal.times == 0, "the refusal came from the proxy, once"
+
+
+def test_stopped_terminated_and_unknown_images(ec2: MotoServer, tmp_path: Path) -> None:
+    """What EC2 shows that Nova does not: a stopped instance, a terminated one listed (as
+    GONE) for an hour, AMIs by id or by name."""
+    cloud = Ec2Cloud(ec2_space(ec2.url, tmp_path), Settings(), EngineMetrics())
 
     async def flow() -> dict[str, Any]:
-        try:
-            return await scenario(cloud, ec2, metrics)
-        finally:
-            await cloud.close()
+        seen: dict[str, Any] = {}
+        micro = await cloud.flavor(["t3.micro"], 1, None)
+        ids = [await cloud.create_machine(spec(f"vm{i}", micro, IMAGE_NAME)) for i in range(3)]
+        ec2.client().stop_instances(InstanceIds=[ids[0]])
+        await asyncio.gather(*(cloud.delete_machine(i) for i in ids[1:]))
+        states = {m.cloud_id: m.state for m in await cloud.list_machines()}
+        seen["states"] = [states[i] for i in ids]
+        seen["lookup_terminated"] = await cloud.find_machine(PREFIX + "vm1")
+        with pytest.raises(Misconfigured, match="InvalidAMIID"):
+            await cloud.create_machine(spec("badami", micro, "ami-12345678"))
+        with pytest.raises(Misconfigured, match="no image named"):
+            await cloud.create_machine(spec("badname", micro, "no-such-image"))
+        await cloud.close()
+        return seen
 
-    seen = asyncio.run(flow())
-    assert seen == {
-        "micro": (2, 1024), "pages": 2,
-        "listed": [f"vm{i}" for i in range(7)], "states": {S.RUNNING}, "tags": {"belle"},
-        "times": True, "found": True, "not_found": None,
-        "free": 32 - 8 * 2, "foreign": 2, "stopped": S.STOPPED,
-        "after_delete": ["gone"] * 3 + ["running"] * 4, "lookup_terminated": None}
+    assert asyncio.run(flow()) == {"states": [S.STOPPED, S.GONE, S.GONE],
+                                   "lookup_terminated": None}
 
 
 def test_error_answers_through_a_fault_proxy(ec2: MotoServer, tmp_path: Path,
@@ -130,12 +126,13 @@ def test_error_answers_through_a_fault_proxy(ec2: MotoServer, tmp_path: Path,
 
         async def flow() -> None:
             micro = await cloud.flavor(["t3.micro"], 1, None)
+            q, p = spec("q", micro, IMAGE_NAME), spec("p", micro, IMAGE_NAME)
             for code in ("InsufficientInstanceCapacity", "VcpuLimitExceeded",
                          "InstanceLimitExceeded"):
                 await expect("RunInstances", Fault(400, code, f"no {code} for t3.micro"),
-                             QuotaExceeded, lambda: cloud.create_machine(spec("q", micro)))
+                             QuotaExceeded, lambda: cloud.create_machine(q))
             await expect("RunInstances", Fault(400, "InvalidParameterValue", "bad value"),
-                         Misconfigured, lambda: cloud.create_machine(spec("p", micro)))
+                         Misconfigured, lambda: cloud.create_machine(p))
             for status, code in ((401, "AuthFailure"), (403, "UnauthorizedOperation"),
                                  (403, "InvalidClientTokenId"), (403, "SignatureDoesNotMatch")):
                 await expect("DescribeInstances", Fault(

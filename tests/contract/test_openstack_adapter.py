@@ -1,16 +1,16 @@
-"""One scenario, two clouds: cloudvac's OpenStack adapter on REAL Nova, and the sim adapter.
+"""The shared contract scenario (``tests/contract/scenario.py``) on two clouds: cloudvac's
+OpenStack adapter on REAL Nova, and the sim adapter; then what only OpenStack has.
 
 Both must give the same observable results; that keeps the simulated cloud (used by the
-demo, unit tests and benchmarks) honest about how Nova behaves.
+demo, unit tests and benchmarks) honest about how Nova behaves.  The same scenario runs on
+moto's EC2 API in ``test_ec2_adapter.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +21,21 @@ from cloudvac.clouds.sim import SimCloud, SimProject
 from cloudvac.config import Machinetype, Settings, SimSpace, Space
 from cloudvac.config.openstack import OpenStackSpace
 from cloudvac.engine.metrics import EngineMetrics
-from cloudvac.model.cloud import TAG_MACHINETYPE, TAG_MANAGER, TAG_SPACE, Cloud, MachineSpec
-from cloudvac.model.errors import AuthFailed, Misconfigured, QuotaExceeded
+from cloudvac.model.cloud import TAG_MACHINETYPE, TAG_MANAGER, TAG_SPACE
+from cloudvac.model.errors import AuthFailed, Misconfigured
 from cloudvac.model.states import MachineState
 from tests.contract.conftest import KEYSTONE_START_S, NOVA_START_S, budget, launch
+from tests.contract.scenario import (
+    PREFIX,
+    SPACE,
+    ScenarioCloud,
+    expected,
+    scenario,
+    spec,
+    until,
+)
 
 pytestmark = pytest.mark.contract
-SPACE = "contract.example"
-PREFIX = f"cloudvac-{hashlib.sha256(SPACE.encode()).hexdigest()[:6]}-"
 S = MachineState
 
 
@@ -51,91 +58,6 @@ def openstack_space(nova: Any, tmp_path: Path, **overrides: Any) -> Space:
                  machinetypes={"belle": mt})
 
 
-def spec(name: str, flavor: Any, image: str) -> MachineSpec:
-    return MachineSpec(name=PREFIX + name, space=SPACE, machinetype="belle", flavor=flavor,
-                       image=image, user_data="#cloud-config\n",
-                       metadata={TAG_SPACE: SPACE, TAG_MACHINETYPE: "belle",
-                                 TAG_MANAGER: "cloudvac"})
-
-
-async def until(check: Callable[[], Awaitable[bool]], seconds: float = 60) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if await check():
-            return True
-        await asyncio.sleep(0.5)
-    return False
-
-
-async def scenario(cloud: Cloud, image: str, add_foreign: Callable[[], Awaitable[None]]
-                   ) -> dict[str, Any]:
-    """Drive ``cloud`` through create/list/quota/error/delete; return what was observed."""
-    seen: dict[str, Any] = {}
-    small = await cloud.flavor(["m1.small"], 1, None)
-    seen["small"] = small.processors
-    accounted = await cloud.flavor(["cv.accounted"], 1, None)
-    seen["flavor_benchmarks"] = {
-        "plain": (small.benchmark_type, small.benchmark_value),
-        "accounted": (accounted.benchmark_type, accounted.benchmark_value)}
-    with pytest.raises(Misconfigured):
-        await cloud.flavor(["no-such-flavor"], 1, None)
-    ids = [await cloud.create_machine(spec(f"vm{i}", small, image)) for i in range(3)]
-    listed = await cloud.list_machines()
-    seen["first_states"] = sorted({m.state.value for m in listed} - {"running"})
-
-    async def all_running() -> bool:
-        machines = await cloud.list_machines()
-        return len(machines) == 3 and all(m.state is S.RUNNING for m in machines)
-
-    seen["running"] = await until(all_running)
-    machines = await cloud.list_machines()
-    seen["listed"] = sorted(m.name[len(PREFIX):] for m in machines)
-    seen["tags"] = {m.machinetype for m in machines}
-    seen["times"] = all(m.created_at and m.started_at for m in machines)
-    await add_foreign()
-    limits = await cloud.limits()
-    seen["free_processors"] = limits.free_processors
-    seen["foreign_processors"] = limits.foreign_processors
-    seen["listed_after_foreign"] = len(await cloud.list_machines())
-
-    xlarge = await cloud.flavor(["m1.xlarge"], 1, None)
-    with pytest.raises(QuotaExceeded, match=r"(?i)quota"):
-        await cloud.create_machine(spec("big", xlarge, image))
-
-    bad = await cloud.flavor(["cv.unschedulable"], 1, None)
-    await cloud.create_machine(spec("bad", bad, image))
-
-    async def failed() -> bool:
-        return any(m.state is S.FAILED for m in await cloud.list_machines())
-
-    seen["failed"] = await until(failed)
-    faults = [m.fault for m in await cloud.list_machines() if m.state is S.FAILED]
-    seen["fault"] = faults[0].startswith("No valid host was found") if faults else None
-
-    await cloud.delete_machine(ids[0])
-    await cloud.delete_machine(ids[0])  # idempotent while Nova is still deleting
-
-    async def gone() -> bool:
-        return all(m.cloud_id != ids[0] for m in await cloud.list_machines())
-
-    seen["deleted"] = await until(gone)
-    await cloud.delete_machine(ids[0])  # and once it is gone
-    for m in await cloud.list_machines():
-        await cloud.delete_machine(m.cloud_id)
-    await cloud.close()
-    return seen
-
-
-EXPECTED = {
-    "small": 1,
-    "flavor_benchmarks": {"plain": ("", None), "accounted": ("HEPscore23", 12.5)},
-    "first_states": ["starting"], "running": True,
-    "listed": ["vm0", "vm1", "vm2"], "tags": {"belle"}, "times": True,
-    "free_processors": 2, "foreign_processors": 1, "listed_after_foreign": 3,
-    "failed": True, "fault": True, "deleted": True,
-}
-
-
 def test_scenario_on_real_nova(nova: Any, tmp_path: Path) -> None:
     import openstack
 
@@ -148,13 +70,14 @@ def test_scenario_on_real_nova(nova: Any, tmp_path: Path) -> None:
         await asyncio.to_thread(lambda: sdk.compute.wait_for_server(sdk.compute.create_server(
             name="someone-else", flavor_id="1", image_id=nova["image_id"], networks="none")))
 
+    sc = ScenarioCloud(cloud, nova["image_id"], foreign)
     try:
-        seen = asyncio.run(scenario(cloud, nova["image_id"], foreign))
+        seen = asyncio.run(scenario(sc))
     finally:
         for server in sdk.compute.servers():
             sdk.compute.delete_server(server, ignore_missing=True)
         sdk.close()
-    assert seen == EXPECTED
+    assert seen == expected(sc)
     samples = {s.labels.get("kind"): s.value for m in metrics.registry.collect()
                for s in m.samples if s.name == "cloudvac_auth_calls_total"}
     assert samples == {None: 1.0}, "one Keystone authentication for the whole scenario"
@@ -171,7 +94,8 @@ def test_same_scenario_on_the_sim() -> None:
     async def foreign() -> None:
         project.add_foreign("someone-else", 1)
 
-    assert asyncio.run(scenario(cloud, "image", foreign)) == EXPECTED
+    sc = ScenarioCloud(cloud, "image", foreign)
+    assert asyncio.run(scenario(sc)) == expected(sc)
 
 
 def test_wrong_password_is_a_clear_auth_failure(nova: Any, tmp_path: Path,

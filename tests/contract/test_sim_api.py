@@ -22,15 +22,8 @@ from cloudvac.engine.metrics import EngineMetrics
 from cloudvac.model.cloud import TAG_MACHINETYPE, TAG_MANAGER, TAG_SPACE
 from cloudvac.model.errors import AuthFailed, QuotaExceeded, Retryable
 from cloudvac.model.states import MachineState
-from tests.contract.test_openstack_adapter import (
-    EXPECTED,
-    PREFIX,
-    SPACE,
-    openstack_space,
-    scenario,
-    spec,
-    until,
-)
+from tests.contract.scenario import PREFIX, SPACE, ScenarioCloud, expected, scenario, spec, until
+from tests.contract.test_openstack_adapter import openstack_space
 from tests.simapi_server import SimCloudServer, sim_cloud
 
 pytestmark = pytest.mark.contract
@@ -84,7 +77,8 @@ def test_contract_scenario_through_the_openstack_adapter(
             name="someone-else", flavor_id="1", image_id=cloud_server["image_id"],
             networks="none"), wait=120))
 
-    assert asyncio.run(scenario(cloud, cloud_server["image_id"], foreign)) == EXPECTED
+    sc = ScenarioCloud(cloud, cloud_server["image_id"], foreign)
+    assert asyncio.run(scenario(sc)) == expected(sc)
     samples = {s.labels.get("kind"): s.value for m in metrics.registry.collect()
                for s in m.samples if s.name == "cloudvac_auth_calls_total"}
     assert samples == {None: 1.0}, "one Keystone authentication for the whole scenario"
