@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -186,9 +187,14 @@ def _cfg_section(cfg: Any, *path: str) -> Any:
 def _dirac_cs_sites(args: tuple[str, ...]) -> tuple[dict[str, dict[str, str]], Any]:
     """Run dirac-cs; load its whole stdout with diraccfg: site -> queue -> "processors tag",
     and the CFG."""
+    return _dirac_cs_parsed(cli("dirac-cs", *args))
+
+
+def _dirac_cs_parsed(result: subprocess.CompletedProcess[str]
+                     ) -> tuple[dict[str, dict[str, str]], Any]:
+    """What ``_dirac_cs_sites`` says of a dirac-cs run."""
     from diraccfg import CFG
 
-    result = cli("dirac-cs", *args)
     assert result.returncode == 0, result.stderr
     cfg = CFG().loadFromBuffer(result.stdout)  # as printed: one loadable CFG
     sites: dict[str, dict[str, str]] = {}
@@ -247,14 +253,16 @@ def test_dirac_cs_on_the_shipped_config_gives_the_papers_sites(tmp_path: Path) -
     spaces = {"napoli.infn.it": ("belle2", "gridpp"), "lal.in2p3.fr": ("belle2",),
               "lpnhe.in2p3.fr": ("belle2", "gridpp"), "ires.fedcloud.egi.eu": ("belle2",)}
     sites: dict[str, set[str]] = {"belle2": set(), "gridpp": set()}
-    for space, instances in spaces.items():
-        for instance in instances:
-            found, cfg = _dirac_cs_sites((space, "--dirac", instance, "--config-dir",
-                                          str(conf)))
-            sites[instance] |= set(found)
-            # m1.xlarge's 8 vCPUs (max_processors) when the cloud does not answer, never 1
-            assert all(q == "8 MultiProcessor" for qs in found.values() for q in qs.values())
-            assert cfg.getOption("/Registry/Hosts/vm-pilot.na.infn.it/DN") == HOST_DN
+    runs = [(space, "--dirac", instance, "--config-dir", str(conf))
+            for space, instances in spaces.items() for instance in instances]
+    with ThreadPoolExecutor(3) as pool:  # six processes: a few side by side
+        done = list(pool.map(lambda args: cli("dirac-cs", *args), runs))
+    for args, result in zip(runs, done, strict=True):
+        found, cfg = _dirac_cs_parsed(result)
+        sites[args[2]] |= set(found)
+        # m1.xlarge's 8 vCPUs (max_processors) when the cloud does not answer, never 1
+        assert all(q == "8 MultiProcessor" for qs in found.values() for q in qs.values())
+        assert cfg.getOption("/Registry/Hosts/vm-pilot.na.infn.it/DN") == HOST_DN
     assert sites == {"belle2": PAPER_BELLE2, "gridpp": PAPER_GRIDPP}
 
 

@@ -25,6 +25,7 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,19 +84,54 @@ class Installed:
                               env=offline_env({"PIP_NO_CACHE_DIR": "1", **(env or {})}))
 
 
+@dataclass(frozen=True)
+class RealRoot:
+    """install.sh without --destdir, through overlays (``REAL_ROOT``): what it said, and the
+    overlays' upper directory (where its writes landed)."""
+
+    done: Future[subprocess.CompletedProcess[str]]
+    upper: Path
+
+
+@dataclass(frozen=True)
+class Installs:
+    staged: Installed
+    real: RealRoot
+
+
+def _into_the_real_root(script: Path, args: tuple[str, ...], base: Path
+                        ) -> subprocess.CompletedProcess[str]:
+    """Without --destdir, as an admin runs it, the host's /etc, /opt, /usr/local and /var
+    seen through overlays whose upper layers are directories under ``base``."""
+    return Installed(script, base, args, "").install(
+        *args, env={"UPPER": str(base / "upper"), "WORK": str(base / "work")},
+        prefix=(tool("unshare"), "--mount", "--propagation", "private", "sh", "-c", REAL_ROOT,
+                "sh"))
+
+
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
-    """install.sh --log-file from a source tree into a temporary root, offline; plus
-    systemd's own units and /usr/bin/kill in that root, as on any host."""
+def installs(tmp_path_factory: pytest.TempPathFactory) -> Installs:
+    """Both installs of install.sh at once (each a minute of pip on a loaded machine, and
+    independent: their own copy of the source tree, their own root): --log-file from a
+    source tree into a temporary root, offline, plus systemd's own units and /usr/bin/kill
+    in that root, as on any host; and the same into the real root (checked by its own test,
+    which fails alone if that install does)."""
     assert Path(SYSTEM_PYTHON).exists(), "Debian's python3 is missing (make system-deps)"
     base = tmp_path_factory.mktemp("deploy")
-    src = source_copy(base / "src")
-    for tree in ("deploy", "docs"):
-        shutil.copytree(REPO / tree, src / tree)
+    sources = []
+    for name in ("src", "src-real-root"):
+        src = source_copy(base / name)
+        for tree in ("deploy", "docs"):
+            shutil.copytree(REPO / tree, src / tree)
+        sources.append(src / "deploy/install.sh")
     root = base / "root"
     args = ("--destdir", str(root), "--python", SYSTEM_PYTHON, "--wheelhouse",
             str(wheelhouse()), "--log-file")
-    done = Installed(src / "deploy/install.sh", root, args, "").install(*args)
+    with ThreadPoolExecutor(1) as pool:
+        real = RealRoot(pool.submit(_into_the_real_root, sources[1], args[2:],
+                                    base / "real-root"), base / "real-root" / "upper")
+        done = Installed(sources[0], root, args, "").install(*args)
+        wait([real.done])
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "building the cloudvac wheel from" in done.stderr
     shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system",
@@ -103,7 +139,13 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     (root / "usr/bin").mkdir(parents=True, exist_ok=True)
     shutil.copy("/usr/bin/kill", root / "usr/bin/kill")
     (root / "bin").symlink_to("usr/bin")
-    return Installed(src / "deploy/install.sh", root, args, done.stdout + done.stderr)
+    return Installs(Installed(sources[0], root, args, done.stdout + done.stderr), real)
+
+
+@pytest.fixture(scope="module")
+def installed(installs: Installs) -> Installed:
+    """The install into a temporary root."""
+    return installs.staged
 
 
 def test_install_puts_cloudvac_where_the_units_and_docs_say(installed: Installed) -> None:
@@ -309,14 +351,10 @@ cloudvac --help >/dev/null
 
 
 def test_install_into_the_real_root_creates_the_user_and_directories(
-        installed: Installed, tmp_path: Path) -> None:
-    """Without --destdir, as an admin runs it, the host's /etc, /opt, /usr/local and /var
-    seen through overlays whose upper layers are temporary directories."""
-    args = [a for a in installed.args if a not in ("--destdir", str(installed.root))]
-    done = installed.install(*args, env={"UPPER": str(tmp_path / "upper"),
-                                         "WORK": str(tmp_path / "work")},
-                             prefix=(tool("unshare"), "--mount", "--propagation", "private",
-                                     "sh", "-c", REAL_ROOT, "sh"))
+        installs: Installs) -> None:
+    """Without --destdir, as an admin runs it (``_into_the_real_root``, run by the fixture
+    while the staged install runs)."""
+    done = installs.real.done.result()
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     lines = done.stdout.splitlines()
     assert re.match(r"uid=\d+\(cloudvac\) gid=\d+\(cloudvac\) groups=\d+\(cloudvac\)$",
@@ -325,9 +363,9 @@ def test_install_into_the_real_root_creates_the_user_and_directories(
                             "750 cloudvac cloudvac /var/lib/cloudvac"]
     assert re.fullmatch(r"\d+\.\d+\.\d+\S*", lines[-1])
     assert "next: write /etc/cloudvac.d/*.conf" in done.stderr
-    upper = tmp_path / "upper"
+    upper = installs.real.upper
     assert (upper / "usr/local/lib/systemd/system/cloudvac.service").read_bytes() == \
-        (installed.root / UNIT_DIR.lstrip("/") / "cloudvac.service").read_bytes()
+        (installs.staged.root / UNIT_DIR.lstrip("/") / "cloudvac.service").read_bytes()
 
 
 def test_reinstall_is_idempotent_and_keeps_the_admins_files(installed: Installed) -> None:

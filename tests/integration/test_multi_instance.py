@@ -11,6 +11,11 @@ lasts 4 s, a keeper round comes every 0.5 s.  A space's ``processors_limit`` (3)
 its project's quota (5), so two owners acting at once would show as a space over 3 at a
 listing of the sim; every listing the tests take checks that, and that no name was ever
 created twice.  Figures (takeover, rebalance) are printed in periods.
+
+A rig's start-up (a sim cloud, three managers, a first spread and fill) is most of a
+scenario's time, so two tests run two scenarios each, the second from the state the first
+ends in and checks (three instances own every space, evenly, all filled): concurrent start
+then kill -9; pause then graceful leave.
 """
 
 from __future__ import annotations
@@ -58,16 +63,20 @@ target_share = 1
 root_image = cloudvac-sim-image
 heartbeat_file = heartbeat
 heartbeat_seconds = {heartbeat}
-fizzle_seconds = 20
+fizzle_seconds = {fizzle}
 """
 HEARTBEAT_SECONDS = 60
 """The staleness limit (generous: a VM whose door is a paused instance's may miss a few).
 The clock-offset test uses SKEWED_HEARTBEAT_SECONDS instead."""
-SKEWED_HEARTBEAT_SECONDS = 30
-"""The staleness limit of the clock-offset test: below its 90 s offsets.  Every time
-written is on the database's clock (``store/clock.py``): before that, a heartbeat carried
-the wall clock of the instance whose VM door took it, and an owner 90 s ahead deleted
-every machine of its spaces for "heartbeat lost" with this limit."""
+FIZZLE_SECONDS = 20
+"""fizzle_seconds of every machinetype: no job ends within a test, so it matters only as
+the age at which the heartbeat rule may fire (past it and past the limit)."""
+SKEWED_HEARTBEAT_SECONDS = 20
+"""The staleness limit of the clock-offset test: well below its 90 s offsets, and twenty
+of the sim's heartbeat periods (1 s).  Every time written is on the database's clock
+(``store/clock.py``): before that, a heartbeat carried the wall clock of the instance whose
+VM door took it, and an owner 90 s ahead deleted every machine of its spaces for
+"heartbeat lost" with a limit below the offset (30 s then)."""
 
 
 @dataclass
@@ -131,7 +140,8 @@ def _config(database: str, cloud: SimCloudServer, spaces: dict[str, str],
     text = SHARED.format(database=database, cycle=CYCLE)
     for project, space in spaces.items():
         text += SPACE.format(space=space, openstack=cloud.space_options(password, project),
-                             limit=LIMIT, heartbeat=heartbeat)
+                             limit=LIMIT, heartbeat=heartbeat,
+                             fizzle=FIZZLE_SECONDS)
     return text
 
 
@@ -233,37 +243,42 @@ def _start(rig: Rig) -> dict[int, list[str]]:
     return owners
 
 
-def test_concurrent_start_of_three_spreads_and_fills(tmp_path: Path, pg_url: str) -> None:
+def concurrent_start(r: Rig, started: float) -> dict[int, list[str]]:
+    """The checks of a concurrent start of three (``started``: monotonic, before the rig):
+    every space owned, evenly, all filled, within a bound; one actor per space; ``status``
+    names each owner; no orphan.  Returns the owners."""
+    up = time.monotonic()
+    owners, periods = settle(r, r.cluster.instances, up,
+                             "three instances own every space, evenly, all filled")
+    print(f"\nconcurrent start: all three serving after {(up - started) / CYCLE:.1f} "
+          f"periods; spread and filled {periods:.1f} periods later: "
+          f"{ {i: len(s) for i, s in owners.items()} }")
+    # Bound: joins are seen within a keeper round (a quarter period); the first
+    # instance up may have taken every space and gives extras back at its next round;
+    # a fill takes two cycles (create, then the listing after the 1 s boot).  Twenty
+    # periods leave room for a loaded 2-core machine (each status read above is a
+    # CLI process of its own, a few seconds there).
+    assert periods <= 20
+    single_actor(r, r.cluster.instances, owners)
+    status = r.cluster.status()
+    assert {row["space"] for row in status} == set(r.spaces.values())
+    owner_of = {space: index for index, spaces in owners.items() for space in spaces}
+    for row in status:
+        pid = r.cluster.instances[owner_of[row["space"]]].pid
+        assert row["owner"] and row["owner_host"].endswith(f"pid {pid}"), row
+        assert row["starting"] + row["running"] == LIMIT, row
+    assert set(owners) == {0, 1, 2}
+    no_orphans(r)
+    return owners
+
+
+def test_concurrent_start_spreads_and_fills_then_a_killed_owner_is_taken_over(
+        tmp_path: Path, pg_url: str) -> None:
+    """One rig for two scenarios (its start-up is most of either's time): the concurrent
+    start of three, checked in full, then kill -9 of the owner of the most spaces."""
     started = time.monotonic()
     with rig(tmp_path, pg_url, 3) as r:
-        up = time.monotonic()
-        owners, periods = settle(r, r.cluster.instances, up,
-                                 "three instances own every space, evenly, all filled")
-        print(f"\nconcurrent start: all three serving after {(up - started) / CYCLE:.1f} "
-              f"periods; spread and filled {periods:.1f} periods later: "
-              f"{ {i: len(s) for i, s in owners.items()} }")
-        # Bound: joins are seen within a keeper round (a quarter period); the first
-        # instance up may have taken every space and gives extras back at its next round;
-        # a fill takes two cycles (create, then the listing after the 1 s boot).  Twenty
-        # periods leave room for a loaded 2-core machine (each status read above is a
-        # CLI process of its own, a few seconds there).
-        assert periods <= 20
-        single_actor(r, r.cluster.instances, owners)
-        status = r.cluster.status()
-        assert {row["space"] for row in status} == set(r.spaces.values())
-        owner_of = {space: index for index, spaces in owners.items() for space in spaces}
-        for row in status:
-            pid = r.cluster.instances[owner_of[row["space"]]].pid
-            assert row["owner"] and row["owner_host"].endswith(f"pid {pid}"), row
-            assert row["starting"] + row["running"] == LIMIT, row
-        assert set(owners) == {0, 1, 2}
-        no_orphans(r)
-
-
-def test_kill_of_an_owner_is_taken_over_within_two_periods(tmp_path: Path,
-                                                           pg_url: str) -> None:
-    with rig(tmp_path, pg_url, 3) as r:
-        owners = _start(r)
+        owners = concurrent_start(r, started)
         victim = victim_of(r, owners)
         survivors = [i for i in r.cluster.instances if i is not victim]
         lost = owners[victim.index]
@@ -300,71 +315,95 @@ def _no_orphans_yet(rig: Rig) -> bool:
     return True
 
 
-def test_graceful_leave_is_rebalanced_within_two_cycles(tmp_path: Path, pg_url: str) -> None:
-    with rig(tmp_path, pg_url, 3) as r:
-        owners = _start(r)
-        leaving = victim_of(r, owners)
-        survivors = [i for i in r.cluster.instances if i is not leaving]
-        since, stopped = time.monotonic(), time.time()
-        assert leaving.stop() == 0, leaving.log()[-3000:]
-        gone = (time.monotonic() - since) / CYCLE
-        taken = takeover(r, owners[leaving.index], survivors, stopped)
-        owners, periods = settle(r, survivors, since, "two instances own every space")
-        worst = max(taken.values()) / CYCLE
-        print(f"\nSIGTERM of instance {leaving.index}: exited after {gone:.1f} periods; "
-              f"its spaces cycled by the others after (worst) {worst:.2f} periods; "
-              f"rebalanced and filled {periods:.1f} periods after the signal")
-        assert "space leases released" in leaving.log()
-        # Released leases are free at once: taken at a survivor's next round (a quarter
-        # period), which also sees one instance fewer and takes up to its new quota.
-        # Counted from the signal: the leaving instance first finishes its cycles in
-        # progress (a second or so), then releases.  Margin: one period for a loaded
-        # 2-core machine.
-        assert worst <= 2 + 1 and periods <= 2 + 1
-        single_actor(r, survivors, owners)
+def graceful_leave(r: Rig, owners: dict[int, list[str]]) -> None:
+    """SIGTERM to the owner of the most spaces: the others take its spaces and rebalance
+    within two cycles."""
+    leaving = victim_of(r, owners)
+    survivors = [i for i in r.cluster.instances if i is not leaving]
+    mark = len(leaving.log())
+    since, stopped = time.monotonic(), time.time()
+    assert leaving.stop() == 0, leaving.log()[-3000:]
+    gone = (time.monotonic() - since) / CYCLE
+    taken = takeover(r, owners[leaving.index], survivors, stopped)
+    owners, periods = settle(r, survivors, since, "two instances own every space")
+    worst = max(taken.values()) / CYCLE
+    print(f"\nSIGTERM of instance {leaving.index}: exited after {gone:.1f} periods; "
+          f"its spaces cycled by the others after (worst) {worst:.2f} periods; "
+          f"rebalanced and filled {periods:.1f} periods after the signal")
+    assert "space leases released" in leaving.log()[mark:]
+    # Released leases are free at once: taken at a survivor's next round (a quarter
+    # period), which also sees one instance fewer and takes up to its new quota.
+    # Counted from the signal: the leaving instance first finishes its cycles in
+    # progress (a second or so), then releases.  Margin: one period for a loaded
+    # 2-core machine.
+    assert worst <= 2 + 1 and periods <= 2 + 1
+    single_actor(r, survivors, owners)
 
 
-def test_a_paused_owner_that_wakes_after_its_lease_does_not_act(tmp_path: Path,
-                                                                 pg_url: str) -> None:
+def pause_and_wake(r: Rig, owners: dict[int, list[str]]) -> dict[int, list[str]]:
+    """SIGSTOP of the owner of the most spaces past its leases, then SIGCONT: it does not
+    act, and rejoins.  Returns the owners then (three, settled, filled, no orphan)."""
+    sleeper = victim_of(r, owners)
+    others = [i for i in r.cluster.instances if i is not sleeper]
+    held = owners[sleeper.index]
+    before = sleeper.metrics()
+    generations = _generations(r, held)
+    sleeper.send(signal.SIGSTOP)
+    since, stopped = time.monotonic(), time.time()
+    # its presence lock stays held (the process lives): the others wait for the
+    # leases to expire (2 periods) before they take its spaces
+    taken = takeover(r, held, others, stopped)
+    until(lambda: not r.cluster.owners().get(sleeper.index), time.monotonic()
+          + SETTLE_SECONDS, "the paused instance owns nothing")
+    time.sleep(CYCLE)  # longer than its lease, by a period more
+    # every fence it holds is stale now: the database refuses its writes
+    newer = _generations(r, held)
+    assert all(newer[s] > generations[s] for s in held), (generations, newer)
+    paused = (time.monotonic() - since) / CYCLE
+    mark = len(sleeper.log())
+    sleeper.send(signal.SIGCONT)
+    woke = time.monotonic()
+    until(lambda: "lease lost" in sleeper.log()[mark:], woke + SETTLE_SECONDS,
+          "the woken instance logs its leases lost")
+    time.sleep(3 * CYCLE)
+    after = sleeper.metrics()
+    r.sim()
+    woken_log = sleeper.log()[mark:]
+    print(f"\nSIGSTOP of instance {sleeper.index} ({len(held)} spaces) for "
+          f"{paused:.1f} periods: taken over after "
+          f"{max(taken.values()) / CYCLE:.2f} periods (worst); after SIGCONT its "
+          f"create+delete requests went {before.acting()} -> {after.acting()}; "
+          f"log lines since waking: {woken_log.count(chr(10))}, 'lease lost' "
+          f"{woken_log.count('lease lost')}, refused writes "
+          f"{woken_log.count('is no longer this instance')}")
+    assert after.acting() == before.acting(), woken_log[-3000:]
+    owners, _ = settle(r, r.cluster.instances, woke, "the woken instance rejoins")
+    single_actor(r, r.cluster.instances, owners)
+    no_orphans(r)
+    return owners
+
+
+def test_a_paused_owner_that_wakes_does_not_act_then_a_graceful_leave_is_rebalanced(
+        tmp_path: Path, pg_url: str) -> None:
+    """One rig for two scenarios: the pause ends as a start does (three instances own every
+    space, evenly, all filled: checked), the state the graceful leave starts from."""
     with rig(tmp_path, pg_url, 3) as r:
-        owners = _start(r)
-        sleeper = victim_of(r, owners)
-        others = [i for i in r.cluster.instances if i is not sleeper]
-        held = owners[sleeper.index]
-        before = sleeper.metrics()
-        generations = _generations(r, held)
-        sleeper.send(signal.SIGSTOP)
-        since, stopped = time.monotonic(), time.time()
-        # its presence lock stays held (the process lives): the others wait for the
-        # leases to expire (2 periods) before they take its spaces
-        taken = takeover(r, held, others, stopped)
-        until(lambda: not r.cluster.owners().get(sleeper.index), time.monotonic()
-              + SETTLE_SECONDS, "the paused instance owns nothing")
-        time.sleep(CYCLE)  # longer than its lease, by a period more
-        # every fence it holds is stale now: the database refuses its writes
-        newer = _generations(r, held)
-        assert all(newer[s] > generations[s] for s in held), (generations, newer)
-        paused = (time.monotonic() - since) / CYCLE
-        mark = len(sleeper.log())
-        sleeper.send(signal.SIGCONT)
-        woke = time.monotonic()
-        until(lambda: "lease lost" in sleeper.log()[mark:], woke + SETTLE_SECONDS,
-              "the woken instance logs its leases lost")
-        time.sleep(3 * CYCLE)
-        after = sleeper.metrics()
-        r.sim()
-        woken_log = sleeper.log()[mark:]
-        print(f"\nSIGSTOP of instance {sleeper.index} ({len(held)} spaces) for "
-              f"{paused:.1f} periods: taken over after "
-              f"{max(taken.values()) / CYCLE:.2f} periods (worst); after SIGCONT its "
-              f"create+delete requests went {before.acting()} -> {after.acting()}; "
-              f"log lines since waking: {woken_log.count(chr(10))}, 'lease lost' "
-              f"{woken_log.count('lease lost')}, refused writes "
-              f"{woken_log.count('is no longer this instance')}")
-        assert after.acting() == before.acting(), woken_log[-3000:]
-        owners, _ = settle(r, r.cluster.instances, woke, "the woken instance rejoins")
-        single_actor(r, r.cluster.instances, owners)
-        no_orphans(r)
+        owners = pause_and_wake(r, _start(r))
+        graceful_leave(r, owners)
+
+
+def armed_in(r: Rig) -> float:
+    """Seconds until the heartbeat rule is armed for every machine of the store (each
+    watched past fizzle_seconds and SKEWED_HEARTBEAT_SECONDS since it started, as
+    ``engine/rules.py`` counts), on the database's clock; the whole span and a period (its
+    1 s boot) while a machine has not started yet."""
+    span = float(max(FIZZLE_SECONDS, SKEWED_HEARTBEAT_SECONDS))
+    now = r.store.lease_view().now
+    since = [max(m.started_at, m.adopted_at or 0.0) if m.started_at is not None else None
+             for m in r.store.machines()]
+    if not since or None in since:
+        return span + CYCLE
+    return max(0.0, max(t for t in since if t is not None) + span - now)
 
 
 @pytest.mark.parametrize("offsets", [{1: "+90s", 2: "-90s"}], ids=["ahead-and-behind"])
@@ -380,9 +419,9 @@ def test_clock_offsets_do_not_change_ownership(tmp_path: Path, pg_url: str,
             assert said is not None, offset
             assert float(said.group(1)) == pytest.approx(float(offset.rstrip("s")), abs=5)
         # One owner per space throughout, and past the point where the heartbeat rule is
-        # armed (machines watched past fizzle_seconds and the limit): nothing may be
-        # deleted, as no job ends within the test.
-        watched = SKEWED_HEARTBEAT_SECONDS / CYCLE + 3
+        # armed for every machine (watched past fizzle_seconds and the limit), by 3
+        # periods: nothing may be deleted, as no job ends within the test.
+        watched = armed_in(r) / CYCLE + 3
         single_actor(r, r.cluster.instances, owners, periods=watched)
         state = r.sim()
         deleted = [s["name"] for s in state["servers"] if s["status"] == "DELETED"]
@@ -391,7 +430,7 @@ def test_clock_offsets_do_not_change_ownership(tmp_path: Path, pg_url: str,
                    for i, req in acting.items()}
         print(f"\nclock offsets {offsets}: owners "
               f"{ {i: len(s) for i, s in owners.items()} }, single owner per space over "
-              f"{watched:g} periods, deleted servers {deleted}, delete requests by "
+              f"{watched:.1f} periods, deleted servers {deleted}, delete requests by "
               f"instance {deletes}")
         assert not deleted and not any(deletes.values())
         assert r.settled(r.cluster.instances)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,12 +59,13 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
     wheelhouse()
     base = tmp_path_factory.mktemp("wheel")
     src = source_copy(base / "src")
-    dist = base / "dist"
-    checked(sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", dist, src)
+    dist, venv = base / "dist", base / "venv"
+    with ThreadPoolExecutor(1) as pool:  # independent: the build and the virtualenv at once
+        made = pool.submit(checked, sys.executable, "-m", "venv", venv)
+        checked(sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", dist, src)
+        made.result()
     wheels = sorted(dist.glob("cloudvac-*.whl"))
     assert len(wheels) == 1, wheels
-    venv = base / "venv"
-    checked(sys.executable, "-m", "venv", venv)
     checked(venv / "bin" / "python", "-m", "pip", "install", wheels[0])
     yield Installed(venv, wheels[0])
 
