@@ -9,6 +9,10 @@ as subprocesses with ``.venv-oracle/bin/python`` (built by ``tests/oracle/setup.
     with keystone_oracle() as ks, nova_oracle(keystone=ks) as nova:
         ...   # Nova validates tokens against the real Keystone; its catalog lists Nova
 
+    with (keystone_oracle() as ks, glance_oracle(keystone=ks) as gl,
+          nova_oracle(keystone=ks, glance=gl) as nova):
+        ...   # + a real Glance in the catalog; Nova boots from the images uploaded there
+
     with oidc_oracle() as op, keystone_oracle(oidc=op) as ks, nova_oracle(keystone=ks):
         tokens = op.mint_tokens("alice", {"eduperson_entitlement": [op["entitlement"]]})
         ...   # refresh at op.info["token_endpoint"], POST ks["federation"]["auth_urls"]
@@ -328,18 +332,48 @@ class NovaOptions:
 NOVA_DEFAULTS = NovaOptions()
 
 
+def _as_keystone_user(info: OracleInfo, keystone: OracleInfo) -> OracleInfo:
+    """``info`` of a server behind a real Keystone: clients authenticate there, as the
+    Keystone oracle's user."""
+    data = dict(
+        info.data,
+        auth_url=keystone.auth_url,
+        username=keystone.username,
+        password=keystone.password,
+        project_name=keystone.project_name,
+    )
+    return OracleInfo(
+        kind=info.kind,
+        pid=info.pid,
+        base_url=info.base_url,
+        auth_url=keystone.auth_url,
+        username=keystone.username,
+        password=keystone.password,
+        project_name=keystone.project_name,
+        data=data,
+        log_path=info.log_path,
+    )
+
+
 @contextlib.contextmanager
 def nova_oracle(
     options: NovaOptions = NOVA_DEFAULTS,
     *,
     keystone: OracleInfo | None = None,
+    glance: OracleInfo | None = None,
     port: int | None = None,
     timeouts: Timeouts = OPENSTACK_TIMEOUTS,
 ) -> Iterator[OracleInfo]:
     """Real Nova on 127.0.0.1. With ``keystone=`` (from :func:`keystone_oracle`) tokens are
     validated against that Keystone and Nova listens on the port registered in its catalog;
-    otherwise the built-in token shim at ``<base>/identity/v3`` is the auth_url."""
+    otherwise the built-in token shim at ``<base>/identity/v3`` is the auth_url. With
+    ``glance=`` (from :func:`glance_oracle`, needs ``keystone=``) Nova boots from the images
+    of that real Glance (``image_id`` is then None) instead of its fixture's."""
     args: list[str] = []
+    if glance is not None:
+        if keystone is None:
+            raise ValueError("nova_oracle(glance=...) needs keystone= (Glance checks tokens)")
+        args += ["--glance-url", glance.base_url]
     if keystone is not None:
         args += ["--keystone-url", keystone.base_url]
         if port is None and keystone.get("compute_port"):
@@ -348,28 +382,42 @@ def nova_oracle(
         args += ["--port", str(port)]
     args += options.args()
     with _run_oracle("nova_server.py", args, timeouts) as info:
-        if keystone is None:
-            yield info
-            return
-        # with a real Keystone, clients authenticate there as the Keystone user
-        data = dict(
-            info.data,
-            auth_url=keystone.auth_url,
-            username=keystone.username,
-            password=keystone.password,
-            project_name=keystone.project_name,
-        )
-        yield OracleInfo(
-            kind=info.kind,
-            pid=info.pid,
-            base_url=info.base_url,
-            auth_url=keystone.auth_url,
-            username=keystone.username,
-            password=keystone.password,
-            project_name=keystone.project_name,
-            data=data,
-            log_path=info.log_path,
-        )
+        yield info if keystone is None else _as_keystone_user(info, keystone)
+
+
+@dataclass(frozen=True)
+class GlanceOptions:
+    """Settings of a Glance oracle: ``user_storage_quota`` is Glance's per-owner storage
+    quota (``"2MB"``, ``"500KB"``, bytes as ``"2097152"``; None: unlimited)."""
+
+    user_storage_quota: str | None = None
+
+    def args(self) -> list[str]:
+        return _flags((("--user-storage-quota", self.user_storage_quota),))
+
+
+GLANCE_DEFAULTS = GlanceOptions()
+
+
+@contextlib.contextmanager
+def glance_oracle(
+    options: GlanceOptions = GLANCE_DEFAULTS,
+    *,
+    keystone: OracleInfo,
+    timeouts: Timeouts = OPENSTACK_TIMEOUTS,
+) -> Iterator[OracleInfo]:
+    """Real Glance (images v2, SQLite, file store) on 127.0.0.1 behind ``keystone`` (from
+    :func:`keystone_oracle`): it registers itself in that Keystone's catalog as the
+    ``image`` service, and clients log in as the Keystone oracle's user. One stack where Nova
+    boots from Glance's images::
+
+        with (keystone_oracle() as ks, glance_oracle(keystone=ks) as gl,
+              nova_oracle(keystone=ks, glance=gl) as nova):
+            conn = openstack.connect(**nova.connect_kwargs())  # conn.image, conn.compute
+    """
+    args = ["--keystone-url", keystone.base_url, "--admin-password", keystone["admin_password"]]
+    with _run_oracle("glance_server.py", args + options.args(), timeouts) as info:
+        yield _as_keystone_user(info, keystone)
 
 
 @dataclass(frozen=True)

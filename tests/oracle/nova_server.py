@@ -11,6 +11,11 @@ client fixtures); this file only configures it and puts a small WSGI front on a 
 * ``/identity/v3/auth/tokens`` (shim mode only) -> a Keystone-v3-shaped token whose catalog
   points at this server; a wrong user name or password gets Keystone's 401 body.
 
+Images come from Nova's GlanceFixture (a fake image service with a few fixed images), or,
+with ``--glance-url`` (needs ``--keystone-url``), from a real Glance (glance_server.py): the
+fixture's stubs are undone, ``[glance] api_servers`` points at that URL, and each request's
+context keeps the caller's token, which Nova's Glance client sends on (as in a real cloud).
+
 Prints one line ``CLOUDVAC_ORACLE_READY {json}`` on stdout when it serves, then runs until
 SIGTERM/SIGINT and exits 0. Logs go to stderr.
 """
@@ -66,6 +71,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="validate tokens against this real Keystone (e.g. http://127.0.0.1:5000)",
     )
+    p.add_argument(
+        "--glance-url",
+        default=None,
+        help="take images from this real Glance instead of the fixture (needs --keystone-url)",
+    )
     p.add_argument("--quota-cores", type=int, default=20)
     p.add_argument("--quota-instances", type=int, default=10)
     p.add_argument("--quota-ram", type=int, default=-1, help="MB, -1 = unlimited")
@@ -75,7 +85,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--project-name", default="cloudvac", help="shim project name")
     p.add_argument("--roles", default="member,reader", help="shim roles (comma separated)")
     p.add_argument("--log-level", default="WARNING")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.glance_url and not args.keystone_url:
+        p.error("--glance-url needs --keystone-url (Glance validates the caller's token)")
+    return args
 
 
 def build_stack(args: argparse.Namespace) -> tuple[Any, Any, list[dict[str, Any]]]:
@@ -110,8 +123,13 @@ def build_stack(args: argparse.Namespace) -> tuple[Any, Any, list[dict[str, Any]
             self.flags(max_limit=args.max_limit, group="api")
             super()._setup_services()
 
+    import nova.image.glance
+
+    real_image_service = nova.image.glance.get_default_image_service
     stack = NovaStack()
     stack.setUp()
+    if args.glance_url:
+        use_real_glance(stack, args.glance_url, real_image_service)
 
     # Nova's WarningsFixture turns SQLAlchemy deprecation warnings into errors, which
     # makes GET /servers?marker=... answer 500 with SQLAlchemy 2.1. Undo that.
@@ -142,6 +160,31 @@ def build_stack(args: argparse.Namespace) -> tuple[Any, Any, list[dict[str, Any]
         for f in objects.FlavorList.get_all(ctxt)
     ]
     return stack, stack.api_fixture.app(), flavors
+
+
+def use_real_glance(stack: Any, glance_url: str, image_service: Any) -> None:
+    """Undo GlanceFixture (its effective stub: ``get_default_image_service``), send Nova's
+    image calls to ``glance_url``, and keep the caller's token in the request context (the
+    functional fixture's stubbed context middleware drops it)."""
+    from nova import context as nova_context
+
+    stack.stub_out("nova.image.glance.get_default_image_service", image_service)
+    stack.flags(api_servers=[glance_url], group="glance")
+
+    def context_with_token(env: dict[str, Any], **kwargs: Any) -> Any:
+        user_id = env["HTTP_X_AUTH_USER"]
+        return nova_context.RequestContext(
+            user_id,
+            env["HTTP_X_AUTH_PROJECT_ID"],
+            is_admin=user_id == "admin",
+            roles=env["HTTP_X_ROLES"].split(","),
+            auth_token=env.get("HTTP_X_AUTH_TOKEN"),
+            **kwargs,
+        )
+
+    stack.stub_out(
+        "nova.api.auth.NovaKeystoneContext._create_context", staticmethod(context_with_token)
+    )
 
 
 class Front:
@@ -382,7 +425,9 @@ def main(argv: list[str] | None = None) -> int:
         "user_domain_name": "Default",
         "project_domain_name": "Default",
         "region_name": "RegionOne",
-        "image_id": nova_fixtures.GlanceFixture.image1["id"],
+        # with a real Glance there is no image until a client uploads one
+        "image_id": None if args.glance_url else nova_fixtures.GlanceFixture.image1["id"],
+        "glance_url": args.glance_url,
         "network_id": nova_fixtures.NeutronFixture.network_1["id"],
         "flavors": flavors,
         "unschedulable_flavor_id": UNSCHEDULABLE_FLAVOR["flavorid"],

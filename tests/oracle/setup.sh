@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Create or reuse .venv-oracle (repo root): real Nova + Placement + Keystone (+ a local OIDC
-# provider, oidc-provider-mock, for the federation oracle) used by the
+# Create or reuse .venv-oracle (repo root): real Nova + Placement + Keystone + Glance (+ a local
+# OIDC provider, oidc-provider-mock, for the federation oracle) used by the
 # contract tests in tests/contract/. Kept apart from cloudvac's own venv because Nova's pins
 # conflict with ours. Idempotent: a stamp file records the hash of requirements.txt and the
 # interpreter; when it matches and the packages import, nothing is done.
@@ -43,9 +43,11 @@ check_imports() {  # cheap: find modules and versions without importing nova
 import importlib.metadata as md, importlib.util as iu
 for mod in ("nova.tests.functional.integrated_helpers", "placement", "keystone",
             "eventlet", "wsgi_intercept", "oslotest", "requests_mock",
-            "oidc_provider_mock", "authlib", "joserfc"):
+            "oidc_provider_mock", "authlib", "joserfc",
+            "glance.common.wsgi_app", "glance_store", "werkzeug.serving"):
     assert iu.find_spec(mod) is not None, "missing module " + mod
 assert md.version("nova") == "34.0.0", md.version("nova")
+assert md.version("glance") == "33.0.0", md.version("glance")
 EOF
 }
 
@@ -64,7 +66,7 @@ if [[ ! -x "$venv/bin/python" ]] || ! "$venv/bin/python" -c 'import sys' 2>/dev/
 fi
 rm -f "$stamp"
 
-log "installing pinned requirements (nova, placement, keystone, oidc-provider-mock, test libraries)"
+log "installing pinned requirements (nova, placement, keystone, glance, oidc-provider-mock, tests)"
 # (the filter only hides pip's noise about local find-links/index dirs that do not exist)
 "$venv/bin/python" -m pip install --disable-pip-version-check -q -r "$req" 2>&1 \
     | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
