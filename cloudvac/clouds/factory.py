@@ -47,23 +47,26 @@ class CloudFactory:
     def _openstack(self, space: Space, settings: Settings, cloud: Cloud | None) -> Cloud:
         from cloudvac.clouds.openstack import OpenStackCloud  # only spaces that need it
 
-        # Keep the session (and its token) unless what it was built from changed.
-        if isinstance(cloud, OpenStackCloud) and cloud.options == space.openstack \
-                and cloud.settings == settings:
-            return cloud
-        if cloud is not None:
-            asyncio.get_running_loop().create_task(cloud.close())
-        return OpenStackCloud(space, settings, self.observer)
+        kept = self._kept(cloud, OpenStackCloud, space.openstack, settings)
+        return kept or OpenStackCloud(space, settings, self.observer)
 
     def _ec2(self, space: Space, settings: Settings, cloud: Cloud | None) -> Cloud:
         from cloudvac.clouds.ec2 import Ec2Cloud  # only spaces that need it (boto3 is heavy)
 
-        if isinstance(cloud, Ec2Cloud) and cloud.options == space.ec2 \
-                and cloud.settings == settings:
+        return self._kept(cloud, Ec2Cloud, space.ec2, settings) \
+            or Ec2Cloud(space, settings, self.observer)
+
+    @staticmethod
+    def _kept(cloud: Cloud | None, kind: type[Cloud], options: object,
+              settings: Settings) -> Cloud | None:
+        """``cloud`` if it is a ``kind`` built from ``options`` and ``settings`` (its session
+        and token are kept); else None, and the old adapter is closed in the background."""
+        if isinstance(cloud, kind) and getattr(cloud, "options", None) == options \
+                and getattr(cloud, "settings", None) == settings:
             return cloud
         if cloud is not None:
             asyncio.get_running_loop().create_task(cloud.close())
-        return Ec2Cloud(space, settings, self.observer)
+        return None
 
     def _sim(self, space: Space, settings: Settings, cloud: Cloud | None) -> Cloud:
         options = space.sim or SimSpace()

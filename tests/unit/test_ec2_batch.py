@@ -30,8 +30,11 @@ def cloud(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Ec2Cloud:
     return Ec2Cloud(space, Settings(state_dir=tmp_path), EngineMetrics(CollectorRegistry()))
 
 
-def test_a_cancelled_sender_releases_the_deletes_that_joined_its_batch(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+             ) -> tuple[Ec2Cloud, list[list[str]]]:
+    """An adapter whose TerminateInstances requests are recorded, not sent: the batching
+    is what is under test here (the requests themselves: tests/contract/test_ec2_adapter)."""
     ec2 = cloud(tmp_path, monkeypatch)
     sent: list[list[str]] = []
 
@@ -39,6 +42,12 @@ def test_a_cancelled_sender_releases_the_deletes_that_joined_its_batch(
         sent.append(list(ids))
 
     monkeypatch.setattr(ec2, "_terminate", terminate)
+    return ec2, sent
+
+
+def test_a_cancelled_sender_releases_the_deletes_that_joined_its_batch(
+        recorded: tuple[Ec2Cloud, list[list[str]]]) -> None:
+    ec2, sent = recorded
 
     async def scenario() -> tuple[BaseException | None, BaseException | None]:
         first = asyncio.create_task(ec2.delete_machine("i-1"))
@@ -59,14 +68,8 @@ def test_a_cancelled_sender_releases_the_deletes_that_joined_its_batch(
 
 
 def test_deletes_of_one_moment_are_sent_as_one_batch(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    ec2 = cloud(tmp_path, monkeypatch)
-    sent: list[list[str]] = []
-
-    async def terminate(ids: list[str]) -> None:
-        sent.append(list(ids))
-
-    monkeypatch.setattr(ec2, "_terminate", terminate)
+        recorded: tuple[Ec2Cloud, list[list[str]]]) -> None:
+    ec2, sent = recorded
 
     async def scenario() -> None:
         await asyncio.gather(*(ec2.delete_machine(f"i-{n}") for n in range(5)))
